@@ -1,0 +1,1 @@
+"""The engine under the tasks: inventory, facts, steps, the per-host runner and the report."""

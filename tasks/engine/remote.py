@@ -1,0 +1,135 @@
+"""One SSH connection per host for the whole run; every remote command goes through here.
+
+Commands run as `sudo -n sh -c SCRIPT` over a raw paramiko channel: payloads (file contents,
+archives, secrets) travel on stdin, never in a process argument, and every call is counted so the
+report can show the round trips a run cost.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fabric import Config, Connection
+
+from .inventory import Host
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+class RemoteError(Exception):
+    pass
+
+
+class Remote:
+    def __init__(self, host: Host, config: Config | None = None, connect_timeout: int = 15) -> None:
+        self.host = host
+        kwargs: dict = {}
+        if host.ssh_key:
+            kwargs["key_filename"] = str(host.ssh_key)
+        self.conn = Connection(
+            host=host.connect_to,
+            # Empty user or port 0 leave the choice to ssh_config and Fabric's defaults.
+            user=host.user or None,
+            port=host.port or None,
+            connect_timeout=connect_timeout,
+            connect_kwargs=kwargs,
+            config=config or Config(),
+        )
+        self.commands = 0
+        self.bytes_sent = 0
+        self._lock = threading.Lock()
+
+    @property
+    def is_root(self) -> bool:
+        return self.conn.user == "root"
+
+    def open(self) -> None:
+        try:
+            self.conn.open()
+        except Exception as exc:  # paramiko raises many unrelated types
+            raise RemoteError(
+                f"cannot connect to {self.conn.user}@{self.conn.host}: {exc}"
+            ) from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def run(
+        self,
+        script: str,
+        stdin: bytes = b"",
+        on_line: Callable[[str], None] | None = None,
+        sudo: bool = True,
+    ) -> Result:
+        """Run a shell script as root (via sudo -n unless we log in as root)."""
+        command = "/bin/sh -c " + shlex.quote(script)
+        if sudo and not self.is_root:
+            command = "sudo -n -- " + command
+        with self._lock:
+            self.commands += 1
+            self.bytes_sent += len(stdin)
+        transport = self.conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise RemoteError(f"connection to {self.host.name} is closed")
+        channel = transport.open_session()
+        try:
+            channel.exec_command(command)
+            writer = threading.Thread(target=_send, args=(channel, stdin), daemon=True)
+            writer.start()
+            err_chunks: list[bytes] = []
+            reader = threading.Thread(target=_drain_stderr, args=(channel, err_chunks), daemon=True)
+            reader.start()
+            out = _read_stdout(channel, on_line)
+            reader.join()
+            writer.join()
+            rc = channel.recv_exit_status()
+        finally:
+            channel.close()
+        return Result(rc, out, b"".join(err_chunks).decode("utf-8", "replace"))
+
+
+def _send(channel, data: bytes) -> None:
+    try:
+        view = memoryview(data)
+        while view:
+            sent = channel.send(view[:65536])
+            view = view[sent:]
+        channel.shutdown_write()
+    except OSError:
+        pass  # the remote side exited early; its exit status tells the story
+
+
+def _drain_stderr(channel, chunks: list[bytes]) -> None:
+    while True:
+        chunk = channel.recv_stderr(65536)
+        if not chunk:
+            return
+        chunks.append(chunk)
+
+
+def _read_stdout(channel, on_line: Callable[[str], None] | None) -> str:
+    chunks: list[bytes] = []
+    pending = b""
+    while True:
+        chunk = channel.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if on_line is not None:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                on_line(line.decode("utf-8", "replace"))
+    return b"".join(chunks).decode("utf-8", "replace")

@@ -1,0 +1,39 @@
+"""Strict template rendering: an undefined name is an error, never an empty string."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+MANAGED = "Managed by djk (the deploy kit); local changes are overwritten on the next deploy."
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["env_quote"] = env_quote
+    return env
+
+
+def render(name: str, **values: object) -> str:
+    return environment().get_template(name).render(managed=MANAGED, **values)
+
+
+def env_quote(value: str) -> str:
+    """Double-quote for systemd EnvironmentFile and POSIX sh alike.
+
+    Both unescape backslash before \\ " ` $ inside double quotes, and values are already free of
+    control characters (values.env_value), so the file means the same to systemd and to `. file`.
+    """
+    escaped = "".join("\\" + ch if ch in '\\"`$' else ch for ch in value)
+    return f'"{escaped}"'

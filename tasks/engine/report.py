@@ -1,0 +1,155 @@
+"""What a run tells people and scripts: one line per step naming its host, a recap, or JSON.
+
+Every text that reaches output passes through `redact`, so a secret that leaks into a remote
+error message is masked before it is printed or put in the JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TextIO
+
+from .secrets import Secret, redact
+
+STATUSES = ("ok", "changed", "failed", "skipped")
+
+
+@dataclass
+class StepResult:
+    step: str
+    status: str  # ok, changed, failed, skipped
+    detail: str = ""
+    diff: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class HostReport:
+    host: str
+    steps: list[StepResult] = field(default_factory=list)
+    commands: int = 0
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.steps if s.status == status)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error) or self.count("failed") > 0
+
+
+class Reporter:
+    """Thread-safe: hosts converge in parallel and each line is written whole."""
+
+    def __init__(
+        self,
+        mode: str = "human",  # human, quiet, json
+        check: bool = False,
+        secrets: list[Secret] | None = None,
+        out: TextIO | None = None,
+        heartbeat: float = 10.0,
+    ) -> None:
+        self.mode, self.check = mode, check
+        self.secrets = secrets or []
+        self.out = out or sys.stdout
+        self.heartbeat = heartbeat
+        self._lock = threading.Lock()
+        self.width = 8
+
+    def clean(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+    def line(self, host: str, status: str, text: str) -> None:
+        if self.mode == "json" or (self.mode == "quiet" and status in ("ok", "skipped", "...")):
+            return
+        label = "would change" if self.check and status == "changed" else status
+        with self._lock:
+            print(f"{host:<{self.width}} | {label:<7} | {self.clean(text)}", file=self.out)
+            self.out.flush()
+
+    def step(self, host: str, result: StepResult) -> None:
+        text = result.step + (f": {result.detail}" if result.detail else "")
+        if result.seconds >= 1:
+            text += f" ({result.seconds:.1f}s)"
+        self.line(host, result.status, text)
+        if result.diff and self.mode != "json":
+            with self._lock:
+                for diff_line in self.clean(result.diff).splitlines():
+                    print(f"{host:<{self.width}} |         | {diff_line}", file=self.out)
+
+    def progress(self, host: str, label: str) -> Progress:
+        return Progress(self, host, label)
+
+    def recap(self, reports: list[HostReport]) -> None:
+        if self.mode == "json":
+            print(json.dumps(self.as_data(reports), indent=2), file=self.out)
+            return
+        with self._lock:
+            print(
+                "RECAP" + (" (check mode: nothing was changed)" if self.check else ""),
+                file=self.out,
+            )
+            for r in reports:
+                counts = "  ".join(f"{s}={r.count(s)}" for s in STATUSES)
+                print(
+                    f"{r.host:<{self.width}}  {counts}  commands={r.commands}  "
+                    f"sent={_size(r.bytes_sent)}  {r.seconds:.2f}s"
+                    + (f"  error: {self.clean(r.error)}" if r.error else ""),
+                    file=self.out,
+                )
+
+    def as_data(self, reports: list[HostReport]) -> dict:
+        hosts = []
+        for r in reports:
+            data = asdict(r)
+            data.update({s: r.count(s) for s in STATUSES})
+            data["failed_run"] = r.failed
+            hosts.append(data)
+        text = json.dumps(
+            {"check": self.check, "ok": not any(r.failed for r in reports), "hosts": hosts}
+        )
+        return json.loads(self.clean(text))
+
+
+class Progress:
+    """Shows a long step is alive: a start line, then a heartbeat with lines seen and time."""
+
+    def __init__(self, reporter: Reporter, host: str, label: str) -> None:
+        self.reporter, self.host, self.label = reporter, host, label
+        self.lines = 0
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> Progress:
+        self.reporter.line(self.host, "...", f"{self.label} ...")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def on_line(self, _line: str) -> None:
+        self.lines += 1
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.reporter.heartbeat):
+            elapsed = time.monotonic() - self.started
+            self.reporter.line(
+                self.host, "...", f"{self.label}: {elapsed:.0f}s, {self.lines} lines of output"
+            )
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "kB", "MB"):
+        if count < 1024 or unit == "MB":
+            return f"{count:.0f}{unit}" if unit == "B" else f"{count:.1f}{unit}"
+        count /= 1024
+    return f"{count}B"

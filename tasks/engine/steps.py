@@ -1,0 +1,399 @@
+"""Steps: each compares facts with the wanted state and yields the actions that close the gap.
+
+A step that yields nothing is ok and says why. Check mode, diffs and the report all fall out of
+that: the runner decides whether actions are applied, a step never does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import shlex
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import facts as F
+from .facts import PENDING_FILE, Fact, PathState
+
+Payload = bytes | Callable[[], bytes]
+
+
+@dataclass
+class Action:
+    summary: str
+    script: str
+    stdin: Payload = b""
+    notify: tuple[str, ...] = ()
+    diff: str = ""
+    progress: str = ""  # a label: this action is long, show progress while it runs
+    fact_keys: tuple[str, ...] = ()
+
+    def payload(self) -> bytes:
+        return self.stdin() if callable(self.stdin) else self.stdin
+
+    def full_script(self) -> str:
+        """The script with its notifications recorded first, so a dropped run leaves them due."""
+        if not self.notify:
+            return self.script
+        lines = "\n".join(self.notify)
+        record = (
+            f"mkdir -p {shlex.quote(PENDING_FILE.rsplit('/', 1)[0])} && "
+            f"printf '%s\\n' {shlex.quote(lines)} >> {PENDING_FILE}"
+        )
+        return f"{record}\n{self.script}"
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    reason: str = ""
+    skipped: bool = False
+    error: str = ""  # a read-only step's finding that must fail the run (e.g. a unit is down)
+
+
+@dataclass
+class Context:
+    facts: dict[str, Any]
+    changed: set[str] = field(default_factory=set)
+    check: bool = False
+    diff: bool = False
+    pending: list[str] = field(default_factory=list)
+    started_units: set[str] = field(default_factory=set)
+
+
+class Step:
+    id: str = ""
+    name: str = ""
+    unit_names: tuple[str, ...] = ()
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return []
+
+    def plan(self, ctx: Context) -> Plan:
+        raise NotImplementedError
+
+
+def sha256(data: bytes | str) -> str:
+    if isinstance(data, str):
+        data = data.encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _q(value: str) -> str:
+    return shlex.quote(value)
+
+
+def upload_script(path: str, owner: str, group: str, mode: str, validate: str | None = None) -> str:
+    """Atomic, sudo-aware upload of stdin to path.
+
+    The temp file lives in the target directory (a dot name, so `include dir/*` globs skip it);
+    owner and mode are set before the rename. With a validator the candidate is put in place,
+    the validator runs on the whole configuration, and on failure the previous file is back.
+    """
+    directory, name = path.rsplit("/", 1)
+    script = f"""set -e
+tmp=$(mktemp {_q(f"{directory}/.{name}.djk-XXXXXX")})
+trap 'rm -f "$tmp"' EXIT
+cat > "$tmp"
+chown {_q(f"{owner}:{group}")} "$tmp"
+chmod {_q(mode)} "$tmp"
+"""
+    if validate is None:
+        return script + f'mv -f "$tmp" {_q(path)}\n'
+    prev = f"{directory}/.{name}.djk-prev"
+    return (
+        script
+        + f"""if [ -e {_q(path)} ]; then cp -p {_q(path)} {_q(prev)}; had=1; else had=0; fi
+mv -f "$tmp" {_q(path)}
+if ! out=$({validate} 2>&1); then
+  if [ $had = 1 ]; then mv -f {_q(prev)} {_q(path)}; else rm -f {_q(path)}; fi
+  printf '%s\\n' "$out" >&2
+  echo "validation failed; previous file restored" >&2
+  exit 3
+fi
+rm -f {_q(prev)}
+"""
+    )
+
+
+def _attr_actions(path: str, state: PathState, owner: str, group: str, mode: str) -> list[Action]:
+    actions = []
+    if (state.owner, state.group) != (owner, group):
+        actions.append(
+            Action(
+                f"owner {state.owner}:{state.group} -> {owner}:{group}",
+                f"chown {_q(f'{owner}:{group}')} {_q(path)}",
+            )
+        )
+    if state.mode.lstrip("0") != mode.lstrip("0"):
+        actions.append(Action(f"mode {state.mode} -> {mode}", f"chmod {_q(mode)} {_q(path)}"))
+    return actions
+
+
+_ENV_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+
+def mask_env(text: str, secret_keys: Iterable[str]) -> str:
+    keys = set(secret_keys)
+    out = []
+    for line in text.splitlines(keepends=True):
+        match = _ENV_LINE.match(line.rstrip("\n"))
+        if match and match.group(1) in keys:
+            line = f"{match.group(1)}=********\n"
+        out.append(line)
+    return "".join(out)
+
+
+class File(Step):
+    """A managed file with exact content, owner, group and mode."""
+
+    def __init__(
+        self,
+        path: str,
+        content: str,
+        owner: str = "root",
+        group: str = "root",
+        mode: str = "644",
+        notify: tuple[str, ...] = (),
+        validate: str | None = None,
+        secret_keys: tuple[str, ...] = (),
+        name: str | None = None,
+    ) -> None:
+        self.path, self.content = path, content
+        self.owner, self.group, self.mode = owner, group, mode
+        self.notify, self.validate, self.secret_keys = notify, validate, secret_keys
+        self.id = f"file:{path}"
+        self.name = name or f"file {path}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        found = [F.path_state(self.path)]
+        if diff:
+            found.append(F.file_content(self.path))
+        return found
+
+    def plan(self, ctx: Context) -> Plan:
+        state: PathState | None = ctx.facts[f"stat:{self.path}"]
+        if state is not None and state.kind != "file":
+            return Plan([Action(f"replace {state.kind}", "false")], reason="")
+        wanted = sha256(self.content)
+        if state is not None and state.sha256 == wanted:
+            actions = _attr_actions(self.path, state, self.owner, self.group, self.mode)
+            for action in actions:
+                action.notify = self.notify
+            return Plan(actions, reason="content, owner and mode match")
+        old = ctx.facts.get(f"content:{self.path}") or ""
+        return Plan(
+            [
+                Action(
+                    "create" if state is None else "update content",
+                    upload_script(self.path, self.owner, self.group, self.mode, self.validate),
+                    stdin=self.content.encode(),
+                    notify=self.notify,
+                    diff=self.render_diff(old) if ctx.diff else "",
+                )
+            ]
+        )
+
+    def render_diff(self, old: str) -> str:
+        new = self.content
+        if self.secret_keys:
+            changed = [
+                key for key in self.secret_keys if _env_value(old, key) != _env_value(new, key)
+            ]
+            old, new = mask_env(old, self.secret_keys), mask_env(new, self.secret_keys)
+        else:
+            changed = []
+        lines = difflib.unified_diff(
+            old.splitlines(keepends=True),
+            new.splitlines(keepends=True),
+            fromfile=f"{self.path} (host)",
+            tofile=f"{self.path} (wanted)",
+        )
+        text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+        if changed:
+            text += f"# secret values changed: {', '.join(changed)}\n"
+        return text
+
+
+def _env_value(text: str, key: str) -> str | None:
+    for line in text.splitlines():
+        match = _ENV_LINE.match(line)
+        if match and match.group(1) == key:
+            return match.group(2)
+    return None
+
+
+class Directory(Step):
+    def __init__(self, path: str, owner: str = "root", group: str = "root", mode: str = "755"):
+        self.path, self.owner, self.group, self.mode = path, owner, group, mode
+        self.id = f"dir:{path}"
+        self.name = f"directory {path}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [F.path_state(self.path)]
+
+    def plan(self, ctx: Context) -> Plan:
+        state: PathState | None = ctx.facts[f"stat:{self.path}"]
+        if state is None:
+            return Plan(
+                [
+                    Action(
+                        "create",
+                        f"install -d -o {_q(self.owner)} -g {_q(self.group)} -m {_q(self.mode)} "
+                        f"{_q(self.path)}",
+                    )
+                ]
+            )
+        if state.kind != "dir":
+            return Plan([Action(f"is a {state.kind}, not a directory", "false")])
+        actions = _attr_actions(self.path, state, self.owner, self.group, self.mode)
+        return Plan(actions, reason="exists with owner and mode")
+
+
+class Absent(Step):
+    """A path that must not exist (e.g. a distribution default that would shadow ours)."""
+
+    def __init__(self, path: str, notify: tuple[str, ...] = (), name: str | None = None):
+        self.path, self.notify = path, notify
+        self.id = f"absent:{path}"
+        self.name = name or f"absent {path}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [F.path_state(self.path)]
+
+    def plan(self, ctx: Context) -> Plan:
+        if ctx.facts[f"stat:{self.path}"] is None:
+            return Plan(reason="absent")
+        return Plan([Action("remove", f"rm -f -- {_q(self.path)}", notify=self.notify)])
+
+
+class SystemUser(Step):
+    """A locked system user with its own group, no login shell."""
+
+    def __init__(self, name: str, home: str):
+        self.user, self.home = name, home
+        self.id = f"user:{name}"
+        self.name = f"user {name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [F.user(self.user)]
+
+    def plan(self, ctx: Context) -> Plan:
+        state = ctx.facts[f"user:{self.user}"]
+        if state is not None:
+            return Plan(reason=f"exists (uid {state.uid})")
+        return Plan(
+            [
+                Action(
+                    "create",
+                    f"useradd --system --user-group --no-create-home --home-dir "
+                    f"{_q(self.home)} --shell /usr/sbin/nologin {_q(self.user)}",
+                )
+            ]
+        )
+
+
+class Service(Step):
+    """A systemd unit enabled at boot and running."""
+
+    def __init__(self, unit: str):
+        self.unit = unit
+        self.unit_names = (unit,)
+        self.id = f"service:{unit}"
+        self.name = f"service {unit}"
+
+    def plan(self, ctx: Context) -> Plan:
+        state = ctx.facts["units"].get(self.unit)
+        script = []
+        parts = []
+        if "daemon-reload" in ctx.pending:
+            # A unit file written earlier in this run must be loaded before it is started.
+            script.append("systemctl daemon-reload")
+        if state is None or state.enabled not in ("enabled", "static", "alias"):
+            parts.append("enable")
+            script.append(f"systemctl enable --quiet {_q(self.unit)}")
+        if state is None or not state.running:
+            parts.append("start")
+            script.append(f"systemctl start {_q(self.unit)}")
+            ctx.started_units.add(self.unit)
+        if not parts:
+            return Plan(reason=f"enabled and running (pid {state.main_pid})")
+        return Plan([Action(" and ".join(parts), "\n".join(["set -e", *script]))])
+
+
+def handler_script(name: str) -> str:
+    """What a handler runs. Names: daemon-reload, restart:UNIT, reload:nginx.service."""
+    if name == "daemon-reload":
+        return "systemctl daemon-reload"
+    kind, _, unit = name.partition(":")
+    if kind == "restart":
+        return f"systemctl restart {_q(unit)}"
+    if kind == "reload" and unit == "nginx.service":
+        return "nginx -t -q && systemctl reload-or-restart nginx.service"
+    if kind == "reload":
+        return f"systemctl reload-or-restart {_q(unit)}"
+    raise ValueError(f"unknown handler {name!r}")
+
+
+def handler_order(name: str) -> tuple[int, str]:
+    kind = name.partition(":")[0]
+    return ({"daemon-reload": 0, "restart": 1, "reload": 2}.get(kind, 3), name)
+
+
+class MarkedCommand(Step):
+    """A command that must have run for a given input (e.g. migrate for this source + venv).
+
+    The host keeps a marker holding the input's key; the command runs when it differs, and the
+    marker is written only when the command succeeds.
+    """
+
+    def __init__(
+        self,
+        step_id: str,
+        name: str,
+        script: str,
+        marker: str,
+        key: str,
+        progress: str = "",
+        notify: tuple[str, ...] = (),
+    ) -> None:
+        self.id, self.name, self.script = step_id, name, script
+        self.marker, self.key, self.progress, self.notify = marker, key, progress, notify
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [F.file_text(self.marker)]
+
+    def plan(self, ctx: Context) -> Plan:
+        if ctx.facts[f"text:{self.marker}"] == self.key:
+            return Plan(reason=f"done for {self.key[:12]}")
+        script = f"set -e\n{self.script}\nprintf '%s\\n' {_q(self.key)} > {_q(self.marker)}\n"
+        return Plan([Action("run", script, progress=self.progress, notify=self.notify)])
+
+
+class Run(Step):
+    """An explicit command the user asked for (e.g. `nginx.reload`): always one action."""
+
+    def __init__(self, step_id: str, name: str, summary: str, script: str) -> None:
+        self.id, self.name, self.summary, self.script = step_id, name, summary, script
+
+    def plan(self, ctx: Context) -> Plan:
+        return Plan([Action(self.summary, self.script)])
+
+
+class UnitStatus(Step):
+    """Read-only: reports a unit's state; a unit that is not running fails the run."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self.unit_names = (unit,)
+        self.id = f"status:{unit}"
+        self.name = f"status {unit}"
+
+    def plan(self, ctx: Context) -> Plan:
+        state = ctx.facts["units"].get(self.unit)
+        if state is None or state.load != "loaded":
+            return Plan(error="not installed")
+        text = f"{state.active}, {state.enabled or 'no unit file'}, pid {state.main_pid}"
+        return Plan(reason=text) if state.running else Plan(error=text)

@@ -1,0 +1,117 @@
+"""Validators for every value that can reach an nginx, systemd or env file.
+
+Each returns the value unchanged or raises ValueError with a message that says what is allowed;
+the inventory loader adds the file and key path to it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_SITE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_ASGI = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_URL_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def domain(value: str) -> str:
+    """A server_name: letters, digits, hyphens and dots, with an optional leading `*.`."""
+    name = value[2:] if value.startswith("*.") else value
+    labels = name.split(".")
+    if not name or len(value) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(
+            f"{value!r} is not a valid domain name "
+            '(letters, digits, hyphens and dots; a leading "*." only)'
+        )
+    return value.lower()
+
+
+def address(value: str) -> str:
+    """An IP address or a DNS name to connect to."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    try:
+        return domain(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither an IP address nor a host name") from None
+
+
+def site_name(value: str) -> str:
+    if not _SITE_NAME.match(value):
+        raise ValueError(
+            f"site name {value!r} must be lower-case letters, digits and hyphens, "
+            "starting with a letter, at most 24 characters (it names a system user and units)"
+        )
+    return value
+
+
+def host_name(value: str) -> str:
+    if not _HOST_NAME.match(value):
+        raise ValueError(f"{value!r} is not a valid host or group name (letters, digits, . _ -)")
+    return value
+
+
+def unix_user(value: str) -> str:
+    if not _UNIX_USER.match(value):
+        raise ValueError(f"{value!r} is not a valid user name")
+    return value
+
+
+def dotted(value: str) -> str:
+    if not _DOTTED.match(value):
+        raise ValueError(f"{value!r} is not a dotted Python module path")
+    return value
+
+
+def asgi_app(value: str) -> str:
+    if not _ASGI.match(value):
+        raise ValueError(f"{value!r} is not of the form package.module:application")
+    return value
+
+
+def url_path(value: str) -> str:
+    if not _URL_PATH.match(value):
+        raise ValueError(f"{value!r} is not a URL path (starts with /; letters, digits, ._~-/)")
+    return value
+
+
+def env_key(value: str) -> str:
+    if not _ENV_KEY.match(value):
+        raise ValueError(f"{value!r} is not a valid environment variable name")
+    return value
+
+
+def env_value(value: str) -> str:
+    """Any printable text: the env file quotes it, so only control characters are refused."""
+    if _CONTROL.search(value):
+        raise ValueError("value contains a newline or another control character")
+    return value
+
+
+def port(value: int) -> int:
+    if not 1024 <= value <= 65535:
+        raise ValueError(f"{value} is not a port between 1024 and 65535")
+    return value
+
+
+def ssh_port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not a port between 1 and 65535")
+    return value
+
+
+def count(low: int, high: int):
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"{value} is not between {low} and {high}")
+        return value
+
+    return check
