@@ -1,0 +1,137 @@
+"""Helpers for e2e tests: an inventory in a temp dir, `fab` run in-process, host probes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+from fabric.main import make_program
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "example"
+SECRET = "e2e-Secret-Value-7f3a9c"
+
+
+@dataclass
+class FabRun:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def report(self) -> dict:
+        return json.loads(self.out)
+
+    def host(self, name: str) -> dict:
+        return next(h for h in self.report["hosts"] if h["host"] == name)
+
+
+def fab(inventory: Path, *args: str) -> FabRun:
+    """Run `fab` in this process, as a user would type it, and capture its output and code."""
+    out, err = io.StringIO(), io.StringIO()
+    old = os.environ.get("DJK_INVENTORY")
+    os.environ["DJK_INVENTORY"] = str(inventory)
+    code = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            make_program().run(["fab", "--search-root", str(ROOT), *args])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        if old is None:
+            os.environ.pop("DJK_INVENTORY", None)
+        else:
+            os.environ["DJK_INVENTORY"] = old
+    return FabRun(code, out.getvalue(), err.getvalue())
+
+
+class Project:
+    """A user's project: hosts.toml and a secrets file pointing at test hosts."""
+
+    def __init__(self, directory: Path, hosts: list) -> None:
+        self.dir = directory
+        self.hosts = hosts
+        self.secrets = {"DJANGO_SECRET_KEY": SECRET}
+        self.site: dict = {
+            "domains": ["example.test", "www.example.test"],
+            "hosts": [h.name for h in hosts],
+            "source": str(EXAMPLE),
+            "asgi": "exampleproject.asgi:application",
+            "settings": "exampleproject.settings",
+            "port": 8001,
+            "workers": 2,
+            "env_file": "example.env",
+        }
+        self.write()
+
+    @property
+    def inventory(self) -> Path:
+        return self.dir / "hosts.toml"
+
+    def write(self) -> Path:
+        lines = ["[defaults]", 'user = "deploy"']
+        for host in self.hosts:
+            lines += [
+                f"[hosts.{host.name}]",
+                f'address = "{host.address}"',
+                f'ssh_key = "{host.key_path}"',
+            ]
+        lines.append("[sites.example]")
+        for key, value in self.site.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        self.inventory.write_text("\n".join(lines) + "\n")
+        (self.dir / "example.env").write_text(
+            "".join(f"{k}={v}\n" for k, v in self.secrets.items())
+        )
+        return self.inventory
+
+    def fab(self, *args: str) -> FabRun:
+        return fab(self.inventory, *args)
+
+
+def sh(host, command: str) -> str:
+    """Run a command as root on a test host over plain ssh; return its stdout."""
+    done = host.ssh(f"sudo -n sh -c {shlex.quote(command)}", check=False)
+    assert done.returncode == 0, f"{command!r} on {host.name}: {done.stderr}"
+    return done.stdout
+
+
+def main_pid(host, unit: str) -> int:
+    return int(sh(host, f"systemctl show -p MainPID --value {unit}").strip())
+
+
+def nginx_pids(host) -> tuple[int, tuple[int, ...]]:
+    """nginx master and worker PIDs: a reload keeps the master and replaces the workers."""
+    master = main_pid(host, "nginx.service")
+    workers = tuple(sorted(int(p) for p in sh(host, f"pgrep -P {master} || true").split()))
+    return master, workers
+
+
+def snapshot(host) -> str:
+    """Every file, directory, owner and mode the kit could touch, and the users: a fingerprint."""
+    return sh(
+        host,
+        "cd / && find etc/nginx etc/systemd/system srv var/lib/djk -xdev 2>/dev/null "
+        "-printf '%p %y %m %u %g %l\\n' | sort; "
+        "find etc/nginx etc/systemd/system srv -xdev -type f -exec sha256sum {} + 2>/dev/null "
+        "| sort; getent passwd | sort",
+    )
+
+
+def curl(host, path: str = "/", host_header: str = "example.test", extra: str = "") -> str:
+    """curl from the control machine through the host's nginx; returns status, headers, body."""
+    import subprocess
+
+    done = subprocess.run(
+        f"curl -s -i --max-time 10 -H {shlex.quote('Host: ' + host_header)} {extra} "
+        f"http://{host.address}{path}",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    return f"exit={done.returncode}\n{done.stdout}"

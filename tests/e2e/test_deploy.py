@@ -1,0 +1,164 @@
+"""The vertical slice on a real host: `fab -H web1 deploy` of the example site.
+
+The tests of this module share one fresh host and run in file order: inventory error, check on
+the fresh host, first deploy, no-op redeploy, one value changed, check and diff of a change.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .kit import SECRET, curl, main_pid, nginx_pids, sh, snapshot
+
+pytestmark = pytest.mark.e2e
+WEB = "djk-example-web.service"
+
+
+def test_inventory_error_exits_nonzero_and_touches_no_host(project, fresh_host):
+    before = snapshot(fresh_host)
+    project.site["domains"] = ["example.test", "evil.test; return 200"]
+    project.write()
+    try:
+        run = project.fab("-H", "web1", "deploy")
+    finally:
+        project.site["domains"] = ["example.test", "www.example.test"]
+        project.write()
+    assert run.code == 2
+    assert "sites.example.domains[1]" in run.err and "hosts.toml" in run.err
+    assert "Traceback" not in run.err + run.out
+    unknown = project.fab("-H", "nosuchhost!", "deploy")
+    assert unknown.code == 2 and "nosuchhost!" in unknown.err
+    assert snapshot(fresh_host) == before
+
+
+def test_check_on_fresh_host_reports_changes_and_changes_nothing(project, fresh_host):
+    before = snapshot(fresh_host)
+    run = project.fab("-H", "web1", "deploy", "--check", "--diff")
+    assert run.code == 0, run.out + run.err
+    assert "would change" in run.out
+    assert "+    server_name example.test www.example.test;" in run.out
+    assert SECRET not in run.out
+    assert "DJANGO_SECRET_KEY=********" in run.out
+    assert snapshot(fresh_host) == before
+
+
+@pytest.fixture(scope="module")
+def first_deploy(project, fresh_host):
+    run = project.fab("-H", "web1", "deploy")
+    assert run.code == 0, run.out + run.err
+    return run
+
+
+def test_first_deploy_serves_the_site_through_nginx(first_deploy, fresh_host):
+    assert "RECAP" in first_deploy.out
+    page = curl(fresh_host, "/")
+    assert page.startswith("exit=0\nHTTP/1.1 200"), page
+    assert "Example site" in page and "1.0.0" in page
+    health = curl(fresh_host, "/health/", host_header="www.example.test")
+    assert '"status": "ok"' in health or '"status":"ok"' in health
+
+
+def test_static_files_are_served_by_nginx_itself(first_deploy, fresh_host):
+    static = curl(fresh_host, "/static/pages/style.css")
+    assert "HTTP/1.1 200" in static
+    assert "X-Static: nginx" in static and "Cache-Control: max-age=2592000" in static
+    # gunicorn logs every request it serves; the static one never reached it.
+    log = sh(fresh_host, f"journalctl -u {WEB} --no-pager -o cat")
+    assert "GET / HTTP" in log or "GET /" in log
+    assert "/static/pages/style.css" not in log
+    # nginx's worker (www-data) must be able to read the collected files: no 403.
+    assert "403" not in static.splitlines()[1]
+
+
+def test_unknown_host_header_never_reaches_django(first_deploy, fresh_host):
+    before = sh(fresh_host, f"journalctl -u {WEB} --no-pager -o cat | wc -l")
+    answer = curl(fresh_host, "/", host_header="unknown.test")
+    assert answer.startswith("exit=52"), answer  # nginx closed the connection (444)
+    assert sh(fresh_host, f"journalctl -u {WEB} --no-pager -o cat | wc -l") == before
+
+
+def test_gunicorn_runs_as_site_user_and_env_file_is_private(first_deploy, fresh_host):
+    pid = main_pid(fresh_host, WEB)
+    users = sh(fresh_host, f"ps -o user= -p {pid} --ppid {pid}").split()
+    assert users and set(users) == {"djk-example"}
+    cmdline = sh(fresh_host, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+    assert "uvicorn_worker.UvicornWorker" in cmdline
+    assert sh(fresh_host, "stat -c '%a %U %G' /srv/djk/example/shared/env").split() == [
+        "600",
+        "djk-example",
+        "djk-example",
+    ]
+    assert SECRET not in sh(fresh_host, "ps -eo args")
+    assert sh(fresh_host, f"systemctl is-enabled {WEB}").strip() == "enabled"
+    assert "Restart=on-failure" in sh(fresh_host, f"systemctl cat {WEB}")
+
+
+def test_second_deploy_changes_nothing_and_restarts_nothing(first_deploy, project, fresh_host):
+    web_pid, nginx = main_pid(fresh_host, WEB), nginx_pids(fresh_host)
+    run = project.fab("-H", "web1", "deploy", "--json")
+    assert run.code == 0, run.out + run.err
+    report = run.host("web1")
+    assert report["changed"] == 0 and report["failed"] == 0, report
+    assert report["commands"] == 1  # one round trip read everything; nothing to write
+    assert main_pid(fresh_host, WEB) == web_pid
+    assert nginx_pids(fresh_host) == nginx
+    assert SECRET not in run.out
+
+
+def test_one_value_changes_one_file_and_restarts_only_its_dependents(
+    first_deploy, project, fresh_host
+):
+    web_pid, nginx = main_pid(fresh_host, WEB), nginx_pids(fresh_host)
+    nginx_conf = sh(fresh_host, "sha256sum /etc/nginx/sites-enabled/djk-site-example.conf")
+    project.site["workers"] = 3
+    project.write()
+    run = project.fab("-H", "web1", "deploy", "--json")
+    assert run.code == 0, run.out + run.err
+    changed = [s["step"] for s in run.host("web1")["steps"] if s["status"] == "changed"]
+    assert changed == [f"unit {WEB}", "handler daemon-reload", f"handler restart:{WEB}"]
+    assert main_pid(fresh_host, WEB) != web_pid
+    assert nginx_pids(fresh_host) == nginx  # not reloaded: nothing nginx reads changed
+    assert sh(fresh_host, "sha256sum /etc/nginx/sites-enabled/djk-site-example.conf") == nginx_conf
+    workers = sh(fresh_host, f"pgrep -P {main_pid(fresh_host, WEB)} | wc -l").strip()
+    assert workers == "3"
+    assert "HTTP/1.1 200" in curl(fresh_host, "/")
+
+
+def test_domain_change_reloads_nginx_and_restarts_app(first_deploy, project, fresh_host):
+    master, workers = nginx_pids(fresh_host)
+    project.site["domains"] = ["example.test", "www.example.test", "shop.test"]
+    project.write()
+    run = project.fab("-H", "web1", "deploy", "--json")
+    assert run.code == 0, run.out + run.err
+    changed = {s["step"] for s in run.host("web1")["steps"] if s["status"] == "changed"}
+    assert changed == {
+        "nginx server block example",
+        "env file /srv/djk/example/shared/env",
+        f"handler restart:{WEB}",
+        "handler reload:nginx.service",
+    }
+    new_master, new_workers = nginx_pids(fresh_host)
+    assert new_master == master and set(new_workers).isdisjoint(workers)  # a graceful reload
+    assert "HTTP/1.1 200" in curl(fresh_host, "/", host_header="shop.test")
+
+
+def test_check_and_diff_of_a_changed_inventory_leave_host_identical(
+    first_deploy, project, fresh_host
+):
+    before = snapshot(fresh_host)
+    project.site["workers"] = 4
+    project.secrets["DJANGO_SECRET_KEY"] = SECRET + "-rotated"
+    project.write()
+    try:
+        run = project.fab("-H", "web1", "deploy", "--check", "--diff")
+        data = project.fab("-H", "web1", "deploy", "--check", "--json")
+    finally:
+        project.secrets["DJANGO_SECRET_KEY"] = SECRET
+        project.write()
+    assert run.code == 0, run.out + run.err
+    assert "would change" in run.out
+    assert "-ExecStart=" in run.out and "--workers 4" in run.out
+    assert "secret values changed: DJANGO_SECRET_KEY" in run.out
+    assert SECRET not in run.out and SECRET not in data.out
+    assert data.report["check"] is True and data.host("web1")["changed"] >= 2
+    assert snapshot(fresh_host) == before

@@ -1,0 +1,89 @@
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from tasks import app, nginx
+from tasks.engine.inventory import parse
+from tasks.engine.layout import SitePaths
+from tasks.engine.render import MANAGED, env_quote, render
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "example"
+
+
+@pytest.fixture
+def site(tmp_path):
+    (tmp_path / "s.env").write_text("DJANGO_SECRET_KEY='a\"b$c`d\\\\e'\n")
+    data = {
+        "hosts": {"web1": {"address": "10.0.0.1"}},
+        "sites": {
+            "shop": {
+                "domains": ["shop.test", "*.shop.test"],
+                "hosts": ["web1"],
+                "source": str(EXAMPLE),
+                "asgi": "exampleproject.asgi:application",
+                "settings": "exampleproject.settings",
+                "port": 8005,
+                "workers": 3,
+                "env_file": "s.env",
+            }
+        },
+    }
+    return parse(data, tmp_path / "hosts.toml").sites["shop"]
+
+
+def test_strict_undefined_is_an_error():
+    with pytest.raises(jinja2.UndefinedError):
+        render("nginx/site.conf.j2")
+
+
+def test_every_managed_file_has_the_header(site):
+    paths = SitePaths.of(site)
+    for text in (
+        render("nginx/site.conf.j2", site=site, paths=paths),
+        render("nginx/default.conf.j2"),
+        render("systemd/web.service.j2", site=site, paths=paths),
+        render("app/env.j2", entries=[("A", "1")]),
+    ):
+        assert text.startswith(f"# {MANAGED}")
+
+
+def test_server_block_and_unit(site):
+    paths = SitePaths.of(site)
+    conf = nginx.site_block(site).content
+    assert "server_name shop.test *.shop.test;" in conf
+    assert "server 127.0.0.1:8005;" in conf
+    assert f"alias {paths.static}/;" in conf and "expires 30d;" in conf
+    unit = render("systemd/web.service.j2", site=site, paths=paths)
+    assert "User=djk-shop" in unit
+    assert "--worker-class uvicorn_worker.UvicornWorker" in unit
+    assert "--workers 3" in unit and "Restart=on-failure" in unit
+    assert "WantedBy=multi-user.target" in unit
+    assert f"EnvironmentFile={paths.env}" in unit
+
+
+def test_env_file_derives_hosts_and_origins_and_holds_secrets(site):
+    entries = dict(app.env_entries(site, SitePaths.of(site), "rel1"))
+    assert entries["DJANGO_ALLOWED_HOSTS"] == "shop.test,.shop.test"
+    assert "https://*.shop.test" in entries["DJANGO_CSRF_TRUSTED_ORIGINS"].split(",")
+    assert entries["APP_RELEASE"] == "rel1"
+    assert entries["DJANGO_SECRET_KEY"] == 'a"b$c`d\\e'
+
+
+def test_env_quote_means_the_same_to_sh(tmp_path):
+    value = "a\"b$c`d\\e f;{x}'g"
+    env = tmp_path / "env"
+    env.write_text(f"X={env_quote(value)}\n")
+    out = subprocess.run(
+        ["sh", "-c", f'set -a; . {env}; printf %s "$X"'], capture_output=True, text=True
+    )
+    assert out.stdout == value
+
+
+def test_site_steps_have_unique_ids_and_secret_not_in_scripts(site):
+    steps = app.site_steps(site)
+    assert len({s.id for s in steps}) == len(steps)
+    for step in steps:
+        for attr in ("script",):
+            assert 'a"b$c' not in str(getattr(step, attr, ""))
