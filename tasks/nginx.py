@@ -5,7 +5,7 @@ from __future__ import annotations
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, SitePaths
 from .engine.render import render
-from .engine.steps import Absent, File, Run, Service, Step, UnitStatus
+from .engine.steps import NGINX_RELOAD, Absent, File, Run, Service, Step, UnitStatus
 from .engine.tasks import run_steps, targets_task
 
 RELOAD = ("reload:nginx.service",)

@@ -167,7 +167,8 @@ def _run_handlers(remote: Remote, ctx: Context, reporter: Reporter, report: Host
             result = StepResult(label, "changed", "would run")
         else:
             t0 = time.monotonic()
-            done = remote.run(f"{handler_script(name)}\n{clear}")
+            # The subshell keeps a handler's own `exit` from skipping the bookkeeping.
+            done = remote.run(f"(\n{handler_script(name)}\n) || exit $?\n{clear}")
             status = "changed" if done.ok else "failed"
             detail = "" if done.ok else f"exit {done.rc}: {done.stderr.strip()[-1500:]}"
             result = StepResult(label, status, detail, seconds=time.monotonic() - t0)

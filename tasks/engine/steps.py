@@ -323,6 +323,28 @@ class Service(Step):
         return Plan([Action(" and ".join(parts), "\n".join(["set -e", *script]))])
 
 
+# `systemctl reload nginx` only signals the master; until the old workers stop serving, new
+# connections can still get the old configuration. Wait until every old worker has left.
+NGINX_RELOAD = r"""set -e
+nginx -t -q
+master=$(systemctl show -p MainPID --value nginx.service)
+if [ "${master:-0}" = 0 ]; then systemctl start nginx.service; exit 0; fi
+old=$(ps -o pid=,args= --ppid "$master" | awk '/worker process$/ {print $1}')
+systemctl reload nginx.service
+i=0
+while [ $i -lt 200 ]; do
+  serving=0
+  for p in $old; do
+    case "$(ps -o args= -p "$p" 2>/dev/null)" in *"worker process") serving=1;; esac
+  done
+  [ $serving = 0 ] && exit 0
+  i=$((i+1)); sleep 0.05
+done
+echo "nginx did not switch to the new configuration within 10s (see journalctl -u nginx)" >&2
+exit 1
+"""
+
+
 def handler_script(name: str) -> str:
     """What a handler runs. Names: daemon-reload, restart:UNIT, reload:nginx.service."""
     if name == "daemon-reload":
@@ -331,7 +353,7 @@ def handler_script(name: str) -> str:
     if kind == "restart":
         return f"systemctl restart {_q(unit)}"
     if kind == "reload" and unit == "nginx.service":
-        return "nginx -t -q && systemctl reload-or-restart nginx.service"
+        return NGINX_RELOAD
     if kind == "reload":
         return f"systemctl reload-or-restart {_q(unit)}"
     raise ValueError(f"unknown handler {name!r}")
