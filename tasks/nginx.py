@@ -52,12 +52,7 @@ def deploy(c, check=False, diff=False, json_=False, quiet=False):
 @targets_task
 def reload(c, json_=False, quiet=False):
     """Validate the whole nginx configuration (nginx -t), then reload gracefully."""
-    step = Run(
-        "nginx-reload",
-        "nginx reload",
-        "validate and reload",
-        "set -e\nnginx -t -q\nsystemctl reload nginx.service",
-    )
+    step = Run("nginx-reload", "nginx reload", "validate and reload", NGINX_RELOAD)
     run_steps(c, lambda inventory, host: [step], json_=json_, quiet=quiet)
 
 
