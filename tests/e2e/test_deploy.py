@@ -162,3 +162,54 @@ def test_check_and_diff_of_a_changed_inventory_leave_host_identical(
     assert SECRET not in run.out and SECRET not in data.out
     assert data.report["check"] is True and data.host("web1")["changed"] >= 2
     assert snapshot(fresh_host) == before
+
+
+def test_failed_validation_restores_config_and_pending_restart_survives(
+    first_deploy, project, fresh_host
+):
+    conf = "/etc/nginx/sites-enabled/djk-site-example.conf"
+    before_conf = sh(fresh_host, f"sha256sum {conf}")
+    web_pid = main_pid(fresh_host, WEB)
+    # Someone left a broken file on the host: every candidate config now fails `nginx -t`.
+    sh(fresh_host, "echo 'this is not nginx syntax' > /etc/nginx/conf.d/broken.conf")
+    project.site["domains"] = ["example.test", "www.example.test", "late.test"]
+    project.write()
+    try:
+        failed = project.fab("-H", "web1", "deploy")
+    finally:
+        sh(fresh_host, "rm -f /etc/nginx/conf.d/broken.conf")
+    assert failed.code == 1
+    assert "nginx server block example" in failed.out and "failed" in failed.out
+    assert "broken.conf" in failed.out  # nginx's own message reaches the user
+    assert sh(fresh_host, f"sha256sum {conf}") == before_conf  # previous file is back
+    assert "HTTP/1.1 200" in curl(fresh_host, "/")  # nginx kept serving
+    assert main_pid(fresh_host, WEB) == web_pid  # handlers did not run after the failure
+    pending = sh(fresh_host, "cat /var/lib/djk/pending-handlers")
+    assert f"restart:{WEB}" in pending
+
+    again = project.fab("-H", "web1", "deploy", "--json")
+    assert again.code == 0, again.out + again.err
+    changed = {s["step"] for s in again.host("web1")["steps"] if s["status"] == "changed"}
+    # The env file was already written by the failed run; its restart was still due.
+    assert "env file /srv/djk/example/shared/env" not in changed
+    assert {f"handler restart:{WEB}", "handler reload:nginx.service"} <= changed
+    assert main_pid(fresh_host, WEB) != web_pid
+    assert "HTTP/1.1 200" in curl(fresh_host, "/", host_header="late.test")
+    assert sh(fresh_host, "cat /var/lib/djk/pending-handlers").strip() == ""
+
+
+def test_tasks_compose_in_scripts_by_exit_code(first_deploy, project, fresh_host):
+    assert project.fab("-H", "web1", "app.status").code == 0
+    assert project.fab("-H", fresh_host.address, "nginx.status", "--json").code == 0
+    master, workers = nginx_pids(fresh_host)
+    reload = project.fab("-H", "web1", "nginx.reload", "--quiet")
+    assert reload.code == 0, reload.out + reload.err
+    new_master, new_workers = nginx_pids(fresh_host)
+    assert new_master == master and set(new_workers).isdisjoint(workers)
+    sh(fresh_host, f"systemctl stop {WEB}")
+    try:
+        down = project.fab("-H", "web1", "app.status", "--json")
+        assert down.code == 1
+        assert down.host("web1")["failed"] == 1
+    finally:
+        sh(fresh_host, f"systemctl start {WEB}")
