@@ -1,0 +1,209 @@
+"""Build and cache the Debian bookworm image the test hosts boot from."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ._sys import TestbedError, log, mounts, run, safe_rmtree, tail, unmount_all_under
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+MACHINES_DIR = Path("/var/lib/machines")
+IMAGE_PREFIX = "djk-bookworm-"
+
+PACKAGES: tuple[str, ...] = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "sudo",
+    "python3",
+    "python3-venv",
+    "nginx",
+    "redis-server",
+    "curl",
+    "ca-certificates",
+    "procps",
+    "iproute2",
+    "libpam-systemd",
+)
+
+# Bump when the customisation changes in a way the script text does not show.
+CUSTOMIZE_VERSION = 1
+
+# Runs inside the freshly debootstrapped tree via chroot. Per-host files
+# (hostname, address, authorized_keys) are written at boot time instead.
+CUSTOMIZE_SCRIPT = r"""
+set -eu
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C
+
+id deploy >/dev/null 2>&1 || useradd --create-home --home-dir /home/deploy --shell /bin/bash deploy
+install -d -m 0700 -o deploy -g deploy /home/deploy/.ssh
+printf 'deploy ALL=(ALL) NOPASSWD:ALL\n' > /etc/sudoers.d/deploy
+chmod 0440 /etc/sudoers.d/deploy
+passwd -l root
+
+systemctl enable systemd-networkd.service
+# Hosts have static addresses only; bound the wait so an odd link can't
+# stall network-online.target (nginx wants it) for the default 2 minutes.
+mkdir -p /etc/systemd/system/systemd-networkd-wait-online.service.d
+cat > /etc/systemd/system/systemd-networkd-wait-online.service.d/djk.conf <<'EOF'
+[Service]
+ExecStart=
+ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=15
+EOF
+
+# Background apt runs would grab the dpkg lock in the middle of a deploy.
+systemctl mask apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service
+
+mkdir -p /etc/ssh/sshd_config.d
+cat > /etc/ssh/sshd_config.d/10-djk-testbed.conf <<'EOF'
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+EOF
+
+# Empty (not missing, not "uninitialized"): each boot gets a transient id
+# without triggering first-boot logic.
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+ln -s /etc/machine-id /var/lib/dbus/machine-id
+
+# pam_env warns on every login without it; C.UTF-8 needs no locales package.
+printf 'LANG=C.UTF-8\n' > /etc/default/locale
+
+apt-get clean
+# Hosts have no route to the outside; an empty resolv.conf keeps lookups on loopback.
+printf '# djk testbed: no DNS servers\n' > /etc/resolv.conf
+"""
+
+
+def recipe() -> dict[str, object]:
+    return {
+        "suite": SUITE,
+        "mirror": MIRROR,
+        "packages": sorted(PACKAGES),
+        "customize_version": CUSTOMIZE_VERSION,
+        "customize_script": CUSTOMIZE_SCRIPT,
+    }
+
+
+def recipe_hash(rec: dict[str, object] | None = None) -> str:
+    blob = json.dumps(rec if rec is not None else recipe(), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def image_dir(machines_dir: Path = MACHINES_DIR) -> Path:
+    return machines_dir / f"{IMAGE_PREFIX}{recipe_hash()}"
+
+
+# debootstrap logs one line per package per phase; those become a counter.
+_PER_PACKAGE = re.compile(r"^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) ")
+
+
+def _debootstrap(target: Path, build_log: Path) -> None:
+    argv = [
+        "debootstrap",
+        "--components=main",
+        f"--include={','.join(PACKAGES)}",
+        SUITE,
+        str(target),
+        MIRROR,
+    ]
+    log(f"image: {' '.join(argv)}")
+    with build_log.open("a") as logf:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "LC_ALL": "C"},
+        )
+        assert proc.stdout is not None
+        counted, last_report, phase = 0, time.monotonic(), ""
+        for line in proc.stdout:
+            logf.write(line)
+            m = _PER_PACKAGE.match(line)
+            if m:
+                counted += 1
+                if m.group(1) != phase or time.monotonic() - last_report > 10:
+                    phase, last_report = m.group(1), time.monotonic()
+                    log(f"image: {phase.lower()} packages ({counted} steps so far)")
+            elif line.startswith(("I: ", "W: ", "E: ")):
+                log(f"image: {line.rstrip()[3:]}")
+        rc = proc.wait()
+    if rc != 0:
+        raise TestbedError(f"debootstrap failed ({rc}); log {build_log}:\n{tail(build_log)}")
+
+
+def _customize(target: Path, build_log: Path) -> None:
+    log("image: customising (deploy user, sudo, sshd, networkd)")
+    proc = run(["chroot", target, "/bin/sh", "-c", CUSTOMIZE_SCRIPT], check=False)
+    with build_log.open("a") as logf:
+        logf.write(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise TestbedError(f"image customisation failed; log {build_log}:\n{tail(build_log)}")
+
+
+def _prune_old(machines_dir: Path, keep: Path) -> None:
+    """Drop images of older recipes that no running host still uses."""
+    in_use = " ".join(opts for _, fstype, opts in mounts() if fstype == "overlay")
+    for old in machines_dir.glob(f"{IMAGE_PREFIX}*"):
+        if old == keep or not old.is_dir() or f"lowerdir={old}" in in_use:
+            continue
+        log(f"image: removing outdated {old}")
+        safe_rmtree(old)
+
+
+def ensure_image(machines_dir: Path = MACHINES_DIR) -> Path:
+    """Return the cached image directory, building it first if needed."""
+    target = image_dir(machines_dir)
+    if target.is_dir():
+        return target
+    machines_dir.mkdir(parents=True, exist_ok=True)
+    # Serialise builds: concurrent test sessions must not debootstrap twice.
+    with (machines_dir / f".{IMAGE_PREFIX}build.lock").open("w") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        if target.is_dir():
+            return target
+        # Anything half-built is from a killed build; we hold the lock, so it is stale.
+        for stale in machines_dir.glob(f".{IMAGE_PREFIX}*.tmp"):
+            log(f"image: removing unfinished build {stale}")
+            safe_rmtree(stale)
+        tmp = machines_dir / f".{target.name}.tmp"
+        build_log = machines_dir / f".{target.name}.log"
+        build_log.write_text("")
+        log(f"image: building {target} (takes ~2 minutes, once)")
+        started = time.monotonic()
+        try:
+            _debootstrap(tmp, build_log)
+            _customize(tmp, build_log)
+            (tmp / "etc/djk-testbed-image.json").write_text(json.dumps(recipe(), indent=2) + "\n")
+            # debootstrap unmounts its /proc and /sys, but make sure before publishing.
+            unmount_all_under(tmp)
+            tmp.rename(target)
+        except BaseException:
+            # Leave nothing that looks usable; the next build removes the rest.
+            print(f"[testbed] image: build failed, see {build_log}", file=sys.stderr)
+            raise
+        log(f"image: built {target} in {time.monotonic() - started:.0f}s")
+        _prune_old(machines_dir, target)
+    return target
+
+
+def remove_image(machines_dir: Path = MACHINES_DIR) -> None:
+    target = image_dir(machines_dir)
+    if target.exists():
+        safe_rmtree(target)
+
+
+__all__ = ["ensure_image", "image_dir", "recipe", "recipe_hash", "remove_image"]
