@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from .kit import SECRET, curl, main_pid, nginx_pids, sh, snapshot
+from .kit import SECRET, curl, fab, main_pid, nginx_pids, sh, snapshot
 
 pytestmark = pytest.mark.e2e
 WEB = "djk-example-web.service"
@@ -213,3 +213,23 @@ def test_tasks_compose_in_scripts_by_exit_code(first_deploy, project, fresh_host
         assert down.host("web1")["failed"] == 1
     finally:
         sh(fresh_host, f"systemctl start {WEB}")
+
+
+def test_targets_by_group_ssh_config_alias_and_address(first_deploy, project, fresh_host):
+    ssh_config = project.dir / "ssh_config"
+    ssh_config.write_text(
+        f"Host testweb\n  HostName {fresh_host.address}\n  User deploy\n"
+        f"  IdentityFile {fresh_host.key_path}\n"
+    )
+    inventory = project.dir / "alias.toml"
+    text = project.inventory.read_text()
+    text = text.replace(f'address = "{fresh_host.address}"\n', 'ssh_alias = "testweb"\n')
+    text = text.replace(f'ssh_key = "{fresh_host.key_path}"\n', "")
+    text = text.replace("[sites.example]", '[groups]\nfront = ["web1"]\n[sites.example]')
+    inventory.write_text(text)
+    for target in ("testweb", "front", "web1"):
+        run = fab(inventory, "-S", str(ssh_config), "-H", target, "deploy", "--json")
+        assert run.code == 0, (target, run.out, run.err)
+        assert run.host("web1")["changed"] == 0
+    by_address = project.fab("-H", f"deploy@{fresh_host.address}", "deploy", "--json")
+    assert by_address.code == 0 and by_address.host("web1")["changed"] == 0
