@@ -2,11 +2,14 @@
 
 from invoke import Collection
 
-from . import app, multidomain, nginx
-from .deploy import deploy
+from . import app, lock, multidomain, nginx
+from .deploy import deploy, releases, rollback
 
 ns = Collection()
 ns.add_task(deploy)
+ns.add_task(rollback)
+ns.add_task(releases)
 ns.add_collection(Collection.from_module(app))
 ns.add_collection(Collection.from_module(nginx))
 ns.add_collection(Collection.from_module(multidomain))
+ns.add_collection(Collection.from_module(lock))

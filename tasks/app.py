@@ -1,19 +1,38 @@
-"""The Django app of each site: user, directories, source, dependencies, env file, unit."""
+"""The Django app of each site: user, directories, releases, dependencies, env file, units.
+
+A deploy runs in three phases on every host: stage (everything up to a staged release), migrate
+(once per deploy, on one host, before any switch) and switch (health-gated, see engine/switch.py).
+"""
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from .engine import releases as R
+from .engine.facts import Fact, file_text, path_state
 from .engine.inventory import Host, Inventory, Site
-from .engine.layout import SitePaths
+from .engine.layout import SLOTS, SitePaths
 from .engine.python_env import Venv
 from .engine.render import render
-from .engine.steps import Directory, File, MarkedCommand, Service, Step, SystemUser, UnitStatus
+from .engine.steps import (
+    Action,
+    Context,
+    Directory,
+    File,
+    MarkedCommand,
+    Plan,
+    Step,
+    SystemUser,
+    UnitStatus,
+)
+from .engine.switch import switch_script
 from .engine.tasks import run_steps, targets_task, user_error
-from .engine.tree import Tree
+from .engine.tree import tree_archive, tree_hash
 
 
-def env_entries(site: Site, paths: SitePaths, release: str) -> list[tuple[str, str]]:
+def env_entries(site: Site, paths: SitePaths) -> list[tuple[str, str]]:
     """The env file's variables: derived ones first, then the inventory's, then the secrets."""
     origins = []
     hosts = []
@@ -26,7 +45,6 @@ def env_entries(site: Site, paths: SitePaths, release: str) -> list[tuple[str, s
         "DJANGO_CSRF_TRUSTED_ORIGINS": ",".join(origins),
         "DJANGO_STATIC_ROOT": paths.static,
         "DJANGO_DB_PATH": paths.db,
-        "APP_RELEASE": release,
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     entries.update(site.env)
@@ -34,65 +52,269 @@ def env_entries(site: Site, paths: SitePaths, release: str) -> list[tuple[str, s
     return list(entries.items())
 
 
-def manage(site: Site, paths: SitePaths, args: str) -> str:
-    """A manage.py command as the site user, with the site's env file, never as root."""
+def manage(site: Site, paths: SitePaths, release_dir: str, args: str) -> str:
+    """A manage.py command in a release, as the site user, with the site's env, never as root."""
     inner = (
-        f"set -a; . {shlex.quote(paths.env)}; set +a; cd {shlex.quote(paths.src)} && "
-        f"exec {shlex.quote(paths.venv)}/bin/python manage.py {args}"
+        f"set -a; . {shlex.quote(paths.env)}; . ./.djk-release.env; set +a; "
+        f"exec ./.venv/bin/python manage.py {args}"
     )
-    return f"runuser -u {shlex.quote(site.user)} -- /bin/sh -c {shlex.quote(inner)}"
+    return (
+        f"cd {shlex.quote(release_dir)} && "
+        f"runuser -u {shlex.quote(site.user)} -- /bin/sh -c {shlex.quote(inner)}"
+    )
 
 
-def site_steps(site: Site) -> list[Step]:
+@dataclass(frozen=True)
+class Build:
+    """What this deploy wants for a site, computed once on the control machine."""
+
+    site: Site
+    release_id: str
+    tree: str
+    deps: str
+    revision: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.tree[:16]}-{self.deps}"
+
+
+def new_build(site: Site, now: float | None = None) -> Build:
+    tree = tree_hash(site.source)
+    revision = R.source_revision(site.source, tree)
+    deps = Venv.key_for(site.requirements)
+    return Build(site, R.new_release_id(revision, now), tree, deps, revision)
+
+
+def wanted(ctx: Context, site: Site) -> str:
+    return ctx.data["release"][site.name]
+
+
+class Stage(Step):
+    """A release directory for this deploy's source, unless the live release already has it."""
+
+    def __init__(self, build: Build) -> None:
+        self.build = build
+        self.paths = SitePaths.of(build.site)
+        self.id = f"stage:{build.site.name}"
+        self.name = f"release {build.site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        current = self.paths.current
+        return [
+            path_state(current),
+            file_text(f"{current}/.djk-tree"),
+            path_state(f"{current}/.venv"),
+        ]
+
+    def plan(self, ctx: Context) -> Plan:
+        b, paths = self.build, self.paths
+        current = ctx.facts[f"stat:{paths.current}"]
+        live = current.target.removeprefix("releases/") if current and current.target else None
+        live_tree = ctx.facts[f"text:{paths.current}/.djk-tree"]
+        venv = ctx.facts[f"stat:{paths.current}/.venv"]
+        live_deps = venv.target.rsplit("/", 1)[-1] if venv and venv.target else None
+        releases = ctx.data.setdefault("release", {})
+        ctx.data.setdefault("live", {})[b.site.name] = live
+        if live and live_tree == b.tree and live_deps == b.deps:
+            releases[b.site.name] = live
+            ctx.data.setdefault("report", {}).setdefault("releases", {})[b.site.name] = live
+            return Plan(reason=f"{live} is live with this source and dependency set")
+        releases[b.site.name] = b.release_id
+        ctx.data.setdefault("report", {}).setdefault("releases", {})[b.site.name] = b.release_id
+        q = shlex.quote
+        target = paths.release(b.release_id)
+        new = f"{target}.djk-new"
+        group = q(b.site.user)
+        manifest = R.manifest(b.release_id, b.revision, b.tree, b.deps)
+        script = f"""set -e
+rm -rf {q(new)}
+install -d -m 750 -o root -g {group} {q(new)}
+tar -xzf - -C {q(new)} --no-same-owner --no-same-permissions
+printf '%s\\n' {b.tree} > {q(new)}/.djk-tree
+printf 'APP_RELEASE=%s\\n' {q(b.release_id)} > {q(new)}/.djk-release.env
+printf '%s\\n' {q(manifest)} > {q(new)}/.djk-release.json
+echo staged > {q(new)}/.djk-status
+ln -sfn ../../venvs/{b.deps} {q(new)}/.venv
+chown -R root:{group} {q(new)}
+chmod -R u=rwX,g=rX,o= {q(new)}
+mv -T {q(new)} {q(target)}
+"""
+        was = f"live {live}" if live else "no live release"
+        return Plan(
+            [
+                Action(
+                    f"stage {b.release_id} ({was})",
+                    script,
+                    stdin=lambda: tree_archive(b.site.source),
+                )
+            ]
+        )
+
+
+class ReleaseCommand(MarkedCommand):
+    """A manage.py command run in the wanted release, once per source + dependency set."""
+
+    def __init__(
+        self,
+        site: Site,
+        key: str,
+        step_id: str,
+        name: str,
+        args: str,
+        marker: str,
+        progress: str,
+        mark_failed: bool = False,
+    ) -> None:
+        super().__init__(step_id, name, "", marker, key, progress)
+        self.site, self.args, self.mark_failed = site, args, mark_failed
+        self.paths = SitePaths.of(site)
+
+    def plan(self, ctx: Context) -> Plan:
+        release_dir = self.paths.release(wanted(ctx, self.site))
+        command = manage(self.site, self.paths, release_dir, self.args)
+        if self.mark_failed:
+            # A failed migration marks the release failed: it never goes live.
+            status = shlex.quote(f"{release_dir}/.djk-status")
+            command = (
+                f'if ! ( {command} ); then\n  [ "$(cat {status})" = staged ] && '
+                f"echo failed > {status}\n  exit 1\nfi"
+            )
+        self.script = command
+        return super().plan(ctx)
+
+
+class Switch(Step):
+    """Health-gated switch to the wanted release (or a restart of the live one when its env,
+    unit or dependencies changed); a no-op when the live slot runs the wanted release."""
+
+    def __init__(
+        self, site: Site, target: Callable[[Context], str] | None = None, mark_old: str = "previous"
+    ) -> None:
+        self.site, self.paths = site, SitePaths.of(site)
+        self.target = target or (lambda ctx: wanted(ctx, site))
+        self.mark_old = mark_old
+        self.unit_names = self.paths.web_units
+        self.id = f"switch:{site.name}"
+        self.name = f"switch {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [
+            path_state(self.paths.current),
+            file_text(self.paths.slot_file),
+            Fact(
+                f"releases:{self.site.name}",
+                R.list_command(self.paths.base),
+                R.parse_releases,
+                default=[],
+            ),
+        ]
+
+    def plan(self, ctx: Context) -> Plan:
+        paths = self.paths
+        current = ctx.facts[f"stat:{paths.current}"]
+        live = current.target.removeprefix("releases/") if current and current.target else None
+        slot = ctx.facts[f"text:{paths.slot_file}"]
+        try:
+            want = self.target(ctx)
+        except LookupError as exc:  # e.g. no earlier release to roll back to
+            return Plan(error=str(exc))
+        ctx.data.setdefault("report", {}).setdefault("releases", {})[self.site.name] = want
+        unit = ctx.facts["units"].get(paths.web_unit(slot)) if slot in SLOTS else None
+        running = unit is not None and unit.running
+        restart = paths.cycle in ctx.pending
+        if want == live and running and not restart:
+            return Plan(reason=f"{live} is live in slot {slot} (pid {unit.main_pid})")
+        releases = ctx.facts[f"releases:{self.site.name}"]
+        if want != live:
+            known = [r for r in releases if r.id != want]
+            known.append(R.Release(want, "live"))
+            if live:
+                known = [r if r.id != live else R.Release(live, self.mark_old) for r in known]
+            delete = R.cleanup(sorted(known, key=lambda r: r.id), want, self.site.keep_releases)
+        else:
+            delete = []
+        why = (
+            f"switch {live or 'nothing'} -> {want}"
+            if want != live
+            else f"restart {want} ({'changed env, unit or dependencies' if restart else 'down'})"
+        )
+        consumes = (paths.cycle, "reload:nginx.service", "daemon-reload")
+        script = switch_script(
+            paths,
+            want,
+            self.site.health_path,
+            self.site.health_host,
+            self.site.health_timeout,
+            self.mark_old,
+            delete,
+            consumes,
+        )
+        return Plan([Action(why, script, progress=f"{why}: health check", consumes=consumes)])
+
+
+def unit_files(site: Site, paths: SitePaths) -> list[Step]:
+    return [
+        File(
+            f"/etc/systemd/system/{paths.web_unit(slot)}",
+            render("systemd/web.service.j2", site=site, paths=paths, slot=slot),
+            notify=("daemon-reload", paths.cycle),
+            name=f"unit {paths.web_unit(slot)}",
+        )
+        for slot in SLOTS
+    ]
+
+
+def stage_steps(build: Build) -> list[Step]:
+    site = build.site
     paths = SitePaths.of(site)
-    restart = (f"restart:{paths.web_unit}",)
-    source = Tree(site.source, paths.src, group=site.user, notify=restart)
-    venv = Venv(paths.base, site.requirements, group=site.user, notify=restart)
-    release = source.digest[:12]
-    build = f"{source.digest[:16]}-{venv.key}"
-    env_file = File(
-        paths.env,
-        render("app/env.j2", entries=env_entries(site, paths, release)),
-        owner=site.user,
-        group=site.user,
-        mode="600",
-        notify=restart,
-        secret_keys=tuple(site.secrets),
-        name=f"env file {paths.env}",
-    )
-    unit = File(
-        f"/etc/systemd/system/{paths.web_unit}",
-        render("systemd/web.service.j2", site=site, paths=paths),
-        notify=("daemon-reload", *restart),
-        name=f"unit {paths.web_unit}",
-    )
+    cycle = (paths.cycle,)
     return [
         SystemUser(site.user, paths.base),
         Directory(paths.base, "root", site.user, "751"),
         Directory(paths.shared, site.user, site.user, "700"),
         Directory(paths.static, site.user, site.user, "755"),
-        source,
-        venv,
-        env_file,
-        MarkedCommand(
-            f"migrate:{site.name}",
-            f"migrate {site.name}",
-            manage(site, paths, "migrate --noinput"),
-            marker=f"{paths.shared}/.djk-migrated",
-            key=build,
-            progress="migrating",
+        Directory(paths.releases, "root", site.user, "750"),
+        Directory(paths.venvs, "root", site.user, "750"),
+        Directory(paths.slots, "root", site.user, "750"),
+        Venv(paths.venvs, site.requirements, group=site.user),
+        File(
+            paths.env,
+            render("app/env.j2", entries=env_entries(site, paths)),
+            owner=site.user,
+            group=site.user,
+            mode="600",
+            notify=cycle,
+            secret_keys=tuple(site.secrets),
+            name=f"env file {paths.env}",
         ),
-        MarkedCommand(
+        Stage(build),
+        ReleaseCommand(
+            site,
+            build.key,
             f"collectstatic:{site.name}",
             f"collectstatic {site.name}",
-            manage(site, paths, "collectstatic --noinput"),
-            marker=f"{paths.base}/.djk-collected",
-            key=build,
-            progress="collecting static files",
+            "collectstatic --noinput",
+            f"{paths.base}/.djk-collected",
+            "collecting static files",
         ),
-        unit,
-        Service(paths.web_unit),
+        *unit_files(site, paths),
     ]
+
+
+def migrate_step(build: Build) -> Step:
+    site = build.site
+    paths = SitePaths.of(site)
+    return ReleaseCommand(
+        site,
+        build.key,
+        f"migrate:{site.name}",
+        f"migrate {site.name}",
+        "migrate --noinput",
+        f"{paths.shared}/.djk-migrated",
+        "migrating",
+        mark_failed=True,
+    )
 
 
 def sites_or_exit(inventory: Inventory, host: Host) -> list[Site]:
@@ -105,23 +327,35 @@ def sites_or_exit(inventory: Inventory, host: Host) -> list[Site]:
     return sites
 
 
-def host_steps(inventory: Inventory, host: Host) -> list[Step]:
-    return [step for site in sites_or_exit(inventory, host) for step in site_steps(site)]
-
-
-@targets_task
-def deploy(c, check=False, diff=False, json_=False, quiet=False):
-    """Converge only the Django apps (no nginx): source, dependencies, env, migrate, unit."""
-    run_steps(c, host_steps, check=check, diff=diff, json_=json_, quiet=quiet)
+def migrates_here(site: Site, host: Host) -> bool:
+    return site.migrate_on == "every" or site.hosts[0] == host.name
 
 
 @targets_task
 def status(c, json_=False):
-    """Show each site's gunicorn unit state; exits 1 where one is not running."""
+    """Show each site's live gunicorn slot; exits 1 where it is not running."""
+
+    class LiveSlot(UnitStatus):
+        def __init__(self, paths: SitePaths) -> None:
+            super().__init__(paths.web_unit("a"))
+            self.paths = paths
+            self.unit_names = paths.web_units
+            self.name = f"status {paths.name}"
+
+        def facts(self, diff: bool) -> list[Fact]:
+            return [file_text(self.paths.slot_file)]
+
+        def plan(self, ctx: Context) -> Plan:
+            slot = ctx.facts[f"text:{self.paths.slot_file}"]
+            if slot not in SLOTS:
+                return Plan(error="not deployed")
+            self.unit = self.paths.web_unit(slot)
+            return super().plan(ctx)
+
     run_steps(
         c,
         lambda inventory, host: [
-            UnitStatus(SitePaths.of(site).web_unit) for site in sites_or_exit(inventory, host)
+            LiveSlot(SitePaths.of(site)) for site in sites_or_exit(inventory, host)
         ],
         json_=json_,
     )

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from . import app, nginx
 from .engine.inventory import Host, Inventory
-from .engine.steps import Step
+from .engine.runner import HostPlan
 from .engine.tasks import load_inventory, target_hosts, targets_task
 
 
-def host_steps(inventory: Inventory, host: Host) -> list[Step]:
-    """The whole stack for a host: every site's app first, then nginx in front of them."""
-    return [*app.host_steps(inventory, host), *nginx.host_steps(inventory, host)]
+def host_plan(inventory: Inventory, host: Host, builds: dict[str, app.Build]) -> HostPlan:
+    """The whole stack for a host, in three phases: stage every site and nginx, migrate (on
+    one host per site), then switch each site to its release."""
+    sites = app.sites_or_exit(inventory, host)
+    stage = [step for site in sites for step in app.stage_steps(builds[site.name])]
+    stage += nginx.host_steps(inventory, host)
+    migrate = [app.migrate_step(builds[s.name]) for s in sites if app.migrates_here(s, host)]
+    switch = [app.Switch(site) for site in sites]
+    return HostPlan(host, [stage, migrate, switch], lock_sites=[s.name for s in sites])
 
 
 @targets_task
@@ -21,4 +27,5 @@ def sites(c):
         on_host = inventory.sites_on(host)
         print(f"{host.name} ({host.connect_to}): {len(on_host)} site(s)")
         for site in on_host:
-            print(f"  {site.name:<16} 127.0.0.1:{site.port:<6} {' '.join(site.domains)}")
+            ports = "+".join(str(p) for p in site.ports)
+            print(f"  {site.name:<16} 127.0.0.1:{ports:<12} {' '.join(site.domains)}")

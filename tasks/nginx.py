@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .engine.inventory import Host, Inventory, Site
-from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, SitePaths
+from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, UPSTREAM_DIR, SitePaths
 from .engine.render import render
-from .engine.steps import NGINX_RELOAD, Absent, File, Run, Service, Step, UnitStatus
+from .engine.steps import NGINX_RELOAD, Absent, Directory, File, Run, Service, Step, UnitStatus
+from .engine.switch import upstream_text
 from .engine.tasks import run_steps, targets_task
 
 RELOAD = ("reload:nginx.service",)
@@ -24,9 +25,24 @@ def site_block(site: Site) -> File:
     )
 
 
+def site_steps(site: Site) -> list[Step]:
+    """The server block, and the upstream file it includes (each switch rewrites that one)."""
+    paths = SitePaths.of(site)
+    return [
+        File(
+            paths.upstream_conf,
+            upstream_text(paths.slot_port("a")),
+            create_only=True,
+            name=f"nginx upstream {site.name}",
+        ),
+        site_block(site),
+    ]
+
+
 def base_steps() -> list[Step]:
     """Host-wide: Debian's default site off (it would answer unknown Hosts), ours on."""
     return [
+        Directory(UPSTREAM_DIR),
         Absent(DEBIAN_DEFAULT_SITE, notify=RELOAD, name="nginx debian default site absent"),
         File(
             NGINX_DEFAULT_CONF,
@@ -40,7 +56,10 @@ def base_steps() -> list[Step]:
 
 
 def host_steps(inventory: Inventory, host: Host) -> list[Step]:
-    return [*base_steps(), *(site_block(site) for site in inventory.sites_on(host))]
+    return [
+        *base_steps(),
+        *(step for site in inventory.sites_on(host) for step in site_steps(site)),
+    ]
 
 
 @targets_task

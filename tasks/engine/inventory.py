@@ -58,6 +58,19 @@ class Site:
     env: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, Secret] = field(default_factory=dict)
     env_file: Path | None = None
+    keep_releases: int = 5
+    health_timeout: int = 60
+    migrate_on: str = "one"  # "one" host per deploy (shared database) or "every" host
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """Two ports: the releases' two gunicorn slots, so a switch never stops the old first."""
+        return (self.port, self.port + 1)
+
+    @property
+    def health_host(self) -> str:
+        plain = [d for d in self.domains if not d.startswith("*.")]
+        return plain[0] if plain else "health" + self.domains[0][1:]
 
     @property
     def user(self) -> str:
@@ -323,9 +336,12 @@ def _parse_site(
         asgi=r.get("asgi", str, values.asgi_app),
         settings=r.get("settings", str, values.dotted),
         requirements=requirements,
-        port=r.get("port", int, values.port),
+        port=r.get("port", int, values.count(1024, 65534)),
         workers=r.get("workers", int, values.count(1, 64), default=2),
         health_path=r.get("health_path", str, values.url_path, default="/health/"),
+        keep_releases=r.get("keep_releases", int, values.count(1, 100), default=5),
+        health_timeout=r.get("health_timeout", int, values.count(5, 900), default=60),
+        migrate_on=r.get("migrate_on", str, values.choice("one", "every"), default="one"),
         env=env,
         secrets=secrets,
         env_file=env_file,
@@ -348,13 +364,15 @@ def _check_conflicts(path: Path, hosts: dict[str, Host], sites: dict[str, Site])
                         f"sites.{site.name}.domains[{i}]",
                         f"{domain} is already served by site {other!r} on host {host!r}",
                     )
-            other = port_owner.setdefault(site.port, site.name)
-            if other != site.name:
-                raise InventoryError(
-                    path,
-                    f"sites.{site.name}.port",
-                    f"port {site.port} is already used by site {other!r} on host {host!r}",
-                )
+            for port in site.ports:
+                other = port_owner.setdefault(port, site.name)
+                if other != site.name:
+                    raise InventoryError(
+                        path,
+                        f"sites.{site.name}.port",
+                        f"port {port} is already used by site {other!r} on host {host!r} "
+                        "(each site uses port and port + 1)",
+                    )
 
 
 def _local_path(base: Path, value: str) -> Path:

@@ -1,4 +1,14 @@
-"""Where a site lives on a host. One place, so templates, steps and tests agree."""
+"""Where a site lives on a host. One place, so templates, steps and tests agree.
+
+/srv/djk/<site>/
+  releases/<id>/     source, .venv -> ../../venvs/<deps>, .djk-release.{json,env}, .djk-status
+  venvs/<deps>/      virtualenvs, shared by the releases with the same dependency set
+  shared/            env (0600), db, anything that outlives a release
+  static/            collectstatic target, served by nginx
+  current            -> releases/<id>, renamed over atomically
+  slots/{a,b}        -> ../releases/<id>: what each of the two gunicorn units runs
+  .djk-slot          which slot nginx sends traffic to
+"""
 
 from __future__ import annotations
 
@@ -7,35 +17,83 @@ from dataclasses import dataclass
 from .inventory import Site
 
 ROOT = "/srv/djk"
+SLOTS = ("a", "b")
+NGINX_DEFAULT_CONF = "/etc/nginx/sites-enabled/djk-00-default.conf"
+DEBIAN_DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
+UPSTREAM_DIR = "/etc/nginx/djk"
 
 
 @dataclass(frozen=True)
 class SitePaths:
+    name: str
     base: str
-    src: str
-    venv: str
-    static: str
-    shared: str
-    env: str
-    db: str
-    nginx_conf: str
-    web_unit: str
+    port: int
 
     @classmethod
     def of(cls, site: Site) -> SitePaths:
-        base = f"{ROOT}/{site.name}"
-        return cls(
-            base=base,
-            src=f"{base}/src",
-            venv=f"{base}/venv",
-            static=f"{base}/static",
-            shared=f"{base}/shared",
-            env=f"{base}/shared/env",
-            db=f"{base}/shared/db.sqlite3",
-            nginx_conf=f"/etc/nginx/sites-enabled/djk-site-{site.name}.conf",
-            web_unit=f"djk-{site.name}-web.service",
-        )
+        return cls(site.name, f"{ROOT}/{site.name}", site.port)
 
+    @property
+    def releases(self) -> str:
+        return f"{self.base}/releases"
 
-NGINX_DEFAULT_CONF = "/etc/nginx/sites-enabled/djk-00-default.conf"
-DEBIAN_DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
+    def release(self, release_id: str) -> str:
+        return f"{self.releases}/{release_id}"
+
+    @property
+    def current(self) -> str:
+        return f"{self.base}/current"
+
+    @property
+    def venvs(self) -> str:
+        return f"{self.base}/venvs"
+
+    @property
+    def shared(self) -> str:
+        return f"{self.base}/shared"
+
+    @property
+    def env(self) -> str:
+        return f"{self.shared}/env"
+
+    @property
+    def db(self) -> str:
+        return f"{self.shared}/db.sqlite3"
+
+    @property
+    def static(self) -> str:
+        return f"{self.base}/static"
+
+    @property
+    def slots(self) -> str:
+        return f"{self.base}/slots"
+
+    def slot(self, slot: str) -> str:
+        return f"{self.slots}/{slot}"
+
+    @property
+    def slot_file(self) -> str:
+        return f"{self.base}/.djk-slot"
+
+    def slot_port(self, slot: str) -> int:
+        return self.port + SLOTS.index(slot)
+
+    def web_unit(self, slot: str) -> str:
+        return f"djk-{self.name}-web-{slot}.service"
+
+    @property
+    def web_units(self) -> tuple[str, ...]:
+        return tuple(self.web_unit(s) for s in SLOTS)
+
+    @property
+    def nginx_conf(self) -> str:
+        return f"/etc/nginx/sites-enabled/djk-site-{self.name}.conf"
+
+    @property
+    def upstream_conf(self) -> str:
+        return f"{UPSTREAM_DIR}/{self.name}.upstream"
+
+    @property
+    def cycle(self) -> str:
+        """The pending-handler name for "restart this site's app" (done by a slot switch)."""
+        return f"cycle:{self.name}"

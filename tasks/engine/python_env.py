@@ -102,58 +102,35 @@ def wheelhouse_archive(path: Path) -> bytes:
 
 
 class Venv(Step):
-    """A virtualenv at base/venvs/<key> with `base/venv` linked to it."""
+    """A complete virtualenv at venvs/<key>, installed from the control machine's wheelhouse.
+
+    Releases link to it; the switch removes the ones no release uses any more.
+    """
 
     def __init__(
-        self,
-        base: str,
-        requirements: Path,
-        group: str,
-        notify: tuple[str, ...] = (),
-        target: Target = Target(),
+        self, venvs: str, requirements: Path, group: str, target: Target = Target()
     ) -> None:
-        self.base, self.requirements, self.group = base, requirements, group
-        self.notify, self.target = notify, target
+        self.venvs, self.requirements, self.group, self.target = venvs, requirements, group, target
         self.key = requirements_key(requirements, target)
-        self.link = f"{base}/venv"
-        self.dest = f"{base}/venvs/{self.key}"
-        self.id = f"venv:{base}"
-        self.name = f"virtualenv {self.link}"
+        self.dest = f"{venvs}/{self.key}"
+        self.id = f"venv:{self.dest}"
+        self.name = f"virtualenv {self.dest}"
+
+    @staticmethod
+    def key_for(requirements: Path, target: Target = Target()) -> str:
+        return requirements_key(requirements, target)
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [F.path_state(self.link), F.file_text(f"{self.dest}/{COMPLETE}")]
+        return [F.file_text(f"{self.dest}/{COMPLETE}")]
 
     def plan(self, ctx: Context) -> Plan:
-        link = ctx.facts[f"stat:{self.link}"]
-        complete = ctx.facts[f"text:{self.dest}/{COMPLETE}"] == self.key
-        linked = link is not None and link.kind == "link" and link.target == f"venvs/{self.key}"
-        if complete and linked:
+        if ctx.facts[f"text:{self.dest}/{COMPLETE}"] == self.key:
             return Plan(reason=f"dependencies {self.key} installed")
         q = shlex.quote
-        switch = f"""ln -sfn venvs/{self.key} {q(self.link)}.djk-new
-mv -Tf {q(self.link)}.djk-new {q(self.link)}
-cd {q(self.base)}/venvs && for d in *; do
-  [ "$d" = {self.key} ] || [ "$d" = "$(cat {q(self.base)}/.djk-venv-previous 2>/dev/null)" ] \
-    || rm -rf -- "$d"
-done
-"""
-        previous = f"{q(self.base)}/.djk-venv-previous"
-        remember = f"readlink {q(self.link)} 2>/dev/null | sed 's#^venvs/##' > {previous} || true\n"
-        if complete:
-            return Plan(
-                [
-                    Action(
-                        f"switch to installed dependencies {self.key}",
-                        remember + switch,
-                        notify=self.notify,
-                    )
-                ]
-            )
         dest = q(self.dest)
         script = f"""set -e
-install -d -m 750 -o root -g {q(self.group)} {q(self.base)}/venvs
 rm -rf {dest}
-wheels=$(mktemp -d {q(self.base)}/.wheels.XXXXXX)
+wheels=$(mktemp -d {q(self.venvs)}/.wheels.XXXXXX)
 trap 'rm -rf "$wheels"' EXIT
 tar -xf - -C "$wheels"
 {q(self.target.interpreter)} -m venv {dest}
@@ -162,14 +139,13 @@ tar -xf - -C "$wheels"
 chown -R root:{q(self.group)} {dest}
 chmod -R u=rwX,g=rX,o= {dest}
 printf '%s\\n' {self.key} > {dest}/{COMPLETE}
-{remember}{switch}"""
+"""
         return Plan(
             [
                 Action(
                     f"install dependencies {self.key} from the wheelhouse",
                     script,
                     stdin=lambda: wheelhouse_archive(wheelhouse(self.requirements, self.target)),
-                    notify=self.notify,
                     progress="installing dependencies",
                 )
             ]

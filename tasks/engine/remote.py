@@ -32,6 +32,12 @@ class RemoteError(Exception):
     pass
 
 
+class LockBusy(RemoteError):
+    def __init__(self, holder) -> None:
+        self.holder = holder
+        super().__init__(holder.describe())
+
+
 class Remote:
     def __init__(self, host: Host, config: Config | None = None, connect_timeout: int = 15) -> None:
         self.host = host
@@ -50,6 +56,7 @@ class Remote:
         self.commands = 0
         self.bytes_sent = 0
         self._lock = threading.Lock()
+        self._keeper = None
 
     @property
     def is_root(self) -> bool:
@@ -64,7 +71,57 @@ class Remote:
             ) from None
 
     def close(self) -> None:
+        self.release_lock()
         self.conn.close()
+
+    def _command(self, script: str, sudo: bool = True) -> str:
+        command = "/bin/sh -c " + shlex.quote(script)
+        if sudo and not self.is_root:
+            command = "sudo -n -- " + command
+        return command
+
+    def hold_lock(self, sites: list[str], wait: float, command: str, by: str) -> None:
+        """Take the sites' deploy locks and hold them until release_lock() or disconnect."""
+        from .lock import keeper_command, parse_busy
+
+        with self._lock:
+            self.commands += 1
+        channel = self._transport().open_session()
+        channel.exec_command(self._command(keeper_command(sites, wait, command, by)))
+        channel.settimeout(wait + 60)
+        line = b""
+        try:
+            while not line.endswith(b"\n"):
+                chunk = channel.recv(1)
+                if not chunk:
+                    break
+                line += chunk
+        except TimeoutError:
+            pass
+        text = line.decode("utf-8", "replace").strip()
+        if text == "LOCKED":
+            channel.settimeout(None)
+            self._keeper = channel
+            return
+        channel.close()
+        if text.startswith("BUSY "):
+            raise LockBusy(parse_busy(text))
+        raise RemoteError(f"could not take the deploy lock: {text or 'no answer'}")
+
+    def release_lock(self) -> None:
+        if self._keeper is not None:
+            try:
+                self._keeper.shutdown_write()
+                self._keeper.close()
+            except OSError:
+                pass
+            self._keeper = None
+
+    def _transport(self):
+        transport = self.conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise RemoteError(f"connection to {self.host.name} is closed")
+        return transport
 
     def run(
         self,
@@ -74,16 +131,16 @@ class Remote:
         sudo: bool = True,
     ) -> Result:
         """Run a shell script as root (via sudo -n unless we log in as root)."""
-        command = "/bin/sh -c " + shlex.quote(script)
-        if sudo and not self.is_root:
-            command = "sudo -n -- " + command
+        command = self._command(script, sudo)
         with self._lock:
             self.commands += 1
             self.bytes_sent += len(stdin)
-        transport = self.conn.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise RemoteError(f"connection to {self.host.name} is closed")
-        channel = transport.open_session()
+        try:
+            channel = self._transport().open_session()
+        except RemoteError:
+            raise
+        except Exception as exc:  # paramiko: SSHException, EOFError, socket errors
+            raise RemoteError(f"connection to {self.host.name} lost: {exc}") from None
         try:
             channel.exec_command(command)
             writer = threading.Thread(target=_send, args=(channel, stdin), daemon=True)
@@ -95,6 +152,8 @@ class Remote:
             reader.join()
             writer.join()
             rc = channel.recv_exit_status()
+            if rc == -1 or not self._transport().is_active():
+                raise RemoteError(f"connection to {self.host.name} lost during a command")
         finally:
             channel.close()
         return Result(rc, out, b"".join(err_chunks).decode("utf-8", "replace"))

@@ -98,9 +98,11 @@ class Reporter:
             )
             for r in reports:
                 counts = "  ".join(f"{s}={r.count(s)}" for s in STATUSES)
+                releases = r.extra.get("releases", {})
+                live = "".join(f"  {site}={rel}" for site, rel in sorted(releases.items()))
                 print(
                     f"{r.host:<{self.width}}  {counts}  commands={r.commands}  "
-                    f"sent={_size(r.bytes_sent)}  {r.seconds:.2f}s"
+                    f"sent={_size(r.bytes_sent)}  {r.seconds:.2f}s{live}"
                     + (f"  error: {self.clean(r.error)}" if r.error else ""),
                     file=self.out,
                 )

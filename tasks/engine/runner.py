@@ -1,8 +1,10 @@
-"""Converge hosts: one SSH connection and one fact round trip per host, then steps, then handlers.
+"""Converge hosts: one SSH connection and one fact round trip per host, then phases, then handlers.
 
-Hosts run in parallel threads; each host's steps run in order and stop at the first failure.
-Handlers run once at the end; the ones notified by a failed run stay recorded on the host and
-run next time.
+A run is a list of phases (e.g. stage, migrate, switch). Every host runs a phase in parallel
+with the others; the next phase starts when all hosts finished the previous one, and a failure
+on any host stops the run before the next phase, so no host switches while another failed to
+stage. Handlers run once at the end; the ones notified by a failed run stay recorded on the host
+and run next time. The deploy lock is held from the start to the end of the run.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import shlex
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fabric import Config
 
 from . import facts as F
 from .facts import PENDING_FILE, Fact
 from .inventory import Host
+from .lock import command_line
+from .releases import deployer
 from .remote import Remote, RemoteError
 from .report import HostReport, Reporter, StepResult
 from .steps import Action, Context, Step, handler_order, handler_script
@@ -27,6 +31,32 @@ from .steps import Action, Context, Step, handler_order, handler_script
 class Mode:
     check: bool = False
     diff: bool = False
+    lock_wait: float | None = None  # None: take no deploy lock (read-only commands, check mode)
+
+
+@dataclass
+class HostPlan:
+    host: Host
+    phases: list[list[Step]]
+    lock_sites: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Session:
+    plan: HostPlan
+    reporter: Reporter
+    remote: Remote
+    report: HostReport
+    ctx: Context | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        return self.plan.host.name
+
+    @property
+    def failed(self) -> bool:
+        return self.report.failed
 
 
 def collect_facts(steps: list[Step], diff: bool) -> tuple[list[Fact], str]:
@@ -56,34 +86,26 @@ def gather(remote: Remote, steps: list[Step], diff: bool) -> dict:
     return values
 
 
-def converge_host(
-    host: Host,
-    steps: list[Step],
-    mode: Mode,
-    reporter: Reporter,
-    config: Config | None = None,
-    after: Callable[[Remote, HostReport], None] | None = None,
-) -> HostReport:
-    report = HostReport(host=host.name)
-    started = time.monotonic()
-    remote = Remote(host, config)
+def _open(session: _Session, mode: Mode) -> None:
+    remote = session.remote
     try:
         remote.open()
-        ctx = Context(gather(remote, steps, mode.diff), check=mode.check, diff=mode.diff)
-        ctx.pending = list(ctx.facts["pending-handlers"])
-        ok = _run_steps(remote, steps, ctx, reporter, report)
-        if ok:
-            _run_handlers(remote, ctx, reporter, report)
-        if ok and after is not None and not report.failed:
-            after(remote, report)
+        if mode.lock_wait is not None and session.plan.lock_sites and not mode.check:
+            remote.hold_lock(session.plan.lock_sites, mode.lock_wait, command_line(), deployer())
+        steps = [step for phase in session.plan.phases for step in phase]
+        session.ctx = Context(gather(remote, steps, mode.diff), check=mode.check, diff=mode.diff)
+        session.ctx.pending = list(session.ctx.facts["pending-handlers"])
     except RemoteError as exc:
-        report.error = str(exc)
-        reporter.line(host.name, "failed", str(exc))
-    finally:
-        report.commands, report.bytes_sent = remote.commands, remote.bytes_sent
-        report.seconds = time.monotonic() - started
-        remote.close()
-    return report
+        session.report.error = str(exc)
+        session.reporter.line(session.name, "failed", str(exc))
+
+
+def _run_phase(session: _Session, steps: list[Step]) -> None:
+    try:
+        _run_steps(session.remote, steps, session.ctx, session.reporter, session.report)
+    except RemoteError as exc:
+        session.report.error = str(exc)
+        session.reporter.line(session.name, "failed", str(exc))
 
 
 def _run_steps(
@@ -97,10 +119,11 @@ def _run_steps(
         except Exception as exc:  # a step's own error is reported, not raised as a traceback
             return _fail(reporter, report, host, step.name, f"planning failed: {exc}", steps, index)
         if plan.error:
-            result = StepResult(step.name, "failed", plan.error)
-            report.steps.append(result)
-            reporter.step(host, result)
-            continue
+            if plan.actions:  # a finding with a remedy: apply it, but the run fails
+                for action in plan.actions:
+                    if not ctx.check:
+                        _apply(remote, action, reporter)
+            return _fail(reporter, report, host, step.name, plan.error, steps, index)
         if not plan.actions:
             result = StepResult(step.name, "skipped" if plan.skipped else "ok", plan.reason)
             report.steps.append(result)
@@ -116,6 +139,9 @@ def _run_steps(
                 error = _apply(remote, action, reporter)
                 if error:
                     return _fail(reporter, report, host, step.name, error, steps, index, diff)
+                for name in action.consumes:
+                    if name in ctx.pending:
+                        ctx.pending.remove(name)
         result = StepResult(step.name, "changed", detail, diff, time.monotonic() - t0)
         report.steps.append(result)
         reporter.step(host, result)
@@ -143,55 +169,100 @@ def _fail(reporter, report, host, name, error, steps, index, diff="") -> bool:
     result = StepResult(name, "failed", error, diff)
     report.steps.append(result)
     reporter.step(host, result)
-    for later in steps[index + 1 :]:
-        skipped = StepResult(later.name, "skipped", "an earlier step failed")
-        report.steps.append(skipped)
-        reporter.step(host, skipped)
+    _skip(reporter, report, host, steps[index + 1 :], "an earlier step failed")
     return False
 
 
-def _run_handlers(remote: Remote, ctx: Context, reporter: Reporter, report: HostReport) -> None:
+def _skip(reporter, report, host, steps, why) -> None:
+    for later in steps:
+        skipped = StepResult(later.name, "skipped", why)
+        report.steps.append(skipped)
+        reporter.step(host, skipped)
+
+
+def _run_handlers(session: _Session) -> None:
+    remote, ctx, reporter, report = session.remote, session.ctx, session.reporter, session.report
     host = remote.host.name
-    for name in sorted(set(ctx.pending), key=handler_order):
-        kind, _, unit = name.partition(":")
-        clear = (
-            f"if [ -f {PENDING_FILE} ]; then grep -vxF -- {shlex.quote(name)} {PENDING_FILE} "
-            f"> {PENDING_FILE}.tmp || true; mv -f {PENDING_FILE}.tmp {PENDING_FILE}; fi"
-        )
-        label = f"handler {name}"
-        if kind == "restart" and unit in ctx.started_units:
-            if not ctx.check:
-                remote.run(clear)
-            result = StepResult(label, "ok", "unit was started by this run")
-        elif ctx.check:
-            result = StepResult(label, "changed", "would run")
-        else:
-            t0 = time.monotonic()
-            # The subshell keeps a handler's own `exit` from skipping the bookkeeping.
-            done = remote.run(f"(\n{handler_script(name)}\n) || exit $?\n{clear}")
-            status = "changed" if done.ok else "failed"
-            detail = "" if done.ok else f"exit {done.rc}: {done.stderr.strip()[-1500:]}"
-            result = StepResult(label, status, detail, seconds=time.monotonic() - t0)
-        report.steps.append(result)
-        reporter.step(host, result)
-        if result.status == "failed":
-            return
+    try:
+        for name in sorted(set(ctx.pending), key=handler_order):
+            kind, _, unit = name.partition(":")
+            clear = (
+                f"if [ -f {PENDING_FILE} ]; then grep -vxF -- {shlex.quote(name)} {PENDING_FILE} "
+                f"> {PENDING_FILE}.tmp || true; mv -f {PENDING_FILE}.tmp {PENDING_FILE}; fi"
+            )
+            label = f"handler {name}"
+            if kind == "restart" and unit in ctx.started_units:
+                if not ctx.check:
+                    remote.run(clear)
+                result = StepResult(label, "ok", "unit was started by this run")
+            elif ctx.check:
+                result = StepResult(label, "changed", "would run")
+            else:
+                t0 = time.monotonic()
+                # The subshell keeps a handler's own `exit` from skipping the bookkeeping.
+                done = remote.run(f"(\n{handler_script(name)}\n) || exit $?\n{clear}")
+                status = "changed" if done.ok else "failed"
+                detail = "" if done.ok else f"exit {done.rc}: {done.stderr.strip()[-1500:]}"
+                result = StepResult(label, status, detail, seconds=time.monotonic() - t0)
+            report.steps.append(result)
+            reporter.step(host, result)
+            if result.status == "failed":
+                return
+    except RemoteError as exc:
+        report.error = str(exc)
+        reporter.line(host, "failed", str(exc))
+
+
+def _parallel(sessions: list[_Session], work: Callable[[_Session], None]) -> None:
+    if len(sessions) == 1:
+        work(sessions[0])
+        return
+    with ThreadPoolExecutor(max_workers=min(16, len(sessions))) as pool:
+        list(pool.map(work, sessions))
 
 
 def converge(
-    plans: list[tuple[Host, list[Step]]],
-    mode: Mode,
-    reporter: Reporter,
-    config: Config | None = None,
-    after: Callable[[Remote, HostReport], None] | None = None,
+    plans: list[HostPlan], mode: Mode, reporter: Reporter, config: Config | None = None
 ) -> list[HostReport]:
-    """Converge every host in parallel; reports come back in the order the hosts were given."""
-    reporter.width = max([8, *(len(h.name) for h, _ in plans)])
+    """Converge every host; reports come back in the order the hosts were given."""
     if not plans:
         return []
-    with ThreadPoolExecutor(max_workers=min(16, len(plans))) as pool:
-        futures = [
-            pool.submit(converge_host, host, steps, mode, reporter, config, after)
-            for host, steps in plans
-        ]
-        return [f.result() for f in futures]
+    reporter.width = max([8, *(len(p.host.name) for p in plans)])
+    sessions = [
+        _Session(plan, reporter, Remote(plan.host, config), HostReport(host=plan.host.name))
+        for plan in plans
+    ]
+    try:
+        _parallel(sessions, lambda s: _open(s, mode))
+        phases = max(len(p.phases) for p in plans)
+        for index in range(phases + 1):
+            broken = [s.name for s in sessions if s.failed]
+            if broken:
+                why = f"stopped: {', '.join(broken)} failed"
+                for s in sessions:
+                    rest = [step for phase in s.plan.phases[index:] for step in phase]
+                    _skip(reporter, s.report, s.name, rest, why)
+                break
+            if index == phases:
+                _parallel(sessions, _run_handlers)
+                break
+            _parallel(sessions, lambda s, i=index: _run_phase(s, _phase(s.plan, i)))
+    finally:
+        _parallel(sessions, _close)
+    return [s.report for s in sessions]
+
+
+def _phase(plan: HostPlan, index: int) -> list[Step]:
+    return plan.phases[index] if index < len(plan.phases) else []
+
+
+def _close(session: _Session) -> None:
+    remote = session.remote
+    if session.ctx is not None:
+        session.report.extra.update(session.ctx.data.get("report", {}))
+    session.report.commands, session.report.bytes_sent = remote.commands, remote.bytes_sent
+    session.report.seconds = time.monotonic() - session.started
+    try:
+        remote.close()
+    except Exception:  # the connection may already be gone; nothing left to release
+        pass

@@ -28,7 +28,7 @@ class Action:
     notify: tuple[str, ...] = ()
     diff: str = ""
     progress: str = ""  # a label: this action is long, show progress while it runs
-    fact_keys: tuple[str, ...] = ()
+    consumes: tuple[str, ...] = ()  # pending handlers this action does itself (and clears)
 
     def payload(self) -> bytes:
         return self.stdin() if callable(self.stdin) else self.stdin
@@ -61,6 +61,7 @@ class Context:
     diff: bool = False
     pending: list[str] = field(default_factory=list)
     started_units: set[str] = field(default_factory=set)
+    data: dict[str, Any] = field(default_factory=dict)  # what steps tell later steps
 
 
 class Step:
@@ -160,7 +161,9 @@ class File(Step):
         validate: str | None = None,
         secret_keys: tuple[str, ...] = (),
         name: str | None = None,
+        create_only: bool = False,
     ) -> None:
+        self.create_only = create_only  # the content is only a starting point (e.g. upstream)
         self.path, self.content = path, content
         self.owner, self.group, self.mode = owner, group, mode
         self.notify, self.validate, self.secret_keys = notify, validate, secret_keys
@@ -178,7 +181,7 @@ class File(Step):
         if state is not None and state.kind != "file":
             return Plan([Action(f"replace {state.kind}", "false")], reason="")
         wanted = sha256(self.content)
-        if state is not None and state.sha256 == wanted:
+        if state is not None and (state.sha256 == wanted or self.create_only):
             actions = _attr_actions(self.path, state, self.owner, self.group, self.mode)
             for action in actions:
                 action.notify = self.notify

@@ -14,7 +14,7 @@ from invoke import Exit, task
 
 from .inventory import DEFAULT_INVENTORY, Host, Inventory, InventoryError, load
 from .report import HostReport, Reporter
-from .runner import Mode, converge
+from .runner import HostPlan, Mode, converge
 from .steps import Step
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -61,21 +61,25 @@ def output_mode(json_: bool, quiet: bool) -> str:
 
 def run_steps(
     c,
-    build: Callable[[Inventory, Host], list[Step]],
+    build: Callable[[Inventory, Host], list[Step] | HostPlan],
     check: bool = False,
     diff: bool = False,
     json_: bool = False,
     quiet: bool = False,
-    after=None,
+    lock_wait: float | None = None,
 ) -> list[HostReport]:
     """Build every host's steps first (user errors end here, before any host is touched),
     then converge them in parallel and close with a recap; exit 1 if any host failed."""
     inventory = load_inventory()
     hosts = target_hosts(c, inventory)
-    plans = [(host, build(inventory, host)) for host in hosts]
+    plans = []
+    for host in hosts:
+        built = build(inventory, host)
+        plans.append(built if isinstance(built, HostPlan) else HostPlan(host, [built]))
     secrets = [s for site in inventory.sites.values() for s in site.secrets.values()]
     reporter = Reporter(output_mode(json_, quiet), check=check, secrets=secrets)
-    reports = converge(plans, Mode(check=check, diff=diff), reporter, c.config, after)
+    mode = Mode(check=check, diff=diff, lock_wait=lock_wait)
+    reports = converge(plans, mode, reporter, c.config)
     reporter.recap(reports)
     failed = [r.host for r in reports if r.failed]
     if failed:

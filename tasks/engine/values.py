@@ -115,3 +115,12 @@ def count(low: int, high: int):
         return value
 
     return check
+
+
+def choice(*allowed: str):
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+
+    return check

@@ -1,0 +1,162 @@
+"""The health-gated switch of a site to a release, as one script run on the host.
+
+Start the release in the idle gunicorn slot, wait until it answers its health endpoint with the
+release id, point nginx's upstream and `current` at it, reload nginx (waiting for the old workers
+to leave), check the health endpoint again through nginx with the site's Host header, and only
+then stop the old slot. A failure before the switch leaves the old slot serving; a failure after
+it switches back. Either way the release is marked failed and the script exits non-zero.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from .facts import PENDING_FILE
+from .layout import SLOTS, UPSTREAM_DIR, SitePaths
+from .render import MANAGED
+from .steps import NGINX_RELOAD
+
+PROBE = r"""
+import json, subprocess, sys, time, urllib.error, urllib.request
+url, host, want, timeout, unit = sys.argv[1:6]
+deadline = time.monotonic() + float(timeout)
+last = "no answer yet"
+while True:
+    try:
+        request = urllib.request.Request(url, headers={"Host": host})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            body = answer.read(65536).decode("utf-8", "replace")
+            if want in body:
+                print(f"healthy: HTTP {answer.status} from {want}")
+                sys.exit(0)
+            last = f"HTTP {answer.status} but not from release {want}: {body[:200]!r}"
+    except urllib.error.HTTPError as error:
+        last = f"HTTP {error.code}"
+    except Exception as error:
+        last = str(error)
+    if unit:
+        state = subprocess.run(["systemctl", "show", "-p", "ActiveState,SubState", "--value",
+                                unit], capture_output=True, text=True).stdout.split()
+        if state and (state[0] in ("failed", "inactive") or "auto-restart" in state):
+            print(f"{unit} stopped while starting ({' '.join(state)}); last answer: {last}",
+                  file=sys.stderr)
+            sys.exit(1)
+    if time.monotonic() >= deadline:
+        print(f"no healthy answer from {url} (Host: {host}) within {timeout}s: {last}",
+              file=sys.stderr)
+        sys.exit(1)
+    time.sleep(0.25)
+"""
+
+
+def upstream_text(port: int) -> str:
+    return f"# {MANAGED}\nserver 127.0.0.1:{port};\n"
+
+
+def clear_pending(names: tuple[str, ...]) -> str:
+    lines = []
+    for name in names:
+        lines.append(
+            f"if [ -f {PENDING_FILE} ]; then grep -vxF -- {shlex.quote(name)} {PENDING_FILE} "
+            f"> {PENDING_FILE}.tmp || true; mv -f {PENDING_FILE}.tmp {PENDING_FILE}; fi"
+        )
+    return "\n".join(lines)
+
+
+def switch_script(
+    paths: SitePaths,
+    release: str,
+    health_path: str,
+    health_host: str,
+    timeout: int,
+    mark_old: str,
+    delete: list[str],
+    consumes: tuple[str, ...],
+) -> str:
+    q = shlex.quote
+    a, b = SLOTS
+    upstream = paths.upstream_conf
+    return f"""set -e
+base={q(paths.base)}
+want={q(release)}
+live=$(readlink "$base/current" 2>/dev/null | sed 's#^releases/##') || live=""
+active=$(cat {q(paths.slot_file)} 2>/dev/null || true)
+case "$active" in
+  {a}) next={b}; next_port={paths.slot_port(b)} ;;
+  {b}) next={a}; next_port={paths.slot_port(a)} ;;
+  *) active=""; next={a}; next_port={paths.slot_port(a)} ;;
+esac
+unit_next="djk-{paths.name}-web-$next.service"
+unit_old="djk-{paths.name}-web-$active.service"
+probe() {{ python3 -c {q(PROBE)} "$@"; }}
+nginx_reload() {{ ( {NGINX_RELOAD}
+) ; }}
+mark_failed() {{
+  if [ "$want" != "$live" ] && [ -d "$base/releases/$want" ]; then
+    echo failed > "$base/releases/$want/.djk-status"
+  fi
+}}
+point_upstream() {{
+  tmp=$(mktemp {q(UPSTREAM_DIR)}/.{paths.name}.XXXXXX)
+  printf '# %s\nserver 127.0.0.1:%s;\n' {q(MANAGED)} "$1" > "$tmp"
+  chmod 644 "$tmp"; mv -f "$tmp" {q(upstream)}
+}}
+
+systemctl daemon-reload
+install -d -m 750 -o root -g {q("djk-" + paths.name)} "$base/slots"
+ln -sfn "../releases/$want" "$base/slots/$next.djk-new"
+mv -Tf "$base/slots/$next.djk-new" "$base/slots/$next"
+systemctl restart "$unit_next"
+echo "started release $want in slot $next (127.0.0.1:$next_port); waiting for its health check"
+if ! probe "http://127.0.0.1:$next_port{health_path}" {q(health_host)} "$want" {timeout} \
+    "$unit_next"; then
+  journalctl -u "$unit_next" -n 20 --no-pager -o cat >&2 || true
+  systemctl stop "$unit_next" || true
+  mark_failed
+  echo "release $want failed its health check before the switch;" \
+    "${{live:-nothing}} still serves" >&2
+  exit 4
+fi
+
+cp -p {q(upstream)} {q(upstream)}.djk-prev
+point_upstream "$next_port"
+ln -sfn "releases/$want" "$base/current.djk-new"
+mv -Tf "$base/current.djk-new" "$base/current"
+if ! nginx_reload || ! probe "http://127.0.0.1:80{health_path}" {q(health_host)} "$want" \
+    {timeout} ""; then
+  mv -f {q(upstream)}.djk-prev {q(upstream)}
+  if [ -n "$live" ]; then
+    ln -sfn "releases/$live" "$base/current.djk-new"
+    mv -Tf "$base/current.djk-new" "$base/current"
+  fi
+  nginx_reload || true
+  systemctl stop "$unit_next" || true
+  mark_failed
+  echo "release $want failed its health check through nginx;" \
+    "switched back to ${{live:-nothing}}" >&2
+  exit 5
+fi
+
+rm -f {q(upstream)}.djk-prev
+echo "$next" > {q(paths.slot_file)}
+systemctl enable --quiet "$unit_next"
+if [ -n "$active" ]; then
+  systemctl disable --quiet "$unit_old" || true
+  systemctl stop "$unit_old" || true
+fi
+echo live > "$base/releases/$want/.djk-status"
+if [ -n "$live" ] && [ "$live" != "$want" ] && [ -d "$base/releases/$live" ]; then
+  echo {q(mark_old)} > "$base/releases/$live/.djk-status"
+fi
+for id in {" ".join(q(i) for i in delete)}; do rm -rf -- "$base/releases/$id"; done
+for v in "$base"/venvs/*; do
+  [ -d "$v" ] || continue
+  used=0
+  for link in "$base"/releases/*/.venv; do
+    [ "$(readlink "$link" 2>/dev/null)" = "../../venvs/${{v##*/}}" ] && used=1
+  done
+  [ $used = 1 ] || rm -rf -- "$v"
+done
+{clear_pending(consumes)}
+echo "release $want is live in slot $next"
+"""
