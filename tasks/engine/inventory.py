@@ -61,6 +61,7 @@ class Site:
     keep_releases: int = 5
     health_timeout: int = 60
     migrate_on: str = "one"  # "one" host per deploy (shared database) or "every" host
+    max_body_size: str = "20m"  # nginx client_max_body_size
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -342,6 +343,7 @@ def _parse_site(
         keep_releases=r.get("keep_releases", int, values.count(1, 100), default=5),
         health_timeout=r.get("health_timeout", int, values.count(5, 900), default=60),
         migrate_on=r.get("migrate_on", str, values.choice("one", "every"), default="one"),
+        max_body_size=r.get("max_body_size", str, values.nginx_size, default="20m"),
         env=env,
         secrets=secrets,
         env_file=env_file,

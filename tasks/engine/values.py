@@ -17,6 +17,7 @@ _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ASGI = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _URL_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NGINX_SIZE = re.compile(r"^[0-9]{1,6}[kKmMgG]?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -124,3 +125,9 @@ def choice(*allowed: str):
         return value
 
     return check
+
+
+def nginx_size(value: str) -> str:
+    if not _NGINX_SIZE.match(value):
+        raise ValueError(f"{value!r} is not an nginx size (digits with an optional k, m or g)")
+    return value

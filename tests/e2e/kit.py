@@ -135,3 +135,19 @@ def curl(host, path: str = "/", host_header: str = "example.test", extra: str = 
         text=True,
     )
     return f"exit={done.returncode}\n{done.stdout}"
+
+
+def live_unit(host, site: str = "example") -> str:
+    slot = sh(host, f"cat /srv/djk/{site}/.djk-slot").strip()
+    return f"djk-{site}-web-{slot}.service"
+
+
+def web_pid(host, site: str = "example") -> int:
+    """The gunicorn master of the site's live slot."""
+    return main_pid(host, live_unit(host, site))
+
+
+def health(host, host_header: str = "example.test") -> dict:
+    answer = curl(host, "/health/", host_header=host_header)
+    body = answer.split("\r\n\r\n", 1)[-1]
+    return json.loads(body)

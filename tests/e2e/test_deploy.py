@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from .kit import SECRET, curl, fab, main_pid, nginx_pids, sh, snapshot
+from .kit import SECRET, curl, fab, live_unit, nginx_pids, sh, snapshot, web_pid
 
 pytestmark = pytest.mark.e2e
-WEB = "djk-example-web.service"
+WEB_LOGS = "journalctl -u 'djk-example-web-*' --no-pager -o cat"
 
 
 def test_inventory_error_exits_nonzero_and_touches_no_host(project, fresh_host):
@@ -63,7 +63,7 @@ def test_static_files_are_served_by_nginx_itself(first_deploy, fresh_host):
     assert "HTTP/1.1 200" in static
     assert "X-Static: nginx" in static and "Cache-Control: max-age=2592000" in static
     # gunicorn logs every request it serves; the static one never reached it.
-    log = sh(fresh_host, f"journalctl -u {WEB} --no-pager -o cat")
+    log = sh(fresh_host, WEB_LOGS)
     assert "GET / HTTP" in log or "GET /" in log
     assert "/static/pages/style.css" not in log
     # nginx's worker (www-data) must be able to read the collected files: no 403.
@@ -71,14 +71,14 @@ def test_static_files_are_served_by_nginx_itself(first_deploy, fresh_host):
 
 
 def test_unknown_host_header_never_reaches_django(first_deploy, fresh_host):
-    before = sh(fresh_host, f"journalctl -u {WEB} --no-pager -o cat | wc -l")
+    before = sh(fresh_host, f"{WEB_LOGS} | wc -l")
     answer = curl(fresh_host, "/", host_header="unknown.test")
     assert answer.startswith("exit=52"), answer  # nginx closed the connection (444)
-    assert sh(fresh_host, f"journalctl -u {WEB} --no-pager -o cat | wc -l") == before
+    assert sh(fresh_host, f"{WEB_LOGS} | wc -l") == before
 
 
 def test_gunicorn_runs_as_site_user_and_env_file_is_private(first_deploy, fresh_host):
-    pid = main_pid(fresh_host, WEB)
+    pid = web_pid(fresh_host)
     users = sh(fresh_host, f"ps -o user= -p {pid} --ppid {pid}").split()
     assert users and set(users) == {"djk-example"}
     cmdline = sh(fresh_host, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
@@ -89,18 +89,20 @@ def test_gunicorn_runs_as_site_user_and_env_file_is_private(first_deploy, fresh_
         "djk-example",
     ]
     assert SECRET not in sh(fresh_host, "ps -eo args")
-    assert sh(fresh_host, f"systemctl is-enabled {WEB}").strip() == "enabled"
-    assert "Restart=on-failure" in sh(fresh_host, f"systemctl cat {WEB}")
+    unit = live_unit(fresh_host)
+    assert sh(fresh_host, f"systemctl is-enabled {unit}").strip() == "enabled"
+    assert "Restart=on-failure" in sh(fresh_host, f"systemctl cat {unit}")
 
 
 def test_second_deploy_changes_nothing_and_restarts_nothing(first_deploy, project, fresh_host):
-    web_pid, nginx = main_pid(fresh_host, WEB), nginx_pids(fresh_host)
+    gunicorn, nginx = web_pid(fresh_host), nginx_pids(fresh_host)
     run = project.fab("-H", "web1", "deploy", "--json")
     assert run.code == 0, run.out + run.err
     report = run.host("web1")
     assert report["changed"] == 0 and report["failed"] == 0, report
-    assert report["commands"] == 1  # one round trip read everything; nothing to write
-    assert main_pid(fresh_host, WEB) == web_pid
+    # Two remote commands: the deploy lock's keeper and one read of every fact; no writes.
+    assert report["commands"] == 2
+    assert web_pid(fresh_host) == gunicorn
     assert nginx_pids(fresh_host) == nginx
     assert SECRET not in run.out
 
@@ -108,37 +110,57 @@ def test_second_deploy_changes_nothing_and_restarts_nothing(first_deploy, projec
 def test_one_value_changes_one_file_and_restarts_only_its_dependents(
     first_deploy, project, fresh_host
 ):
-    web_pid, nginx = main_pid(fresh_host, WEB), nginx_pids(fresh_host)
+    gunicorn = web_pid(fresh_host)
+    master, workers = nginx_pids(fresh_host)
     nginx_conf = sh(fresh_host, "sha256sum /etc/nginx/sites-enabled/djk-site-example.conf")
     project.site["workers"] = 3
     project.write()
     run = project.fab("-H", "web1", "deploy", "--json")
     assert run.code == 0, run.out + run.err
     changed = [s["step"] for s in run.host("web1")["steps"] if s["status"] == "changed"]
-    assert changed == [f"unit {WEB}", "handler daemon-reload", f"handler restart:{WEB}"]
-    assert main_pid(fresh_host, WEB) != web_pid
-    assert nginx_pids(fresh_host) == nginx  # not reloaded: nothing nginx reads changed
+    # Both slots' unit files, then the app restarted by a health-checked slot switch.
+    assert changed == [
+        "unit djk-example-web-a.service",
+        "unit djk-example-web-b.service",
+        "switch example",
+    ]
+    assert web_pid(fresh_host) != gunicorn
+    assert nginx_pids(fresh_host)[0] == master
     assert sh(fresh_host, "sha256sum /etc/nginx/sites-enabled/djk-site-example.conf") == nginx_conf
-    workers = sh(fresh_host, f"pgrep -P {main_pid(fresh_host, WEB)} | wc -l").strip()
-    assert workers == "3"
+    assert sh(fresh_host, f"pgrep -P {web_pid(fresh_host)} | wc -l").strip() == "3"
     assert "HTTP/1.1 200" in curl(fresh_host, "/")
+
+    # An nginx-only value: exactly the server block changes, nginx reloads, the app is untouched.
+    gunicorn = web_pid(fresh_host)
+    master, workers = nginx_pids(fresh_host)
+    project.site["max_body_size"] = "5m"
+    project.write()
+    run = project.fab("-H", "web1", "deploy", "--json")
+    assert run.code == 0, run.out + run.err
+    changed = [s["step"] for s in run.host("web1")["steps"] if s["status"] == "changed"]
+    assert changed == ["nginx server block example", "handler reload:nginx.service"]
+    assert web_pid(fresh_host) == gunicorn
+    new_master, new_workers = nginx_pids(fresh_host)
+    assert new_master == master and set(new_workers).isdisjoint(workers)  # graceful reload
+    assert "client_max_body_size 5m;" in sh(
+        fresh_host, "cat /etc/nginx/sites-enabled/djk-site-example.conf"
+    )
 
 
 def test_domain_change_reloads_nginx_and_restarts_app(first_deploy, project, fresh_host):
-    master, workers = nginx_pids(fresh_host)
+    gunicorn = web_pid(fresh_host)
     project.site["domains"] = ["example.test", "www.example.test", "shop.test"]
     project.write()
     run = project.fab("-H", "web1", "deploy", "--json")
     assert run.code == 0, run.out + run.err
     changed = {s["step"] for s in run.host("web1")["steps"] if s["status"] == "changed"}
+    # The switch restarts the app (new ALLOWED_HOSTS) and does the pending nginx reload itself.
     assert changed == {
         "nginx server block example",
         "env file /srv/djk/example/shared/env",
-        f"handler restart:{WEB}",
-        "handler reload:nginx.service",
+        "switch example",
     }
-    new_master, new_workers = nginx_pids(fresh_host)
-    assert new_master == master and set(new_workers).isdisjoint(workers)  # a graceful reload
+    assert web_pid(fresh_host) != gunicorn
     assert "HTTP/1.1 200" in curl(fresh_host, "/", host_header="shop.test")
 
 
@@ -169,7 +191,7 @@ def test_failed_validation_restores_config_and_pending_restart_survives(
 ):
     conf = "/etc/nginx/sites-enabled/djk-site-example.conf"
     before_conf = sh(fresh_host, f"sha256sum {conf}")
-    web_pid = main_pid(fresh_host, WEB)
+    gunicorn = web_pid(fresh_host)
     # Someone left a broken file on the host: every candidate config now fails `nginx -t`.
     sh(fresh_host, "echo 'this is not nginx syntax' > /etc/nginx/conf.d/broken.conf")
     project.site["domains"] = ["example.test", "www.example.test", "late.test"]
@@ -183,17 +205,17 @@ def test_failed_validation_restores_config_and_pending_restart_survives(
     assert "broken.conf" in failed.out  # nginx's own message reaches the user
     assert sh(fresh_host, f"sha256sum {conf}") == before_conf  # previous file is back
     assert "HTTP/1.1 200" in curl(fresh_host, "/")  # nginx kept serving
-    assert main_pid(fresh_host, WEB) == web_pid  # handlers did not run after the failure
+    assert web_pid(fresh_host) == gunicorn  # no switch and no handlers after the failure
     pending = sh(fresh_host, "cat /var/lib/djk/pending-handlers")
-    assert f"restart:{WEB}" in pending
+    assert "cycle:example" in pending and "reload:nginx.service" in pending
 
     again = project.fab("-H", "web1", "deploy", "--json")
     assert again.code == 0, again.out + again.err
     changed = {s["step"] for s in again.host("web1")["steps"] if s["status"] == "changed"}
     # The env file was already written by the failed run; its restart was still due.
     assert "env file /srv/djk/example/shared/env" not in changed
-    assert {f"handler restart:{WEB}", "handler reload:nginx.service"} <= changed
-    assert main_pid(fresh_host, WEB) != web_pid
+    assert {"nginx server block example", "switch example"} <= changed
+    assert web_pid(fresh_host) != gunicorn
     assert "HTTP/1.1 200" in curl(fresh_host, "/", host_header="late.test")
     assert sh(fresh_host, "cat /var/lib/djk/pending-handlers").strip() == ""
 
@@ -206,13 +228,14 @@ def test_tasks_compose_in_scripts_by_exit_code(first_deploy, project, fresh_host
     assert reload.code == 0, reload.out + reload.err
     new_master, new_workers = nginx_pids(fresh_host)
     assert new_master == master and set(new_workers).isdisjoint(workers)
-    sh(fresh_host, f"systemctl stop {WEB}")
+    unit = live_unit(fresh_host)
+    sh(fresh_host, f"systemctl stop {unit}")
     try:
         down = project.fab("-H", "web1", "app.status", "--json")
         assert down.code == 1
         assert down.host("web1")["failed"] == 1
     finally:
-        sh(fresh_host, f"systemctl start {WEB}")
+        sh(fresh_host, f"systemctl start {unit}")
 
 
 def test_targets_by_group_ssh_config_alias_and_address(first_deploy, project, fresh_host):

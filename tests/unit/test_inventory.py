@@ -76,7 +76,7 @@ def test_resolve_accepts_address_alias_and_plain_host(tmp_path):
         (lambda d: d["groups"].update(db=["web1", "db9"]), "groups.db[1]: unknown host 'db9'"),
         (lambda d: d["groups"].update(web1=["web2"]), "groups.web1: a host is already named"),
         (lambda d: d["defaults"].update(target="prod"), "defaults.target: unknown host or group"),
-        (lambda d: d["sites"]["shop"].update(port=80), "sites.shop.port: 80 is not a port"),
+        (lambda d: d["sites"]["shop"].update(port=80), "sites.shop.port: 80 is not between 1024"),
         (lambda d: d["sites"]["shop"].update(workers=0), "sites.shop.workers: 0 is not between"),
         (lambda d: d["sites"]["shop"].update(asgi="x; rm"), "sites.shop.asgi: 'x; rm' is not"),
         (lambda d: d["sites"]["shop"].update(source="nowhere"), "sites.shop.source:"),
@@ -99,6 +99,9 @@ def test_resolve_accepts_address_alias_and_plain_host(tmp_path):
             lambda d: d["sites"]["shop"].update(health_path="/h ealth"),
             "sites.shop.health_path:",
         ),
+        (lambda d: d["sites"]["shop"].update(max_body_size="1m;"), "sites.shop.max_body_size:"),
+        (lambda d: d["sites"]["shop"].update(migrate_on="all"), "sites.shop.migrate_on:"),
+        (lambda d: d["sites"]["shop"].update(keep_releases=0), "sites.shop.keep_releases:"),
     ],
 )
 def test_each_error_names_file_key_and_problem(tmp_path, mutate, expected):
@@ -142,14 +145,16 @@ def test_wildcard_and_plain_domains_are_accepted(tmp_path):
 
 def test_same_domain_or_port_twice_on_a_host_is_rejected(tmp_path):
     data = base(tmp_path)
-    data["sites"]["blog"] = dict(data["sites"]["shop"], domains=["blog.test"], port=8002)
+    data["sites"]["blog"] = dict(data["sites"]["shop"], domains=["blog.test"], port=8003)
     parse(data, tmp_path / "hosts.toml")
     data["sites"]["blog"]["domains"] = ["blog.test", "www.shop.test"]
     assert "sites.blog.domains[1]: www.shop.test is already served by site 'shop'" in error(
         tmp_path, data
     )
     data["sites"]["blog"]["domains"] = ["blog.test"]
-    data["sites"]["blog"]["port"] = 8001
+    data["sites"]["blog"]["port"] = 8002  # shop has 8001 and 8002 (its two slots)
+    assert "sites.blog.port: port 8002 is already used by site 'shop'" in error(tmp_path, data)
+    data["sites"]["blog"]["port"] = 8000  # blog would take 8000 and 8001
     assert "sites.blog.port: port 8001 is already used by site 'shop'" in error(tmp_path, data)
 
 

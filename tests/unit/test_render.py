@@ -8,6 +8,7 @@ from tasks import app, nginx
 from tasks.engine.inventory import parse
 from tasks.engine.layout import SitePaths
 from tasks.engine.render import MANAGED, env_quote, render
+from tasks.engine.switch import upstream_text
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example"
 
@@ -43,8 +44,9 @@ def test_every_managed_file_has_the_header(site):
     for text in (
         render("nginx/site.conf.j2", site=site, paths=paths),
         render("nginx/default.conf.j2"),
-        render("systemd/web.service.j2", site=site, paths=paths),
+        render("systemd/web.service.j2", site=site, paths=paths, slot="a"),
         render("app/env.j2", entries=[("A", "1")]),
+        upstream_text(8001),
     ):
         assert text.startswith(f"# {MANAGED}")
 
@@ -53,9 +55,13 @@ def test_server_block_and_unit(site):
     paths = SitePaths.of(site)
     conf = nginx.site_block(site).content
     assert "server_name shop.test *.shop.test;" in conf
-    assert "server 127.0.0.1:8005;" in conf
+    assert f"include {paths.upstream_conf};" in conf
     assert f"alias {paths.static}/;" in conf and "expires 30d;" in conf
-    unit = render("systemd/web.service.j2", site=site, paths=paths)
+    assert "client_max_body_size 20m;" in conf
+    unit = render("systemd/web.service.j2", site=site, paths=paths, slot="b")
+    assert "--bind 127.0.0.1:8006" in unit  # slot b: port + 1
+    assert "WorkingDirectory=/srv/djk/shop/slots/b" in unit
+    assert "EnvironmentFile=/srv/djk/shop/slots/b/.djk-release.env" in unit
     assert "User=djk-shop" in unit
     assert "--worker-class uvicorn_worker.UvicornWorker" in unit
     assert "--workers 3" in unit and "Restart=on-failure" in unit
@@ -64,10 +70,10 @@ def test_server_block_and_unit(site):
 
 
 def test_env_file_derives_hosts_and_origins_and_holds_secrets(site):
-    entries = dict(app.env_entries(site, SitePaths.of(site), "rel1"))
+    entries = dict(app.env_entries(site, SitePaths.of(site)))
     assert entries["DJANGO_ALLOWED_HOSTS"] == "shop.test,.shop.test"
     assert "https://*.shop.test" in entries["DJANGO_CSRF_TRUSTED_ORIGINS"].split(",")
-    assert entries["APP_RELEASE"] == "rel1"
+    assert "APP_RELEASE" not in entries  # per release, in releases/<id>/.djk-release.env
     assert entries["DJANGO_SECRET_KEY"] == 'a"b$c`d\\e'
 
 
@@ -82,7 +88,7 @@ def test_env_quote_means_the_same_to_sh(tmp_path):
 
 
 def test_site_steps_have_unique_ids_and_secret_not_in_scripts(site):
-    steps = app.site_steps(site)
+    steps = app.stage_steps(app.new_build(site)) + [app.migrate_step(app.new_build(site))]
     assert len({s.id for s in steps}) == len(steps)
     for step in steps:
         for attr in ("script",):
