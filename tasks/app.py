@@ -27,7 +27,7 @@ from .engine.steps import (
     SystemUser,
     UnitStatus,
 )
-from .engine.switch import switch_script
+from .engine.switch import live_slot, switch_script
 from .engine.tasks import run_steps, targets_task, user_error
 from .engine.tree import tree_archive, tree_hash
 
@@ -199,12 +199,14 @@ class Switch(Step):
         self.name = f"switch {site.name}"
 
     def facts(self, diff: bool) -> list[Fact]:
+        paths = self.paths
         return [
-            path_state(self.paths.current),
-            file_text(self.paths.slot_file),
+            path_state(paths.current),
+            file_text(paths.upstream_conf),
+            *(path_state(paths.slot(slot)) for slot in SLOTS),
             Fact(
                 f"releases:{self.site.name}",
-                R.list_command(self.paths.base),
+                R.list_command(paths.base),
                 R.parse_releases,
                 default=[],
             ),
@@ -214,31 +216,32 @@ class Switch(Step):
         paths = self.paths
         current = ctx.facts[f"stat:{paths.current}"]
         live = current.target.removeprefix("releases/") if current and current.target else None
-        slot = ctx.facts[f"text:{paths.slot_file}"]
         try:
             want = self.target(ctx)
         except LookupError as exc:  # e.g. no earlier release to roll back to
             return Plan(error=str(exc))
         ctx.data.setdefault("report", {}).setdefault("releases", {})[self.site.name] = want
-        unit = ctx.facts["units"].get(paths.web_unit(slot)) if slot in SLOTS else None
-        running = unit is not None and unit.running
-        restart = paths.cycle in ctx.pending
-        if want == live and running and not restart:
-            return Plan(reason=f"{live} is live in slot {slot} (pid {unit.main_pid})")
         releases = ctx.facts[f"releases:{self.site.name}"]
+        slot = live_slot(paths, ctx.facts[f"text:{paths.upstream_conf}"])
+        restart = paths.cycle in ctx.pending
+        if want == live and not restart and slot is not None:
+            problems = self._drift(ctx, slot, want, releases)
+            if not problems:
+                unit = ctx.facts["units"][paths.web_unit(slot)]
+                return Plan(reason=f"{live} is live in slot {slot} (pid {unit.main_pid})")
+        else:
+            problems = []
         if want != live:
             known = [r for r in releases if r.id != want]
             known.append(R.Release(want, "live"))
             if live:
                 known = [r if r.id != live else R.Release(live, self.mark_old) for r in known]
             delete = R.cleanup(sorted(known, key=lambda r: r.id), want, self.site.keep_releases)
+            why = f"switch {live or 'nothing'} -> {want}"
         else:
             delete = []
-        why = (
-            f"switch {live or 'nothing'} -> {want}"
-            if want != live
-            else f"restart {want} ({'changed env, unit or dependencies' if restart else 'down'})"
-        )
+            reason = "env, unit or dependencies changed" if restart else "; ".join(problems)
+            why = f"restart {want} ({reason or 'not running'})"
         consumes = (paths.cycle, "reload:nginx.service", "daemon-reload")
         script = switch_script(
             paths,
@@ -251,6 +254,25 @@ class Switch(Step):
             consumes,
         )
         return Plan([Action(why, script, progress=f"{why}: health check", consumes=consumes)])
+
+    def _drift(self, ctx: Context, slot: str, want: str, releases: list) -> list[str]:
+        """What differs from "want is live in slot, alone": left by a run that was cut off."""
+        paths, units = self.paths, ctx.facts["units"]
+        problems = []
+        link = ctx.facts[f"stat:{paths.slot(slot)}"]
+        if link is None or link.target != f"../releases/{want}":
+            problems.append(f"slot {slot} does not run {want}")
+        unit = units.get(paths.web_unit(slot))
+        if unit is None or not unit.running:
+            problems.append(f"slot {slot} is not running")
+        for other in SLOTS:
+            state = units.get(paths.web_unit(other))
+            if other != slot and state is not None and state.running:
+                problems.append(f"slot {other} is still running")
+        status = next((r.status for r in releases if r.id == want), None)
+        if status != "live":
+            problems.append(f"{want} is marked {status}")
+        return problems
 
 
 def unit_files(site: Site, paths: SitePaths) -> list[Step]:
@@ -343,11 +365,11 @@ def status(c, json_=False):
             self.name = f"status {paths.name}"
 
         def facts(self, diff: bool) -> list[Fact]:
-            return [file_text(self.paths.slot_file)]
+            return [file_text(self.paths.upstream_conf)]
 
         def plan(self, ctx: Context) -> Plan:
-            slot = ctx.facts[f"text:{self.paths.slot_file}"]
-            if slot not in SLOTS:
+            slot = live_slot(self.paths, ctx.facts[f"text:{self.paths.upstream_conf}"])
+            if slot is None:
                 return Plan(error="not deployed")
             self.unit = self.paths.web_unit(slot)
             return super().plan(ctx)

@@ -7,7 +7,7 @@
   static/            collectstatic target, served by nginx
   current            -> releases/<id>, renamed over atomically
   slots/{a,b}        -> ../releases/<id>: what each of the two gunicorn units runs
-  .djk-slot          which slot nginx sends traffic to
+The live slot is the one /etc/nginx/djk/<site>.upstream points at.
 """
 
 from __future__ import annotations
@@ -70,10 +70,6 @@ class SitePaths:
 
     def slot(self, slot: str) -> str:
         return f"{self.slots}/{slot}"
-
-    @property
-    def slot_file(self) -> str:
-        return f"{self.base}/.djk-slot"
 
     def slot_port(self, slot: str) -> int:
         return self.port + SLOTS.index(slot)

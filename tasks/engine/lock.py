@@ -21,6 +21,7 @@ BUSY_EXIT = 75
 KEEPER = r"""
 import fcntl, json, os, sys, time
 names, wait, info = sys.argv[1].split(","), float(sys.argv[2]), json.loads(sys.argv[3])
+needle = ("DJK_RUN=" + sys.argv[4]).encode() + b"\0"
 os.makedirs(LOCK_DIR, exist_ok=True)
 deadline = time.monotonic() + wait
 fds = []
@@ -37,8 +38,14 @@ for name in names:
                     holder = open(path + ".info").read().strip()
                 except OSError:
                     holder = "{}"
-                print("BUSY", name, holder, flush=True)
-                sys.exit(BUSY_EXIT)
+                try:
+                    draining = json.loads(holder).get("draining", False)
+                except ValueError:
+                    draining = False
+                # A holder whose run is over only waits for its last commands: wait for it too.
+                if not (draining and time.monotonic() < deadline + 300):
+                    print("BUSY", name, holder, flush=True)
+                    sys.exit(BUSY_EXIT)
             time.sleep(0.2)
     fds.append(fd)
     info.update(keeper_pid=os.getpid(), since=time.time())
@@ -46,6 +53,27 @@ for name in names:
         f.write(json.dumps(info))
 print("LOCKED", flush=True)
 sys.stdin.read()
+info["draining"] = True
+for name in names:
+    with open(os.path.join(LOCK_DIR, name + ".lock.info"), "w") as f:
+        f.write(json.dumps(info))
+# The run is over or its connection is gone. Its commands may still be running on this host
+# (nothing kills them when the connection drops): keep the lock until the last one has ended.
+deadline = time.monotonic() + 1800
+while time.monotonic() < deadline:
+    running = False
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    running = needle in f.read()
+            except OSError:
+                continue
+            if running:
+                break
+    if not running:
+        break
+    time.sleep(0.2)
 """.replace("LOCK_DIR", repr(LOCK_DIR)).replace("BUSY_EXIT", str(BUSY_EXIT))
 
 STATUS = r"""
@@ -69,9 +97,9 @@ for path in sorted(glob.glob(LOCK_DIR + "/*.lock")):
 """.replace("LOCK_DIR", repr(LOCK_DIR))
 
 
-def keeper_command(sites: list[str], wait: float, command: str, by: str) -> str:
+def keeper_command(sites: list[str], wait: float, command: str, by: str, run_id: str) -> str:
     info = json.dumps({"by": by, "pid": os.getpid(), "command": command})
-    args = " ".join(shlex.quote(a) for a in (",".join(sites), str(wait), info))
+    args = " ".join(shlex.quote(a) for a in (",".join(sites), str(wait), info, run_id))
     return f"exec python3 -c {shlex.quote(KEEPER)} {args}"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,6 +58,9 @@ class Remote:
         self.bytes_sent = 0
         self._lock = threading.Lock()
         self._keeper = None
+        # Every command of this run carries it in its environment, so the lock keeper can tell
+        # when the last of them has ended, even after the connection dropped.
+        self.run_id = uuid.uuid4().hex
 
     @property
     def is_root(self) -> bool:
@@ -74,8 +78,10 @@ class Remote:
         self.release_lock()
         self.conn.close()
 
-    def _command(self, script: str, sudo: bool = True) -> str:
+    def _command(self, script: str, sudo: bool = True, tag: bool = True) -> str:
         command = "/bin/sh -c " + shlex.quote(script)
+        if tag:
+            command = f"env DJK_RUN={self.run_id} {command}"
         if sudo and not self.is_root:
             command = "sudo -n -- " + command
         return command
@@ -87,7 +93,8 @@ class Remote:
         with self._lock:
             self.commands += 1
         channel = self._transport().open_session()
-        channel.exec_command(self._command(keeper_command(sites, wait, command, by)))
+        keeper = keeper_command(sites, wait, command, by, self.run_id)
+        channel.exec_command(self._command(keeper, tag=False))
         channel.settimeout(wait + 60)
         line = b""
         try:
@@ -116,6 +123,9 @@ class Remote:
             except OSError:
                 pass
             self._keeper = None
+        # Every command of this run carries it in its environment, so the lock keeper can tell
+        # when the last of them has ended, even after the connection dropped.
+        self.run_id = uuid.uuid4().hex
 
     def _transport(self):
         transport = self.conn.client.get_transport()

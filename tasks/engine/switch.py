@@ -53,6 +53,15 @@ def upstream_text(port: int) -> str:
     return f"# {MANAGED}\nserver 127.0.0.1:{port};\n"
 
 
+def live_slot(paths: SitePaths, upstream: str | None) -> str | None:
+    """The slot nginx's upstream file points at (None before the first switch)."""
+    for line in (upstream or "").splitlines():
+        for slot in SLOTS:
+            if line.strip() == f"server 127.0.0.1:{paths.slot_port(slot)};":
+                return slot
+    return None
+
+
 def clear_pending(names: tuple[str, ...]) -> str:
     lines = []
     for name in names:
@@ -80,7 +89,14 @@ def switch_script(
 base={q(paths.base)}
 want={q(release)}
 live=$(readlink "$base/current" 2>/dev/null | sed 's#^releases/##') || live=""
-active=$(cat {q(paths.slot_file)} 2>/dev/null || true)
+# The live slot is the one nginx's upstream points at.
+active_port=$(grep -o '^server 127.0.0.1:[0-9]*;' {q(upstream)} 2>/dev/null \\
+  | cut -d: -f2 | tr -d ';' || true)
+case "$active_port" in
+  {paths.slot_port(a)}) active={a} ;;
+  {paths.slot_port(b)}) active={b} ;;
+  *) active="" ;;
+esac
 case "$active" in
   {a}) next={b}; next_port={paths.slot_port(b)} ;;
   {b}) next={a}; next_port={paths.slot_port(a)} ;;
@@ -119,6 +135,9 @@ if ! probe "http://127.0.0.1:$next_port{health_path}" {q(health_host)} "$want" {
 fi
 
 cp -p {q(upstream)} {q(upstream)}.djk-prev
+# Recorded first: if this run dies between the upstream write and the reload, the next one reloads.
+mkdir -p {q(PENDING_FILE.rsplit("/", 1)[0])}
+echo reload:nginx.service >> {PENDING_FILE}
 point_upstream "$next_port"
 ln -sfn "releases/$want" "$base/current.djk-new"
 mv -Tf "$base/current.djk-new" "$base/current"
@@ -138,7 +157,6 @@ if ! nginx_reload || ! probe "http://127.0.0.1:80{health_path}" {q(health_host)}
 fi
 
 rm -f {q(upstream)}.djk-prev
-echo "$next" > {q(paths.slot_file)}
 systemctl enable --quiet "$unit_next"
 if [ -n "$active" ]; then
   systemctl disable --quiet "$unit_old" || true

@@ -138,8 +138,16 @@ def curl(host, path: str = "/", host_header: str = "example.test", extra: str = 
 
 
 def live_unit(host, site: str = "example") -> str:
-    slot = sh(host, f"cat /srv/djk/{site}/.djk-slot").strip()
-    return f"djk-{site}-web-{slot}.service"
+    """The slot unit nginx's upstream points at (slot a: the site's port, b: port + 1)."""
+    port = sh(host, f"grep -o '127.0.0.1:[0-9]*' /etc/nginx/djk/{site}.upstream").split(":")[1]
+    units = sh(
+        host,
+        f"systemctl show -p Id,ExecStart 'djk-{site}-web-a.service' 'djk-{site}-web-b.service'",
+    )
+    for block in units.split("\n\n"):
+        if f"127.0.0.1:{port.strip()} " in block:
+            return block.split("Id=", 1)[1].split()[0]
+    raise AssertionError(f"no slot unit binds port {port}")
 
 
 def web_pid(host, site: str = "example") -> int:
@@ -149,5 +157,96 @@ def web_pid(host, site: str = "example") -> int:
 
 def health(host, host_header: str = "example.test") -> dict:
     answer = curl(host, "/health/", host_header=host_header)
-    body = answer.split("\r\n\r\n", 1)[-1]
+    body = answer.split("\n\n", 1)[-1]
     return json.loads(body)
+
+
+def spawn_fab(inventory: Path, *args: str):
+    """`fab` as a separate process (to kill it, or to run two at once)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DJK_INVENTORY=str(inventory), PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "fabric", "--search-root", str(ROOT), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+
+
+def wait_for_line(proc, needle: str, timeout: float = 120) -> list[str]:
+    """Read the process's output until a line contains needle; return the lines read."""
+    import time
+
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} never appeared in:\n{''.join(lines)}")
+
+
+class Load:
+    """Requests through nginx from the control machine, one after another, until stopped.
+
+    Each request opens its own connection (as a browser retrying on a fresh one would), and
+    the loop is bounded in count and time so it always ends by itself.
+    """
+
+    def __init__(self, address: str, host_header: str, path: str = "/health/") -> None:
+        import threading
+
+        self.address, self.host_header, self.path = address, host_header, path
+        self.results: list[tuple[str, str]] = []  # (outcome, release)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        import http.client
+        import time
+
+        deadline = time.monotonic() + 600
+        while not self._stop.is_set() and time.monotonic() < deadline and len(self.results) < 50000:
+            try:
+                conn = http.client.HTTPConnection(self.address, 80, timeout=15)
+                conn.request("GET", self.path, headers={"Host": self.host_header})
+                answer = conn.getresponse()
+                body = answer.read()
+                conn.close()
+                release = json.loads(body).get("release", "") if answer.status == 200 else ""
+                self.results.append((str(answer.status), release))
+            except Exception as error:  # a failed request is the thing we count
+                self.results.append((f"error: {error}", ""))
+
+    @property
+    def failures(self) -> list[str]:
+        return [outcome for outcome, _ in self.results if outcome != "200"]
+
+    def mark(self) -> int:
+        """The number of answers so far: what comes after a mark came after that moment."""
+        return len(self.results)
+
+    def releases_between(self, start: int, end: int | None = None) -> set[str]:
+        return {release for _, release in self.results[start:end]}
+
+    def releases_in_order(self) -> list[str]:
+        seen: list[str] = []
+        for _, release in self.results:
+            if release and (not seen or seen[-1] != release):
+                seen.append(release)
+        return seen
