@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from . import app, lock, multidomain, nginx
+from . import app, celery, flower, lock, multidomain, nginx
 from .deploy import deploy, releases, rollback
 
 ns = Collection()
@@ -13,3 +13,5 @@ ns.add_collection(Collection.from_module(app))
 ns.add_collection(Collection.from_module(nginx))
 ns.add_collection(Collection.from_module(multidomain))
 ns.add_collection(Collection.from_module(lock))
+ns.add_collection(Collection.from_module(celery))
+ns.add_collection(Collection.from_module(flower))

@@ -10,6 +10,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import celery
 from .engine import releases as R
 from .engine.facts import Fact, file_text, path_state
 from .engine.inventory import Host, Inventory, Site
@@ -47,9 +48,21 @@ def env_entries(site: Site, paths: SitePaths) -> list[tuple[str, str]]:
         "DJANGO_DB_PATH": paths.db,
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+    broker = celery.broker_url(site)
+    if broker:
+        entries["CELERY_BROKER_URL"] = broker
+        entries["CELERY_RESULT_BACKEND"] = broker
     entries.update(site.env)
     entries.update({key: secret.reveal() for key, secret in site.secrets.items()})
     return list(entries.items())
+
+
+def secret_keys(site: Site) -> tuple[str, ...]:
+    """Masked in diffs: the site's secrets, and the broker URL (it may carry a password)."""
+    keys = list(site.secrets)
+    if site.celery is not None:
+        keys += [k for k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND") if k not in keys]
+    return tuple(keys)
 
 
 def manage(site: Site, paths: SitePaths, release_dir: str, args: str) -> str:
@@ -306,8 +319,8 @@ def stage_steps(build: Build) -> list[Step]:
             owner=site.user,
             group=site.user,
             mode="600",
-            notify=cycle,
-            secret_keys=tuple(site.secrets),
+            notify=(*cycle, *((celery.cycle(site),) if site.celery else ())),
+            secret_keys=secret_keys(site),
             name=f"env file {paths.env}",
         ),
         Stage(build),
@@ -321,6 +334,7 @@ def stage_steps(build: Build) -> list[Step]:
             "collecting static files",
         ),
         *unit_files(site, paths),
+        *celery.unit_files(site),
     ]
 
 

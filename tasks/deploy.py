@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from . import app, multidomain
+from . import app, celery, multidomain
 from .engine import releases as R
 from .engine.facts import Fact, path_state
 from .engine.inventory import Site
@@ -67,9 +67,12 @@ def rollback(c, to=None, site=None, json_=False, quiet=False, wait=0):
 
     def plan(inv, host):
         sites = [s for s in app.sites_or_exit(inv, host) if site is None or s.name == site]
-        steps = [
-            app.Switch(s, target=_RollbackTarget(s, to), mark_old="rolled-back") for s in sites
-        ]
+        steps: list[Step] = []
+        for s in sites:
+            target = _RollbackTarget(s, to)
+            steps.append(app.Switch(s, target=target, mark_old="rolled-back"))
+            if s.celery is not None:
+                steps.append(celery.Restart(s, target))
         return HostPlan(host, [steps], lock_sites=[s.name for s in sites])
 
     run_steps(c, plan, json_=json_, quiet=quiet, lock_wait=float(wait))

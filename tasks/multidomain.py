@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from . import app, nginx
+from . import app, celery, nginx
 from .engine.inventory import Host, Inventory
 from .engine.runner import HostPlan
 from .engine.tasks import load_inventory, target_hosts, targets_task
 
 
 def host_plan(inventory: Inventory, host: Host, builds: dict[str, app.Build]) -> HostPlan:
-    """The whole stack for a host, in three phases: stage every site and nginx, migrate (on
-    one host per site), then switch each site to its release."""
+    """The whole stack for a host, in three phases: stage every site, its broker and nginx,
+    migrate (on one host per site), then switch each site and restart its Celery units."""
     sites = app.sites_or_exit(inventory, host)
     stage = [step for site in sites for step in app.stage_steps(builds[site.name])]
+    stage += celery.broker_steps(sites)
     stage += nginx.host_steps(inventory, host)
     migrate = [app.migrate_step(builds[s.name]) for s in sites if app.migrates_here(s, host)]
-    switch = [app.Switch(site) for site in sites]
+    switch = []
+    for site in sites:
+        switch.append(app.Switch(site))
+        if site.celery is not None:
+            switch.append(celery.Restart(site, lambda ctx, site=site: app.wanted(ctx, site)))
     return HostPlan(host, [stage, migrate, switch], lock_sites=[s.name for s in sites])
 
 

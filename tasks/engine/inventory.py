@@ -44,6 +44,26 @@ class Host:
 
 
 @dataclass(frozen=True)
+class Celery:
+    """Celery for a site: a worker (and optionally beat) on a Redis the kit runs on the host
+    (`broker = "local"`) or on the broker URL in the site's secrets (`"external"`)."""
+
+    app: str
+    concurrency: int = 2
+    queues: tuple[str, ...] = ("celery",)
+    options: tuple[str, ...] = ()
+    beat: bool = False
+    broker: str = "local"
+    redis_db: int = 0
+    stop_timeout: int = 300
+
+
+@dataclass(frozen=True)
+class Flower:
+    port: int
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     domains: tuple[str, ...]
@@ -62,11 +82,13 @@ class Site:
     health_timeout: int = 60
     migrate_on: str = "one"  # "one" host per deploy (shared database) or "every" host
     max_body_size: str = "20m"  # nginx client_max_body_size
+    celery: Celery | None = None
+    flower: Flower | None = None
 
     @property
-    def ports(self) -> tuple[int, int]:
-        """Two ports: the releases' two gunicorn slots, so a switch never stops the old first."""
-        return (self.port, self.port + 1)
+    def ports(self) -> tuple[int, ...]:
+        """The releases' two gunicorn slots (a switch never stops the old first), and Flower."""
+        return (self.port, self.port + 1) + ((self.flower.port,) if self.flower else ())
 
     @property
     def health_host(self) -> str:
@@ -344,12 +366,53 @@ def _parse_site(
         health_timeout=r.get("health_timeout", int, values.count(5, 900), default=60),
         migrate_on=r.get("migrate_on", str, values.choice("one", "every"), default="one"),
         max_body_size=r.get("max_body_size", str, values.nginx_size, default="20m"),
+        celery=_parse_celery(path, key, r.get("celery", dict, default=None), secrets, read_secrets),
+        flower=_parse_flower(path, key, r.get("flower", dict, default=None), secrets, read_secrets),
         env=env,
         secrets=secrets,
         env_file=env_file,
     )
     r.done()
+    if site.flower and not site.celery:
+        r.fail(f"{key}.flower", "needs [sites.<name>.celery] (Flower watches the site's workers)")
     return site
+
+
+def _parse_celery(
+    path: Path, key: str, table: Any, secrets: dict[str, Secret], read_secrets: bool
+) -> Celery | None:
+    if table is None:
+        return None
+    key = f"{key}.celery"
+    r = _Reader(path, table, key)
+    celery = Celery(
+        app=r.get("app", str, values.dotted),
+        concurrency=r.get("concurrency", int, values.count(1, 256), default=2),
+        queues=r.get_list("queues", values.env_key, default=("celery",)),
+        options=r.get_list("options", values.cli_option, default=()),
+        beat=r.get("beat", bool, default=False),
+        broker=r.get("broker", str, values.choice("local", "external"), default="local"),
+        redis_db=r.get("redis_db", int, values.count(0, 15), default=0),
+        stop_timeout=r.get("stop_timeout", int, values.count(10, 3600), default=300),
+    )
+    r.done()
+    if celery.broker == "external" and read_secrets and "CELERY_BROKER_URL" not in secrets:
+        r.fail(f"{key}.broker", 'is "external": put CELERY_BROKER_URL in the env_file secrets')
+    return celery
+
+
+def _parse_flower(
+    path: Path, key: str, table: Any, secrets: dict[str, Secret], read_secrets: bool
+) -> Flower | None:
+    if table is None:
+        return None
+    key = f"{key}.flower"
+    r = _Reader(path, table, key)
+    flower = Flower(port=r.get("port", int, values.count(1024, 65535)))
+    r.done()
+    if read_secrets and "FLOWER_BASIC_AUTH" not in secrets:
+        r.fail(key, "needs FLOWER_BASIC_AUTH=user:password in the env_file secrets")
+    return flower
 
 
 def _check_conflicts(path: Path, hosts: dict[str, Host], sites: dict[str, Site]) -> None:
@@ -357,6 +420,7 @@ def _check_conflicts(path: Path, hosts: dict[str, Host], sites: dict[str, Site])
         on_host = [s for s in sites.values() if host in s.hosts]
         domain_owner: dict[str, str] = {}
         port_owner: dict[int, str] = {}
+        redis_owner: dict[int, str] = {}
         for site in on_host:
             for i, domain in enumerate(site.domains):
                 other = domain_owner.setdefault(domain, site.name)
@@ -366,6 +430,15 @@ def _check_conflicts(path: Path, hosts: dict[str, Host], sites: dict[str, Site])
                         f"sites.{site.name}.domains[{i}]",
                         f"{domain} is already served by site {other!r} on host {host!r}",
                     )
+            if site.celery and site.celery.broker == "local":
+                other = redis_owner.setdefault(site.celery.redis_db, site.name)
+                if other != site.name:
+                    raise InventoryError(
+                        path,
+                        f"sites.{site.name}.celery.redis_db",
+                        f"redis db {site.celery.redis_db} is already used by site {other!r} "
+                        f"on host {host!r} (each site needs its own)",
+                    )
             for port in site.ports:
                 other = port_owner.setdefault(port, site.name)
                 if other != site.name:
@@ -373,7 +446,7 @@ def _check_conflicts(path: Path, hosts: dict[str, Host], sites: dict[str, Site])
                         path,
                         f"sites.{site.name}.port",
                         f"port {port} is already used by site {other!r} on host {host!r} "
-                        "(each site uses port and port + 1)",
+                        "(a site uses port, port + 1 and its Flower port)",
                     )
 
 

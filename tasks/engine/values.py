@@ -17,6 +17,7 @@ _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ASGI = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _URL_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CLI_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:/,@%+-]+)?$")
 _NGINX_SIZE = re.compile(r"^[0-9]{1,6}[kKmMgG]?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -130,4 +131,13 @@ def choice(*allowed: str):
 def nginx_size(value: str) -> str:
     if not _NGINX_SIZE.match(value):
         raise ValueError(f"{value!r} is not an nginx size (digits with an optional k, m or g)")
+    return value
+
+
+def cli_option(value: str) -> str:
+    """One `--name` or `--name=value` token for a command line in a systemd unit."""
+    if not _CLI_OPTION.match(value):
+        raise ValueError(
+            f"{value!r} is not one --option or --option=value (no spaces, quotes or ;)"
+        )
     return value
