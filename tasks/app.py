@@ -264,7 +264,6 @@ class Switch(Step):
             self.site.health_timeout,
             self.mark_old,
             delete,
-            consumes,
         )
         return Plan([Action(why, script, progress=f"{why}: health check", consumes=consumes)])
 

@@ -9,7 +9,6 @@ and run next time. The deploy lock is held from the start to the end of the run.
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +17,13 @@ from dataclasses import dataclass, field
 from fabric import Config
 
 from . import facts as F
-from .facts import PENDING_FILE, Fact
+from .facts import Fact
 from .inventory import Host
 from .lock import command_line
 from .releases import deployer
 from .remote import Remote, RemoteError
 from .report import HostReport, Reporter, StepResult
-from .steps import Action, Context, Step, handler_order, handler_script
+from .steps import Action, Context, Step, clear_pending, handler_order, handler_script
 
 
 @dataclass(frozen=True)
@@ -134,14 +133,14 @@ def _run_steps(
             ctx.pending += [n for n in action.notify if n not in ctx.pending]
         diff = "".join(a.diff for a in plan.actions)
         detail = "; ".join(a.summary for a in plan.actions)
-        if not ctx.check:
-            for action in plan.actions:
+        for action in plan.actions:
+            if not ctx.check:
                 error = _apply(remote, action, reporter)
                 if error:
                     return _fail(reporter, report, host, step.name, error, steps, index, diff)
-                for name in action.consumes:
-                    if name in ctx.pending:
-                        ctx.pending.remove(name)
+            for name in action.consumes:
+                if name in ctx.pending:
+                    ctx.pending.remove(name)
         result = StepResult(step.name, "changed", detail, diff, time.monotonic() - t0)
         report.steps.append(result)
         reporter.step(host, result)
@@ -186,12 +185,14 @@ def _run_handlers(session: _Session) -> None:
     try:
         for name in sorted(set(ctx.pending), key=handler_order):
             kind, _, unit = name.partition(":")
-            clear = (
-                f"if [ -f {PENDING_FILE} ]; then grep -vxF -- {shlex.quote(name)} {PENDING_FILE} "
-                f"> {PENDING_FILE}.tmp || true; mv -f {PENDING_FILE}.tmp {PENDING_FILE}; fi"
-            )
+            clear = clear_pending((name,))
             label = f"handler {name}"
-            if kind == "restart" and unit in ctx.started_units:
+            script = handler_script(name)
+            if script is None:
+                # Done by a step of a full deploy (a slot switch, a Celery restart); it stays
+                # pending until one runs.
+                result = StepResult(label, "skipped", "left pending for the next deploy")
+            elif kind == "restart" and unit in ctx.started_units:
                 if not ctx.check:
                     remote.run(clear)
                 result = StepResult(label, "ok", "unit was started by this run")
@@ -200,7 +201,7 @@ def _run_handlers(session: _Session) -> None:
             else:
                 t0 = time.monotonic()
                 # The subshell keeps a handler's own `exit` from skipping the bookkeeping.
-                done = remote.run(f"(\n{handler_script(name)}\n) || exit $?\n{clear}")
+                done = remote.run(f"(\n{script}\n) || exit $?\n{clear}")
                 status = "changed" if done.ok else "failed"
                 detail = "" if done.ok else f"exit {done.rc}: {done.stderr.strip()[-1500:]}"
                 result = StepResult(label, status, detail, seconds=time.monotonic() - t0)

@@ -34,15 +34,28 @@ class Action:
         return self.stdin() if callable(self.stdin) else self.stdin
 
     def full_script(self) -> str:
-        """The script with its notifications recorded first, so a dropped run leaves them due."""
-        if not self.notify:
-            return self.script
-        lines = "\n".join(self.notify)
-        record = (
-            f"mkdir -p {shlex.quote(PENDING_FILE.rsplit('/', 1)[0])} && "
-            f"printf '%s\\n' {shlex.quote(lines)} >> {PENDING_FILE}"
-        )
-        return f"{record}\n{self.script}"
+        """The script with its notifications recorded first, so a dropped run leaves them due,
+        and the pending handlers it does itself cleared after it succeeded."""
+        script = self.script
+        if self.notify:
+            lines = "\n".join(self.notify)
+            record = (
+                f"mkdir -p {shlex.quote(PENDING_FILE.rsplit('/', 1)[0])} && "
+                f"printf '%s\\n' {shlex.quote(lines)} >> {PENDING_FILE}"
+            )
+            script = f"{record}\n{script}"
+        if self.consumes:
+            script = f"{script}\n{clear_pending(self.consumes)}"
+        return script
+
+
+def clear_pending(names: tuple[str, ...]) -> str:
+    """Shell lines that drop handlers from the host's pending list."""
+    return "\n".join(
+        f"if [ -f {PENDING_FILE} ]; then grep -vxF -- {shlex.quote(name)} {PENDING_FILE} "
+        f"> {PENDING_FILE}.tmp || true; mv -f {PENDING_FILE}.tmp {PENDING_FILE}; fi"
+        for name in names
+    )
 
 
 @dataclass
@@ -348,8 +361,9 @@ exit 1
 """
 
 
-def handler_script(name: str) -> str:
-    """What a handler runs. Names: daemon-reload, restart:UNIT, reload:nginx.service."""
+def handler_script(name: str) -> str | None:
+    """What a handler runs. Names: daemon-reload, restart:UNIT, reload:UNIT; None for the ones
+    that only a deploy step does (cycle:SITE, cycle-celery:SITE)."""
     if name == "daemon-reload":
         return "systemctl daemon-reload"
     kind, _, unit = name.partition(":")
@@ -359,7 +373,7 @@ def handler_script(name: str) -> str:
         return NGINX_RELOAD
     if kind == "reload":
         return f"systemctl reload-or-restart {_q(unit)}"
-    raise ValueError(f"unknown handler {name!r}")
+    return None
 
 
 def handler_order(name: str) -> tuple[int, str]:

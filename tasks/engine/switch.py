@@ -62,16 +62,6 @@ def live_slot(paths: SitePaths, upstream: str | None) -> str | None:
     return None
 
 
-def clear_pending(names: tuple[str, ...]) -> str:
-    lines = []
-    for name in names:
-        lines.append(
-            f"if [ -f {PENDING_FILE} ]; then grep -vxF -- {shlex.quote(name)} {PENDING_FILE} "
-            f"> {PENDING_FILE}.tmp || true; mv -f {PENDING_FILE}.tmp {PENDING_FILE}; fi"
-        )
-    return "\n".join(lines)
-
-
 def switch_script(
     paths: SitePaths,
     release: str,
@@ -80,7 +70,6 @@ def switch_script(
     timeout: int,
     mark_old: str,
     delete: list[str],
-    consumes: tuple[str, ...],
 ) -> str:
     q = shlex.quote
     a, b = SLOTS
@@ -175,6 +164,5 @@ for v in "$base"/venvs/*; do
   done
   [ $used = 1 ] || rm -rf -- "$v"
 done
-{clear_pending(consumes)}
 echo "release $want is live in slot $next"
 """

@@ -50,6 +50,15 @@ def fab(inventory: Path, *args: str) -> FabRun:
     return FabRun(code, out.getvalue(), err.getvalue())
 
 
+def _toml(value) -> str:
+    """A TOML value: JSON scalars and arrays are valid TOML; tables become inline tables."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
 class Project:
     """A user's project: hosts.toml and a secrets file pointing at test hosts."""
 
@@ -83,7 +92,7 @@ class Project:
             ]
         lines.append("[sites.example]")
         for key, value in self.site.items():
-            lines.append(f"{key} = {json.dumps(value)}")
+            lines.append(f"{key} = {_toml(value)}")
         self.inventory.write_text("\n".join(lines) + "\n")
         (self.dir / "example.env").write_text(
             "".join(f"{k}={v}\n" for k, v in self.secrets.items())
@@ -129,7 +138,7 @@ def curl(host, path: str = "/", host_header: str = "example.test", extra: str = 
 
     done = subprocess.run(
         f"curl -s -i --max-time 10 -H {shlex.quote('Host: ' + host_header)} {extra} "
-        f"http://{host.address}{path}",
+        + shlex.quote(f"http://{host.address}{path}"),
         shell=True,
         capture_output=True,
         text=True,
