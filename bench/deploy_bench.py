@@ -102,7 +102,10 @@ def measure(inventory: Path, *args: str) -> tuple[Run, dict]:
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     data = json.loads(done.stdout.strip().splitlines()[-1])
-    return Run(**data["run"]), data["report"]
+    run = Run(**data["run"])
+    if not run.ok:
+        print(done.stderr[-1500:], file=sys.stderr)
+    return run, data["report"]
 
 
 def write_inventory(directory: Path, hosts, sites: int, source: Path, workers: int) -> Path:

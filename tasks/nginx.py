@@ -5,27 +5,24 @@ from __future__ import annotations
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, UPSTREAM_DIR, SitePaths
 from .engine.render import render
-from .engine.steps import NGINX_RELOAD, Absent, Directory, File, Run, Service, Step, UnitStatus
+from .engine.steps import (
+    NGINX_RELOAD,
+    ConfigSet,
+    Directory,
+    File,
+    Run,
+    Service,
+    Step,
+    UnitStatus,
+)
 from .engine.switch import upstream_text
 from .engine.tasks import run_steps, targets_task
 
 RELOAD = ("reload:nginx.service",)
-# Candidates are checked together with the whole live configuration before they stay in place.
-VALIDATE = "nginx -t -q"
+VALIDATE = "nginx -t"
 
 
-def site_block(site: Site) -> File:
-    paths = SitePaths.of(site)
-    return File(
-        paths.nginx_conf,
-        render("nginx/site.conf.j2", site=site, paths=paths),
-        notify=RELOAD,
-        validate=VALIDATE,
-        name=f"nginx server block {site.name}",
-    )
-
-
-def site_steps(site: Site) -> list[Step]:
+def site_files(site: Site) -> list[File]:
     """The server block, and the upstream file it includes (each switch rewrites that one)."""
     paths = SitePaths.of(site)
     return [
@@ -33,32 +30,28 @@ def site_steps(site: Site) -> list[Step]:
             paths.upstream_conf,
             upstream_text(paths.slot_port("a")),
             create_only=True,
-            name=f"nginx upstream {site.name}",
+            name=f"upstream {site.name}",
         ),
-        site_block(site),
-    ]
-
-
-def base_steps() -> list[Step]:
-    """Host-wide: Debian's default site off (it would answer unknown Hosts), ours on."""
-    return [
-        Directory(UPSTREAM_DIR),
-        Absent(DEBIAN_DEFAULT_SITE, notify=RELOAD, name="nginx debian default site absent"),
         File(
-            NGINX_DEFAULT_CONF,
-            render("nginx/default.conf.j2"),
-            notify=RELOAD,
-            validate=VALIDATE,
-            name="nginx default server",
+            paths.nginx_conf,
+            render("nginx/site.conf.j2", site=site, paths=paths),
+            name=f"server block {site.name}",
         ),
-        Service("nginx.service"),
     ]
 
 
 def host_steps(inventory: Inventory, host: Host) -> list[Step]:
+    """nginx's whole managed configuration for a host, validated as one candidate set: our
+    default server (Debian's default site goes: it would answer unknown Hosts), and every site's
+    server block and upstream."""
+    files = [File(NGINX_DEFAULT_CONF, render("nginx/default.conf.j2"), name="default server")]
+    for site in inventory.sites_on(host):
+        files += site_files(site)
     return [
-        *base_steps(),
-        *(step for site in inventory.sites_on(host) for step in site_steps(site)),
+        Directory(UPSTREAM_DIR),
+        Directory("/var/lib/djk"),
+        ConfigSet("nginx-config", "nginx config", files, [DEBIAN_DEFAULT_SITE], VALIDATE, RELOAD),
+        Service("nginx.service"),
     ]
 
 

@@ -436,3 +436,110 @@ class UnitStatus(Step):
             return Plan(error="not installed")
         text = f"{state.active}, {state.enabled or 'no unit file'}, pid {state.main_pid}"
         return Plan(reason=text) if state.running else Plan(error=text)
+
+
+class ConfigSet(Step):
+    """Files that are validated together (a server's whole configuration).
+
+    Every changed file is put in place at once, the validator runs on the whole candidate
+    configuration, and if it fails every previous file is back and the validator's own message
+    is the error. Members report their own names in the detail.
+    """
+
+    def __init__(
+        self,
+        step_id: str,
+        name: str,
+        files: list[File],
+        absent: list[str],
+        validate: str,
+        notify: tuple[str, ...],
+    ) -> None:
+        self.id, self.name = step_id, name
+        self.files, self.absent = files, absent
+        self.validate, self.notify = validate, notify
+
+    def facts(self, diff: bool) -> list[Fact]:
+        found = [fact for f in self.files for fact in f.facts(diff)]
+        return found + [F.path_state(path) for path in self.absent]
+
+    def plan(self, ctx: Context) -> Plan:
+        writes: list[File] = []
+        removes: list[str] = []
+        summaries: list[str] = []
+        diffs: list[str] = []
+        for member in self.files:
+            actions = member.plan(ctx).actions
+            if actions:
+                writes.append(member)
+                summaries.append(f"{actions[0].summary}: {member.name}")
+                diffs += [a.diff for a in actions if a.diff]
+        for path in self.absent:
+            if ctx.facts[f"stat:{path}"] is not None:
+                removes.append(path)
+                summaries.append(f"remove {path}")
+        if not writes and not removes:
+            return Plan(reason=f"{len(self.files)} files match")
+        return Plan(
+            [
+                Action(
+                    "; ".join(summaries),
+                    self._script(writes, removes),
+                    stdin=lambda: _archive({f"new-{i}": f.content for i, f in enumerate(writes)}),
+                    notify=self.notify,
+                    diff="".join(diffs),
+                )
+            ]
+        )
+
+    def _script(self, writes: list[File], removes: list[str]) -> str:
+        lines = [
+            "set -e",
+            "stage=$(mktemp -d /var/lib/djk/.stage.XXXXXX)",
+            "trap 'rm -rf \"$stage\"' EXIT",
+            'tar -xf - -C "$stage"',
+        ]
+        targets = [f.path for f in writes] + removes
+        restore = []
+        for i, path in enumerate(targets):
+            lines.append(f'if [ -e {_q(path)} ]; then cp -p {_q(path)} "$stage/prev-{i}"; fi')
+            restore.append(
+                f'  if [ -e "$stage/prev-{i}" ]; then cp -p "$stage/prev-{i}" {_q(path)}; '
+                f"else rm -f {_q(path)}; fi"
+            )
+        for i, member in enumerate(writes):
+            directory, base = member.path.rsplit("/", 1)
+            tmp = f"{directory}/.{base}.djk-new"
+            lines += [
+                f'cp "$stage/new-{i}" {_q(tmp)}',
+                f"chown {_q(member.owner + ':' + member.group)} {_q(tmp)}",
+                f"chmod {_q(member.mode)} {_q(tmp)}",
+                f"mv -f {_q(tmp)} {_q(member.path)}",
+            ]
+        lines += [f"rm -f {_q(path)}" for path in removes]
+        names = ", ".join(m.name for m in writes) or "removals"
+        lines += [
+            f"if ! out=$({self.validate} 2>&1); then",
+            *restore,
+            "  printf '%s\\n' \"$out\" >&2",
+            f"  echo {_q(f'candidate set ({names}) failed validation; previous files are back')}"
+            " >&2",
+            "  exit 3",
+            "fi",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _archive(files: dict[str, str]) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, content in files.items():
+            data = content.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

@@ -138,7 +138,9 @@ def test_one_value_changes_one_file_and_restarts_only_its_dependents(
     run = project.fab("-H", "web1", "deploy", "--json")
     assert run.code == 0, run.out + run.err
     changed = [s["step"] for s in run.host("web1")["steps"] if s["status"] == "changed"]
-    assert changed == ["nginx server block example", "handler reload:nginx.service"]
+    assert changed == ["nginx config", "handler reload:nginx.service"]
+    detail = next(s["detail"] for s in run.host("web1")["steps"] if s["step"] == "nginx config")
+    assert detail == "update content: server block example"
     assert web_pid(fresh_host) == gunicorn
     new_master, new_workers = nginx_pids(fresh_host)
     assert new_master == master and set(new_workers).isdisjoint(workers)  # graceful reload
@@ -156,7 +158,7 @@ def test_domain_change_reloads_nginx_and_restarts_app(first_deploy, project, fre
     changed = {s["step"] for s in run.host("web1")["steps"] if s["status"] == "changed"}
     # The switch restarts the app (new ALLOWED_HOSTS) and does the pending nginx reload itself.
     assert changed == {
-        "nginx server block example",
+        "nginx config",
         "env file /srv/djk/example/shared/env",
         "switch example",
     }
@@ -201,7 +203,9 @@ def test_failed_validation_restores_config_and_pending_restart_survives(
     finally:
         sh(fresh_host, "rm -f /etc/nginx/conf.d/broken.conf")
     assert failed.code == 1
-    assert "nginx server block example" in failed.out and "failed" in failed.out
+    lines = failed.out.splitlines()
+    failed_line = next(line for line in lines if "| failed  | nginx config" in line)
+    assert "server block example" in failed_line
     assert "broken.conf" in failed.out  # nginx's own message reaches the user
     assert sh(fresh_host, f"sha256sum {conf}") == before_conf  # previous file is back
     assert "HTTP/1.1 200" in curl(fresh_host, "/")  # nginx kept serving
@@ -214,7 +218,7 @@ def test_failed_validation_restores_config_and_pending_restart_survives(
     changed = {s["step"] for s in again.host("web1")["steps"] if s["status"] == "changed"}
     # The env file was already written by the failed run; its restart was still due.
     assert "env file /srv/djk/example/shared/env" not in changed
-    assert {"nginx server block example", "switch example"} <= changed
+    assert {"nginx config", "switch example"} <= changed
     assert web_pid(fresh_host) != gunicorn
     assert "HTTP/1.1 200" in curl(fresh_host, "/", host_header="late.test")
     assert sh(fresh_host, "cat /var/lib/djk/pending-handlers").strip() == ""

@@ -53,7 +53,7 @@ def test_every_managed_file_has_the_header(site):
 
 def test_server_block_and_unit(site):
     paths = SitePaths.of(site)
-    conf = nginx.site_block(site).content
+    conf = nginx.site_files(site)[1].content
     assert "server_name shop.test *.shop.test;" in conf
     assert f"include {paths.upstream_conf};" in conf
     assert f"alias {paths.static}/;" in conf and "expires 30d;" in conf
