@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
+
 from . import app, celery, nginx
+from .engine import values
+from .engine.facts import Fact, path_state
 from .engine.inventory import Host, Inventory
+from .engine.layout import ROOT, UPSTREAM_DIR
 from .engine.runner import HostPlan
-from .engine.tasks import load_inventory, target_hosts, targets_task
+from .engine.steps import Action, Context, Plan, Step
+from .engine.tasks import load_inventory, run_steps, target_hosts, targets_task, user_error
 
 
 def host_plan(inventory: Inventory, host: Host, builds: dict[str, app.Build]) -> HostPlan:
@@ -15,6 +21,7 @@ def host_plan(inventory: Inventory, host: Host, builds: dict[str, app.Build]) ->
     stage = [step for site in sites for step in app.stage_steps(builds[site.name])]
     stage += celery.broker_steps(sites)
     stage += nginx.host_steps(inventory, host)
+    stage.append(Orphans([s.name for s in sites], host.name))
     migrate = [app.migrate_step(builds[s.name]) for s in sites if app.migrates_here(s, host)]
     switch = []
     for site in sites:
@@ -34,3 +41,119 @@ def sites(c):
         for site in on_host:
             ports = "+".join(str(p) for p in site.ports)
             print(f"  {site.name:<16} 127.0.0.1:{ports:<12} {' '.join(site.domains)}")
+
+
+SITE_CONF_GLOB = "/etc/nginx/sites-enabled/djk-site-*.conf"
+
+
+def _deployed_sites(rc: int, out: str) -> list[str]:
+    names = []
+    for line in out.split():
+        name = line.rsplit("/", 1)[-1].removeprefix("djk-site-").removesuffix(".conf")
+        if name and name != "*":
+            names.append(name)
+    return sorted(names)
+
+
+DEPLOYED = Fact("deployed-sites", f"ls -1 {SITE_CONF_GLOB}", _deployed_sites, default=[])
+
+
+class Orphans(Step):
+    """Read-only: sites deployed on the host that hosts.toml no longer gives it. Nothing is
+    removed without `fab multidomain.remove --site NAME`."""
+
+    id = "orphans"
+    name = "sites not in hosts.toml"
+
+    def __init__(self, wanted: list[str], host: str) -> None:
+        self.wanted, self.host = set(wanted), host
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [DEPLOYED]
+
+    def plan(self, ctx: Context) -> Plan:
+        extra = [name for name in ctx.facts["deployed-sites"] if name not in self.wanted]
+        if not extra:
+            return Plan(reason="none")
+        hint = " ".join(f"`fab -H {self.host} multidomain.remove --site {n}`" for n in extra)
+        return Plan(reason=f"{', '.join(extra)} still deployed; to take away: {hint}")
+
+
+class RemoveSite(Step):
+    """Stop and delete a site's units, server block and upstream; with purge, its files and
+    user too. nginx is reloaded after validating what remains."""
+
+    def __init__(self, name: str, purge: bool) -> None:
+        self.site, self.purge = name, purge
+        self.id = f"remove:{name}"
+        self.name = f"remove site {name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        units = (
+            f"systemctl list-unit-files --no-legend --plain 'djk-{self.site}-*.service' "
+            "| cut -d' ' -f1"
+        )
+        return [
+            Fact(f"site-units:{self.site}", units, lambda rc, out: out.split(), default=[]),
+            path_state(f"/etc/nginx/sites-enabled/djk-site-{self.site}.conf"),
+            path_state(f"{ROOT}/{self.site}"),
+        ]
+
+    def plan(self, ctx: Context) -> Plan:
+        units = ctx.facts[f"site-units:{self.site}"]
+        conf = f"/etc/nginx/sites-enabled/djk-site-{self.site}.conf"
+        present = units or ctx.facts[f"stat:{conf}"] is not None
+        files = ctx.facts[f"stat:{ROOT}/{self.site}"] is not None
+        if not present and not (self.purge and files):
+            return Plan(reason="not on this host")
+        q = shlex.quote
+        script = ["set -e"]
+        for unit in units:
+            script += [
+                f"systemctl disable --now {q(unit)} || true",
+                f"rm -f /etc/systemd/system/{q(unit)}",
+            ]
+        script += [
+            "systemctl daemon-reload",
+            f"rm -f {q(conf)} {q(f'{UPSTREAM_DIR}/{self.site}.upstream')}",
+            NGINX_RELOAD_AFTER_REMOVE,
+        ]
+        if self.purge:
+            script += [
+                f"rm -rf -- {q(f'{ROOT}/{self.site}')}",
+                f"userdel djk-{q(self.site)} 2>/dev/null || true",
+            ]
+        what = f"{len(units)} units, server block" + (", files and user" if self.purge else "")
+        return Plan([Action(f"remove {what}", "\n".join(script))])
+
+
+# The remaining configuration must be valid before nginx reloads without the site.
+NGINX_RELOAD_AFTER_REMOVE = "nginx -t -q && systemctl reload nginx.service"
+
+
+@targets_task
+def remove(c, site, purge=False, json_=False):
+    """Take a site that hosts.toml no longer gives a host away from it: units, server block.
+
+    --purge also deletes /srv/djk/<site> (releases, database, uploads) and the site user.
+    Refused for a site that hosts.toml still puts on the host.
+    """
+    _valid(site)
+
+    def build(inv, host):
+        if site in inv.sites and host.name in inv.sites[site].hosts:
+            raise user_error(
+                f"site {site!r} is still in {inv.path.name} for host {host.name!r} "
+                f"(sites.{site}.hosts): take it out of hosts.toml first"
+            )
+        return [RemoveSite(site, purge)]
+
+    run_steps(c, build, json_=json_)
+
+
+def _valid(site: str) -> bool:
+    try:
+        values.site_name(site)
+    except ValueError as exc:
+        raise user_error(f"--site: {exc}") from None
+    return True

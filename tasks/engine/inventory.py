@@ -84,6 +84,7 @@ class Site:
     max_body_size: str = "20m"  # nginx client_max_body_size
     celery: Celery | None = None
     flower: Flower | None = None
+    redirect_to: str | None = None  # the canonical domain; the others answer 301 to it
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -366,6 +367,7 @@ def _parse_site(
         health_timeout=r.get("health_timeout", int, values.count(5, 900), default=60),
         migrate_on=r.get("migrate_on", str, values.choice("one", "every"), default="one"),
         max_body_size=r.get("max_body_size", str, values.nginx_size, default="20m"),
+        redirect_to=r.get("redirect_to", str, values.domain, default=None),
         celery=_parse_celery(path, key, r.get("celery", dict, default=None), secrets, read_secrets),
         flower=_parse_flower(path, key, r.get("flower", dict, default=None), secrets, read_secrets),
         env=env,
@@ -373,6 +375,8 @@ def _parse_site(
         env_file=env_file,
     )
     r.done()
+    if site.redirect_to and (site.redirect_to not in domains or "*" in site.redirect_to):
+        r.fail(f"{key}.redirect_to", f"{site.redirect_to!r} must be one of the site's domains")
     if site.flower and not site.celery:
         r.fail(f"{key}.flower", "needs [sites.<name>.celery] (Flower watches the site's workers)")
     return site

@@ -66,6 +66,7 @@ class Project:
         self.dir = directory
         self.hosts = hosts
         self.secrets = {"DJANGO_SECRET_KEY": SECRET}
+        self.others: dict[str, dict] = {}  # more sites: name -> keys (sharing the env_file)
         self.site: dict = {
             "domains": ["example.test", "www.example.test"],
             "hosts": [h.name for h in hosts],
@@ -90,9 +91,10 @@ class Project:
                 f'address = "{host.address}"',
                 f'ssh_key = "{host.key_path}"',
             ]
-        lines.append("[sites.example]")
-        for key, value in self.site.items():
-            lines.append(f"{key} = {_toml(value)}")
+        for name, site in {"example": self.site, **self.others}.items():
+            lines.append(f"[sites.{name}]")
+            for key, value in site.items():
+                lines.append(f"{key} = {_toml(value)}")
         self.inventory.write_text("\n".join(lines) + "\n")
         (self.dir / "example.env").write_text(
             "".join(f"{k}={v}\n" for k, v in self.secrets.items())
