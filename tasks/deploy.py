@@ -15,13 +15,15 @@ from .engine.tasks import load_inventory, run_steps, targets_task, user_error
 
 
 @targets_task(default=False)
-def deploy(c, check=False, diff=False, json_=False, quiet=False, wait=0):
+def deploy(c, check=False, diff=False, json_=False, quiet=False, wait=0, batch=None):
     """Deploy every site of the target hosts (-H host, group, alias or address).
 
     Stages a new release (one id for all hosts), migrates once, then switches each host after
     a health check. --check changes nothing and reports what would change; --diff shows file
     diffs with secrets masked; --json prints the report as JSON; --quiet prints only changes,
-    failures and the recap; --wait SECONDS waits for another deploy's lock instead of failing.
+    failures and the recap; --wait SECONDS waits for another deploy's lock instead of failing;
+    --batch N or --batch P% switches the hosts in rolling batches and stops at the first failed
+    batch (hosts already switched go back, so all serve one release).
     """
     inventory = load_inventory()
     now = time.time()
@@ -34,6 +36,7 @@ def deploy(c, check=False, diff=False, json_=False, quiet=False, wait=0):
         json_=json_,
         quiet=quiet,
         lock_wait=float(wait),
+        batch=batch,
     )
 
 

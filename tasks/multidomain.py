@@ -28,7 +28,29 @@ def host_plan(inventory: Inventory, host: Host, builds: dict[str, app.Build]) ->
         switch.append(app.Switch(site))
         if site.celery is not None:
             switch.append(celery.Restart(site, lambda ctx, site=site: app.wanted(ctx, site)))
-    return HostPlan(host, [stage, migrate, switch], lock_sites=[s.name for s in sites])
+
+    def revert(ctx: Context) -> list[Step]:
+        steps: list[Step] = []
+        for site in sites:
+            before = ctx.data.get("live", {}).get(site.name)
+            if before is None or before == app.wanted(ctx, site):
+                continue
+
+            def target(_ctx: Context, before: str = before) -> str:
+                return before
+
+            steps.append(app.Switch(site, target=target, mark_old="rolled-back"))
+            if site.celery is not None:
+                steps.append(celery.Restart(site, target))
+        return steps
+
+    return HostPlan(
+        host,
+        [stage, migrate, switch],
+        lock_sites=[s.name for s in sites],
+        switch_phase=2,
+        revert=revert,
+    )
 
 
 @targets_task

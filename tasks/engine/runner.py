@@ -9,6 +9,7 @@ and run next time. The deploy lock is held from the start to the end of the run.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ class Mode:
     check: bool = False
     diff: bool = False
     lock_wait: float | None = None  # None: take no deploy lock (read-only commands, check mode)
+    batch: str | None = None  # rolling switch: a host count or a percentage ("2", "25%")
 
 
 @dataclass
@@ -38,6 +40,27 @@ class HostPlan:
     host: Host
     phases: list[list[Step]]
     lock_sites: list[str] = field(default_factory=list)
+    # The phase that switches hosts to the new release: run in batches, and if a host fails
+    # it, the hosts already switched by this run go back (revert builds their steps).
+    switch_phase: int | None = None
+    revert: Callable[[Context], list[Step]] | None = None
+
+
+def batches(count: int, spec: str | None) -> list[list[int]]:
+    """Host indexes in rolling batches: `spec` is a count ("2") or a percentage ("25%")."""
+    if not spec:
+        return [list(range(count))] if count else []
+    text = spec.strip()
+    try:
+        if text.endswith("%"):
+            size = math.ceil(count * float(text[:-1]) / 100)
+        else:
+            size = int(text)
+    except ValueError:
+        raise ValueError(f"--batch {spec!r} is not a host count or a percentage") from None
+    if size < 1:
+        raise ValueError(f"--batch {spec!r} gives batches of no host")
+    return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
 
 
 @dataclass
@@ -247,10 +270,52 @@ def converge(
             if index == phases:
                 _parallel(sessions, _run_handlers)
                 break
-            _parallel(sessions, lambda s, i=index: _run_phase(s, _phase(s.plan, i)))
+            if index == plans[0].switch_phase:
+                _run_switch(sessions, index, mode, reporter)
+            else:
+                _parallel(sessions, lambda s, i=index: _run_phase(s, _phase(s.plan, i)))
     finally:
         _parallel(sessions, _close)
     return [s.report for s in sessions]
+
+
+def _run_switch(sessions: list[_Session], index: int, mode: Mode, reporter: Reporter) -> None:
+    """Switch batch after batch; at the first failed batch stop, and send the hosts this run
+    already switched back, so every host serves the same release."""
+    done: list[_Session] = []
+    groups = batches(len(sessions), mode.batch)
+    for number, group in enumerate(groups, start=1):
+        batch = [sessions[i] for i in group]
+        if len(groups) > 1:
+            for s in batch:
+                reporter.line(s.name, "...", f"switch batch {number}/{len(groups)}")
+        _parallel(batch, lambda s: _run_phase(s, _phase(s.plan, index)))
+        failed = [s for s in batch if s.failed]
+        done += [s for s in batch if not s.failed]
+        if failed:
+            names = ", ".join(s.name for s in failed)
+            rest = [s for g in groups[number:] for s in (sessions[i] for i in g)]
+            for s in rest:
+                _skip(reporter, s.report, s.name, _phase(s.plan, index), f"stopped: {names} failed")
+            if not mode.check:
+                _parallel(done, _revert)
+            return
+
+
+def _revert(session: _Session) -> None:
+    """Back to the release that was live before this run (facts read afresh: they changed)."""
+    if session.plan.revert is None or session.ctx is None:
+        return
+    steps = session.plan.revert(session.ctx)
+    if not steps:
+        return
+    try:
+        ctx = Context(gather(session.remote, steps, False), data=session.ctx.data)
+        ctx.pending = list(ctx.facts["pending-handlers"])
+        _run_steps(session.remote, steps, ctx, session.reporter, session.report)
+    except RemoteError as exc:
+        session.report.error = str(exc)
+        session.reporter.line(session.name, "failed", f"reverting: {exc}")
 
 
 def _phase(plan: HostPlan, index: int) -> list[Step]:

@@ -14,7 +14,7 @@ from invoke import Exit, task
 
 from .inventory import DEFAULT_INVENTORY, Host, Inventory, InventoryError, load
 from .report import HostReport, Reporter
-from .runner import HostPlan, Mode, converge
+from .runner import HostPlan, Mode, batches, converge
 from .steps import Step
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -67,6 +67,7 @@ def run_steps(
     json_: bool = False,
     quiet: bool = False,
     lock_wait: float | None = None,
+    batch: str | None = None,
 ) -> list[HostReport]:
     """Build every host's steps first (user errors end here, before any host is touched),
     then converge them in parallel and close with a recap; exit 1 if any host failed."""
@@ -78,7 +79,11 @@ def run_steps(
         plans.append(built if isinstance(built, HostPlan) else HostPlan(host, [built]))
     secrets = [s for site in inventory.sites.values() for s in site.secrets.values()]
     reporter = Reporter(output_mode(json_, quiet), check=check, secrets=secrets)
-    mode = Mode(check=check, diff=diff, lock_wait=lock_wait)
+    try:
+        batches(len(plans), batch)
+    except ValueError as exc:
+        raise user_error(str(exc)) from None
+    mode = Mode(check=check, diff=diff, lock_wait=lock_wait, batch=batch)
     reports = converge(plans, mode, reporter, c.config)
     reporter.recap(reports)
     failed = [r.host for r in reports if r.failed]

@@ -67,3 +67,20 @@ def test_lock_holder_messages():
     assert "locked by ann@laptop (pid 4242, `fab -H web1 deploy`)" in busy.describe()
     (holder,) = L.parse_status(0, '{"site": "example", "by": "b@x", "pid": 1, "age": 12.5}\n')
     assert holder.age == 12.5
+
+
+def test_rolling_batches_by_count_and_percentage():
+    from tasks.engine.runner import batches
+
+    assert batches(3, None) == [[0, 1, 2]]
+    assert batches(3, "1") == [[0], [1], [2]]
+    assert batches(5, "2") == [[0, 1], [2, 3], [4]]
+    assert batches(8, "25%") == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert batches(3, "50%") == [[0, 1], [2]]
+    for bad in ("0", "x", "0%"):
+        try:
+            batches(3, bad)
+        except ValueError as exc:
+            assert "--batch" in str(exc)
+        else:
+            raise AssertionError(bad)
