@@ -8,7 +8,7 @@ import pytest
 
 from testbed import Testbed
 
-from .kit import Project
+from .kit import Project, copy_example
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +31,9 @@ def fresh_host(testbed):
 @pytest.fixture(scope="module")
 def project(fresh_host, tmp_path_factory):
     return Project(tmp_path_factory.mktemp("project"), [fresh_host])
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    """A copy of the example project the module's tests may change."""
+    return copy_example(tmp_path_factory)

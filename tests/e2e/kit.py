@@ -50,6 +50,15 @@ def fab(inventory: Path, *args: str) -> FabRun:
     return FabRun(code, out.getvalue(), err.getvalue())
 
 
+def copy_example(tmp_path_factory, name: str = "src") -> Path:
+    """A private copy of the example project, for tests that change its code."""
+    import shutil
+
+    path = tmp_path_factory.mktemp(name) / "example"
+    shutil.copytree(EXAMPLE, path, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return path
+
+
 def _toml(value) -> str:
     """A TOML value: JSON scalars and arrays are valid TOML; tables become inline tables."""
     if isinstance(value, dict):

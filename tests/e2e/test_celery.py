@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import time
 
 import pytest
 
-from .kit import EXAMPLE, Project, curl, health, main_pid, sh
+from .kit import Project, curl, health, main_pid, sh
 
 pytestmark = pytest.mark.e2e
 FLOWER_PASSWORD = "flower-Pw-31c9e"
 WORKER, BEAT, FLOWER = (f"djk-example-{r}.service" for r in ("worker", "beat", "flower"))
-
-
-@pytest.fixture(scope="module")
-def src(tmp_path_factory):
-    path = tmp_path_factory.mktemp("src") / "example"
-    shutil.copytree(EXAMPLE, path, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,9 @@ removing one site without touching the others."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from .kit import EXAMPLE, Load, Project, curl, health, sh, web_pid
+from .kit import Load, Project, copy_example, curl, health, sh, web_pid
 
 pytestmark = pytest.mark.e2e
 
@@ -27,12 +25,7 @@ def site(name: str, port: int, source) -> dict:
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    made = {}
-    for name in ("beta", "gamma", "delta"):
-        path = tmp_path_factory.mktemp(name) / "example"
-        shutil.copytree(EXAMPLE, path, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        made[name] = path
-    return made
+    return {name: copy_example(tmp_path_factory, name) for name in ("beta", "gamma", "delta")}
 
 
 @pytest.fixture(scope="module")

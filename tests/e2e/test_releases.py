@@ -6,14 +6,12 @@ each test leaves the site deployed and healthy for the next.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import time
 
 import pytest
 
 from .kit import (
-    EXAMPLE,
     Load,
     Project,
     health,
@@ -25,13 +23,6 @@ from .kit import (
 
 pytestmark = pytest.mark.e2e
 ASGI = "exampleproject/asgi.py"
-
-
-@pytest.fixture(scope="module")
-def src(tmp_path_factory):
-    path = tmp_path_factory.mktemp("src") / "example"
-    shutil.copytree(EXAMPLE, path, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,9 @@ failing batch that sends the already switched hosts back."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from .kit import EXAMPLE, Load, Project, health
+from .kit import Load, Project, health
 
 pytestmark = pytest.mark.e2e
 NAMES = ["web1", "web2", "web3"]
@@ -16,13 +14,6 @@ NAMES = ["web1", "web2", "web3"]
 @pytest.fixture(scope="module")
 def hosts(testbed):
     return testbed.up(NAMES)
-
-
-@pytest.fixture(scope="module")
-def src(tmp_path_factory):
-    path = tmp_path_factory.mktemp("src") / "example"
-    shutil.copytree(EXAMPLE, path, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return path
 
 
 @pytest.fixture(scope="module")
