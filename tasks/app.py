@@ -264,6 +264,7 @@ class Switch(Step):
             self.site.health_timeout,
             self.mark_old,
             delete,
+            tls=self.site.tls is not None,
         )
         return Plan([Action(why, script, progress=f"{why}: health check", consumes=consumes)])
 

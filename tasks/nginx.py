@@ -37,6 +37,23 @@ def site_files(site: Site) -> list[File]:
             render("nginx/site.conf.j2", site=site, paths=paths),
             name=f"server block {site.name}",
         ),
+        *tls_files(site),
+    ]
+
+
+def tls_files(site: Site) -> list[File]:
+    if site.tls is None:
+        return []
+    paths = SitePaths.of(site)
+    return [
+        File(f"{paths.tls_dir}/fullchain.pem", site.tls.cert, name=f"certificate {site.name}"),
+        File(
+            f"{paths.tls_dir}/privkey.pem",
+            site.tls.key.reveal(),
+            mode="600",
+            name=f"private key {site.name}",
+            secret_content=True,
+        ),
     ]
 
 
@@ -44,12 +61,18 @@ def host_steps(inventory: Inventory, host: Host) -> list[Step]:
     """nginx's whole managed configuration for a host, validated as one candidate set: our
     default server (Debian's default site goes: it would answer unknown Hosts), and every site's
     server block and upstream."""
-    files = [File(NGINX_DEFAULT_CONF, render("nginx/default.conf.j2"), name="default server")]
-    for site in inventory.sites_on(host):
+    sites = inventory.sites_on(host)
+    tls = any(site.tls for site in sites)
+    default = render("nginx/default.conf.j2", tls=tls)
+    files = [File(NGINX_DEFAULT_CONF, default, name="default server")]
+    for site in sites:
         files += site_files(site)
+    tls_dirs = [SitePaths.of(s).tls_dir for s in sites if s.tls]
     return [
         Directory(UPSTREAM_DIR),
         Directory("/var/lib/djk"),
+        *([Directory("/etc/djk"), Directory("/etc/djk/tls")] if tls_dirs else []),
+        *(Directory(d, mode="700") for d in tls_dirs),
         ConfigSet("nginx-config", "nginx config", files, [DEBIAN_DEFAULT_SITE], VALIDATE, RELOAD),
         Service("nginx.service"),
     ]

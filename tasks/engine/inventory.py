@@ -64,6 +64,15 @@ class Flower:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """HTTPS for a site: the certificate chain and key given as files (uploaded; the key 0600)."""
+
+    cert: str  # PEM text of the chain
+    key: Secret  # PEM text of the private key
+    hsts: bool = False
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     domains: tuple[str, ...]
@@ -85,6 +94,7 @@ class Site:
     celery: Celery | None = None
     flower: Flower | None = None
     redirect_to: str | None = None  # the canonical domain; the others answer 301 to it
+    tls: Tls | None = None
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -368,6 +378,7 @@ def _parse_site(
         migrate_on=r.get("migrate_on", str, values.choice("one", "every"), default="one"),
         max_body_size=r.get("max_body_size", str, values.nginx_size, default="20m"),
         redirect_to=r.get("redirect_to", str, values.domain, default=None),
+        tls=_parse_tls(path, base, key, r.get("tls", dict, default=None)),
         celery=_parse_celery(path, key, r.get("celery", dict, default=None), secrets, read_secrets),
         flower=_parse_flower(path, key, r.get("flower", dict, default=None), secrets, read_secrets),
         env=env,
@@ -380,6 +391,29 @@ def _parse_site(
     if site.flower and not site.celery:
         r.fail(f"{key}.flower", "needs [sites.<name>.celery] (Flower watches the site's workers)")
     return site
+
+
+def _parse_tls(path: Path, base: Path, key: str, table: Any) -> Tls | None:
+    if table is None:
+        return None
+    key = f"{key}.tls"
+    r = _Reader(path, table, key)
+    r.get("mode", str, values.choice("files"), default="files")
+    texts = {}
+    for name, marker in (("cert", "CERTIFICATE"), ("key", "PRIVATE KEY")):
+        file = _local_path(base, r.get(name, str))
+        try:
+            text = file.read_text()
+        except OSError as exc:
+            r.fail(f"{key}.{name}", f"cannot read {file}: {exc.strerror}")
+        if f"-----BEGIN {marker}" not in text and not (
+            marker == "PRIVATE KEY" and "PRIVATE KEY-----" in text
+        ):
+            r.fail(f"{key}.{name}", f"{file} holds no PEM {marker.lower()}")
+        texts[name] = text
+    tls = Tls(cert=texts["cert"], key=Secret(texts["key"]), hsts=r.get("hsts", bool, default=False))
+    r.done()
+    return tls
 
 
 def _parse_celery(

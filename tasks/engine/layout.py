@@ -90,6 +90,10 @@ class SitePaths:
         return f"{UPSTREAM_DIR}/{self.name}.upstream"
 
     @property
+    def tls_dir(self) -> str:
+        return f"/etc/djk/tls/{self.name}"
+
+    @property
     def cycle(self) -> str:
         """The pending-handler name for "restart this site's app" (done by a slot switch)."""
         return f"cycle:{self.name}"

@@ -175,8 +175,10 @@ class File(Step):
         secret_keys: tuple[str, ...] = (),
         name: str | None = None,
         create_only: bool = False,
+        secret_content: bool = False,
     ) -> None:
         self.create_only = create_only  # the content is only a starting point (e.g. upstream)
+        self.secret_content = secret_content  # e.g. a private key: never in a diff
         self.path, self.content = path, content
         self.owner, self.group, self.mode = owner, group, mode
         self.notify, self.validate, self.secret_keys = notify, validate, secret_keys
@@ -185,7 +187,7 @@ class File(Step):
 
     def facts(self, diff: bool) -> list[Fact]:
         found = [F.path_state(self.path)]
-        if diff:
+        if diff and not self.secret_content:
             found.append(F.file_content(self.path))
         return found
 
@@ -213,6 +215,8 @@ class File(Step):
         )
 
     def render_diff(self, old: str) -> str:
+        if self.secret_content:
+            return f"# {self.path}: secret content changed (not shown)\n"
         new = self.content
         if self.secret_keys:
             changed = [

@@ -43,7 +43,7 @@ def test_every_managed_file_has_the_header(site):
     paths = SitePaths.of(site)
     for text in (
         render("nginx/site.conf.j2", site=site, paths=paths),
-        render("nginx/default.conf.j2"),
+        render("nginx/default.conf.j2", tls=False),
         render("systemd/web.service.j2", site=site, paths=paths, slot="a"),
         render("app/env.j2", entries=[("A", "1")]),
         upstream_text(8001),

@@ -1,0 +1,142 @@
+"""HTTPS with given certificate files, checked with a CA the test creates."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from .kit import sh
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ca")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=djk test CA",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "site.key",
+        "-out",
+        "site.csr",
+        "-subj",
+        "/CN=example.test",
+    )
+    (d / "san.ext").write_text("subjectAltName=DNS:example.test,DNS:www.example.test\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "site.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "site.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    )
+    return d
+
+
+@pytest.fixture(scope="module")
+def deployed(project, fresh_host, ca):
+    project.site["tls"] = {"cert": str(ca / "site.pem"), "key": str(ca / "site.key"), "hsts": True}
+    project.write()
+    run = project.fab("-H", "web1", "deploy", "--diff")
+    assert run.code == 0, run.out + run.err
+    return run
+
+
+def https(host, ca, path="/health/", name="example.test", *extra: str):
+    return subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-i",
+            "--max-time",
+            "10",
+            "--cacert",
+            str(ca / "ca.pem"),
+            "--resolve",
+            f"{name}:443:{host.address}",
+            *extra,
+            f"https://{name}{path}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_https_answers_with_the_given_certificate(deployed, fresh_host, ca):
+    answer = https(fresh_host, ca)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.startswith("HTTP/2 200") or answer.stdout.startswith("HTTP/1.1 200")
+    assert '"status": "ok"' in answer.stdout
+    assert "strict-transport-security: max-age=31536000" in answer.stdout.lower()
+    static = https(fresh_host, ca, "/static/pages/style.css")
+    assert "strict-transport-security" in static.stdout.lower()
+
+
+def test_http_redirects_to_https(deployed, fresh_host):
+    answer = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-i",
+            "--max-time",
+            "10",
+            "-H",
+            "Host: example.test",
+            f"http://{fresh_host.address}/page?x=1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert " 301" in answer.stdout.splitlines()[0]
+    assert "Location: https://example.test/page?x=1" in answer.stdout
+
+
+def test_old_protocols_and_unknown_names_are_refused(deployed, fresh_host, ca):
+    old = https(fresh_host, ca, "/health/", "example.test", "--tlsv1.1", "--tls-max", "1.1")
+    assert old.returncode != 0
+    unknown = https(fresh_host, ca, "/", "other.test", "-k")
+    assert unknown.returncode != 0  # the default server rejects the handshake
+
+
+def test_private_key_is_0600_and_never_shown(deployed, fresh_host, ca):
+    assert sh(fresh_host, "stat -c '%a %U' /etc/djk/tls/example/privkey.pem").split() == [
+        "600",
+        "root",
+    ]
+    key = (ca / "site.key").read_text()
+    body = key.strip().splitlines()[1]
+    assert body not in deployed.out
+    assert "privkey.pem: secret content changed (not shown)" in deployed.out
