@@ -6,6 +6,7 @@ code-only deploy reuses it, and a changed dependency set gets a new venv next to
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -92,7 +93,9 @@ def wheelhouse(requirements: Path, target: Target = Target()) -> Path:
     return dest
 
 
+@functools.lru_cache(maxsize=4)
 def wheelhouse_archive(path: Path) -> bytes:
+    """One archive in memory however many hosts it goes to (the hosts run in parallel)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for item in sorted(path.iterdir()):

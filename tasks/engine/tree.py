@@ -8,6 +8,7 @@ import io
 import os
 import shlex
 import tarfile
+import threading
 from functools import cached_property
 from pathlib import Path
 
@@ -43,8 +44,21 @@ def tree_hash(root: Path, exclude: tuple[str, ...] = EXCLUDE) -> str:
     return digest.hexdigest()
 
 
+_archives: dict[tuple[Path, str], bytes] = {}
+_archive_lock = threading.Lock()
+
+
 def tree_archive(root: Path, exclude: tuple[str, ...] = EXCLUDE) -> bytes:
-    """A deterministic gzip tar of the tree: same tree, same bytes."""
+    """A deterministic gzip tar of the tree: same tree, same bytes; built once per content for
+    all the hosts of a run."""
+    key = (root, tree_hash(root, exclude))
+    with _archive_lock:
+        if key not in _archives:
+            _archives[key] = _build_archive(root, exclude)
+        return _archives[key]
+
+
+def _build_archive(root: Path, exclude: tuple[str, ...]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
         for rel in tree_files(root, exclude):
