@@ -199,7 +199,9 @@ class _Reader:
             return default
         return self.value(self.path(name), self.table[name], kind, check)
 
-    def get_list(self, name: str, check: Check | None = None, default: Any = ...) -> tuple:
+    def get_list(
+        self, name: str, check: Check | None = None, default: Any = ..., empty: bool = False
+    ) -> tuple:
         self.seen.add(name)
         key = self.path(name)
         if name not in self.table:
@@ -209,7 +211,7 @@ class _Reader:
         raw = self.table[name]
         if not isinstance(raw, list):
             self.fail(key, f"must be a list of strings, not {_type_name(raw)}")
-        if not raw:
+        if not raw and not empty:
             self.fail(key, "must not be empty")
         items = tuple(self.value(f"{key}[{i}]", item, str, check) for i, item in enumerate(raw))
         if len(set(items)) != len(items):
@@ -427,7 +429,7 @@ def _parse_celery(
         app=r.get("app", str, values.dotted),
         concurrency=r.get("concurrency", int, values.count(1, 256), default=2),
         queues=r.get_list("queues", values.env_key, default=("celery",)),
-        options=r.get_list("options", values.cli_option, default=()),
+        options=r.get_list("options", values.cli_option, default=(), empty=True),
         beat=r.get("beat", bool, default=False),
         broker=r.get("broker", str, values.choice("local", "external"), default="local"),
         redis_db=r.get("redis_db", int, values.count(0, 15), default=0),

@@ -184,3 +184,56 @@ def test_unknown_target_is_an_error(tmp_path):
 def test_repository_inventory_is_valid():
     inv = load(Path(__file__).resolve().parents[2] / "hosts.toml", read_secrets=False)
     assert inv.sites["example"].hosts == ("web1",)
+
+
+def test_celery_and_flower_settings_are_validated(tmp_path):
+    data = base(tmp_path)
+    shop = data["sites"]["shop"]
+    shop["celery"] = {"app": "exampleproject", "options": ["--max-tasks-per-child=50"]}
+    shop["flower"] = {"port": 5555}
+    assert "needs FLOWER_BASIC_AUTH" in error(tmp_path, data)
+    (tmp_path / "site.env").write_text("DJANGO_SECRET_KEY=x1234\nFLOWER_BASIC_AUTH=a:b\n")
+    site = parse(data, tmp_path / "hosts.toml").sites["shop"]
+    assert site.celery.options == ("--max-tasks-per-child=50",) and site.flower.port == 5555
+    assert site.ports == (8001, 8002, 5555)
+    shop["celery"]["options"] = ["--queues x; rm -rf /"]
+    assert "sites.shop.celery.options[0]:" in error(tmp_path, data)
+    shop["celery"]["options"] = []
+    shop["celery"]["broker"] = "external"
+    assert 'sites.shop.celery.broker: is "external": put CELERY_BROKER_URL' in error(tmp_path, data)
+    shop["celery"]["broker"] = "local"
+    del shop["celery"]
+    assert "sites.shop.flower: needs [sites.<name>.celery]" in error(tmp_path, data)
+
+
+def test_two_sites_on_one_local_redis_need_their_own_db(tmp_path):
+    data = base(tmp_path)
+    celery = {"app": "exampleproject"}
+    data["sites"]["shop"]["celery"] = dict(celery)
+    data["sites"]["blog"] = dict(
+        data["sites"]["shop"], domains=["blog.test"], port=8003, celery=dict(celery)
+    )
+    assert "sites.blog.celery.redis_db: redis db 0 is already used by site 'shop'" in error(
+        tmp_path, data
+    )
+    data["sites"]["blog"]["celery"]["redis_db"] = 1
+    parse(data, tmp_path / "hosts.toml")
+
+
+def test_tls_files_must_hold_pem(tmp_path):
+    data = base(tmp_path)
+    (tmp_path / "cert.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    )
+    (tmp_path / "key.pem").write_text("not a key")
+    data["sites"]["shop"]["tls"] = {"cert": "cert.pem", "key": "key.pem"}
+    assert "sites.shop.tls.key:" in error(tmp_path, data) and "no PEM" in error(tmp_path, data)
+    (tmp_path / "key.pem").write_text(
+        "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+    )
+    site = parse(data, tmp_path / "hosts.toml").sites["shop"]
+    assert str(site.tls.key) == "********" and "MIIE" not in repr(site)
+    data["sites"]["shop"]["redirect_to"] = "nope.test"
+    assert "sites.shop.redirect_to: 'nope.test' must be one of the site's domains" in error(
+        tmp_path, data
+    )
