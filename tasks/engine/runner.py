@@ -238,6 +238,8 @@ def _run_handlers(session: _Session) -> None:
 
 
 def _parallel(sessions: list[_Session], work: Callable[[_Session], None]) -> None:
+    if not sessions:
+        return
     if len(sessions) == 1:
         work(sessions[0])
         return

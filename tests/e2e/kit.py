@@ -93,7 +93,7 @@ class Project:
         return self.dir / "hosts.toml"
 
     def write(self) -> Path:
-        lines = ["[defaults]", 'user = "deploy"']
+        lines = ["[defaults]", 'user = "deploy"', f'target = "{self.hosts[0].name}"']
         for host in self.hosts:
             lines += [
                 f"[hosts.{host.name}]",

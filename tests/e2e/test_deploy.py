@@ -260,3 +260,6 @@ def test_targets_by_group_ssh_config_alias_and_address(first_deploy, project, fr
         assert run.host("web1")["changed"] == 0
     by_address = project.fab("-H", f"deploy@{fresh_host.address}", "deploy", "--json")
     assert by_address.code == 0 and by_address.host("web1")["changed"] == 0
+    # Without -H: the inventory's defaults.target.
+    default = project.fab("deploy", "--json")
+    assert default.code == 0 and [h["host"] for h in default.report["hosts"]] == ["web1"]
