@@ -99,37 +99,18 @@ def _q(value: str) -> str:
     return shlex.quote(value)
 
 
-def upload_script(path: str, owner: str, group: str, mode: str, validate: str | None = None) -> str:
-    """Atomic, sudo-aware upload of stdin to path.
-
-    The temp file lives in the target directory (a dot name, so `include dir/*` globs skip it);
-    owner and mode are set before the rename. With a validator the candidate is put in place,
-    the validator runs on the whole configuration, and on failure the previous file is back.
-    """
+def upload_script(path: str, owner: str, group: str, mode: str) -> str:
+    """Atomic, sudo-aware upload of stdin to path: a temp file in the target directory (a dot
+    name, so `include dir/*` globs skip it) gets owner and mode, then is renamed into place."""
     directory, name = path.rsplit("/", 1)
-    script = f"""set -e
+    return f"""set -e
 tmp=$(mktemp {_q(f"{directory}/.{name}.djk-XXXXXX")})
 trap 'rm -f "$tmp"' EXIT
 cat > "$tmp"
 chown {_q(f"{owner}:{group}")} "$tmp"
 chmod {_q(mode)} "$tmp"
-"""
-    if validate is None:
-        return script + f'mv -f "$tmp" {_q(path)}\n'
-    prev = f"{directory}/.{name}.djk-prev"
-    return (
-        script
-        + f"""if [ -e {_q(path)} ]; then cp -p {_q(path)} {_q(prev)}; had=1; else had=0; fi
 mv -f "$tmp" {_q(path)}
-if ! out=$({validate} 2>&1); then
-  if [ $had = 1 ]; then mv -f {_q(prev)} {_q(path)}; else rm -f {_q(path)}; fi
-  printf '%s\\n' "$out" >&2
-  echo "validation failed; previous file restored" >&2
-  exit 3
-fi
-rm -f {_q(prev)}
 """
-    )
 
 
 def _attr_actions(path: str, state: PathState, owner: str, group: str, mode: str) -> list[Action]:
@@ -171,7 +152,6 @@ class File(Step):
         group: str = "root",
         mode: str = "644",
         notify: tuple[str, ...] = (),
-        validate: str | None = None,
         secret_keys: tuple[str, ...] = (),
         name: str | None = None,
         create_only: bool = False,
@@ -181,7 +161,7 @@ class File(Step):
         self.secret_content = secret_content  # e.g. a private key: never in a diff
         self.path, self.content = path, content
         self.owner, self.group, self.mode = owner, group, mode
-        self.notify, self.validate, self.secret_keys = notify, validate, secret_keys
+        self.notify, self.secret_keys = notify, secret_keys
         self.id = f"file:{path}"
         self.name = name or f"file {path}"
 
@@ -206,7 +186,7 @@ class File(Step):
             [
                 Action(
                     "create" if state is None else "update content",
-                    upload_script(self.path, self.owner, self.group, self.mode, self.validate),
+                    upload_script(self.path, self.owner, self.group, self.mode),
                     stdin=self.content.encode(),
                     notify=self.notify,
                     diff=self.render_diff(old) if ctx.diff else "",
@@ -270,23 +250,6 @@ class Directory(Step):
             return Plan([Action(f"is a {state.kind}, not a directory", "false")])
         actions = _attr_actions(self.path, state, self.owner, self.group, self.mode)
         return Plan(actions, reason="exists with owner and mode")
-
-
-class Absent(Step):
-    """A path that must not exist (e.g. a distribution default that would shadow ours)."""
-
-    def __init__(self, path: str, notify: tuple[str, ...] = (), name: str | None = None):
-        self.path, self.notify = path, notify
-        self.id = f"absent:{path}"
-        self.name = name or f"absent {path}"
-
-    def facts(self, diff: bool) -> list[Fact]:
-        return [F.path_state(self.path)]
-
-    def plan(self, ctx: Context) -> Plan:
-        if ctx.facts[f"stat:{self.path}"] is None:
-            return Plan(reason="absent")
-        return Plan([Action("remove", f"rm -f -- {_q(self.path)}", notify=self.notify)])
 
 
 class SystemUser(Step):

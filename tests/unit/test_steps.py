@@ -1,6 +1,6 @@
 from tasks.engine import facts as F
 from tasks.engine.steps import (
-    Absent,
+    ConfigSet,
     Context,
     Directory,
     File,
@@ -8,7 +8,6 @@ from tasks.engine.steps import (
     Service,
     handler_order,
     sha256,
-    upload_script,
 )
 
 
@@ -48,24 +47,36 @@ def test_diff_masks_secret_values_but_names_changed_keys():
     assert "secret values changed: SECRET" in action.diff
 
 
-def test_validated_upload_restores_previous_file_on_failure():
-    script = upload_script("/etc/nginx/sites-enabled/a.conf", "root", "root", "644", "nginx -t")
-    assert "mktemp /etc/nginx/sites-enabled/.a.conf.djk-XXXXXX" in script
-    assert (
-        "cp -p /etc/nginx/sites-enabled/a.conf /etc/nginx/sites-enabled/.a.conf.djk-prev" in script
+def test_config_set_validates_all_changes_at_once_and_restores_them_all():
+    d = "/etc/nginx/sites-enabled"
+    a, b = File(f"{d}/a.conf", "a\n"), File(f"{d}/b.conf", "b\n")
+    step = ConfigSet("n", "nginx config", [a, b], [f"{d}/default"], "nginx -t", ("reload",))
+    same = F.PathState("file", "644", "root", "root", sha256("a\n"))
+    c = ctx(
+        **{
+            f"stat:{d}/a.conf": same,
+            f"stat:{d}/b.conf": None,
+            f"stat:{d}/default": F.PathState("link", target="x"),
+        }
     )
-    assert (
-        "mv -f /etc/nginx/sites-enabled/.a.conf.djk-prev /etc/nginx/sites-enabled/a.conf" in script
-    )
+    (action,) = step.plan(c).actions
+    assert action.summary == f"create: file {d}/b.conf; remove {d}/default"
+    script = action.script
+    assert script.count("nginx -t") == 1  # one validation for the whole candidate set
+    assert script.index(f"mv -f {d}/.b.conf.djk-new {d}/b.conf") < script.index("nginx -t")
+    assert f'cp -p "$stage/prev-1" {d}/default' in script  # restored on failure
+    assert f"else rm -f {d}/b.conf" in script  # a new file goes again on failure
+    assert action.notify == ("reload",)
+    c.facts[f"stat:{d}/b.conf"] = F.PathState("file", "644", "root", "root", sha256("b\n"))
+    c.facts[f"stat:{d}/default"] = None
+    assert step.plan(c).actions == []
 
 
-def test_directory_and_absent():
+def test_directory():
     d = Directory("/srv/x", "root", "djk-x", "751")
     assert d.plan(ctx(**{"stat:/srv/x": None})).actions[0].summary == "create"
     ok = d.plan(ctx(**{"stat:/srv/x": F.PathState("dir", "751", "root", "djk-x")}))
     assert ok.actions == []
-    a = Absent("/etc/nginx/sites-enabled/default")
-    assert a.plan(ctx(**{"stat:/etc/nginx/sites-enabled/default": None})).actions == []
 
 
 def test_service_starts_enables_and_remembers_started_units():
