@@ -6,7 +6,6 @@ code-only deploy reuses it, and a changed dependency set gets a new venv next to
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import os
@@ -93,9 +92,20 @@ def wheelhouse(requirements: Path, target: Target = Target()) -> Path:
     return dest
 
 
-@functools.lru_cache(maxsize=4)
+_archives: dict[Path, bytes] = {}
+_archive_lock = threading.Lock()
+
+
 def wheelhouse_archive(path: Path) -> bytes:
-    """One archive in memory however many hosts it goes to (the hosts run in parallel)."""
+    """One archive in memory however many hosts it goes to: the hosts run in parallel, and the
+    first of them builds it while the others wait."""
+    with _archive_lock:
+        if path not in _archives:
+            _archives[path] = _build_archive(path)
+        return _archives[path]
+
+
+def _build_archive(path: Path) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for item in sorted(path.iterdir()):
