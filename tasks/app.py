@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from . import celery
 from .engine import releases as R
+from .engine import topology
 from .engine.facts import Fact, file_text, path_state
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SLOTS, SitePaths
@@ -28,12 +29,14 @@ from .engine.steps import (
     SystemUser,
     UnitStatus,
 )
-from .engine.switch import live_slot, switch_script
+from .engine.switch import app_switch_script, live_slot, switch_script, verify_script
 from .engine.tasks import run_steps, targets_task, user_error
 from .engine.tree import tree_archive, tree_hash
 
 
-def env_entries(site: Site, paths: SitePaths) -> list[tuple[str, str]]:
+def env_entries(
+    site: Site, paths: SitePaths, broker_address: str = "127.0.0.1"
+) -> list[tuple[str, str]]:
     """The env file's variables: derived ones first, then the inventory's, then the secrets."""
     origins = []
     hosts = []
@@ -48,7 +51,7 @@ def env_entries(site: Site, paths: SitePaths) -> list[tuple[str, str]]:
         "DJANGO_DB_PATH": paths.db,
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    broker = celery.broker_url(site)
+    broker = celery.broker_url(site, broker_address)
     if broker:
         entries["CELERY_BROKER_URL"] = broker
         entries["CELERY_RESULT_BACKEND"] = broker
@@ -202,8 +205,13 @@ class Switch(Step):
     unit or dependencies changed); a no-op when the live slot runs the wanted release."""
 
     def __init__(
-        self, site: Site, target: Callable[[Context], str] | None = None, mark_old: str = "previous"
+        self,
+        site: Site,
+        target: Callable[[Context], str] | None = None,
+        mark_old: str = "previous",
+        remote_bind: str | None = None,
     ) -> None:
+        self.remote_bind = remote_bind  # set on app hosts whose nginx runs elsewhere
         self.site, self.paths = site, SitePaths.of(site)
         self.target = target or (lambda ctx: wanted(ctx, site))
         self.mark_old = mark_old
@@ -216,6 +224,7 @@ class Switch(Step):
         return [
             path_state(paths.current),
             file_text(paths.upstream_conf),
+            file_text(f"{paths.base}/.djk-slot"),
             *(path_state(paths.slot(slot)) for slot in SLOTS),
             Fact(
                 f"releases:{self.site.name}",
@@ -235,7 +244,11 @@ class Switch(Step):
             return Plan(error=str(exc))
         ctx.data.setdefault("report", {}).setdefault("releases", {})[self.site.name] = want
         releases = ctx.facts[f"releases:{self.site.name}"]
-        slot = live_slot(paths, ctx.facts[f"text:{paths.upstream_conf}"])
+        if self.remote_bind:
+            slot = ctx.facts[f"text:{paths.base}/.djk-slot"]
+            slot = slot if slot in SLOTS else None
+        else:
+            slot = live_slot(paths, ctx.facts[f"text:{paths.upstream_conf}"])
         restart = paths.cycle in ctx.pending
         if want == live and not restart and slot is not None:
             problems = self._drift(ctx, slot, want, releases)
@@ -255,6 +268,19 @@ class Switch(Step):
             delete = []
             reason = "env, unit or dependencies changed" if restart else "; ".join(problems)
             why = f"restart {want} ({reason or 'not running'})"
+        if self.remote_bind:
+            consumes = (paths.cycle, "daemon-reload")
+            script = app_switch_script(
+                paths,
+                want,
+                self.remote_bind,
+                self.site.health_path,
+                self.site.health_host,
+                self.site.health_timeout,
+                self.mark_old,
+                delete,
+            )
+            return Plan([Action(why, script, progress=f"{why}: health check", consumes=consumes)])
         consumes = (paths.cycle, "reload:nginx.service", "daemon-reload")
         script = switch_script(
             paths,
@@ -288,11 +314,47 @@ class Switch(Step):
         return problems
 
 
-def unit_files(site: Site, paths: SitePaths) -> list[Step]:
+class Verify(Step):
+    """On a web host of a site whose app runs on other hosts: after the app hosts switched,
+    the wanted release answers through this nginx (then `current` here follows)."""
+
+    def __init__(self, site: Site) -> None:
+        self.site, self.paths = site, SitePaths.of(site)
+        self.id = f"verify:{site.name}"
+        self.name = f"verify {site.name} through nginx"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [path_state(self.paths.current)]
+
+    def plan(self, ctx: Context) -> Plan:
+        current = ctx.facts[f"stat:{self.paths.current}"]
+        live = current.target.removeprefix("releases/") if current and current.target else None
+        want = wanted(ctx, self.site)
+        if want == live:
+            return Plan(reason=f"{live} answers here")
+        front = "https://127.0.0.1:443" if self.site.tls else "http://127.0.0.1:80"
+        script = verify_script(
+            self.paths,
+            want,
+            front,
+            self.site.health_path,
+            self.site.health_host,
+            self.site.health_timeout,
+        )
+        return Plan(
+            [Action(f"{want} answers through nginx", script, progress="health check through nginx")]
+        )
+
+
+def unit_files(
+    site: Site, paths: SitePaths, bind: str = "127.0.0.1", allow: str = "127.0.0.1"
+) -> list[Step]:
     return [
         File(
             f"/etc/systemd/system/{paths.web_unit(slot)}",
-            render("systemd/web.service.j2", site=site, paths=paths, slot=slot),
+            render(
+                "systemd/web.service.j2", site=site, paths=paths, slot=slot, bind=bind, allow=allow
+            ),
             notify=("daemon-reload", paths.cycle),
             name=f"unit {paths.web_unit(slot)}",
         )
@@ -300,11 +362,22 @@ def unit_files(site: Site, paths: SitePaths) -> list[Step]:
     ]
 
 
-def stage_steps(build: Build) -> list[Step]:
+def stage_steps(
+    build: Build, inventory: Inventory | None = None, host: Host | None = None
+) -> list[Step]:
+    """Everything up to a staged release on a host, for the roles it has for the site."""
     site = build.site
     paths = SitePaths.of(site)
     cycle = (paths.cycle,)
-    return [
+    roles = topology.ROLES if host is None else topology.roles(host)
+    broker = bind = allow = "127.0.0.1"
+    if inventory is not None and host is not None:
+        broker = topology.broker_address(inventory, site)
+        bind = topology.bind_address(inventory, site, host)
+        if topology.split(inventory, site):
+            webs = topology.hosts_with(inventory, site, "web")
+            allow = ",".join(h.address for h in webs) or "127.0.0.1"
+    steps: list[Step] = [
         SystemUser(site.user, paths.base),
         Directory(paths.base, "root", site.user, "751"),
         Directory(paths.shared, site.user, site.user, "700"),
@@ -315,7 +388,7 @@ def stage_steps(build: Build) -> list[Step]:
         Venv(paths.venvs, site.requirements, group=site.user),
         File(
             paths.env,
-            render("app/env.j2", entries=env_entries(site, paths)),
+            render("app/env.j2", entries=env_entries(site, paths, broker)),
             owner=site.user,
             group=site.user,
             mode="600",
@@ -333,9 +406,12 @@ def stage_steps(build: Build) -> list[Step]:
             f"{paths.base}/.djk-collected",
             "collecting static files",
         ),
-        *unit_files(site, paths),
-        *celery.unit_files(site),
     ]
+    if "app" in roles:
+        steps += unit_files(site, paths, bind, allow)
+    if "worker" in roles:
+        steps += celery.unit_files(site)
+    return steps
 
 
 def migrate_step(build: Build) -> Step:
@@ -363,8 +439,10 @@ def sites_or_exit(inventory: Inventory, host: Host) -> list[Site]:
     return sites
 
 
-def migrates_here(site: Site, host: Host) -> bool:
-    return site.migrate_on == "every" or site.hosts[0] == host.name
+def migrates_here(inventory: Inventory, site: Site, host: Host) -> bool:
+    """Migrations run on the site's first app host (on every app host with "every")."""
+    apps = [h.name for h in topology.hosts_with(inventory, site, "app")]
+    return host.name in apps and (site.migrate_on == "every" or apps[0] == host.name)
 
 
 @targets_task

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Callable
+from urllib.parse import quote
 
 from .engine.facts import Fact
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
 from .engine.render import render
+from .engine.secrets import Secret
 from .engine.steps import Action, Context, File, Plan, Run, Service, Step, UnitStatus
 from .engine.tasks import run_steps, targets_task, user_error
 
@@ -22,10 +25,14 @@ def cycle(site: Site) -> str:
     return f"cycle-celery:{site.name}"
 
 
-def broker_url(site: Site) -> str | None:
+def broker_url(site: Site, address: str = "127.0.0.1") -> str | None:
+    """The kit's Redis as the site's processes reach it (loopback unless on another host, then
+    with the site's BROKER_PASSWORD)."""
     if site.celery is None or site.celery.broker != "local":
         return None
-    return f"redis://127.0.0.1:6379/{site.celery.redis_db}"
+    password = site.secrets.get("BROKER_PASSWORD")
+    auth = f":{quote(password.reveal(), safe='')}@" if password and address != "127.0.0.1" else ""
+    return f"redis://{auth}{address}:6379/{site.celery.redis_db}"
 
 
 def units(site: Site) -> list[tuple[str, str, str]]:
@@ -62,10 +69,14 @@ def unit_files(site: Site) -> list[Step]:
 
 
 class RedisLoopback(Step):
-    """The local broker listens on loopback only (Debian's default; kept that way)."""
+    """The local broker listens on loopback only (Debian's default; kept that way), plus the
+    host's own address when workers or apps on other hosts use it."""
 
     id = "redis-bind"
-    name = "redis bound to loopback"
+    name = "redis bind"
+
+    def __init__(self, address: str | None = None, password: Secret | None = None) -> None:
+        self.address, self.password = address, password
 
     def facts(self, diff: bool) -> list[Fact]:
         return [
@@ -73,7 +84,13 @@ class RedisLoopback(Step):
                 "redis-bind",
                 f"grep -E '^[[:space:]]*bind[[:space:]]' {REDIS_CONF}",
                 lambda rc, out: out.strip() if rc in (0, 1) else None,
-            )
+            ),
+            # Only a hash of the password line comes back: it is compared, never shown.
+            Fact(
+                "redis-auth",
+                f"grep -E '^[[:space:]]*requirepass[[:space:]]' {REDIS_CONF} | sha256sum",
+                lambda rc, out: out.split()[0] if out.strip() else "",
+            ),
         ]
 
     def plan(self, ctx: Context) -> Plan:
@@ -81,35 +98,50 @@ class RedisLoopback(Step):
         if line is None:
             return Plan(error=f"{REDIS_CONF} not found: install redis-server (fab provision)")
         addresses = line.split()[1:]
-        if addresses and set(addresses) <= LOOPBACK:
-            return Plan(reason=line)
+        wanted = "bind 127.0.0.1 -::1" + (f" {self.address}" if self.address else "")
+        auth = f"requirepass {self.password.reveal()}\n" if self.password else ""
+        auth_hash = hashlib.sha256(auth.encode()).hexdigest()
+        if ctx.facts["redis-auth"] == auth_hash or (not auth and not ctx.facts["redis-auth"]):
+            if self.address is None and addresses and set(addresses) <= LOOPBACK:
+                return Plan(reason=line)
+            if self.address is not None and line == wanted:
+                return Plan(reason=f"{line}, password set")
         script = (
-            f"sed -i '/^[[:space:]]*bind[[:space:]]/d' {REDIS_CONF}\n"
-            f"echo 'bind 127.0.0.1 -::1' >> {REDIS_CONF}"
+            f"sed -i '/^[[:space:]]*\\(bind\\|requirepass\\)[[:space:]]/d' {REDIS_CONF}\n"
+            f"cat >> {REDIS_CONF}"
         )
         return Plan(
             [
                 Action(
-                    f"{line or 'no bind line'} -> bind 127.0.0.1 -::1",
+                    f"{line or 'no bind line'} -> {wanted}" + (", password" if auth else ""),
                     script,
+                    stdin=(wanted + "\n" + auth).encode(),
                     notify=(f"restart:{REDIS_UNIT}",),
                 )
             ]
         )
 
 
-def broker_steps(sites: list[Site]) -> list[Step]:
+def broker_steps(sites: list[Site], address: str | None = None) -> list[Step]:
+    """On a broker host: Redis running, bound to loopback (and `address`, with the sites'
+    BROKER_PASSWORD, when other hosts use it)."""
     if not any(broker_url(s) for s in sites):
         return []
-    return [RedisLoopback(), Service(REDIS_UNIT)]
+    password = next(
+        (s.secrets["BROKER_PASSWORD"] for s in sites if "BROKER_PASSWORD" in s.secrets), None
+    )
+    return [RedisLoopback(address, password if address else None), Service(REDIS_UNIT)]
 
 
 class Restart(Step):
     """After the switch: every Celery unit runs the wanted release, restarted warmly only when
     its release, unit or env changed; started where it is not running."""
 
-    def __init__(self, site: Site, target: Callable[[Context], str]) -> None:
-        self.site, self.target = site, target
+    def __init__(
+        self, site: Site, target: Callable[[Context], str], set_current: bool = False
+    ) -> None:
+        # On a worker host without the app, no slot switch moves `current`: this step does.
+        self.site, self.target, self.set_current = site, target, set_current
         self.paths = SitePaths.of(site)
         self.units = [unit for _, unit, _ in units(site)]
         self.unit_names = tuple(self.units)
@@ -126,13 +158,16 @@ class Restart(Step):
 
     def plan(self, ctx: Context) -> Plan:
         try:
-            want = self.paths.release(self.target(ctx))
+            release = self.target(ctx)
         except LookupError as exc:
             return Plan(error=str(exc))
+        want = self.paths.release(release)
         cwd = ctx.facts[f"cwd:{self.site.name}"]
         pending = cycle(self.site) in ctx.pending
         script = ["set -e", "systemctl daemon-reload"]
         what = []
+        if self.set_current:
+            script.append(point_current(self.paths, release))
         for unit in self.units:
             state = ctx.facts["units"].get(unit)
             if state is None or state.enabled != "enabled":
@@ -144,7 +179,7 @@ class Restart(Step):
                 # SIGTERM: Celery's warm shutdown; systemd waits for running tasks to finish.
                 script.append(f"systemctl restart {unit}")
                 what.append(f"restart {unit}")
-        if len(script) == 2:
+        if len(script) == 2 + self.set_current:
             return Plan(reason=f"{', '.join(self.units)} run {want.rsplit('/', 1)[-1]}")
         consumes = (cycle(self.site), "daemon-reload")
         return Plan(
@@ -157,6 +192,19 @@ class Restart(Step):
                 )
             ]
         )
+
+
+def point_current(paths: SitePaths, release: str) -> str:
+    """`current` to a release, renamed over atomically; statuses follow."""
+    q = shlex.quote
+    return (
+        f"old=$(readlink {q(paths.current)} 2>/dev/null | sed 's#^releases/##') || old=''\n"
+        f"ln -sfn {q('releases/' + release)} {q(paths.current)}.djk-new\n"
+        f"mv -Tf {q(paths.current)}.djk-new {q(paths.current)}\n"
+        f"echo live > {q(paths.release(release))}/.djk-status\n"
+        f'if [ -n "$old" ] && [ "$old" != {q(release)} ] && [ -d {q(paths.releases)}/"$old" ]; '
+        f'then echo previous > {q(paths.releases)}/"$old"/.djk-status; fi'
+    )
 
 
 def _parse_cwd(rc: int, out: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from . import app, celery, multidomain
+from . import app, multidomain
 from .engine import releases as R
 from .engine.facts import Fact, path_state
 from .engine.inventory import Site
@@ -73,9 +73,7 @@ def rollback(c, to=None, site=None, json_=False, quiet=False, wait=0):
         steps: list[Step] = []
         for s in sites:
             target = _RollbackTarget(s, to)
-            steps.append(app.Switch(s, target=target, mark_old="rolled-back"))
-            if s.celery is not None:
-                steps.append(celery.Restart(s, target))
+            steps += multidomain.switch_steps(inv, host, s, target, "rolled-back")
         return HostPlan(host, [steps], lock_sites=[s.name for s in sites])
 
     run_steps(c, plan, json_=json_, quiet=quiet, lock_wait=float(wait))

@@ -3,31 +3,69 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 
 from . import app, celery, nginx
-from .engine import values
+from .engine import topology, values
 from .engine.facts import Fact, path_state
-from .engine.inventory import Host, Inventory
+from .engine.inventory import Host, Inventory, Site
 from .engine.layout import ROOT, UPSTREAM_DIR
 from .engine.runner import HostPlan
 from .engine.steps import Action, Context, Plan, Step
 from .engine.tasks import load_inventory, run_steps, target_hosts, targets_task, user_error
 
 
+def switch_steps(
+    inventory: Inventory,
+    host: Host,
+    site: Site,
+    target: Callable[[Context], str],
+    mark_old: str = "previous",
+) -> list[Step]:
+    """A host's part of switching a site to a release: its gunicorn slots if it runs the app,
+    its Celery units if it runs workers."""
+    roles = topology.roles(host)
+    steps: list[Step] = []
+    if "app" in roles:
+        remote = topology.bind_address(inventory, site, host)
+        steps.append(
+            app.Switch(
+                site,
+                target=target,
+                mark_old=mark_old,
+                remote_bind=remote if topology.split(inventory, site) else None,
+            )
+        )
+    if "worker" in roles and site.celery is not None:
+        steps.append(celery.Restart(site, target, set_current="app" not in roles))
+    return steps
+
+
 def host_plan(inventory: Inventory, host: Host, builds: dict[str, app.Build]) -> HostPlan:
-    """The whole stack for a host, in three phases: stage every site, its broker and nginx,
-    migrate (on one host per site), then switch each site and restart its Celery units."""
+    """The whole stack for a host, for the roles it has: stage every site (and the broker and
+    nginx), migrate (on one app host per site), switch each site and restart its Celery units,
+    and where nginx proxies to app hosts elsewhere, check the release through nginx."""
     sites = app.sites_or_exit(inventory, host)
-    stage = [step for site in sites for step in app.stage_steps(builds[site.name])]
-    stage += celery.broker_steps(sites)
-    stage += nginx.host_steps(inventory, host)
-    stage.append(Orphans([s.name for s in sites], host.name))
-    migrate = [app.migrate_step(builds[s.name]) for s in sites if app.migrates_here(s, host)]
-    switch = []
-    for site in sites:
-        switch.append(app.Switch(site))
-        if site.celery is not None:
-            switch.append(celery.Restart(site, lambda ctx, site=site: app.wanted(ctx, site)))
+    roles = topology.roles(host)
+    stage = [step for site in sites for step in app.stage_steps(builds[site.name], inventory, host)]
+    brokered = [s for s in sites if topology.broker_host(inventory, s) == host]
+    if brokered:
+        remote = any(topology.broker_address(inventory, s) != "127.0.0.1" for s in brokered)
+        stage += celery.broker_steps(brokered, host.address if remote else None)
+    if "web" in roles:
+        stage += nginx.host_steps(inventory, host)
+        stage.append(Orphans([s.name for s in sites], host.name))
+    migrate = [
+        app.migrate_step(builds[s.name]) for s in sites if app.migrates_here(inventory, s, host)
+    ]
+    switch = [
+        step
+        for site in sites
+        for step in switch_steps(inventory, host, site, lambda ctx, s=site: app.wanted(ctx, s))
+    ]
+    verify = [
+        app.Verify(site) for site in sites if "web" in roles and topology.split(inventory, site)
+    ]
 
     def revert(ctx: Context) -> list[Step]:
         steps: list[Step] = []
@@ -39,14 +77,12 @@ def host_plan(inventory: Inventory, host: Host, builds: dict[str, app.Build]) ->
             def target(_ctx: Context, before: str = before) -> str:
                 return before
 
-            steps.append(app.Switch(site, target=target, mark_old="rolled-back"))
-            if site.celery is not None:
-                steps.append(celery.Restart(site, target))
+            steps += switch_steps(inventory, host, site, target, "rolled-back")
         return steps
 
     return HostPlan(
         host,
-        [stage, migrate, switch],
+        [stage, migrate, switch, verify],
         lock_sites=[s.name for s in sites],
         switch_phase=2,
         revert=revert,

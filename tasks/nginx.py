@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .engine import topology
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, UPSTREAM_DIR, SitePaths
 from .engine.render import render
@@ -15,23 +16,31 @@ from .engine.steps import (
     Step,
     UnitStatus,
 )
-from .engine.switch import upstream_text
+from .engine.switch import static_upstream, upstream_text
 from .engine.tasks import run_steps, targets_task
 
 RELOAD = ("reload:nginx.service",)
 VALIDATE = "nginx -t"
 
 
-def site_files(site: Site) -> list[File]:
-    """The server block, and the upstream file it includes (each switch rewrites that one)."""
+def site_files(site: Site, inventory: Inventory | None = None) -> list[File]:
+    """The server block, and the upstream file it includes: on a host that also runs the app,
+    each switch rewrites it; when the app runs on other hosts, it lists them all."""
     paths = SitePaths.of(site)
-    return [
-        File(
+    if inventory is not None and topology.split(inventory, site):
+        apps = [h.address for h in topology.hosts_with(inventory, site, "app")]
+        upstream = File(
+            paths.upstream_conf, static_upstream(paths, apps), name=f"upstream {site.name}"
+        )
+    else:
+        upstream = File(
             paths.upstream_conf,
             upstream_text(paths.slot_port("a")),
             create_only=True,
             name=f"upstream {site.name}",
-        ),
+        )
+    return [
+        upstream,
         File(
             paths.nginx_conf,
             render("nginx/site.conf.j2", site=site, paths=paths),
@@ -61,12 +70,12 @@ def host_steps(inventory: Inventory, host: Host) -> list[Step]:
     """nginx's whole managed configuration for a host, validated as one candidate set: our
     default server (Debian's default site goes: it would answer unknown Hosts), and every site's
     server block and upstream."""
-    sites = inventory.sites_on(host)
+    sites = [s for s in inventory.sites_on(host) if "web" in topology.roles(host)]
     tls = any(site.tls for site in sites)
     default = render("nginx/default.conf.j2", tls=tls)
     files = [File(NGINX_DEFAULT_CONF, default, name="default server")]
     for site in sites:
-        files += site_files(site)
+        files += site_files(site, inventory)
     tls_dirs = [SitePaths.of(s).tls_dir for s in sites if s.tls]
     return [
         Directory(UPSTREAM_DIR),

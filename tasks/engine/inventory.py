@@ -287,7 +287,7 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
             port=r.get("port", int, values.ssh_port, default=d_port),
             ssh_key=_local_path(base, ssh_key) if ssh_key else None,
             ssh_alias=alias,
-            roles=r.get_list("roles", values.site_name, default=()),
+            roles=r.get_list("roles", values.choice("web", "app", "worker", "broker"), default=()),
         )
         r.done()
     raw_hosts.done()
@@ -318,6 +318,7 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
     raw_sites.done()
     top.done()
     _check_conflicts(path, hosts, sites)
+    _check_topology(path, hosts, sites, read_secrets)
     return Inventory(path=path, hosts=hosts, groups=groups, sites=sites, default_target=target)
 
 
@@ -453,6 +454,47 @@ def _parse_flower(
     if read_secrets and "FLOWER_BASIC_AUTH" not in secrets:
         r.fail(key, "needs FLOWER_BASIC_AUTH=user:password in the env_file secrets")
     return flower
+
+
+def _check_topology(
+    path: Path, hosts: dict[str, Host], sites: dict[str, Site], read_secrets: bool = True
+) -> None:
+    """Roles a site needs among its hosts (a host without roles has them all)."""
+    for site in sites.values():
+
+        def having(role: str, site: Site = site) -> list[str]:
+            return [n for n in site.hosts if not hosts[n].roles or role in hosts[n].roles]
+
+        if not having("app"):
+            raise InventoryError(path, f"sites.{site.name}.hosts", "no host with the app role")
+        if site.celery and not having("worker"):
+            raise InventoryError(
+                path, f"sites.{site.name}.hosts", "[celery] needs a host with the worker role"
+            )
+        if site.celery and site.celery.broker == "local" and not having("broker"):
+            raise InventoryError(
+                path,
+                f"sites.{site.name}.hosts",
+                'celery broker = "local" needs a host with the broker role',
+            )
+        remote_broker = (
+            site.celery
+            and site.celery.broker == "local"
+            and (set(having("app")) | set(having("worker"))) - set(having("broker")[:1])
+        )
+        if remote_broker and read_secrets and "BROKER_PASSWORD" not in site.secrets:
+            raise InventoryError(
+                path,
+                f"sites.{site.name}.env_file",
+                "the broker serves other hosts: put BROKER_PASSWORD=... in the secrets "
+                "(Redis refuses remote clients without a password)",
+            )
+        if site.flower and set(having("web")) != set(having("worker")):
+            raise InventoryError(
+                path,
+                f"sites.{site.name}.flower",
+                "Flower needs the web and worker roles on the same hosts",
+            )
 
 
 def _check_conflicts(path: Path, hosts: dict[str, Host], sites: dict[str, Site]) -> None:

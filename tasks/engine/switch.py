@@ -184,3 +184,99 @@ for v in "$base"/venvs/*; do
 done
 echo "release $want is live in slot $next"
 """
+
+
+def app_switch_script(
+    paths: SitePaths,
+    release: str,
+    bind: str,
+    health_path: str,
+    health_host: str,
+    timeout: int,
+    mark_old: str,
+    delete: list[str],
+) -> str:
+    """The switch on an app host behind nginx on other hosts.
+
+    Their upstream lists both slots of every app host, so nothing there changes: the new slot
+    starts and must pass its health check here, then the old slot stops gracefully, and nginx,
+    finding its port closed, sends requests to the new one (proxy_next_upstream). The live slot
+    is recorded in .djk-slot.
+    """
+    q = shlex.quote
+    a, b = SLOTS
+    slot_file = q(f"{paths.base}/.djk-slot")
+    return f"""set -e
+base={q(paths.base)}
+want={q(release)}
+live=$(readlink "$base/current" 2>/dev/null | sed 's#^releases/##') || live=""
+active=$(cat {slot_file} 2>/dev/null || true)
+case "$active" in
+  {a}) next={b}; next_port={paths.slot_port(b)} ;;
+  {b}) next={a}; next_port={paths.slot_port(a)} ;;
+  *) active=""; next={a}; next_port={paths.slot_port(a)} ;;
+esac
+unit_next="djk-{paths.name}-web-$next.service"
+unit_old="djk-{paths.name}-web-$active.service"
+probe() {{ python3 -c {q(PROBE)} "$@"; }}
+systemctl daemon-reload
+install -d -m 750 -o root -g {q("djk-" + paths.name)} "$base/slots"
+ln -sfn "../releases/$want" "$base/slots/$next.djk-new"
+mv -Tf "$base/slots/$next.djk-new" "$base/slots/$next"
+systemctl restart "$unit_next"
+echo "started release $want in slot $next ({bind}:$next_port); waiting for its health check"
+if ! probe "http://{bind}:$next_port{health_path}" {q(health_host)} "$want" {timeout} \\
+    "$unit_next"; then
+  journalctl -u "$unit_next" -n 20 --no-pager -o cat >&2 || true
+  systemctl stop "$unit_next" || true
+  if [ "$want" != "$live" ] && [ -d "$base/releases/$want" ]; then
+    echo failed > "$base/releases/$want/.djk-status"
+  fi
+  echo "release $want failed its health check; ${{live:-nothing}} still serves" >&2
+  exit 4
+fi
+ln -sfn "releases/$want" "$base/current.djk-new"
+mv -Tf "$base/current.djk-new" "$base/current"
+echo "$next" > {slot_file}
+systemctl enable --quiet "$unit_next"
+if [ -n "$active" ] && [ "$active" != "$next" ]; then
+  systemctl disable --quiet "$unit_old" || true
+  systemctl stop "$unit_old" || true
+fi
+echo live > "$base/releases/$want/.djk-status"
+if [ -n "$live" ] && [ "$live" != "$want" ] && [ -d "$base/releases/$live" ]; then
+  echo {q(mark_old)} > "$base/releases/$live/.djk-status"
+fi
+for id in {" ".join(q(i) for i in delete)}; do rm -rf -- "$base/releases/$id"; done
+echo "release $want is live in slot $next"
+"""
+
+
+def verify_script(
+    paths: SitePaths, release: str, front: str, health_path: str, health_host: str, timeout: int
+) -> str:
+    """On a web host of a split site: nginx reloaded (a changed server block is due), the
+    release answers through it; then `current` here (which the next deploy compares with)
+    points at it."""
+    q = shlex.quote
+    return f"""set -e
+( {NGINX_RELOAD}
+)
+python3 -c {q(PROBE)} "{front}{health_path}" {q(health_host)} {q(release)} {timeout} ""
+ln -sfn {q("releases/" + release)} {q(paths.current)}.djk-new
+mv -Tf {q(paths.current)}.djk-new {q(paths.current)}
+"""
+
+
+def static_upstream(paths: SitePaths, addresses: list[str]) -> str:
+    """Every app host's two slots; a stopped slot refuses and nginx tries the next server.
+
+    max_fails=0: a refused or reset connection must not mark a server down for a while (with
+    every server marked down at once nginx answers 502 "no live upstreams"); a refusal costs one
+    connection attempt on the private network.
+    """
+    lines = [f"# {MANAGED}"]
+    for address in addresses:
+        for slot in SLOTS:
+            lines.append(f"server {address}:{paths.slot_port(slot)} max_fails=0;")
+    return "\n".join(lines) + "\n"

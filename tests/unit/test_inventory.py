@@ -192,7 +192,9 @@ def test_celery_and_flower_settings_are_validated(tmp_path):
     shop["celery"] = {"app": "exampleproject", "options": ["--max-tasks-per-child=50"]}
     shop["flower"] = {"port": 5555}
     assert "needs FLOWER_BASIC_AUTH" in error(tmp_path, data)
-    (tmp_path / "site.env").write_text("DJANGO_SECRET_KEY=x1234\nFLOWER_BASIC_AUTH=a:b\n")
+    (tmp_path / "site.env").write_text(
+        "DJANGO_SECRET_KEY=x1234\nFLOWER_BASIC_AUTH=a:b\nBROKER_PASSWORD=pw\n"
+    )
     site = parse(data, tmp_path / "hosts.toml").sites["shop"]
     assert site.celery.options == ("--max-tasks-per-child=50",) and site.flower.port == 5555
     assert site.ports == (8001, 8002, 5555)
@@ -208,6 +210,8 @@ def test_celery_and_flower_settings_are_validated(tmp_path):
 
 def test_two_sites_on_one_local_redis_need_their_own_db(tmp_path):
     data = base(tmp_path)
+    # Two hosts, one broker (the first): the other host reaches it with a password.
+    (tmp_path / "site.env").write_text("DJANGO_SECRET_KEY=x1234\nBROKER_PASSWORD=pw\n")
     celery = {"app": "exampleproject"}
     data["sites"]["shop"]["celery"] = dict(celery)
     data["sites"]["blog"] = dict(
@@ -237,3 +241,15 @@ def test_tls_files_must_hold_pem(tmp_path):
     assert "sites.shop.redirect_to: 'nope.test' must be one of the site's domains" in error(
         tmp_path, data
     )
+
+
+def test_a_broker_serving_other_hosts_needs_a_password(tmp_path):
+    data = base(tmp_path)
+    data["sites"]["shop"]["celery"] = {"app": "exampleproject"}
+    assert "sites.shop.env_file: the broker serves other hosts: put BROKER_PASSWORD" in error(
+        tmp_path, data
+    )
+    data["hosts"]["web2"]["roles"] = ["web"]  # one app/worker/broker host: loopback will do
+    parse(data, tmp_path / "hosts.toml")
+    data["hosts"]["web2"]["roles"] = ["cache"]
+    assert "hosts.web2.roles[0]: 'cache' is not one of" in error(tmp_path, data)

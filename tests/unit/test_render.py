@@ -44,7 +44,14 @@ def test_every_managed_file_has_the_header(site):
     for text in (
         render("nginx/site.conf.j2", site=site, paths=paths),
         render("nginx/default.conf.j2", tls=False),
-        render("systemd/web.service.j2", site=site, paths=paths, slot="a"),
+        render(
+            "systemd/web.service.j2",
+            site=site,
+            paths=paths,
+            slot="a",
+            bind="127.0.0.1",
+            allow="127.0.0.1",
+        ),
         render("app/env.j2", entries=[("A", "1")]),
         upstream_text(8001),
     ):
@@ -58,7 +65,14 @@ def test_server_block_and_unit(site):
     assert f"include {paths.upstream_conf};" in conf
     assert f"alias {paths.static}/;" in conf and "expires 30d;" in conf
     assert "client_max_body_size 20m;" in conf
-    unit = render("systemd/web.service.j2", site=site, paths=paths, slot="b")
+    unit = render(
+        "systemd/web.service.j2",
+        site=site,
+        paths=paths,
+        slot="b",
+        bind="127.0.0.1",
+        allow="127.0.0.1",
+    )
     assert "--bind 127.0.0.1:8006" in unit  # slot b: port + 1
     assert "WorkingDirectory=/srv/djk/shop/slots/b" in unit
     assert "EnvironmentFile=/srv/djk/shop/slots/b/.djk-release.env" in unit

@@ -1,0 +1,47 @@
+"""Which host does what for a site: roles (web, app, worker, broker), addresses and binds.
+
+A host without `roles` in hosts.toml has them all. A site is *split* when some of its web hosts
+do not run its app (nginx proxies to app hosts over the network); otherwise every web host is
+also an app host and everything talks over loopback.
+"""
+
+from __future__ import annotations
+
+from .inventory import Host, Inventory, Site
+
+ROLES = ("web", "app", "worker", "broker")
+
+
+def roles(host: Host) -> set[str]:
+    return set(host.roles) if host.roles else set(ROLES)
+
+
+def hosts_with(inventory: Inventory, site: Site, role: str) -> list[Host]:
+    return [inventory.hosts[n] for n in site.hosts if role in roles(inventory.hosts[n])]
+
+
+def split(inventory: Inventory, site: Site) -> bool:
+    web = {h.name for h in hosts_with(inventory, site, "web")}
+    app = {h.name for h in hosts_with(inventory, site, "app")}
+    return not web or web != app
+
+
+def bind_address(inventory: Inventory, site: Site, host: Host) -> str:
+    """Where gunicorn listens: loopback unless nginx runs on another host."""
+    return host.address if split(inventory, site) else "127.0.0.1"
+
+
+def broker_host(inventory: Inventory, site: Site) -> Host | None:
+    found = hosts_with(inventory, site, "broker")
+    return found[0] if found else None
+
+
+def broker_address(inventory: Inventory, site: Site) -> str:
+    """The local Redis as the site's processes reach it."""
+    broker = broker_host(inventory, site)
+    users = {h.name for h in hosts_with(inventory, site, "app")} | {
+        h.name for h in hosts_with(inventory, site, "worker")
+    }
+    if broker is None or users <= {broker.name}:
+        return "127.0.0.1"
+    return broker.address

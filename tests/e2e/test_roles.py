@@ -1,0 +1,102 @@
+"""One site across four hosts by role: nginx on web1 proxies to gunicorn on two app hosts,
+Celery workers and the Redis broker on a fourth; a rolling deploy under load through web1."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from .kit import Load, Project, curl, health, sh
+
+pytestmark = pytest.mark.e2e
+NAMES = ["web1", "web2", "web3", "web4"]
+ROLES = {"web1": ["web"], "web2": ["app"], "web3": ["app"], "web4": ["worker", "broker"]}
+
+
+@pytest.fixture(scope="module")
+def hosts(testbed):
+    return testbed.up(NAMES)
+
+
+@pytest.fixture(scope="module")
+def project(hosts, tmp_path_factory, src):
+    project = Project(tmp_path_factory.mktemp("project"), hosts)
+    project.site["source"] = str(src)
+    project.site["migrate_on"] = "every"  # sqlite: one database per app host
+    project.site["celery"] = {"app": "exampleproject"}
+    project.secrets["BROKER_PASSWORD"] = "broker-Pw-8812/+x"
+    project.write()
+    text = project.inventory.read_text()
+    for name, roles in ROLES.items():
+        text = text.replace(f"[hosts.{name}]\n", f"[hosts.{name}]\nroles = {json.dumps(roles)}\n")
+    project.inventory.write_text(text)
+    run = project.fab("deploy", "-H", ",".join(NAMES))
+    assert run.code == 0, run.out + run.err
+    project.first_run = run
+    return project
+
+
+def listening(host, port: int) -> set[str]:
+    out = sh(host, f"ss -Hltn 'sport = :{port}'")
+    return {line.split()[3].rsplit(":", 1)[0] for line in out.splitlines()}
+
+
+def test_each_host_runs_only_its_roles(project, hosts):
+    web, app1, app2, worker = hosts
+    assert health(web)["status"] == "ok"  # through nginx on web1 to an app host
+    assert sh(web, "systemctl is-active djk-example-web-a djk-example-web-b || true").split() == [
+        "inactive",
+        "inactive",
+    ]
+    for app_host in (app1, app2):
+        assert sh(app_host, "ls /etc/nginx/sites-enabled").split() == ["default"]
+        assert "djk-example-worker" not in sh(app_host, "systemctl list-units --no-legend")
+        # gunicorn listens on the host's address (for web1), not on every address.
+        assert listening(app_host, 8001) | listening(app_host, 8002) == {app_host.address}
+    assert "active" == sh(worker, "systemctl is-active djk-example-worker").strip()
+    redis_lines = [line for line in project.first_run.out.splitlines() if "redis" in line]
+    assert listening(worker, 6379) == {"127.0.0.1", "[::1]", worker.address}, redis_lines
+    upstream = sh(web, "cat /etc/nginx/djk/example.upstream")
+    for app_host in (app1, app2):
+        assert f"server {app_host.address}:8001" in upstream
+        assert f"server {app_host.address}:8002" in upstream
+
+
+def test_a_task_goes_from_an_app_host_through_the_broker_host_to_a_worker(project, hosts):
+    answer = curl(hosts[0], "/tasks/add/?x=20&y=22")
+    assert "HTTP/1.1 200" in answer and '"result": 42' in answer, answer
+    # Redis on the broker host takes no command without the password.
+    worker = hosts[3]
+    denied = sh(worker, f"redis-cli -h {worker.address} ping 2>&1 || true")
+    assert "NOAUTH" in denied or "DENIED" in denied
+    assert "broker-Pw" not in project.first_run.out
+    with pytest.raises(OSError):  # and no broker anywhere else
+        socket.create_connection((hosts[0].address, 6379), timeout=3).close()
+
+
+def test_rolling_deploy_of_the_app_hosts_under_load_through_the_web_host(project, hosts, src):
+    before = health(hosts[0])["release"]
+    (src / "VERSION").write_text("4.0.0\n")
+    with Load(hosts[0].address, "example.test") as load:
+        run = project.fab("deploy", "-H", ",".join(NAMES), "--batch", "1", "--json")
+    assert run.code == 0, run.out + run.err
+    outcomes = [o for o, _ in load.results]
+    first_bad = next((i for i, o in enumerate(outcomes) if o != "200"), None)
+    assert load.failures == [], (
+        len(outcomes),
+        first_bad,
+        outcomes[-3:],
+        sh(hosts[0], "tail -5 /var/log/nginx/error.log"),
+        run.out[-3000:],
+    )
+    assert len(load.results) > 20
+    after = health(hosts[0])
+    assert after["version"] == "4.0.0" and after["release"] != before
+    verify = next(s for s in run.host("web1")["steps"] if s["step"].startswith("verify"))
+    assert verify["status"] == "changed"
+    for app_host in hosts[1:3]:
+        assert sh(app_host, "readlink /srv/djk/example/current").strip().endswith(after["release"])
+    again = project.fab("deploy", "-H", ",".join(NAMES), "--json")
+    assert again.code == 0 and all(h["changed"] == 0 for h in again.report["hosts"])
