@@ -77,33 +77,16 @@ def live_slot(paths: SitePaths, upstream: str | None) -> str | None:
     return None
 
 
-def switch_script(
-    paths: SitePaths,
-    release: str,
-    health_path: str,
-    health_host: str,
-    timeout: int,
-    mark_old: str,
-    delete: list[str],
-    tls: bool = False,
-) -> str:
+def _prelude(paths: SitePaths, release: str, active: str) -> str:
+    """Which slot is live (`active`: shell lines setting $active), which one starts next, and
+    the helpers both kinds of switch use."""
     q = shlex.quote
     a, b = SLOTS
-    # The second check goes through nginx, as clients do: HTTPS when the site has TLS.
-    front = "https://127.0.0.1:443" if tls else "http://127.0.0.1:80"
-    upstream = paths.upstream_conf
     return f"""set -e
 base={q(paths.base)}
 want={q(release)}
 live=$(readlink "$base/current" 2>/dev/null | sed 's#^releases/##') || live=""
-# The live slot is the one nginx's upstream points at.
-active_port=$(grep -o '^server 127.0.0.1:[0-9]*;' {q(upstream)} 2>/dev/null \\
-  | cut -d: -f2 | tr -d ';' || true)
-case "$active_port" in
-  {paths.slot_port(a)}) active={a} ;;
-  {paths.slot_port(b)}) active={b} ;;
-  *) active="" ;;
-esac
+{active}
 case "$active" in
   {a}) next={b}; next_port={paths.slot_port(b)} ;;
   {b}) next={a}; next_port={paths.slot_port(a)} ;;
@@ -112,60 +95,43 @@ esac
 unit_next="djk-{paths.name}-web-$next.service"
 unit_old="djk-{paths.name}-web-$active.service"
 probe() {{ python3 -c {q(PROBE)} "$@"; }}
-nginx_reload() {{ ( {NGINX_RELOAD}
-) ; }}
 mark_failed() {{
   if [ "$want" != "$live" ] && [ -d "$base/releases/$want" ]; then
     echo failed > "$base/releases/$want/.djk-status"
   fi
 }}
-point_upstream() {{
-  tmp=$(mktemp {q(UPSTREAM_DIR)}/.{paths.name}.XXXXXX)
-  printf '# %s\nserver 127.0.0.1:%s;\n' {q(MANAGED)} "$1" > "$tmp"
-  chmod 644 "$tmp"; mv -f "$tmp" {q(upstream)}
-}}
+"""
 
-systemctl daemon-reload
+
+def _start_next(
+    paths: SitePaths, bind: str, health_path: str, health_host: str, timeout: int
+) -> str:
+    """Start the release in the idle slot; it must answer its health check before anything
+    else changes, or it is stopped and marked failed (exit 4)."""
+    q = shlex.quote
+    return f"""systemctl daemon-reload
 install -d -m 750 -o root -g {q("djk-" + paths.name)} "$base/slots"
 ln -sfn "../releases/$want" "$base/slots/$next.djk-new"
 mv -Tf "$base/slots/$next.djk-new" "$base/slots/$next"
 systemctl restart "$unit_next"
-echo "started release $want in slot $next (127.0.0.1:$next_port); waiting for its health check"
-if ! probe "http://127.0.0.1:$next_port{health_path}" {q(health_host)} "$want" {timeout} \
+echo "started release $want in slot $next ({bind}:$next_port); waiting for its health check"
+if ! probe "http://{bind}:$next_port{health_path}" {q(health_host)} "$want" {timeout} \\
     "$unit_next"; then
   journalctl -u "$unit_next" -n 20 --no-pager -o cat >&2 || true
   systemctl stop "$unit_next" || true
   mark_failed
-  echo "release $want failed its health check before the switch;" \
+  echo "release $want failed its health check before the switch;" \\
     "${{live:-nothing}} still serves" >&2
   exit 4
 fi
+"""
 
-cp -p {q(upstream)} {q(upstream)}.djk-prev
-# Recorded first: if this run dies between the upstream write and the reload, the next one reloads.
-mkdir -p {q(PENDING_FILE.rsplit("/", 1)[0])}
-echo reload:nginx.service >> {PENDING_FILE}
-point_upstream "$next_port"
-ln -sfn "releases/$want" "$base/current.djk-new"
-mv -Tf "$base/current.djk-new" "$base/current"
-if ! nginx_reload || ! probe "{front}{health_path}" {q(health_host)} "$want" \
-    {timeout} ""; then
-  mv -f {q(upstream)}.djk-prev {q(upstream)}
-  if [ -n "$live" ]; then
-    ln -sfn "releases/$live" "$base/current.djk-new"
-    mv -Tf "$base/current.djk-new" "$base/current"
-  fi
-  nginx_reload || true
-  systemctl stop "$unit_next" || true
-  mark_failed
-  echo "release $want failed its health check through nginx;" \
-    "switched back to ${{live:-nothing}}" >&2
-  exit 5
-fi
 
-rm -f {q(upstream)}.djk-prev
-systemctl enable --quiet "$unit_next"
-if [ -n "$active" ]; then
+def _finish(paths: SitePaths, mark_old: str, delete: list[str]) -> str:
+    """Old slot stopped gracefully, statuses, and releases and venvs no longer kept."""
+    q = shlex.quote
+    return f"""systemctl enable --quiet "$unit_next"
+if [ -n "$active" ] && [ "$active" != "$next" ]; then
   systemctl disable --quiet "$unit_old" || true
   systemctl stop "$unit_old" || true
 fi
@@ -186,6 +152,68 @@ echo "release $want is live in slot $next"
 """
 
 
+def switch_script(
+    paths: SitePaths,
+    release: str,
+    health_path: str,
+    health_host: str,
+    timeout: int,
+    mark_old: str,
+    delete: list[str],
+    tls: bool = False,
+) -> str:
+    """The switch on a host whose nginx proxies to its own slots through the upstream file."""
+    q = shlex.quote
+    a, b = SLOTS
+    # The second check goes through nginx, as clients do: HTTPS when the site has TLS.
+    front = "https://127.0.0.1:443" if tls else "http://127.0.0.1:80"
+    upstream = paths.upstream_conf
+    # The live slot is the one nginx's upstream points at.
+    active = f"""active_port=$(grep -o '^server 127.0.0.1:[0-9]*;' {q(upstream)} 2>/dev/null \\
+  | cut -d: -f2 | tr -d ';' || true)
+case "$active_port" in
+  {paths.slot_port(a)}) active={a} ;;
+  {paths.slot_port(b)}) active={b} ;;
+  *) active="" ;;
+esac"""
+    return (
+        _prelude(paths, release, active)
+        + f"""nginx_reload() {{ ( {NGINX_RELOAD}
+) ; }}
+point_upstream() {{
+  tmp=$(mktemp {q(UPSTREAM_DIR)}/.{paths.name}.XXXXXX)
+  printf '# %s\\nserver 127.0.0.1:%s;\\n' {q(MANAGED)} "$1" > "$tmp"
+  chmod 644 "$tmp"; mv -f "$tmp" {q(upstream)}
+}}
+"""
+        + _start_next(paths, "127.0.0.1", health_path, health_host, timeout)
+        + f"""cp -p {q(upstream)} {q(upstream)}.djk-prev
+# Recorded first: if this run dies between the upstream write and the reload, the next one reloads.
+mkdir -p {q(PENDING_FILE.rsplit("/", 1)[0])}
+echo reload:nginx.service >> {PENDING_FILE}
+point_upstream "$next_port"
+ln -sfn "releases/$want" "$base/current.djk-new"
+mv -Tf "$base/current.djk-new" "$base/current"
+if ! nginx_reload || ! probe "{front}{health_path}" {q(health_host)} "$want" \\
+    {timeout} ""; then
+  mv -f {q(upstream)}.djk-prev {q(upstream)}
+  if [ -n "$live" ]; then
+    ln -sfn "releases/$live" "$base/current.djk-new"
+    mv -Tf "$base/current.djk-new" "$base/current"
+  fi
+  nginx_reload || true
+  systemctl stop "$unit_next" || true
+  mark_failed
+  echo "release $want failed its health check through nginx;" \\
+    "switched back to ${{live:-nothing}}" >&2
+  exit 5
+fi
+rm -f {q(upstream)}.djk-prev
+"""
+        + _finish(paths, mark_old, delete)
+    )
+
+
 def app_switch_script(
     paths: SitePaths,
     release: str,
@@ -203,53 +231,16 @@ def app_switch_script(
     finding its port closed, sends requests to the new one (proxy_next_upstream). The live slot
     is recorded in .djk-slot.
     """
-    q = shlex.quote
-    a, b = SLOTS
-    slot_file = q(f"{paths.base}/.djk-slot")
-    return f"""set -e
-base={q(paths.base)}
-want={q(release)}
-live=$(readlink "$base/current" 2>/dev/null | sed 's#^releases/##') || live=""
-active=$(cat {slot_file} 2>/dev/null || true)
-case "$active" in
-  {a}) next={b}; next_port={paths.slot_port(b)} ;;
-  {b}) next={a}; next_port={paths.slot_port(a)} ;;
-  *) active=""; next={a}; next_port={paths.slot_port(a)} ;;
-esac
-unit_next="djk-{paths.name}-web-$next.service"
-unit_old="djk-{paths.name}-web-$active.service"
-probe() {{ python3 -c {q(PROBE)} "$@"; }}
-systemctl daemon-reload
-install -d -m 750 -o root -g {q("djk-" + paths.name)} "$base/slots"
-ln -sfn "../releases/$want" "$base/slots/$next.djk-new"
-mv -Tf "$base/slots/$next.djk-new" "$base/slots/$next"
-systemctl restart "$unit_next"
-echo "started release $want in slot $next ({bind}:$next_port); waiting for its health check"
-if ! probe "http://{bind}:$next_port{health_path}" {q(health_host)} "$want" {timeout} \\
-    "$unit_next"; then
-  journalctl -u "$unit_next" -n 20 --no-pager -o cat >&2 || true
-  systemctl stop "$unit_next" || true
-  if [ "$want" != "$live" ] && [ -d "$base/releases/$want" ]; then
-    echo failed > "$base/releases/$want/.djk-status"
-  fi
-  echo "release $want failed its health check; ${{live:-nothing}} still serves" >&2
-  exit 4
-fi
-ln -sfn "releases/$want" "$base/current.djk-new"
+    slot_file = shlex.quote(f"{paths.base}/.djk-slot")
+    return (
+        _prelude(paths, release, f"active=$(cat {slot_file} 2>/dev/null || true)")
+        + _start_next(paths, bind, health_path, health_host, timeout)
+        + f"""ln -sfn "releases/$want" "$base/current.djk-new"
 mv -Tf "$base/current.djk-new" "$base/current"
 echo "$next" > {slot_file}
-systemctl enable --quiet "$unit_next"
-if [ -n "$active" ] && [ "$active" != "$next" ]; then
-  systemctl disable --quiet "$unit_old" || true
-  systemctl stop "$unit_old" || true
-fi
-echo live > "$base/releases/$want/.djk-status"
-if [ -n "$live" ] && [ "$live" != "$want" ] && [ -d "$base/releases/$live" ]; then
-  echo {q(mark_old)} > "$base/releases/$live/.djk-status"
-fi
-for id in {" ".join(q(i) for i in delete)}; do rm -rf -- "$base/releases/$id"; done
-echo "release $want is live in slot $next"
 """
+        + _finish(paths, mark_old, delete)
+    )
 
 
 def verify_script(
