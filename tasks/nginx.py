@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import tls
 from .engine import topology
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, UPSTREAM_DIR, SitePaths
@@ -51,7 +52,7 @@ def site_files(site: Site, inventory: Inventory | None = None) -> list[File]:
 
 
 def tls_files(site: Site) -> list[File]:
-    if site.tls is None:
+    if site.tls is None or site.tls.mode != "files":
         return []
     paths = SitePaths.of(site)
     return [
@@ -71,8 +72,7 @@ def host_steps(inventory: Inventory, host: Host) -> list[Step]:
     default server (Debian's default site goes: it would answer unknown Hosts), and every site's
     server block and upstream."""
     sites = [s for s in inventory.sites_on(host) if "web" in topology.roles(host)]
-    tls = any(site.tls for site in sites)
-    default = render("nginx/default.conf.j2", tls=tls)
+    default = render("nginx/default.conf.j2", tls=any(site.tls for site in sites))
     files = [File(NGINX_DEFAULT_CONF, default, name="default server")]
     for site in sites:
         files += site_files(site, inventory)
@@ -82,8 +82,10 @@ def host_steps(inventory: Inventory, host: Host) -> list[Step]:
         Directory("/var/lib/djk"),
         *([Directory("/etc/djk"), Directory("/etc/djk/tls")] if tls_dirs else []),
         *(Directory(d, mode="700") for d in tls_dirs),
+        *tls.before_nginx(sites),
         ConfigSet("nginx-config", "nginx config", files, [DEBIAN_DEFAULT_SITE], VALIDATE, RELOAD),
         Service("nginx.service"),
+        *tls.after_nginx(sites),
     ]
 
 

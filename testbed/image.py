@@ -34,6 +34,10 @@ PACKAGES: tuple[str, ...] = (
     "procps",
     "iproute2",
     "libpam-systemd",
+    "certbot",
+    # debootstrap does not resolve virtual packages: this provides the one cryptography needs.
+    "python3-cffi-backend",
+    "openssl",
 )
 
 # Bump when the customisation changes in a way the script text does not show.

@@ -63,13 +63,21 @@ class Flower:
     port: int
 
 
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+
+
 @dataclass(frozen=True)
 class Tls:
-    """HTTPS for a site: the certificate chain and key given as files (uploaded; the key 0600)."""
+    """HTTPS for a site: certificate files given (mode "files"), or from an ACME server with
+    certbot over http-01 (mode "acme"), renewed by certbot's timer."""
 
-    cert: str  # PEM text of the chain
-    key: Secret  # PEM text of the private key
+    mode: str = "files"
+    cert: str = ""  # "files": PEM text of the chain
+    key: Secret | None = None  # "files": PEM text of the private key
     hsts: bool = False
+    email: str = ""  # "acme": the account's contact
+    server: str = LETS_ENCRYPT  # "acme": the directory URL
+    ca_bundle: str = ""  # "acme": PEM the host trusts for the ACME server (test servers)
 
 
 @dataclass(frozen=True)
@@ -389,6 +397,8 @@ def _parse_site(
         env_file=env_file,
     )
     r.done()
+    if site.tls and site.tls.mode == "acme" and any(d.startswith("*.") for d in domains):
+        r.fail(f"{key}.tls.mode", "ACME over http-01 cannot cover a wildcard domain")
     if site.redirect_to and (site.redirect_to not in domains or "*" in site.redirect_to):
         r.fail(f"{key}.redirect_to", f"{site.redirect_to!r} must be one of the site's domains")
     if site.flower and not site.celery:
@@ -401,22 +411,41 @@ def _parse_tls(path: Path, base: Path, key: str, table: Any) -> Tls | None:
         return None
     key = f"{key}.tls"
     r = _Reader(path, table, key)
-    r.get("mode", str, values.choice("files"), default="files")
-    texts = {}
-    for name, marker in (("cert", "CERTIFICATE"), ("key", "PRIVATE KEY")):
-        file = _local_path(base, r.get(name, str))
-        try:
-            text = file.read_text()
-        except OSError as exc:
-            r.fail(f"{key}.{name}", f"cannot read {file}: {exc.strerror}")
-        if f"-----BEGIN {marker}" not in text and not (
-            marker == "PRIVATE KEY" and "PRIVATE KEY-----" in text
-        ):
-            r.fail(f"{key}.{name}", f"{file} holds no PEM {marker.lower()}")
-        texts[name] = text
-    tls = Tls(cert=texts["cert"], key=Secret(texts["key"]), hsts=r.get("hsts", bool, default=False))
+    mode = r.get("mode", str, values.choice("files", "acme"), default="files")
+    hsts = r.get("hsts", bool, default=False)
+    if mode == "acme":
+        bundle_path = r.get("ca_bundle", str, default=None)
+        bundle = (
+            _read_pem(r, f"{key}.ca_bundle", base, bundle_path, "CERTIFICATE")
+            if (bundle_path)
+            else ""
+        )
+        tls = Tls(
+            mode="acme",
+            hsts=hsts,
+            email=r.get("email", str, values.email),
+            server=r.get("server", str, values.https_url, default=LETS_ENCRYPT),
+            ca_bundle=bundle,
+        )
+    else:
+        tls = Tls(
+            cert=_read_pem(r, f"{key}.cert", base, r.get("cert", str), "CERTIFICATE"),
+            key=Secret(_read_pem(r, f"{key}.key", base, r.get("key", str), "PRIVATE KEY")),
+            hsts=hsts,
+        )
     r.done()
     return tls
+
+
+def _read_pem(r: _Reader, key: str, base: Path, value: str, marker: str) -> str:
+    file = _local_path(base, value)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        r.fail(key, f"cannot read {file}: {exc.strerror}")
+    if f"{marker}-----" not in text:
+        r.fail(key, f"{file} holds no PEM {marker.lower()}")
+    return text
 
 
 def _parse_celery(

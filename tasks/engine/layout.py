@@ -94,6 +94,10 @@ class SitePaths:
         return f"/etc/djk/tls/{self.name}"
 
     @property
+    def acme_webroot(self) -> str:
+        return f"/var/lib/djk/acme/{self.name}"
+
+    @property
     def cycle(self) -> str:
         """The pending-handler name for "restart this site's app" (done by a slot switch)."""
         return f"cycle:{self.name}"

@@ -141,3 +141,19 @@ def cli_option(value: str) -> str:
             f"{value!r} is not one --option or --option=value (no spaces, quotes or ;)"
         )
     return value
+
+
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+_HTTPS_URL = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+
+
+def email(value: str) -> str:
+    if not _EMAIL.match(value):
+        raise ValueError(f"{value!r} is not an e-mail address")
+    return value
+
+
+def https_url(value: str) -> str:
+    if not _HTTPS_URL.match(value):
+        raise ValueError(f"{value!r} is not an https:// URL (host, optional port and path)")
+    return value

@@ -253,3 +253,19 @@ def test_a_broker_serving_other_hosts_needs_a_password(tmp_path):
     parse(data, tmp_path / "hosts.toml")
     data["hosts"]["web2"]["roles"] = ["cache"]
     assert "hosts.web2.roles[0]: 'cache' is not one of" in error(tmp_path, data)
+
+
+def test_acme_settings_are_validated(tmp_path):
+    data = base(tmp_path)
+    data["sites"]["shop"]["tls"] = {"mode": "acme", "email": "ops@shop.test"}
+    site = parse(data, tmp_path / "hosts.toml").sites["shop"]
+    assert site.tls.server.startswith("https://acme-v02.api.letsencrypt.org")
+    data["sites"]["shop"]["tls"]["email"] = "not an address"
+    assert "sites.shop.tls.email:" in error(tmp_path, data)
+    data["sites"]["shop"]["tls"] = {"mode": "acme", "email": "a@b.test", "server": "http://x"}
+    assert "sites.shop.tls.server: 'http://x' is not an https:// URL" in error(tmp_path, data)
+    data["sites"]["shop"]["tls"] = {"mode": "acme", "email": "a@b.test"}
+    data["sites"]["shop"]["domains"] = ["*.shop.test"]
+    assert "sites.shop.tls.mode: ACME over http-01 cannot cover a wildcard" in error(
+        tmp_path, data
+    )
