@@ -4,11 +4,13 @@ from invoke import Collection
 
 from . import app, celery, flower, lock, multidomain, nginx
 from .deploy import deploy, releases, rollback
+from .provision import provision
 
 ns = Collection()
 ns.add_task(deploy)
 ns.add_task(rollback)
 ns.add_task(releases)
+ns.add_task(provision)
 ns.add_collection(Collection.from_module(app))
 ns.add_collection(Collection.from_module(nginx))
 ns.add_collection(Collection.from_module(multidomain))

@@ -193,9 +193,11 @@ def test_certificate_from_the_acme_server_verifies(deployed, fresh_host, pebble)
     answer = https(fresh_host, pebble_roots(pebble))
     assert answer.returncode == 0, answer.stderr
     assert '"status": "ok"' in answer.stdout
-    plain = subprocess.run(["curl", "-s", "-i", "-H", "Host: example.test",
-                            f"http://{fresh_host.address}/health/"], capture_output=True,
-                           text=True).stdout
+    plain = subprocess.run(
+        ["curl", "-s", "-i", "-H", "Host: example.test", f"http://{fresh_host.address}/health/"],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "301" in plain.splitlines()[0] and "Location: https://example.test/health/" in plain
 
 

@@ -266,6 +266,4 @@ def test_acme_settings_are_validated(tmp_path):
     assert "sites.shop.tls.server: 'http://x' is not an https:// URL" in error(tmp_path, data)
     data["sites"]["shop"]["tls"] = {"mode": "acme", "email": "a@b.test"}
     data["sites"]["shop"]["domains"] = ["*.shop.test"]
-    assert "sites.shop.tls.mode: ACME over http-01 cannot cover a wildcard" in error(
-        tmp_path, data
-    )
+    assert "sites.shop.tls.mode: ACME over http-01 cannot cover a wildcard" in error(tmp_path, data)
