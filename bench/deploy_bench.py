@@ -68,7 +68,10 @@ def fab(inventory: Path, *args: str) -> tuple[Run, dict]:
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fabric", "--search-root", str(ROOT), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
     out, err = proc.communicate()
     seconds = time.perf_counter() - started
@@ -84,8 +87,10 @@ def fab(inventory: Path, *args: str) -> tuple[Run, dict]:
         ok=proc.returncode == 0,
     )
     if proc.returncode != 0:
-        print(f"  fab {' '.join(args)} failed ({proc.returncode}): {err.decode()[-500:]}",
-              file=sys.stderr)
+        print(
+            f"  fab {' '.join(args)} failed ({proc.returncode}): {err.decode()[-500:]}",
+            file=sys.stderr,
+        )
     return run, report
 
 
@@ -109,10 +114,14 @@ def measure(inventory: Path, *args: str) -> tuple[Run, dict]:
 
 
 def write_inventory(directory: Path, hosts, sites: int, source: Path, workers: int) -> Path:
-    lines = ['[defaults]', 'user = "deploy"', ""]
+    lines = ["[defaults]", 'user = "deploy"', ""]
     for host in hosts:
-        lines += [f"[hosts.{host.name}]", f'address = "{host.address}"',
-                  f'ssh_key = "{host.key_path}"', ""]
+        lines += [
+            f"[hosts.{host.name}]",
+            f'address = "{host.address}"',
+            f'ssh_key = "{host.key_path}"',
+            "",
+        ]
     lines += ["[groups]", "all = [" + ", ".join(f'"{h.name}"' for h in hosts) + "]", ""]
     for i in range(1, sites + 1):
         lines += [
@@ -139,8 +148,7 @@ def bench_size(bed: Testbed, size: str, reps: int, first_reps: int) -> list[Figu
     names = [f"web{i}" for i in range(1, n_hosts + 1)]
     work = Path(tempfile.mkdtemp(prefix=f"djk-bench-{size}-"))
     source = work / "example"
-    shutil.copytree(ROOT / "example", source,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(ROOT / "example", source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     results = {s: Figures(size, s) for s in SCENARIOS}
     workers = 2
     version = 0
@@ -165,7 +173,8 @@ def bench_size(bed: Testbed, size: str, reps: int, first_reps: int) -> list[Figu
             run, report = measure(inventory, "-H", "all", "deploy", "--json")
             reinstalled = any(
                 s["step"].startswith("virtualenv") and s["status"] == "changed"
-                for h in report.get("hosts", []) for s in h["steps"]
+                for h in report.get("hosts", [])
+                for s in h["steps"]
             )
             run.ok = run.ok and not reinstalled
             results["code"].runs.append(run)
@@ -191,8 +200,11 @@ def cli_startup(reps: int = 10) -> dict:
         times = []
         for _ in range(reps):
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "fabric", "--search-root", str(ROOT), *args],
-                           capture_output=True, check=True)
+            subprocess.run(
+                [sys.executable, "-m", "fabric", "--search-root", str(ROOT), *args],
+                capture_output=True,
+                check=True,
+            )
             times.append(time.perf_counter() - started)
         figures[" ".join(args)] = {
             "median_s": round(statistics.median(times), 3),
@@ -203,8 +215,10 @@ def cli_startup(reps: int = 10) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'size':<5} {'scenario':<9} {'median':>8} {'min':>7} {'max':>7} "
-            f"{'cmds/host':>9} {'sent/host':>11} {'peak MB':>8} ok")
+    head = (
+        f"{'size':<5} {'scenario':<9} {'median':>8} {'min':>7} {'max':>7} "
+        f"{'cmds/host':>9} {'sent/host':>11} {'peak MB':>8} ok"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
@@ -233,8 +247,10 @@ def main() -> int:
     startup = cli_startup()
     print(table(rows))
     for name, fig in startup.items():
-        print(f"fab {name}: median {fig['median_s']:.3f}s (min {fig['min_s']:.3f}, "
-              f"max {fig['max_s']:.3f})")
+        print(
+            f"fab {name}: median {fig['median_s']:.3f}s (min {fig['min_s']:.3f}, "
+            f"max {fig['max_s']:.3f})"
+        )
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / time.strftime("bench-%Y%m%dT%H%M%S.json")

@@ -55,8 +55,9 @@ def test_a_provisioned_host_deploys_and_serves_with_the_base_config(project, bar
     assert run.code == 0, run.out + run.err
     page = curl(bare, "/")
     assert "HTTP/1.1 200" in page and "Server: nginx\n" in page  # no version number
-    static = curl(bare, "/static/pages/style.css",
-                  extra="-H 'Accept-Encoding: gzip' -o /dev/null -D -")
+    static = curl(
+        bare, "/static/pages/style.css", extra="-H 'Accept-Encoding: gzip' -o /dev/null -D -"
+    )
     assert "Content-Encoding: gzip" in static
 
 
