@@ -113,7 +113,8 @@ def _start_next(
 install -d -m 750 -o root -g {q("djk-" + paths.name)} "$base/slots"
 ln -sfn "../releases/$want" "$base/slots/$next.djk-new"
 mv -Tf "$base/slots/$next.djk-new" "$base/slots/$next"
-systemctl restart "$unit_next"
+# A unit that cannot even start is reported like an unhealthy one, with its log, below.
+systemctl restart "$unit_next" || true
 echo "started release $want in slot $next ({bind}:$next_port); waiting for its health check"
 if ! probe "http://{bind}:$next_port{health_path}" {q(health_host)} "$want" {timeout} \\
     "$unit_next"; then

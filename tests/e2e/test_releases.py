@@ -164,7 +164,7 @@ def test_new_code_failing_its_health_check_is_switched_back(first, project, fres
     finally:
         (src / ASGI).write_text(asgi)
     assert run.code == 1
-    assert "failed its health check" in run.out and "broken release" in run.out
+    assert "failed its health check" in run.out and "broken release" in run.out, run.out
     assert health(fresh_host)["release"] == good
     assert web_pid(fresh_host) == gunicorn  # the old slot never stopped serving
     failed = [r for r in releases(project) if r["status"] == "failed"]
