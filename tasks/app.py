@@ -162,7 +162,7 @@ mv -T {q(new)} {q(target)}
                 Action(
                     f"stage {b.release_id} ({was})",
                     script,
-                    stdin=lambda: tree_archive(b.site.source),
+                    stdin=lambda: tree_archive(b.site.source, b.tree),
                 )
             ]
         )
