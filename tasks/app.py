@@ -102,6 +102,12 @@ def new_build(site: Site, now: float | None = None) -> Build:
     return Build(site, R.new_release_id(revision, now), tree, deps, revision)
 
 
+def live_release(ctx: Context, paths: SitePaths) -> str | None:
+    """The release `current` points to on this host (from the facts), or None."""
+    current = ctx.facts[f"stat:{paths.current}"]
+    return current.target.removeprefix("releases/") if current and current.target else None
+
+
 def wanted(ctx: Context, site: Site) -> str:
     return ctx.data["release"][site.name]
 
@@ -125,8 +131,7 @@ class Stage(Step):
 
     def plan(self, ctx: Context) -> Plan:
         b, paths = self.build, self.paths
-        current = ctx.facts[f"stat:{paths.current}"]
-        live = current.target.removeprefix("releases/") if current and current.target else None
+        live = live_release(ctx, paths)
         live_tree = ctx.facts[f"text:{paths.current}/.djk-tree"]
         venv = ctx.facts[f"stat:{paths.current}/.venv"]
         live_deps = venv.target.rsplit("/", 1)[-1] if venv and venv.target else None
@@ -236,8 +241,7 @@ class Switch(Step):
 
     def plan(self, ctx: Context) -> Plan:
         paths = self.paths
-        current = ctx.facts[f"stat:{paths.current}"]
-        live = current.target.removeprefix("releases/") if current and current.target else None
+        live = live_release(ctx, paths)
         try:
             want = self.target(ctx)
         except LookupError as exc:  # e.g. no earlier release to roll back to
@@ -327,8 +331,7 @@ class Verify(Step):
         return [path_state(self.paths.current)]
 
     def plan(self, ctx: Context) -> Plan:
-        current = ctx.facts[f"stat:{self.paths.current}"]
-        live = current.target.removeprefix("releases/") if current and current.target else None
+        live = live_release(ctx, self.paths)
         want = wanted(ctx, self.site)
         if want == live:
             return Plan(reason=f"{live} answers here")

@@ -40,18 +40,13 @@ def deploy(c, check=False, diff=False, json_=False, quiet=False, wait=0, batch=N
     )
 
 
-def _live(ctx: Context, paths: SitePaths) -> str | None:
-    current = ctx.facts[f"stat:{paths.current}"]
-    return current.target.removeprefix("releases/") if current and current.target else None
-
-
 class _RollbackTarget:
     def __init__(self, site: Site, to: str | None) -> None:
         self.site, self.to, self.paths = site, to, SitePaths.of(site)
 
     def __call__(self, ctx: Context) -> str:
         releases = ctx.facts[f"releases:{self.site.name}"]
-        target, why = R.rollback_target(releases, _live(ctx, self.paths), self.to)
+        target, why = R.rollback_target(releases, app.live_release(ctx, self.paths), self.to)
         if target is None:
             raise LookupError(f"{self.site.name}: {why}; nothing changed")
         return target.id
@@ -100,7 +95,7 @@ class _ListReleases(Step):
         rows = [r.as_dict() for r in ctx.facts[f"releases:{self.site.name}"]]
         table = ctx.data.setdefault("report", {}).setdefault("release_table", {})
         table[self.site.name] = rows
-        live = _live(ctx, self.paths)
+        live = app.live_release(ctx, self.paths)
         return Plan(reason=f"{len(rows)} release(s), live: {live or 'none'}")
 
 
