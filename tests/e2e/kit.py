@@ -270,3 +270,58 @@ class Load:
             if release and (not seen or seen[-1] != release):
                 seen.append(release)
         return seen
+
+
+def make_certificate(directory: Path, name: str, san: str, ca_name: str) -> None:
+    """A test CA (ca.pem, ca.key) and a certificate it signs (<name>.pem, <name>.key) for the
+    subjectAltName `san`, e.g. "DNS:example.test" or "IP:10.213.1.1"."""
+    import subprocess
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={ca_name}",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+    )
+    (directory / "san.ext").write_text(f"subjectAltName={san}\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    )

@@ -11,13 +11,9 @@ import time
 
 import pytest
 
-from .kit import sh
+from .kit import make_certificate, sh
 
 pytestmark = pytest.mark.e2e
-
-
-def _openssl(d, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
 
 
 def _wait_port(address: str, port: int, timeout: float = 20) -> None:
@@ -35,54 +31,7 @@ def _wait_port(address: str, port: int, timeout: float = 20) -> None:
 def pebble(fresh_host, tmp_path_factory):
     d = tmp_path_factory.mktemp("pebble")
     gateway = fresh_host.address.rsplit(".", 1)[0] + ".1"  # this machine on the test network
-    _openssl(
-        d,
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=djk pebble CA",
-    )
-    _openssl(
-        d,
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "pebble.key",
-        "-out",
-        "pebble.csr",
-        "-subj",
-        "/CN=pebble",
-    )
-    (d / "san.ext").write_text(f"subjectAltName=IP:{gateway},IP:127.0.0.1\n")
-    _openssl(
-        d,
-        "x509",
-        "-req",
-        "-in",
-        "pebble.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "pebble.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    )
+    make_certificate(d, "pebble", f"IP:{gateway},IP:127.0.0.1", "djk pebble CA")
     (d / "pebble.json").write_text(
         json.dumps(
             {

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from .kit import sh
+from .kit import make_certificate, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -14,55 +14,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory):
     d = tmp_path_factory.mktemp("ca")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=djk test CA",
-    )
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "site.key",
-        "-out",
-        "site.csr",
-        "-subj",
-        "/CN=example.test",
-    )
-    (d / "san.ext").write_text("subjectAltName=DNS:example.test,DNS:www.example.test\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "site.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "site.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    )
+    make_certificate(d, "site", "DNS:example.test,DNS:www.example.test", "djk test CA")
     return d
 
 
