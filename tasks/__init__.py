@@ -1,19 +1,30 @@
-"""djk: Fabric tasks that take Debian hosts to a production Django stack and keep them there."""
+"""djk: Fabric tasks that take Debian hosts to a production Django stack and keep them there.
+
+Importing this package registers the kit's components (engine/component.py), in the order
+their steps run, and extends Fabric's executor so target-aware tasks run once for all hosts.
+A team's fabfile needs only `from djk.tasks import ns` (and `register(...)` for its own
+components).
+"""
 
 from invoke import Collection
 
-from . import app, celery, flower, lock, multidomain, nginx
-from .deploy import deploy, releases, rollback
-from .provision import provision
+from . import app, celery, flower, lock, multidomain, nginx, tls  # noqa: E402
+
+# Import order is registration order: provision's packages first, then each site's app, its
+# workers, TLS and nginx in front, then the rules between sites.
+from . import provision as _provision  # noqa: E402, I001
+from .deploy import deploy, releases, rollback  # noqa: E402
+from .engine import cli
+from .engine.component import Component, HostRun, NginxPart, components, register
+
+cli.install()
 
 ns = Collection()
 ns.add_task(deploy)
 ns.add_task(rollback)
 ns.add_task(releases)
-ns.add_task(provision)
-ns.add_collection(Collection.from_module(app))
-ns.add_collection(Collection.from_module(nginx))
-ns.add_collection(Collection.from_module(multidomain))
-ns.add_collection(Collection.from_module(lock))
-ns.add_collection(Collection.from_module(celery))
-ns.add_collection(Collection.from_module(flower))
+ns.add_task(_provision.provision)
+for module in (app, nginx, multidomain, lock, celery, flower):
+    ns.add_collection(Collection.from_module(module))
+
+__all__ = ["Component", "HostRun", "NginxPart", "components", "ns", "register", "tls"]

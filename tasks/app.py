@@ -1,23 +1,29 @@
-"""The Django app of each site: user, directories, releases, dependencies, env file, units.
+"""The Django app of each site: its hosts.toml keys, user, directories, releases, dependencies,
+env file, gunicorn units, migrations and the health-gated switch.
 
-A deploy runs in three phases on every host: stage (everything up to a staged release), migrate
-(once per deploy, on one host, before any switch) and switch (health-gated, see engine/switch.py).
+A deploy stages a release on every host, migrates once per site before any switch, then switches
+(see engine/switch.py) and, where nginx runs on other hosts than the app, verifies the release
+through nginx. Which release a site switches to is a pure function of the facts: the live one if
+it already has this deploy's source and dependency set, else this deploy's new release.
 """
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from . import celery
 from .engine import releases as R
-from .engine import topology
-from .engine.facts import Fact, file_text, path_state
+from .engine import topology, values
+from .engine.cli import run_plans, targets_task, user_error
+from .engine.component import Component, HostRun, components, register
+from .engine.facts import Fact, Facts, Stat, Text, Unit
 from .engine.inventory import Host, Inventory, Site
-from .engine.layout import SLOTS, SitePaths
+from .engine.layout import SLOTS, App, SitePaths, app_of
 from .engine.python_env import Venv
 from .engine.render import render
+from .engine.schema import InventoryError, Table
+from .engine.secrets import Secret
 from .engine.steps import (
     Action,
     Context,
@@ -30,54 +36,9 @@ from .engine.steps import (
     UnitStatus,
 )
 from .engine.switch import app_switch_script, live_slot, switch_script, verify_script
-from .engine.tasks import run_steps, targets_task, user_error
 from .engine.tree import tree_archive, tree_hash
 
-
-def env_entries(
-    site: Site, paths: SitePaths, broker_address: str = "127.0.0.1"
-) -> list[tuple[str, str]]:
-    """The env file's variables: derived ones first, then the inventory's, then the secrets."""
-    origins = []
-    hosts = []
-    for domain in site.domains:
-        hosts.append(domain[1:] if domain.startswith("*.") else domain)
-        origins += [f"https://{domain}", f"http://{domain}"]
-    entries = {
-        "DJANGO_SETTINGS_MODULE": site.settings,
-        "DJANGO_ALLOWED_HOSTS": ",".join(hosts),
-        "DJANGO_CSRF_TRUSTED_ORIGINS": ",".join(origins),
-        "DJANGO_STATIC_ROOT": paths.static,
-        "DJANGO_DB_PATH": paths.db,
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    broker = celery.broker_url(site, broker_address)
-    if broker:
-        entries["CELERY_BROKER_URL"] = broker
-        entries["CELERY_RESULT_BACKEND"] = broker
-    entries.update(site.env)
-    entries.update({key: secret.reveal() for key, secret in site.secrets.items()})
-    return list(entries.items())
-
-
-def secret_keys(site: Site) -> tuple[str, ...]:
-    """Masked in diffs: the site's secrets, and the broker URL (it may carry a password)."""
-    keys = list(site.secrets)
-    if site.celery is not None:
-        keys += [k for k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND") if k not in keys]
-    return tuple(keys)
-
-
-def manage(site: Site, paths: SitePaths, release_dir: str, args: str) -> str:
-    """A manage.py command in a release, as the site user, with the site's env, never as root."""
-    inner = (
-        f"set -a; . {shlex.quote(paths.env)}; . ./.djk-release.env; set +a; "
-        f"exec ./.venv/bin/python manage.py {args}"
-    )
-    return (
-        f"cd {shlex.quote(release_dir)} && "
-        f"runuser -u {shlex.quote(site.user)} -- /bin/sh -c {shlex.quote(inner)}"
-    )
+# -- what a deploy ships and which release a site switches to -----------------------------------
 
 
 @dataclass(frozen=True)
@@ -96,20 +57,132 @@ class Build:
 
 
 def new_build(site: Site, now: float | None = None) -> Build:
-    tree = tree_hash(site.source)
-    revision = R.source_revision(site.source, tree)
-    deps = Venv.key_for(site.requirements)
+    app = app_of(site)
+    tree = tree_hash(app.source)
+    revision = R.source_revision(app.source, tree)
+    deps = Venv.key_for(app.requirements)
     return Build(site, R.new_release_id(revision, now), tree, deps, revision)
 
 
-def live_release(ctx: Context, paths: SitePaths) -> str | None:
-    """The release `current` points to on this host (from the facts), or None."""
-    current = ctx.facts[f"stat:{paths.current}"]
+def live_release(facts: Facts, paths: SitePaths) -> str | None:
+    """The release `current` points to on this host, or None."""
+    current = facts[Stat(paths.current)]
     return current.target.removeprefix("releases/") if current and current.target else None
 
 
-def wanted(ctx: Context, site: Site) -> str:
-    return ctx.data["release"][site.name]
+class Target(Protocol):
+    """The release a site switches to, from the facts (LookupError: there is none)."""
+
+    def facts(self) -> list[Fact]: ...
+
+    def __call__(self, facts: Facts) -> str: ...
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A deploy's release: the live one when it has this source and dependency set (nothing to
+    stage), else the deploy's new release id."""
+
+    build: Build
+
+    @property
+    def paths(self) -> SitePaths:
+        return SitePaths.of(self.build.site)
+
+    def facts(self) -> list[Fact]:
+        current = self.paths.current
+        return [Stat(current), Text(f"{current}/.djk-tree"), Stat(f"{current}/.venv")]
+
+    def __call__(self, facts: Facts) -> str:
+        live = live_release(facts, self.paths)
+        venv = facts[Stat(f"{self.paths.current}/.venv")]
+        live_deps = venv.target.rsplit("/", 1)[-1] if venv and venv.target else None
+        live_tree = facts[Text(f"{self.paths.current}/.djk-tree")]
+        if live and live_tree == self.build.tree and live_deps == self.build.deps:
+            return live
+        return self.build.release_id
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A release named up front (the one a failed rolling deploy goes back to)."""
+
+    release: str
+
+    def facts(self) -> list[Fact]:
+        return []
+
+    def __call__(self, facts: Facts) -> str:
+        return self.release
+
+
+@dataclass(frozen=True)
+class Previous:
+    """`fab rollback`: the newest good release older than the live one, or the one named."""
+
+    site: Site
+    to: str | None = None
+
+    def facts(self) -> list[Fact]:
+        paths = SitePaths.of(self.site)
+        return [Stat(paths.current), R.Releases(paths.base)]
+
+    def __call__(self, facts: Facts) -> str:
+        paths = SitePaths.of(self.site)
+        releases = facts[R.Releases(paths.base)]
+        target, why = R.rollback_target(releases, live_release(facts, paths), self.to)
+        if target is None:
+            raise LookupError(f"{self.site.name}: {why}; nothing changed")
+        return target.id
+
+
+# -- the env file --------------------------------------------------------------------------------
+
+
+def env_entries(inventory: Inventory, site: Site) -> list[tuple[str, str | Secret]]:
+    """The env file's variables: every component's (the app's derived ones first), then the
+    inventory's `env`, then the secrets."""
+    entries: dict[str, str | Secret] = {}
+    for component in components():
+        entries.update(component.env(inventory, site))
+    entries.update(site.env)
+    entries.update(site.secrets)
+    return list(entries.items())
+
+
+def env_file(inventory: Inventory, site: Site) -> File:
+    paths = SitePaths.of(site)
+    entries = env_entries(inventory, site)
+    notify = tuple(n for c in components() for n in c.env_notify(site))
+    return File(
+        paths.env,
+        render(
+            "app/env.j2",
+            inventory.templates,
+            entries=[(k, v.reveal() if isinstance(v, Secret) else v) for k, v in entries],
+        ),
+        owner=site.user,
+        group=site.user,
+        mode="600",
+        notify=notify,
+        secret_keys=tuple(k for k, v in entries if isinstance(v, Secret)),
+        name=f"env file {paths.env}",
+    )
+
+
+def manage(site: Site, paths: SitePaths, release_dir: str, args: str) -> str:
+    """A manage.py command in a release, as the site user, with the site's env, never as root."""
+    inner = (
+        f"set -a; . {shlex.quote(paths.env)}; . ./.djk-release.env; set +a; "
+        f"exec ./.venv/bin/python manage.py {args}"
+    )
+    return (
+        f"cd {shlex.quote(release_dir)} && "
+        f"runuser -u {shlex.quote(site.user)} -- /bin/sh -c {shlex.quote(inner)}"
+    )
+
+
+# -- steps ---------------------------------------------------------------------------------------
 
 
 class Stage(Step):
@@ -117,32 +190,21 @@ class Stage(Step):
 
     def __init__(self, build: Build) -> None:
         self.build = build
+        self.target = Wanted(build)
         self.paths = SitePaths.of(build.site)
         self.id = f"stage:{build.site.name}"
         self.name = f"release {build.site.name}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        current = self.paths.current
-        return [
-            path_state(current),
-            file_text(f"{current}/.djk-tree"),
-            path_state(f"{current}/.venv"),
-        ]
+        return self.target.facts()
 
     def plan(self, ctx: Context) -> Plan:
         b, paths = self.build, self.paths
-        live = live_release(ctx, paths)
-        live_tree = ctx.facts[f"text:{paths.current}/.djk-tree"]
-        venv = ctx.facts[f"stat:{paths.current}/.venv"]
-        live_deps = venv.target.rsplit("/", 1)[-1] if venv and venv.target else None
-        releases = ctx.data.setdefault("release", {})
-        ctx.data.setdefault("live", {})[b.site.name] = live
-        if live and live_tree == b.tree and live_deps == b.deps:
-            releases[b.site.name] = live
-            ctx.data.setdefault("report", {}).setdefault("releases", {})[b.site.name] = live
-            return Plan(reason=f"{live} is live with this source and dependency set")
-        releases[b.site.name] = b.release_id
-        ctx.data.setdefault("report", {}).setdefault("releases", {})[b.site.name] = b.release_id
+        live = live_release(ctx.facts, paths)
+        want = self.target(ctx.facts)
+        report = {"releases": {b.site.name: want}}
+        if want == live:
+            return Plan(reason=f"{live} is live with this source and dependency set", report=report)
         q = shlex.quote
         target = paths.release(b.release_id)
         new = f"{target}.djk-new"
@@ -162,14 +224,16 @@ chmod -R u=rwX,g=rX,o= {q(new)}
 mv -T {q(new)} {q(target)}
 """
         was = f"live {live}" if live else "no live release"
+        source = app_of(b.site).source
         return Plan(
             [
                 Action(
                     f"stage {b.release_id} ({was})",
                     script,
-                    stdin=lambda: tree_archive(b.site.source, b.tree),
+                    stdin=lambda: tree_archive(source, b.tree),
                 )
-            ]
+            ],
+            report=report,
         )
 
 
@@ -178,8 +242,7 @@ class ReleaseCommand(MarkedCommand):
 
     def __init__(
         self,
-        site: Site,
-        key: str,
+        build: Build,
         step_id: str,
         name: str,
         args: str,
@@ -187,12 +250,16 @@ class ReleaseCommand(MarkedCommand):
         progress: str,
         mark_failed: bool = False,
     ) -> None:
-        super().__init__(step_id, name, "", marker, key, progress)
-        self.site, self.args, self.mark_failed = site, args, mark_failed
-        self.paths = SitePaths.of(site)
+        super().__init__(step_id, name, "", marker, build.key, progress)
+        self.site, self.args, self.mark_failed = build.site, args, mark_failed
+        self.target = Wanted(build)
+        self.paths = SitePaths.of(build.site)
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return super().facts(diff) + self.target.facts()
 
     def plan(self, ctx: Context) -> Plan:
-        release_dir = self.paths.release(wanted(ctx, self.site))
+        release_dir = self.paths.release(self.target(ctx.facts))
         command = manage(self.site, self.paths, release_dir, self.args)
         if self.mark_failed:
             # A failed migration marks the release failed: it never goes live.
@@ -201,115 +268,112 @@ class ReleaseCommand(MarkedCommand):
                 f'if ! ( {command} ); then\n  [ "$(cat {status})" = staged ] && '
                 f"echo failed > {status}\n  exit 1\nfi"
             )
-        self.script = command
-        return super().plan(ctx)
+        return self.command_plan(ctx, command)
 
 
 class Switch(Step):
-    """Health-gated switch to the wanted release (or a restart of the live one when its env,
-    unit or dependencies changed); a no-op when the live slot runs the wanted release."""
+    """Health-gated switch to the target release (or a restart of the live one when its env,
+    unit or dependencies changed); a no-op when the live slot runs the target release."""
 
     def __init__(
         self,
         site: Site,
-        target: Callable[[Context], str] | None = None,
+        target: Target,
         mark_old: str = "previous",
         remote_bind: str | None = None,
     ) -> None:
         self.remote_bind = remote_bind  # set on app hosts whose nginx runs elsewhere
-        self.site, self.paths = site, SitePaths.of(site)
-        self.target = target or (lambda ctx: wanted(ctx, site))
-        self.mark_old = mark_old
-        self.unit_names = self.paths.web_units
+        self.site, self.paths, self.app = site, SitePaths.of(site), app_of(site)
+        self.target, self.mark_old = target, mark_old
         self.id = f"switch:{site.name}"
         self.name = f"switch {site.name}"
 
     def facts(self, diff: bool) -> list[Fact]:
         paths = self.paths
         return [
-            path_state(paths.current),
-            file_text(paths.upstream_conf),
-            file_text(f"{paths.base}/.djk-slot"),
-            *(path_state(paths.slot(slot)) for slot in SLOTS),
-            Fact(
-                f"releases:{self.site.name}",
-                R.list_command(paths.base),
-                R.parse_releases,
-                default=[],
-            ),
+            Stat(paths.current),
+            Text(paths.upstream_conf),
+            Text(f"{paths.base}/.djk-slot"),
+            *(Stat(paths.slot(slot)) for slot in SLOTS),
+            *(Unit(unit) for unit in paths.web_units),
+            R.Releases(paths.base),
+            *self.target.facts(),
         ]
 
     def plan(self, ctx: Context) -> Plan:
-        paths = self.paths
-        live = live_release(ctx, paths)
+        paths, facts = self.paths, ctx.facts
+        live = live_release(facts, paths)
         try:
-            want = self.target(ctx)
+            want = self.target(facts)
         except LookupError as exc:  # e.g. no earlier release to roll back to
             return Plan(error=str(exc))
-        ctx.data.setdefault("report", {}).setdefault("releases", {})[self.site.name] = want
-        releases = ctx.facts[f"releases:{self.site.name}"]
+        report = {"releases": {self.site.name: want}}
+        releases = facts[R.Releases(paths.base)]
         if self.remote_bind:
-            slot = ctx.facts[f"text:{paths.base}/.djk-slot"]
+            slot = facts[Text(f"{paths.base}/.djk-slot")]
             slot = slot if slot in SLOTS else None
         else:
-            slot = live_slot(paths, ctx.facts[f"text:{paths.upstream_conf}"])
+            slot = live_slot(paths, facts[Text(paths.upstream_conf)])
         restart = paths.cycle in ctx.pending
+        problems: list[str] = []
         if want == live and not restart and slot is not None:
-            problems = self._drift(ctx, slot, want, releases)
+            problems = self._drift(facts, slot, want, releases)
             if not problems:
-                unit = ctx.facts["units"][paths.web_unit(slot)]
-                return Plan(reason=f"{live} is live in slot {slot} (pid {unit.main_pid})")
-        else:
-            problems = []
+                unit = facts[Unit(paths.web_unit(slot))]
+                return Plan(
+                    reason=f"{live} is live in slot {slot} (pid {unit.main_pid})", report=report
+                )
         if want != live:
             known = [r for r in releases if r.id != want]
             known.append(R.Release(want, "live"))
             if live:
                 known = [r if r.id != live else R.Release(live, self.mark_old) for r in known]
-            delete = R.cleanup(sorted(known, key=lambda r: r.id), want, self.site.keep_releases)
+            delete = R.cleanup(sorted(known, key=lambda r: r.id), want, self.app.keep_releases)
             why = f"switch {live or 'nothing'} -> {want}"
         else:
             delete = []
             reason = "env, unit or dependencies changed" if restart else "; ".join(problems)
             why = f"restart {want} ({reason or 'not running'})"
+        app = self.app
         if self.remote_bind:
-            consumes = (paths.cycle, "daemon-reload")
+            consumes: tuple[str, ...] = (paths.cycle, "daemon-reload")
             script = app_switch_script(
                 paths,
                 want,
                 self.remote_bind,
-                self.site.health_path,
+                app.health_path,
                 self.site.health_host,
-                self.site.health_timeout,
+                app.health_timeout,
                 self.mark_old,
                 delete,
             )
-            return Plan([Action(why, script, progress=f"{why}: health check", consumes=consumes)])
-        consumes = (paths.cycle, "reload:nginx.service", "daemon-reload")
-        script = switch_script(
-            paths,
-            want,
-            self.site.health_path,
-            self.site.health_host,
-            self.site.health_timeout,
-            self.mark_old,
-            delete,
-            tls=self.site.tls is not None,
-        )
-        return Plan([Action(why, script, progress=f"{why}: health check", consumes=consumes)])
+        else:
+            consumes = (paths.cycle, "reload:nginx.service", "daemon-reload")
+            script = switch_script(
+                paths,
+                want,
+                app.health_path,
+                self.site.health_host,
+                app.health_timeout,
+                self.mark_old,
+                delete,
+                tls=any(_uses_tls(self.site)),
+            )
+        action = Action(why, script, progress=f"{why}: health check", consumes=consumes)
+        return Plan([action], report=report)
 
-    def _drift(self, ctx: Context, slot: str, want: str, releases: list) -> list[str]:
+    def _drift(self, facts: Facts, slot: str, want: str, releases: list) -> list[str]:
         """What differs from "want is live in slot, alone": left by a run that was cut off."""
-        paths, units = self.paths, ctx.facts["units"]
+        paths = self.paths
         problems = []
-        link = ctx.facts[f"stat:{paths.slot(slot)}"]
+        link = facts[Stat(paths.slot(slot))]
         if link is None or link.target != f"../releases/{want}":
             problems.append(f"slot {slot} does not run {want}")
-        unit = units.get(paths.web_unit(slot))
+        unit = facts[Unit(paths.web_unit(slot))]
         if unit is None or not unit.running:
             problems.append(f"slot {slot} is not running")
         for other in SLOTS:
-            state = units.get(paths.web_unit(other))
+            state = facts[Unit(paths.web_unit(other))]
             if other != slot and state is not None and state.running:
                 problems.append(f"slot {other} is still running")
         status = next((r.status for r in releases if r.id == want), None)
@@ -318,45 +382,58 @@ class Switch(Step):
         return problems
 
 
+def _uses_tls(site: Site):
+    """Whether any component serves the site over HTTPS (then checks through nginx use it)."""
+    return (getattr(part, "https", False) for part in site.parts.values())
+
+
 class Verify(Step):
     """On a web host of a site whose app runs on other hosts: after the app hosts switched,
-    the wanted release answers through this nginx (then `current` here follows)."""
+    the target release answers through this nginx; then `current` here points at it (the next
+    deploy compares with it) and the release is recorded as verified."""
 
-    def __init__(self, site: Site) -> None:
-        self.site, self.paths = site, SitePaths.of(site)
+    def __init__(self, site: Site, target: Target) -> None:
+        self.site, self.paths, self.target = site, SitePaths.of(site), target
+        self.marker = f"{self.paths.base}/.djk-verified"
         self.id = f"verify:{site.name}"
         self.name = f"verify {site.name} through nginx"
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [path_state(self.paths.current)]
+        return [Text(self.marker), *self.target.facts()]
 
     def plan(self, ctx: Context) -> Plan:
-        live = live_release(ctx, self.paths)
-        want = wanted(ctx, self.site)
-        if want == live:
-            return Plan(reason=f"{live} answers here")
-        front = "https://127.0.0.1:443" if self.site.tls else "http://127.0.0.1:80"
+        want = self.target(ctx.facts)
+        if ctx.facts[Text(self.marker)] == want:
+            return Plan(reason=f"{want} answers here")
+        app = app_of(self.site)
+        front = "https://127.0.0.1:443" if any(_uses_tls(self.site)) else "http://127.0.0.1:80"
         script = verify_script(
-            self.paths,
-            want,
-            front,
-            self.site.health_path,
-            self.site.health_host,
-            self.site.health_timeout,
+            self.paths, want, front, app.health_path, self.site.health_host, app.health_timeout
         )
+        script += f"printf '%s\\n' {shlex.quote(want)} > {shlex.quote(self.marker)}\n"
         return Plan(
             [Action(f"{want} answers through nginx", script, progress="health check through nginx")]
         )
 
 
-def unit_files(
-    site: Site, paths: SitePaths, bind: str = "127.0.0.1", allow: str = "127.0.0.1"
-) -> list[Step]:
+def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
+    paths = SitePaths.of(site)
+    bind = topology.bind_address(inventory, site, host)
+    allow = "127.0.0.1"
+    if topology.split(inventory, site):
+        allow = ",".join(h.address for h in topology.hosts_with(inventory, site, "web"))
     return [
         File(
             f"/etc/systemd/system/{paths.web_unit(slot)}",
             render(
-                "systemd/web.service.j2", site=site, paths=paths, slot=slot, bind=bind, allow=allow
+                "systemd/web.service.j2",
+                inventory.templates,
+                site=site,
+                app=app_of(site),
+                paths=paths,
+                slot=slot,
+                bind=bind,
+                allow=allow or "127.0.0.1",
             ),
             notify=("daemon-reload", paths.cycle),
             name=f"unit {paths.web_unit(slot)}",
@@ -365,21 +442,10 @@ def unit_files(
     ]
 
 
-def stage_steps(
-    build: Build, inventory: Inventory | None = None, host: Host | None = None
-) -> list[Step]:
+def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
     """Everything up to a staged release on a host, for the roles it has for the site."""
     site = build.site
     paths = SitePaths.of(site)
-    cycle = (paths.cycle,)
-    roles = topology.ROLES if host is None else topology.roles(host)
-    broker = bind = allow = "127.0.0.1"
-    if inventory is not None and host is not None:
-        broker = topology.broker_address(inventory, site)
-        bind = topology.bind_address(inventory, site, host)
-        if topology.split(inventory, site):
-            webs = topology.hosts_with(inventory, site, "web")
-            allow = ",".join(h.address for h in webs) or "127.0.0.1"
     steps: list[Step] = [
         SystemUser(site.user, paths.base),
         Directory(paths.base, "root", site.user, "751"),
@@ -388,21 +454,11 @@ def stage_steps(
         Directory(paths.releases, "root", site.user, "750"),
         Directory(paths.venvs, "root", site.user, "750"),
         Directory(paths.slots, "root", site.user, "750"),
-        Venv(paths.venvs, site.requirements, group=site.user),
-        File(
-            paths.env,
-            render("app/env.j2", entries=env_entries(site, paths, broker)),
-            owner=site.user,
-            group=site.user,
-            mode="600",
-            notify=(*cycle, *((celery.cycle(site),) if site.celery else ())),
-            secret_keys=secret_keys(site),
-            name=f"env file {paths.env}",
-        ),
+        Venv(paths.venvs, app_of(site).requirements, group=site.user),
+        env_file(inventory, site),
         Stage(build),
         ReleaseCommand(
-            site,
-            build.key,
+            build,
             f"collectstatic:{site.name}",
             f"collectstatic {site.name}",
             "collectstatic --noinput",
@@ -410,26 +466,162 @@ def stage_steps(
             "collecting static files",
         ),
     ]
-    if "app" in roles:
-        steps += unit_files(site, paths, bind, allow)
-    if "worker" in roles:
-        steps += celery.unit_files(site)
+    if "app" in topology.roles(host):
+        steps += unit_files(inventory, site, host)
     return steps
 
 
 def migrate_step(build: Build) -> Step:
-    site = build.site
-    paths = SitePaths.of(site)
+    paths = SitePaths.of(build.site)
     return ReleaseCommand(
-        site,
-        build.key,
-        f"migrate:{site.name}",
-        f"migrate {site.name}",
+        build,
+        f"migrate:{build.site.name}",
+        f"migrate {build.site.name}",
         "migrate --noinput",
         f"{paths.shared}/.djk-migrated",
         "migrating",
         mark_failed=True,
     )
+
+
+def migrates_here(inventory: Inventory, site: Site, host: Host) -> bool:
+    """Migrations run on the site's first app host (on every app host with "every")."""
+    apps = [h.name for h in topology.hosts_with(inventory, site, "app")]
+    every = app_of(site).migrate_on == "every"
+    return host.name in apps and (every or apps[0] == host.name)
+
+
+def switch_step(run: HostRun, site: Site) -> Switch:
+    remote = topology.bind_address(run.inventory, site, run.host)
+    return Switch(
+        site,
+        target=run.target(site),
+        mark_old=run.mark_old,
+        remote_bind=remote if topology.split(run.inventory, site) else None,
+    )
+
+
+# -- the component -------------------------------------------------------------------------------
+
+
+class AppComponent(Component):
+    """The keys of [sites.<name>] itself: source, asgi, settings, port, workers, health, ..."""
+
+    name = "app"
+    config = App
+    roles = ("app",)
+
+    def parse(self, table: Table, site: Site) -> App:
+        key = table.key
+        source = table.local_path(table.get("source", str))
+        if not source.is_dir():
+            table.fail(f"{key}.source", f"{source} is not a directory")
+        requirements = source / table.get("requirements", str, default="requirements.txt")
+        if not requirements.is_file():
+            table.fail(f"{key}.requirements", f"{requirements} does not exist")
+        return App(
+            source=source,
+            requirements=requirements,
+            asgi=table.get("asgi", str, values.asgi_app),
+            settings=table.get("settings", str, values.dotted),
+            port=table.get("port", int, values.count(1024, 65534)),
+            workers=table.get("workers", int, values.count(1, 64), default=2),
+            health_path=table.get("health_path", str, values.url_path, default="/health/"),
+            keep_releases=table.get("keep_releases", int, values.count(1, 100), default=5),
+            health_timeout=table.get("health_timeout", int, values.count(5, 900), default=60),
+            migrate_on=table.get("migrate_on", str, values.choice("one", "every"), default="one"),
+        )
+
+    def check(self, inventory: Inventory) -> None:
+        for site in inventory.sites.values():
+            if not topology.hosts_with(inventory, site, "app"):
+                raise InventoryError(
+                    inventory.path, f"sites.{site.name}.hosts", "no host with the app role"
+                )
+
+    def packages(self, inventory: Inventory, host: Host) -> list[str]:
+        return ["python3", "python3-venv"] if inventory.sites_on(host) else []
+
+    def ports(self, site: Site) -> list[tuple[int, str]]:
+        port = app_of(site).port
+        return [(port, "gunicorn slot a"), (port + 1, "gunicorn slot b")]
+
+    def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
+        paths = SitePaths.of(site)
+        origins = []
+        hosts = []
+        for domain in site.domains:
+            hosts.append(domain[1:] if domain.startswith("*.") else domain)
+            origins += [f"https://{domain}", f"http://{domain}"]
+        return {
+            "DJANGO_SETTINGS_MODULE": app_of(site).settings,
+            "DJANGO_ALLOWED_HOSTS": ",".join(hosts),
+            "DJANGO_CSRF_TRUSTED_ORIGINS": ",".join(origins),
+            "DJANGO_STATIC_ROOT": paths.static,
+            "DJANGO_DB_PATH": paths.db,
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+
+    def env_notify(self, site: Site) -> tuple[str, ...]:
+        return (SitePaths.of(site).cycle,)
+
+    def steps(self, phase: str, run: HostRun) -> list[Step]:
+        inventory, host = run.inventory, run.host
+        roles = topology.roles(host)
+        if phase == "stage":
+            return [
+                s for site in run.sites for s in stage_steps(run.builds[site.name], inventory, host)
+            ]
+        if phase == "migrate":
+            return [
+                migrate_step(run.builds[s.name])
+                for s in run.sites
+                if migrates_here(inventory, s, host)
+            ]
+        if phase == "switch" and "app" in roles:
+            return [switch_step(run, site) for site in run.sites]
+        if phase == "verify" and "web" in roles:
+            return [
+                Verify(site, run.target(site))
+                for site in run.sites
+                if topology.split(inventory, site)
+            ]
+        return []
+
+
+register(AppComponent())
+
+
+# -- tasks ---------------------------------------------------------------------------------------
+
+
+class LiveSlot(UnitStatus):
+    """The site's live gunicorn slot is running: read from nginx's upstream on a host that runs
+    both, from `.djk-slot` on an app host behind nginx elsewhere."""
+
+    def __init__(self, site: Site, split: bool) -> None:
+        self.paths, self.split = SitePaths.of(site), split
+        super().__init__(self.paths.web_unit("a"))
+        self.id = f"status:{site.name}"
+        self.name = f"status {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        paths = self.paths
+        return [
+            Text(paths.upstream_conf),
+            Text(f"{paths.base}/.djk-slot"),
+            *(Unit(u) for u in paths.web_units),
+        ]
+
+    def plan(self, ctx: Context) -> Plan:
+        if self.split:
+            slot = ctx.facts[Text(f"{self.paths.base}/.djk-slot")]
+            slot = slot if slot in SLOTS else None
+        else:
+            slot = live_slot(self.paths, ctx.facts[Text(self.paths.upstream_conf)])
+        if slot is None:
+            return Plan(error="not deployed")
+        return UnitStatus(self.paths.web_unit(slot)).plan(ctx)
 
 
 def sites_or_exit(inventory: Inventory, host: Host) -> list[Site]:
@@ -442,37 +634,14 @@ def sites_or_exit(inventory: Inventory, host: Host) -> list[Site]:
     return sites
 
 
-def migrates_here(inventory: Inventory, site: Site, host: Host) -> bool:
-    """Migrations run on the site's first app host (on every app host with "every")."""
-    apps = [h.name for h in topology.hosts_with(inventory, site, "app")]
-    return host.name in apps and (site.migrate_on == "every" or apps[0] == host.name)
-
-
-@targets_task
+@targets_task(help={"json_": "print the report as JSON"})
 def status(c, json_=False):
-    """Show each site's live gunicorn slot; exits 1 where it is not running."""
+    """Show each site's live gunicorn slot on its app hosts; exits 1 where it is not running."""
 
-    class LiveSlot(UnitStatus):
-        def __init__(self, paths: SitePaths) -> None:
-            super().__init__(paths.web_unit("a"))
-            self.paths = paths
-            self.unit_names = paths.web_units
-            self.name = f"status {paths.name}"
+    def build(inventory: Inventory, host: Host) -> list[Step]:
+        sites = sites_or_exit(inventory, host)
+        if "app" not in topology.roles(host):
+            return []
+        return [LiveSlot(site, topology.split(inventory, site)) for site in sites]
 
-        def facts(self, diff: bool) -> list[Fact]:
-            return [file_text(self.paths.upstream_conf)]
-
-        def plan(self, ctx: Context) -> Plan:
-            slot = live_slot(self.paths, ctx.facts[f"text:{self.paths.upstream_conf}"])
-            if slot is None:
-                return Plan(error="not deployed")
-            self.unit = self.paths.web_unit(slot)
-            return super().plan(ctx)
-
-    run_steps(
-        c,
-        lambda inventory, host: [
-            LiveSlot(SitePaths.of(site)) for site in sites_or_exit(inventory, host)
-        ],
-        json_=json_,
-    )
+    run_plans(c, build, json_=json_)

@@ -1,23 +1,43 @@
-"""Celery for each site: worker and beat units on the live release, and the local Redis broker."""
+"""Celery for each site: `[sites.<name>.celery]`, worker and beat units on the live release,
+warm restarts after a switch, and the local Redis broker on the broker host."""
 
 from __future__ import annotations
 
 import hashlib
 import shlex
-from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import quote
 
-from .engine.facts import Fact
+from .app import Target
+from .engine import topology, values
+from .engine.cli import run_plans, targets_task, user_error
+from .engine.component import Component, HostRun, register
+from .engine.facts import Fact, Unit
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
 from .engine.render import render
+from .engine.schema import InventoryError, Table
 from .engine.secrets import Secret
 from .engine.steps import Action, Context, File, Plan, Run, Service, Step, UnitStatus
-from .engine.tasks import run_steps, targets_task, user_error
 
 REDIS_CONF = "/etc/redis/redis.conf"
 REDIS_UNIT = "redis-server.service"
 LOOPBACK = {"127.0.0.1", "::1", "-::1", "localhost"}
+
+
+@dataclass(frozen=True)
+class Celery:
+    """Celery for a site: a worker (and optionally beat) on a Redis the kit runs on the host
+    (`broker = "local"`) or on the broker URL in the site's secrets (`"external"`)."""
+
+    app: str
+    concurrency: int = 2
+    queues: tuple[str, ...] = ("celery",)
+    options: tuple[str, ...] = ()
+    beat: bool = False
+    broker: str = "local"
+    redis_db: int = 0
+    stop_timeout: int = 300
 
 
 def cycle(site: Site) -> str:
@@ -28,18 +48,20 @@ def cycle(site: Site) -> str:
 def broker_url(site: Site, address: str = "127.0.0.1") -> str | None:
     """The kit's Redis as the site's processes reach it (loopback unless on another host, then
     with the site's BROKER_PASSWORD)."""
-    if site.celery is None or site.celery.broker != "local":
+    conf = site.part(Celery)
+    if conf is None or conf.broker != "local":
         return None
     password = site.secrets.get("BROKER_PASSWORD")
     auth = f":{quote(password.reveal(), safe='')}@" if password and address != "127.0.0.1" else ""
-    return f"redis://{auth}{address}:6379/{site.celery.redis_db}"
+    return f"redis://{auth}{address}:6379/{conf.redis_db}"
 
 
 def units(site: Site) -> list[tuple[str, str, str]]:
-    """(role, unit, celery subcommand) for each Celery process the site runs."""
-    if site.celery is None:
+    """(role, unit, celery subcommand) for the worker and beat of a site."""
+    c = site.part(Celery)
+    if c is None:
         return []
-    c, paths = site.celery, SitePaths.of(site)
+    paths = SitePaths.of(site)
     worker = (
         f"worker --loglevel INFO --concurrency {c.concurrency} --queues {','.join(c.queues)} "
         f"--hostname {site.name}@%H {' '.join(c.options)}"
@@ -48,23 +70,30 @@ def units(site: Site) -> list[tuple[str, str, str]]:
     if c.beat:
         beat = f"beat --loglevel INFO --schedule {paths.shared}/celerybeat-schedule"
         found.append(("beat", f"djk-{site.name}-beat.service", beat))
-    if site.flower is not None:
-        # Basic auth comes from FLOWER_BASIC_AUTH in the env file, never from this line.
-        flower = f"flower --address=127.0.0.1 --port={site.flower.port} --url_prefix=flower"
-        found.append(("flower", f"djk-{site.name}-flower.service", flower))
     return found
 
 
-def unit_files(site: Site) -> list[Step]:
+def unit_files(
+    inventory: Inventory, site: Site, found: list[tuple[str, str, str]], notify: str
+) -> list[Step]:
+    """Units running `celery --app APP <command>` as the site user in the release `current`."""
     paths = SitePaths.of(site)
     return [
         File(
             f"/etc/systemd/system/{unit}",
-            render("systemd/celery.service.j2", site=site, paths=paths, role=role, command=command),
-            notify=("daemon-reload", cycle(site)),
+            render(
+                "systemd/celery.service.j2",
+                inventory.templates,
+                site=site,
+                celery=site.part(Celery),
+                paths=paths,
+                role=role,
+                command=command,
+            ),
+            notify=("daemon-reload", notify),
             name=f"unit {unit}",
         )
-        for role, unit, command in units(site)
+        for role, unit, command in found
     ]
 
 
@@ -79,29 +108,17 @@ class RedisLoopback(Step):
         self.address, self.password = address, password
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [
-            Fact(
-                "redis-bind",
-                f"grep -E '^[[:space:]]*bind[[:space:]]' {REDIS_CONF}",
-                lambda rc, out: out.strip() if rc in (0, 1) else None,
-            ),
-            # Only a hash of the password line comes back: it is compared, never shown.
-            Fact(
-                "redis-auth",
-                f"grep -E '^[[:space:]]*requirepass[[:space:]]' {REDIS_CONF} | sha256sum",
-                lambda rc, out: out.split()[0] if out.strip() else "",
-            ),
-        ]
+        return [RedisBind(), RedisAuth()]
 
     def plan(self, ctx: Context) -> Plan:
-        line = ctx.facts["redis-bind"]
+        line = ctx.facts[RedisBind()]
         if line is None:
             return Plan(error=f"{REDIS_CONF} not found: install redis-server (fab provision)")
         addresses = line.split()[1:]
         wanted = "bind 127.0.0.1 -::1" + (f" {self.address}" if self.address else "")
         auth = f"requirepass {self.password.reveal()}\n" if self.password else ""
         auth_hash = hashlib.sha256(auth.encode()).hexdigest()
-        if ctx.facts["redis-auth"] == auth_hash or (not auth and not ctx.facts["redis-auth"]):
+        if ctx.facts[RedisAuth()] == auth_hash or (not auth and not ctx.facts[RedisAuth()]):
             if self.address is None and addresses and set(addresses) <= LOOPBACK:
                 return Plan(reason=line)
             if self.address is not None and line == wanted:
@@ -138,38 +155,42 @@ class Restart(Step):
     its release, unit or env changed; started where it is not running."""
 
     def __init__(
-        self, site: Site, target: Callable[[Context], str], set_current: bool = False
+        self,
+        site: Site,
+        target: Target,
+        found: list[str],
+        cycle_name: str,
+        label: str = "celery",
+        set_current: bool = False,
     ) -> None:
         # On a worker host without the app, no slot switch moves `current`: this step does.
         self.site, self.target, self.set_current = site, target, set_current
         self.paths = SitePaths.of(site)
-        self.units = [unit for _, unit, _ in units(site)]
-        self.unit_names = tuple(self.units)
-        self.id = f"celery:{site.name}"
-        self.name = f"celery {site.name}"
+        self.units, self.cycle = found, cycle_name
+        self.id = f"{label}:{site.name}"
+        self.name = f"{label} {site.name}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        names = " ".join(shlex.quote(u) for u in self.units)
-        command = (
-            f'for u in {names}; do pid=$(systemctl show -p MainPID --value "$u"); '
-            f'printf \'%s|%s\\n\' "$u" "$(readlink /proc/$pid/cwd 2>/dev/null)"; done'
-        )
-        return [Fact(f"cwd:{self.site.name}", command, _parse_cwd, default={})]
+        return [
+            WorkingDirs(tuple(self.units)),
+            *(Unit(u) for u in self.units),
+            *self.target.facts(),
+        ]
 
     def plan(self, ctx: Context) -> Plan:
         try:
-            release = self.target(ctx)
+            release = self.target(ctx.facts)
         except LookupError as exc:
             return Plan(error=str(exc))
         want = self.paths.release(release)
-        cwd = ctx.facts[f"cwd:{self.site.name}"]
-        pending = cycle(self.site) in ctx.pending
+        cwd = ctx.facts[WorkingDirs(tuple(self.units))]
+        pending = self.cycle in ctx.pending
         script = ["set -e", "systemctl daemon-reload"]
         what = []
         if self.set_current:
             script.append(point_current(self.paths, release))
         for unit in self.units:
-            state = ctx.facts["units"].get(unit)
+            state = ctx.facts[Unit(unit)]
             if state is None or state.enabled != "enabled":
                 script.append(f"systemctl enable --quiet {unit}")
             if state is None or not state.running:
@@ -181,7 +202,7 @@ class Restart(Step):
                 what.append(f"restart {unit}")
         if len(script) == 2 + self.set_current:
             return Plan(reason=f"{', '.join(self.units)} run {want.rsplit('/', 1)[-1]}")
-        consumes = (cycle(self.site), "daemon-reload")
+        consumes = (self.cycle, "daemon-reload")
         return Plan(
             [
                 Action(
@@ -207,25 +228,176 @@ def point_current(paths: SitePaths, release: str) -> str:
     )
 
 
-def _parse_cwd(rc: int, out: str) -> dict[str, str]:
-    found = {}
-    for line in out.splitlines():
-        unit, _, cwd = line.partition("|")
-        found[unit] = cwd.strip()
-    return found
+@dataclass(frozen=True)
+class WorkingDirs(Fact[dict]):
+    """Each unit's main process's working directory: the release it runs."""
+
+    units: tuple[str, ...]
+
+    def command(self) -> str:
+        names = " ".join(shlex.quote(u) for u in self.units)
+        return (
+            f'for u in {names}; do pid=$(systemctl show -p MainPID --value "$u"); '
+            f'printf \'%s|%s\\n\' "$u" "$(readlink /proc/$pid/cwd 2>/dev/null)"; done'
+        )
+
+    def parse(self, rc: int, out: str) -> dict[str, str]:
+        found = {}
+        for line in out.splitlines():
+            unit, _, cwd = line.partition("|")
+            found[unit] = cwd.strip()
+        return found
+
+
+@dataclass(frozen=True)
+class RedisBind(Fact[str]):
+    """Redis's bind line ("" when there is none; None when the config file is missing)."""
+
+    def command(self) -> str:
+        return f"grep -E '^[[:space:]]*bind[[:space:]]' {REDIS_CONF}"
+
+    def parse(self, rc: int, out: str) -> str | None:
+        return out.strip() if rc in (0, 1) else None
+
+
+@dataclass(frozen=True)
+class RedisAuth(Fact[str]):
+    """Only a hash of Redis's password line comes back: it is compared, never shown."""
+
+    def command(self) -> str:
+        return f"grep -E '^[[:space:]]*requirepass[[:space:]]' {REDIS_CONF} | sha256sum"
+
+    def parse(self, rc: int, out: str) -> str:
+        return out.split()[0] if out.strip() else ""
+
+
+def restart_step(run: HostRun, site: Site) -> Step:
+    found = [unit for _, unit, _ in units(site)]
+    set_current = "app" not in topology.roles(run.host)
+    return Restart(site, run.target(site), found, cycle(site), set_current=set_current)
+
+
+class CeleryComponent(Component):
+    """`[sites.<name>.celery]`: worker, beat, and the broker."""
+
+    name = "celery"
+    table = "celery"
+    config = Celery
+    roles = ("worker", "broker")
+
+    def parse(self, table: Table, site: Site) -> Celery:
+        celery = Celery(
+            app=table.get("app", str, values.dotted),
+            concurrency=table.get("concurrency", int, values.count(1, 256), default=2),
+            queues=table.get_list("queues", values.env_key, default=("celery",)),
+            options=table.get_list("options", values.cli_option, default=(), empty=True),
+            beat=table.get("beat", bool, default=False),
+            broker=table.get("broker", str, values.choice("local", "external"), default="local"),
+            redis_db=table.get("redis_db", int, values.count(0, 15), default=0),
+            stop_timeout=table.get("stop_timeout", int, values.count(10, 3600), default=300),
+        )
+        if celery.broker == "external" and site.needs_secret("CELERY_BROKER_URL"):
+            table.fail(
+                f"{table.key}.broker",
+                'is "external": put CELERY_BROKER_URL in the env_file secrets',
+            )
+        return celery
+
+    def check(self, inventory: Inventory) -> None:
+        path = inventory.path
+        for site in inventory.sites.values():
+            conf = site.part(Celery)
+            if conf is None:
+                continue
+            key = f"sites.{site.name}.hosts"
+            having = {r: topology.hosts_with(inventory, site, r) for r in topology.ROLES}
+            if not having["worker"]:
+                raise InventoryError(path, key, "[celery] needs a host with the worker role")
+            if conf.broker != "local":
+                continue
+            if not having["broker"]:
+                raise InventoryError(
+                    path, key, 'celery broker = "local" needs a host with the broker role'
+                )
+            users = {h.name for h in having["app"] + having["worker"]}
+            if users - {having["broker"][0].name} and site.needs_secret("BROKER_PASSWORD"):
+                raise InventoryError(
+                    path,
+                    f"sites.{site.name}.env_file",
+                    "the broker serves other hosts: put BROKER_PASSWORD=... in the secrets "
+                    "(Redis refuses remote clients without a password)",
+                )
+        for host in inventory.hosts:
+            owner: dict[int, str] = {}
+            for site in inventory.sites.values():
+                conf = site.part(Celery)
+                if host not in site.hosts or conf is None or conf.broker != "local":
+                    continue
+                other = owner.setdefault(conf.redis_db, site.name)
+                if other != site.name:
+                    raise InventoryError(
+                        path,
+                        f"sites.{site.name}.celery.redis_db",
+                        f"redis db {conf.redis_db} is already used by site {other!r} "
+                        f"on host {host!r} (each site needs its own)",
+                    )
+
+    def packages(self, inventory: Inventory, host: Host) -> list[str]:
+        if any(topology.broker_host(inventory, s) == host for s in _local_broker_sites(inventory)):
+            return ["redis-server"]
+        return []
+
+    def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
+        url = broker_url(site, topology.broker_address(inventory, site))
+        if url is None:
+            return {}
+        # It may carry the broker's password: a secret in diffs and reports.
+        return {"CELERY_BROKER_URL": Secret(url), "CELERY_RESULT_BACKEND": Secret(url)}
+
+    def env_notify(self, site: Site) -> tuple[str, ...]:
+        return (cycle(site),) if site.part(Celery) else ()
+
+    def steps(self, phase: str, run: HostRun) -> list[Step]:
+        roles = topology.roles(run.host)
+        sites = [s for s in run.sites if s.part(Celery) is not None]
+        brokered = [s for s in sites if topology.broker_host(run.inventory, s) == run.host]
+        brokered = [s for s in brokered if broker_url(s)]
+        if phase == "provision":
+            return [Service(REDIS_UNIT)] if self.packages(run.inventory, run.host) else []
+        if phase == "stage":
+            steps: list[Step] = []
+            if "worker" in roles:
+                for site in sites:
+                    steps += unit_files(run.inventory, site, units(site), cycle(site))
+            if brokered:
+                remote = any(
+                    topology.broker_address(run.inventory, s) != "127.0.0.1" for s in brokered
+                )
+                steps += broker_steps(brokered, run.host.address if remote else None)
+            return steps
+        if phase == "switch" and "worker" in roles:
+            return [restart_step(run, site) for site in sites]
+        return []
+
+
+def _local_broker_sites(inventory: Inventory) -> list[Site]:
+    return [s for s in inventory.sites.values() if broker_url(s)]
+
+
+register(CeleryComponent())
 
 
 def _celery_sites(inventory: Inventory, host: Host) -> list[Site]:
-    sites = [s for s in inventory.sites_on(host) if s.celery is not None]
+    sites = [s for s in inventory.sites_on(host) if s.part(Celery) is not None]
     if not sites:
         raise user_error(f"no site on {host.name!r} has [sites.<name>.celery] in hosts.toml")
     return sites
 
 
-@targets_task
+@targets_task(help={"json_": "print the report as JSON"})
 def status(c, json_=False):
-    """Show each site's Celery units (worker, beat, flower); exits 1 where one is down."""
-    run_steps(
+    """Show each site's Celery units (worker, beat); exits 1 where one is down."""
+    run_plans(
         c,
         lambda inv, host: [
             UnitStatus(unit) for site in _celery_sites(inv, host) for _, unit, _ in units(site)
@@ -234,7 +406,13 @@ def status(c, json_=False):
     )
 
 
-@targets_task
+@targets_task(
+    help={
+        "site": "only this site",
+        "json_": "print the report as JSON",
+        "quiet": "print only changes, failures and the recap",
+    }
+)
 def restart(c, site=None, json_=False, quiet=False):
     """Restart the Celery units warmly (running tasks finish first); --site limits to one."""
 
@@ -250,4 +428,4 @@ def restart(c, site=None, json_=False, quiet=False):
             for s in sites
         ]
 
-    run_steps(c, build, json_=json_, quiet=quiet)
+    run_plans(c, build, json_=json_, quiet=quiet)

@@ -1,20 +1,83 @@
-"""The main jobs: deploy, rollback, and the list of releases."""
+"""The main jobs, composed from the registered components: deploy, rollback, releases.
+
+`compose` asks every component for its steps on a host, phase by phase: stage (every host),
+migrate (before any switch), switch (rolling, in batches) and verify. The executor runs the
+phases; which release a site switches to is each component's pure function of the facts.
+"""
 
 from __future__ import annotations
 
 import time
 
-from . import app, multidomain
+from . import app
+from .app import sites_or_exit
 from .engine import releases as R
-from .engine.facts import Fact, path_state
-from .engine.inventory import Site
+from .engine.cli import load_inventory, run_plans, targets_task, user_error
+from .engine.component import HostRun, components
+from .engine.executor import HostPlan, Phase
+from .engine.facts import Fact, Facts, Stat
+from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
-from .engine.runner import HostPlan
 from .engine.steps import Context, Plan, Step
-from .engine.tasks import load_inventory, run_steps, targets_task, user_error
+
+DEPLOY_PHASES = ("stage", "migrate", "switch", "verify")
+ROLLING = "switch"
 
 
-@targets_task(default=False)
+def phase_steps(phase: str, run: HostRun) -> list[Step]:
+    return [step for component in components() for step in component.steps(phase, run)]
+
+
+def holds(run: HostRun) -> list:
+    return [hold for component in components() for hold in component.holds(run)]
+
+
+def compose(run: HostRun, phases: tuple[str, ...]) -> HostPlan:
+    """A host's plan: every component's steps for each phase, the holds, and the revert of the
+    rolling phase (back to the release each site had when the run started)."""
+
+    def revert(facts: Facts) -> list[Step]:
+        before: dict[str, str] = {}
+        for site in run.sites:
+            paths = SitePaths.of(site)
+            try:
+                live = app.live_release(facts, paths)
+                wanted = run.target(site)(facts)
+            except LookupError:  # no target (KeyError too: a host without the site's switch)
+                continue
+            if live is not None and live != wanted:
+                before[site.name] = live
+        if not before:
+            return []
+        back = HostRun(
+            run.inventory,
+            run.host,
+            tuple(s for s in run.sites if s.name in before),
+            run.builds,
+            target=lambda site: app.Fixed(before[site.name]),
+            mark_old="rolled-back",
+        )
+        return phase_steps(ROLLING, back)
+
+    return HostPlan(
+        run.host,
+        [Phase(name, phase_steps(name, run), rolling=name == ROLLING) for name in phases],
+        holds=holds(run),
+        revert=revert if ROLLING in phases else None,
+    )
+
+
+@targets_task(
+    default=False,
+    help={
+        "check": "change nothing on the hosts; report what would change",
+        "diff": "show a unified diff of every file that changes (secrets masked)",
+        "json_": "print only a JSON report",
+        "quiet": "print only changes, failures and the recap",
+        "wait": "seconds to wait for another run's deploy lock (default: fail at once)",
+        "batch": "switch hosts in rolling batches of N or P%",
+    },
+)
 def deploy(c, check=False, diff=False, json_=False, quiet=False, wait=0, batch=None):
     """Deploy every site of the target hosts (-H host, group, alias or address).
 
@@ -25,86 +88,87 @@ def deploy(c, check=False, diff=False, json_=False, quiet=False, wait=0, batch=N
     --batch N or --batch P% switches the hosts in rolling batches and stops at the first failed
     batch (hosts already switched go back, so all serve one release).
     """
-    inventory = load_inventory()
+    inventory = load_inventory(c)
     now = time.time()
     builds = {name: app.new_build(site, now) for name, site in inventory.sites.items()}
-    run_steps(
-        c,
-        lambda inv, host: multidomain.host_plan(inv, host, builds),
-        check=check,
-        diff=diff,
-        json_=json_,
-        quiet=quiet,
-        lock_wait=float(wait),
-        batch=batch,
+
+    def plan(inv: Inventory, host: Host) -> HostPlan:
+        run = HostRun(
+            inv,
+            host,
+            tuple(sites_or_exit(inv, host)),
+            builds,
+            target=lambda site: app.Wanted(builds[site.name]),
+            options={"lock_wait": wait},
+        )
+        return compose(run, DEPLOY_PHASES)
+
+    run_plans(
+        c, plan, check=check, diff=diff, json_=json_, quiet=quiet, batch=batch, inventory=inventory
     )
 
 
-class _RollbackTarget:
-    def __init__(self, site: Site, to: str | None) -> None:
-        self.site, self.to, self.paths = site, to, SitePaths.of(site)
-
-    def __call__(self, ctx: Context) -> str:
-        releases = ctx.facts[f"releases:{self.site.name}"]
-        target, why = R.rollback_target(releases, app.live_release(ctx, self.paths), self.to)
-        if target is None:
-            raise LookupError(f"{self.site.name}: {why}; nothing changed")
-        return target.id
-
-
-@targets_task(default=False)
+@targets_task(
+    default=False,
+    help={
+        "to": "the release id to go back to (default: the newest good one before the live one)",
+        "site": "only this site",
+        "json_": "print only a JSON report",
+        "quiet": "print only changes, failures and the recap",
+        "wait": "seconds to wait for another run's deploy lock",
+    },
+)
 def rollback(c, to=None, site=None, json_=False, quiet=False, wait=0):
     """Switch the target hosts back to the previous good release (--to ID picks one).
 
     Health-checked like a deploy; the release rolled back from is marked rolled-back. Without
     -H the inventory's defaults.target is used. --site limits it to one site.
     """
-    inventory = load_inventory()
+    inventory = load_inventory(c)
     if site is not None and site not in inventory.sites:
         raise user_error(f"unknown site {site!r} (sites.{site} in {inventory.path.name})")
 
-    def plan(inv, host):
-        sites = [s for s in app.sites_or_exit(inv, host) if site is None or s.name == site]
-        steps: list[Step] = []
-        for s in sites:
-            target = _RollbackTarget(s, to)
-            steps += multidomain.switch_steps(inv, host, s, target, "rolled-back")
-        return HostPlan(host, [steps], lock_sites=[s.name for s in sites])
+    def plan(inv: Inventory, host: Host) -> HostPlan:
+        sites = [s for s in sites_or_exit(inv, host) if site is None or s.name == site]
+        run = HostRun(
+            inv,
+            host,
+            tuple(sites),
+            target=lambda s: app.Previous(s, to),
+            mark_old="rolled-back",
+            options={"lock_wait": wait},
+        )
+        plan = compose(run, (ROLLING,))
+        plan.revert = None  # a rollback is not rolled back again
+        return plan
 
-    run_steps(c, plan, json_=json_, quiet=quiet, lock_wait=float(wait))
+    run_plans(c, plan, json_=json_, quiet=quiet, inventory=inventory)
 
 
-class _ListReleases(Step):
+class ListReleases(Step):
     def __init__(self, site: Site) -> None:
         self.site, self.paths = site, SitePaths.of(site)
         self.id = f"releases:{site.name}"
         self.name = f"releases {site.name}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [
-            path_state(self.paths.current),
-            Fact(
-                f"releases:{self.site.name}",
-                R.list_command(self.paths.base),
-                R.parse_releases,
-                default=[],
-            ),
-        ]
+        return [Stat(self.paths.current), R.Releases(self.paths.base)]
 
     def plan(self, ctx: Context) -> Plan:
-        rows = [r.as_dict() for r in ctx.facts[f"releases:{self.site.name}"]]
-        table = ctx.data.setdefault("report", {}).setdefault("release_table", {})
-        table[self.site.name] = rows
-        live = app.live_release(ctx, self.paths)
-        return Plan(reason=f"{len(rows)} release(s), live: {live or 'none'}")
+        rows = [r.as_dict() for r in ctx.facts[R.Releases(self.paths.base)]]
+        live = app.live_release(ctx.facts, self.paths)
+        return Plan(
+            reason=f"{len(rows)} release(s), live: {live or 'none'}",
+            report={"release_table": {self.site.name: rows}},
+        )
 
 
-@targets_task
+@targets_task(help={"json_": "print the releases as JSON"})
 def releases(c, json_=False):
     """List each site's releases per host: id, status, revision, who deployed, when."""
-    reports = run_steps(
+    reports = run_plans(
         c,
-        lambda inv, host: [_ListReleases(s) for s in app.sites_or_exit(inv, host)],
+        lambda inv, host: [ListReleases(s) for s in sites_or_exit(inv, host)],
         json_=json_,
         quiet=True,
     )

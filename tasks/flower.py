@@ -1,26 +1,126 @@
-"""Flower for each site that enables it: on 127.0.0.1, behind nginx at /flower/, basic auth
-from the site's secrets (FLOWER_BASIC_AUTH in the env file, never on a command line)."""
+"""Flower for each site that enables it: `[sites.<name>.flower]`, on 127.0.0.1, behind nginx at
+/flower/, basic auth from the site's secrets (FLOWER_BASIC_AUTH in the env file, never on a
+command line)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from . import celery
-from .engine.steps import UnitStatus
-from .engine.tasks import run_steps, targets_task, user_error
+from .engine import topology, values
+from .engine.cli import run_plans, targets_task, user_error
+from .engine.component import Component, HostRun, NginxPart, register
+from .engine.inventory import Inventory, Site
+from .engine.schema import InventoryError, Table
+from .engine.steps import Step, UnitStatus
 
 
-@targets_task
+@dataclass(frozen=True)
+class Flower:
+    port: int
+
+
+def cycle(site: Site) -> str:
+    return f"cycle-flower:{site.name}"
+
+
+def units(site: Site) -> list[tuple[str, str, str]]:
+    conf = site.part(Flower)
+    if conf is None:
+        return []
+    # Basic auth comes from FLOWER_BASIC_AUTH in the env file, never from this line.
+    command = f"flower --address=127.0.0.1 --port={conf.port} --url_prefix=flower"
+    return [("flower", f"djk-{site.name}-flower.service", command)]
+
+
+LOCATION = """\
+# Flower serves these without its own auth: not through nginx.
+location ^~ /flower/metrics {{ return 404; }}
+location ^~ /flower/healthcheck {{ return 404; }}
+
+location /flower/ {{
+    proxy_pass http://127.0.0.1:{port};
+    proxy_http_version 1.1;
+    proxy_set_header Upgrade $http_upgrade;
+    proxy_set_header Connection $djk_connection_upgrade;
+    proxy_set_header Host $host;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_read_timeout 300s;
+}}
+"""
+
+
+class FlowerComponent(Component):
+    name = "flower"
+    table = "flower"
+    config = Flower
+    roles = ("worker",)
+
+    def parse(self, table: Table, site: Site) -> Flower:
+        flower = Flower(port=table.get("port", int, values.count(1024, 65535)))
+        if site.needs_secret("FLOWER_BASIC_AUTH"):
+            table.fail(table.key, "needs FLOWER_BASIC_AUTH=user:password in the env_file secrets")
+        return flower
+
+    def check(self, inventory: Inventory) -> None:
+        for site in inventory.sites.values():
+            if site.part(Flower) is None:
+                continue
+            key = f"sites.{site.name}.flower"
+            if site.part(celery.Celery) is None:
+                raise InventoryError(
+                    inventory.path,
+                    key,
+                    "needs [sites.<name>.celery] (Flower watches the site's workers)",
+                )
+            web = {h.name for h in topology.hosts_with(inventory, site, "web")}
+            if web != {h.name for h in topology.hosts_with(inventory, site, "worker")}:
+                raise InventoryError(
+                    inventory.path, key, "Flower needs the web and worker roles on the same hosts"
+                )
+
+    def ports(self, site: Site) -> list[tuple[int, str]]:
+        conf = site.part(Flower)
+        return [(conf.port, "Flower")] if conf else []
+
+    def env_notify(self, site: Site) -> tuple[str, ...]:
+        return (cycle(site),) if site.part(Flower) else ()
+
+    def nginx(self, inventory: Inventory, site: Site) -> NginxPart:
+        conf = site.part(Flower)
+        return NginxPart(server=[LOCATION.format(port=conf.port)]) if conf else NginxPart()
+
+    def steps(self, phase: str, run: HostRun) -> list[Step]:
+        if "worker" not in topology.roles(run.host):
+            return []
+        sites = [s for s in run.sites if s.part(Flower) is not None]
+        if phase == "stage":
+            return [
+                step
+                for site in sites
+                for step in celery.unit_files(run.inventory, site, units(site), cycle(site))
+            ]
+        if phase == "switch":
+            return [
+                celery.Restart(
+                    site, run.target(site), [u for _, u, _ in units(site)], cycle(site), "flower"
+                )
+                for site in sites
+            ]
+        return []
+
+
+register(FlowerComponent())
+
+
+@targets_task(help={"json_": "print the report as JSON"})
 def status(c, json_=False):
     """Show each site's Flower unit; exits 1 where it is not running."""
 
     def build(inv, host):
-        sites = [s for s in inv.sites_on(host) if s.flower is not None]
+        sites = [s for s in inv.sites_on(host) if s.part(Flower) is not None]
         if not sites:
             raise user_error(f"no site on {host.name!r} has [sites.<name>.flower]")
-        return [
-            UnitStatus(unit)
-            for site in sites
-            for role, unit, _ in celery.units(site)
-            if role == "flower"
-        ]
+        return [UnitStatus(unit) for site in sites for _, unit, _ in units(site)]
 
-    run_steps(c, build, json_=json_)
+    run_plans(c, build, json_=json_)

@@ -1,38 +1,92 @@
-"""The deploy lock: see who holds it, and end a hung holder explicitly."""
+"""The deploy lock: one deploy or rollback per site at a time, tied to the run's SSH connection.
+
+A component with no hosts.toml keys: for runs that change sites (deploy, rollback) it holds
+each site's lock on every host from connecting to closing (see engine/lock.py for the keeper
+on the host). Tasks: see who holds it, and end a hung holder explicitly.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .engine import lock as L
+from .engine.cli import load_inventory, run_plans, targets_task, user_error
+from .engine.component import Component, HostRun, register
 from .engine.facts import Fact
+from .engine.releases import deployer
+from .engine.remote import Remote, RemoteError
 from .engine.steps import Context, Plan, Run, Step
-from .engine.tasks import load_inventory, run_steps, targets_task, user_error
 
 
-class _Holders(Step):
+class LockBusy(RemoteError):
+    def __init__(self, holder: L.Holder) -> None:
+        self.holder = holder
+        super().__init__(holder.describe())
+
+
+@dataclass(frozen=True)
+class DeployLock:
+    """executor.Hold: the sites' flocks on a host, held by a keeper process whose stdin is the
+    run's connection; waits up to `wait` seconds for another holder."""
+
+    sites: tuple[str, ...]
+    wait: float
+
+    def acquire(self, remote: Remote) -> None:
+        keeper = L.keeper_command(
+            list(self.sites), self.wait, L.command_line(), deployer(), remote.run_id
+        )
+        line, channel = remote.hold(keeper, timeout=self.wait + 60)
+        if line == "LOCKED":
+            return
+        remote.release(channel)
+        if line.startswith("BUSY "):
+            raise LockBusy(L.parse_busy(line))
+        raise RemoteError(f"could not take the deploy lock: {line or 'no answer'}")
+
+
+class LockComponent(Component):
+    name = "lock"
+
+    def holds(self, run: HostRun) -> list:
+        wait = run.options.get("lock_wait")
+        if wait is None or not run.sites:
+            return []
+        return [DeployLock(tuple(s.name for s in run.sites), float(wait))]
+
+
+register(LockComponent())
+
+
+class Holders(Step):
     id = "lock-status"
     name = "deploy locks"
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [Fact("locks", L.status_command(), L.parse_status, default=[])]
+        return [L.Locks()]
 
     def plan(self, ctx: Context) -> Plan:
-        holders = ctx.facts["locks"]
-        ctx.data.setdefault("report", {})["locks"] = [h.__dict__ for h in holders]
+        holders = ctx.facts[L.Locks()]
+        report = {"locks": {h.site: h.__dict__ for h in holders}}
         if not holders:
-            return Plan(reason="no site is locked")
-        return Plan(reason="; ".join(h.describe() for h in holders))
+            return Plan(reason="no site is locked", report=report)
+        return Plan(reason="; ".join(h.describe() for h in holders), report=report)
 
 
-@targets_task
+def clear_step(site: str) -> Step:
+    return Run(f"lock-clear:{site}", f"clear lock {site}", "end the holder", L.clear_command(site))
+
+
+@targets_task(help={"json_": "print the report as JSON"})
 def status(c, json_=False):
     """Show which sites are locked by a running deploy or rollback, by whom and for how long."""
-    run_steps(c, lambda inventory, host: [_Holders()], json_=json_)
+    run_plans(c, lambda inventory, host: [Holders()], json_=json_)
 
 
-@targets_task
+@targets_task(help={"site": "the site whose lock to clear", "json_": "print the report as JSON"})
 def clear(c, site, json_=False):
     """End the run holding SITE's deploy lock on the target hosts (for a hung run)."""
-    if site not in load_inventory().sites:
-        raise user_error(f"unknown site {site!r}")
-    step = Run(f"lock-clear:{site}", f"clear lock {site}", "end the holder", L.clear_command(site))
-    run_steps(c, lambda inventory, host: [step], json_=json_)
+    inventory = load_inventory(c)
+    if site not in inventory.sites:
+        raise user_error(f"unknown site {site!r} (sites.{site} in {inventory.path.name})")
+    run_plans(c, lambda inv, host: [clear_step(site)], json_=json_, inventory=inventory)

@@ -1,104 +1,77 @@
-"""Several Django sites on one host: what runs where, composed into one plan per host."""
+"""Several Django sites on one host, each with its own server_name block: the rules between
+sites (a domain or a port only once per host), sites a host no longer has, and their removal."""
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
 
-from . import app, celery, nginx
-from .engine import topology, values
-from .engine.facts import Fact, path_state
-from .engine.inventory import Host, Inventory, Site
+from .engine import values
+from .engine.cli import load_inventory, run_plans, target_hosts, targets_task, user_error
+from .engine.component import Component, HostRun, components, register
+from .engine.facts import Fact, Lines, Stat
+from .engine.inventory import Inventory, Site
 from .engine.layout import ROOT, UPSTREAM_DIR
-from .engine.runner import HostPlan
+from .engine.schema import InventoryError
 from .engine.steps import Action, Context, Plan, Step
-from .engine.tasks import load_inventory, run_steps, target_hosts, targets_task, user_error
 
 
-def switch_steps(
-    inventory: Inventory,
-    host: Host,
-    site: Site,
-    target: Callable[[Context], str],
-    mark_old: str = "previous",
-) -> list[Step]:
-    """A host's part of switching a site to a release: its gunicorn slots if it runs the app,
-    its Celery units if it runs workers."""
-    roles = topology.roles(host)
-    steps: list[Step] = []
-    if "app" in roles:
-        remote = topology.bind_address(inventory, site, host)
-        steps.append(
-            app.Switch(
-                site,
-                target=target,
-                mark_old=mark_old,
-                remote_bind=remote if topology.split(inventory, site) else None,
-            )
-        )
-    if "worker" in roles and site.celery is not None:
-        steps.append(celery.Restart(site, target, set_current="app" not in roles))
-    return steps
+def ports(site: Site) -> list[tuple[int, str]]:
+    """Every port a site's processes listen on, from every component."""
+    return [port for component in components() for port in component.ports(site)]
 
 
-def host_plan(inventory: Inventory, host: Host, builds: dict[str, app.Build]) -> HostPlan:
-    """The whole stack for a host, for the roles it has: stage every site (and the broker and
-    nginx), migrate (on one app host per site), switch each site and restart its Celery units,
-    and where nginx proxies to app hosts elsewhere, check the release through nginx."""
-    sites = app.sites_or_exit(inventory, host)
-    roles = topology.roles(host)
-    stage = [step for site in sites for step in app.stage_steps(builds[site.name], inventory, host)]
-    brokered = [s for s in sites if topology.broker_host(inventory, s) == host]
-    if brokered:
-        remote = any(topology.broker_address(inventory, s) != "127.0.0.1" for s in brokered)
-        stage += celery.broker_steps(brokered, host.address if remote else None)
-    if "web" in roles:
-        stage += nginx.host_steps(inventory, host)
-        stage.append(Orphans([s.name for s in sites], host.name))
-    migrate = [
-        app.migrate_step(builds[s.name]) for s in sites if app.migrates_here(inventory, s, host)
-    ]
-    switch = [
-        step
-        for site in sites
-        for step in switch_steps(inventory, host, site, lambda ctx, s=site: app.wanted(ctx, s))
-    ]
-    verify = [
-        app.Verify(site) for site in sites if "web" in roles and topology.split(inventory, site)
-    ]
+def check_conflicts(inventory: Inventory) -> None:
+    """Per host: each domain served by one site, each port used once across every service."""
+    for host in inventory.hosts:
+        on_host = [s for s in inventory.sites.values() if host in s.hosts]
+        domain_owner: dict[str, str] = {}
+        port_owner: dict[int, tuple[str, str]] = {}
+        for site in on_host:
+            for i, domain in enumerate(site.domains):
+                other = domain_owner.setdefault(domain, site.name)
+                if other != site.name:
+                    raise InventoryError(
+                        inventory.path,
+                        f"sites.{site.name}.domains[{i}]",
+                        f"{domain} is already served by site {other!r} on host {host!r}",
+                    )
+            for port, what in ports(site):
+                owner, used_for = port_owner.setdefault(port, (site.name, what))
+                if (owner, used_for) != (site.name, what):
+                    raise InventoryError(
+                        inventory.path,
+                        f"sites.{site.name}.port",
+                        f"port {port} is already used by site {owner!r} ({used_for}) on host "
+                        f"{host!r} (a site uses port, port + 1 and its Flower port)",
+                    )
 
-    def revert(ctx: Context) -> list[Step]:
-        steps: list[Step] = []
-        for site in sites:
-            before = ctx.data.get("live", {}).get(site.name)
-            if before is None or before == app.wanted(ctx, site):
-                continue
 
-            def target(_ctx: Context, before: str = before) -> str:
-                return before
+class MultidomainComponent(Component):
+    name = "multidomain"
+    roles = ("web",)
 
-            steps += switch_steps(inventory, host, site, target, "rolled-back")
-        return steps
+    def check(self, inventory: Inventory) -> None:
+        check_conflicts(inventory)
 
-    return HostPlan(
-        host,
-        [stage, migrate, switch, verify],
-        lock_sites=[s.name for s in sites],
-        switch_phase=2,
-        revert=revert,
-    )
+    def steps(self, phase: str, run: HostRun) -> list[Step]:
+        if phase == "stage" and self.runs_on(run.host):
+            return [Orphans([s.name for s in run.inventory.sites_on(run.host)], run.host.name)]
+        return []
+
+
+register(MultidomainComponent())
 
 
 @targets_task
 def sites(c):
     """List the sites, domains and ports each target host serves (reads only hosts.toml)."""
-    inventory = load_inventory()
+    inventory = load_inventory(c)
     for host in target_hosts(c, inventory):
         on_host = inventory.sites_on(host)
         print(f"{host.name} ({host.connect_to}): {len(on_host)} site(s)")
         for site in on_host:
-            ports = "+".join(str(p) for p in site.ports)
-            print(f"  {site.name:<16} 127.0.0.1:{ports:<12} {' '.join(site.domains)}")
+            listed = "+".join(str(p) for p, _ in ports(site))
+            print(f"  {site.name:<16} 127.0.0.1:{listed:<12} {' '.join(site.domains)}")
 
 
 SITE_CONF_GLOB = "/etc/nginx/sites-enabled/djk-site-*.conf"
@@ -113,7 +86,7 @@ def _deployed_sites(rc: int, out: str) -> list[str]:
     return sorted(names)
 
 
-DEPLOYED = Fact("deployed-sites", f"ls -1 {SITE_CONF_GLOB}", _deployed_sites, default=[])
+DEPLOYED = Lines(f"ls -1 {SITE_CONF_GLOB}")
 
 
 class Orphans(Step):
@@ -130,7 +103,8 @@ class Orphans(Step):
         return [DEPLOYED]
 
     def plan(self, ctx: Context) -> Plan:
-        extra = [name for name in ctx.facts["deployed-sites"] if name not in self.wanted]
+        deployed = _deployed_sites(0, "\n".join(ctx.facts[DEPLOYED]))
+        extra = [name for name in deployed if name not in self.wanted]
         if not extra:
             return Plan(reason="none")
         hint = " ".join(f"`fab -H {self.host} multidomain.remove --site {n}`" for n in extra)
@@ -147,21 +121,24 @@ class RemoveSite(Step):
         self.name = f"remove site {name}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        units = (
+        return [self._units, Stat(self._conf), Stat(f"{ROOT}/{self.site}")]
+
+    @property
+    def _units(self) -> Lines:
+        return Lines(
             f"systemctl list-unit-files --no-legend --plain 'djk-{self.site}-*.service' "
             "| cut -d' ' -f1"
         )
-        return [
-            Fact(f"site-units:{self.site}", units, lambda rc, out: out.split(), default=[]),
-            path_state(f"/etc/nginx/sites-enabled/djk-site-{self.site}.conf"),
-            path_state(f"{ROOT}/{self.site}"),
-        ]
+
+    @property
+    def _conf(self) -> str:
+        return f"/etc/nginx/sites-enabled/djk-site-{self.site}.conf"
 
     def plan(self, ctx: Context) -> Plan:
-        units = ctx.facts[f"site-units:{self.site}"]
-        conf = f"/etc/nginx/sites-enabled/djk-site-{self.site}.conf"
-        present = units or ctx.facts[f"stat:{conf}"] is not None
-        files = ctx.facts[f"stat:{ROOT}/{self.site}"] is not None
+        units = ctx.facts[self._units]
+        conf = self._conf
+        present = units or ctx.facts[Stat(conf)] is not None
+        files = ctx.facts[Stat(f"{ROOT}/{self.site}")] is not None
         if not present and not (self.purge and files):
             return Plan(reason="not on this host")
         q = shlex.quote
@@ -189,7 +166,13 @@ class RemoveSite(Step):
 NGINX_RELOAD_AFTER_REMOVE = "nginx -t -q && systemctl reload nginx.service"
 
 
-@targets_task
+@targets_task(
+    help={
+        "site": "the site to take away",
+        "purge": "also delete /srv/djk/<site> (releases, database, uploads) and the site user",
+        "json_": "print the report as JSON",
+    }
+)
 def remove(c, site, purge=False, json_=False):
     """Take a site that hosts.toml no longer gives a host away from it: units, server block.
 
@@ -206,7 +189,7 @@ def remove(c, site, purge=False, json_=False):
             )
         return [RemoveSite(site, purge)]
 
-    run_steps(c, build, json_=json_)
+    run_plans(c, build, json_=json_)
 
 
 def _valid(site: str) -> bool:

@@ -1,12 +1,19 @@
-"""nginx in front of every site: the catch-all default server, one server block per site."""
+"""nginx in front of every site: the catch-all default server, one server block per site built
+from every component's snippets, the base configuration `provision` writes, and the keys
+`max_body_size` and `redirect_to` of [sites.<name>]."""
 
 from __future__ import annotations
 
-from . import tls
-from .engine import topology
+from dataclasses import dataclass
+
+from . import tls as tls_component
+from .engine import topology, values
+from .engine.cli import run_plans, targets_task
+from .engine.component import Component, HostRun, NginxPart, components, register
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, UPSTREAM_DIR, SitePaths
 from .engine.render import render
+from .engine.schema import Table
 from .engine.steps import (
     NGINX_RELOAD,
     ConfigSet,
@@ -18,17 +25,27 @@ from .engine.steps import (
     UnitStatus,
 )
 from .engine.switch import static_upstream, upstream_text
-from .engine.tasks import run_steps, targets_task
 
 RELOAD = ("reload:nginx.service",)
 VALIDATE = "nginx -t"
 
 
-def site_files(site: Site, inventory: Inventory | None = None) -> list[File]:
-    """The server block, and the upstream file it includes: on a host that also runs the app,
-    each switch rewrites it; when the app runs on other hosts, it lists them all."""
+@dataclass(frozen=True)
+class Nginx:
+    max_body_size: str = "20m"  # client_max_body_size
+    redirect_to: str | None = None  # the canonical domain; the others answer 301 to it
+
+
+def parts(inventory: Inventory, site: Site) -> list[NginxPart]:
+    return [component.nginx(inventory, site) for component in components()]
+
+
+def site_files(inventory: Inventory, site: Site) -> list[File]:
+    """The server block, the upstream file it includes (on a host that also runs the app each
+    switch rewrites it; when the app runs on other hosts it lists them all), and the files the
+    components' snippets need."""
     paths = SitePaths.of(site)
-    if inventory is not None and topology.split(inventory, site):
+    if topology.split(inventory, site):
         apps = [h.address for h in topology.hosts_with(inventory, site, "app")]
         upstream = File(
             paths.upstream_conf, static_upstream(paths, apps), name=f"upstream {site.name}"
@@ -40,69 +57,132 @@ def site_files(site: Site, inventory: Inventory | None = None) -> list[File]:
             create_only=True,
             name=f"upstream {site.name}",
         )
-    return [
-        upstream,
-        File(
-            paths.nginx_conf,
-            render("nginx/site.conf.j2", site=site, paths=paths),
-            name=f"server block {site.name}",
-        ),
-        *tls_files(site),
-    ]
+    contributed = parts(inventory, site)
+    block = render(
+        "nginx/site.conf.j2",
+        inventory.templates,
+        site=site,
+        paths=paths,
+        nginx=site.part(Nginx) or Nginx(),
+        tls=site.part(tls_component.Tls),
+        snippets=[snippet for part in contributed for snippet in part.server],
+    )
+    files = [upstream, File(paths.nginx_conf, block, name=f"server block {site.name}")]
+    return files + [f for part in contributed for f in part.files]
 
 
-def tls_files(site: Site) -> list[File]:
-    if site.tls is None or site.tls.mode != "files":
-        return []
-    paths = SitePaths.of(site)
-    return [
-        File(f"{paths.tls_dir}/fullchain.pem", site.tls.cert, name=f"certificate {site.name}"),
-        File(
-            f"{paths.tls_dir}/privkey.pem",
-            site.tls.key.reveal(),
-            mode="600",
-            name=f"private key {site.name}",
-            secret_content=True,
-        ),
-    ]
+def _unique(steps: list[Step]) -> list[Step]:
+    """Steps several sites contribute alike (a shared directory) once each."""
+    seen: set[str] = set()
+    found = []
+    for step in steps:
+        if step.id not in seen:
+            seen.add(step.id)
+            found.append(step)
+    return found
 
 
 def host_steps(inventory: Inventory, host: Host) -> list[Step]:
     """nginx's whole managed configuration for a host, validated as one candidate set: our
     default server (Debian's default site goes: it would answer unknown Hosts), and every site's
-    server block and upstream."""
-    sites = [s for s in inventory.sites_on(host) if "web" in topology.roles(host)]
-    default = render("nginx/default.conf.j2", tls=any(site.tls for site in sites))
+    server block, upstream and the files its components add."""
+    if "web" not in topology.roles(host):
+        return []
+    sites = inventory.sites_on(host)
+    https = any(site.part(tls_component.Tls) for site in sites)
+    default = render("nginx/default.conf.j2", inventory.templates, tls=https)
     files = [File(NGINX_DEFAULT_CONF, default, name="default server")]
+    before: list[Step] = []
+    after: list[Step] = []
     for site in sites:
-        files += site_files(site, inventory)
-    tls_dirs = [SitePaths.of(s).tls_dir for s in sites if s.tls]
+        files += site_files(inventory, site)
+        for part in parts(inventory, site):
+            before += part.before
+            after += part.after
+    return _unique(
+        [
+            Directory(UPSTREAM_DIR),
+            Directory("/var/lib/djk"),
+            *before,
+            ConfigSet(
+                "nginx-config", "nginx config", files, [DEBIAN_DEFAULT_SITE], VALIDATE, RELOAD
+            ),
+            Service("nginx.service"),
+            *after,
+        ]
+    )
+
+
+def base_steps(inventory: Inventory) -> list[Step]:
+    """What `provision` writes on a web host: nginx's base configuration, and nginx running."""
+    conf = File(
+        "/etc/nginx/nginx.conf",
+        render("nginx/nginx.conf.j2", inventory.templates),
+        name="nginx base configuration",
+    )
     return [
-        Directory(UPSTREAM_DIR),
-        Directory("/var/lib/djk"),
-        *([Directory("/etc/djk"), Directory("/etc/djk/tls")] if tls_dirs else []),
-        *(Directory(d, mode="700") for d in tls_dirs),
-        *tls.before_nginx(sites),
-        ConfigSet("nginx-config", "nginx config", files, [DEBIAN_DEFAULT_SITE], VALIDATE, RELOAD),
+        ConfigSet("nginx-base", "nginx base config", [conf], [], VALIDATE, RELOAD),
         Service("nginx.service"),
-        *tls.after_nginx(sites),
     ]
 
 
-@targets_task
+class NginxComponent(Component):
+    """The keys of [sites.<name>] about nginx; the web host's whole nginx configuration."""
+
+    name = "nginx"
+    config = Nginx
+    roles = ("web",)
+
+    def parse(self, table: Table, site: Site) -> Nginx:
+        redirect_to = table.get("redirect_to", str, values.domain, default=None)
+        if redirect_to and (redirect_to not in site.domains or "*" in redirect_to):
+            table.fail(
+                table.path("redirect_to"), f"{redirect_to!r} must be one of the site's domains"
+            )
+        return Nginx(
+            max_body_size=table.get("max_body_size", str, values.nginx_size, default="20m"),
+            redirect_to=redirect_to,
+        )
+
+    def packages(self, inventory: Inventory, host: Host) -> list[str]:
+        return ["nginx"] if self.runs_on(host) else []
+
+    def steps(self, phase: str, run: HostRun) -> list[Step]:
+        if not self.runs_on(run.host):
+            return []
+        if phase == "provision":
+            return base_steps(run.inventory)
+        if phase == "stage":
+            return host_steps(run.inventory, run.host)
+        return []
+
+
+register(NginxComponent())
+
+
+@targets_task(
+    help={
+        "check": "change nothing; report what would change",
+        "diff": "show a diff of every changed file (secrets masked)",
+        "json_": "print the report as JSON",
+        "quiet": "print only changes, failures and the recap",
+    }
+)
 def deploy(c, check=False, diff=False, json_=False, quiet=False):
     """Converge nginx only: the default server and each site's server block."""
-    run_steps(c, host_steps, check=check, diff=diff, json_=json_, quiet=quiet)
+    run_plans(c, host_steps, check=check, diff=diff, json_=json_, quiet=quiet)
 
 
-@targets_task
+@targets_task(
+    help={"json_": "print the report as JSON", "quiet": "print only changes, failures and recap"}
+)
 def reload(c, json_=False, quiet=False):
     """Validate the whole nginx configuration (nginx -t), then reload gracefully."""
     step = Run("nginx-reload", "nginx reload", "validate and reload", NGINX_RELOAD)
-    run_steps(c, lambda inventory, host: [step], json_=json_, quiet=quiet)
+    run_plans(c, lambda inventory, host: [step], json_=json_, quiet=quiet)
 
 
-@targets_task
+@targets_task(help={"json_": "print the report as JSON"})
 def status(c, json_=False):
     """Show whether nginx is enabled and running; exits 1 where it is not."""
-    run_steps(c, lambda inventory, host: [UnitStatus("nginx.service")], json_=json_)
+    run_plans(c, lambda inventory, host: [UnitStatus("nginx.service")], json_=json_)

@@ -10,37 +10,45 @@ from __future__ import annotations
 import io
 import shlex
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
-from .engine import topology
+from .engine.cli import run_plans, targets_task, user_error
+from .engine.component import Component, HostRun, components, register
 from .engine.facts import Fact
 from .engine.inventory import Host, Inventory
-from .engine.render import MANAGED, render
-from .engine.steps import Action, ConfigSet, Context, Directory, File, Plan, Service, Step
-from .engine.tasks import run_steps, targets_task, user_error
+from .engine.render import MANAGED
+from .engine.steps import Action, ConfigSet, Context, Directory, File, Plan, Step
 
-BASE = ("sudo", "python3", "python3-venv", "openssl", "curl", "ca-certificates")
+BASE = ("sudo", "python3", "openssl", "curl", "ca-certificates")
 
 
 def packages_for(inventory: Inventory, host: Host) -> list[str]:
-    roles = topology.roles(host)
-    sites = inventory.sites_on(host)
+    """The base packages and every component's for this host, each once, in order."""
     wanted = list(BASE)
-    if "web" in roles:
-        wanted.append("nginx")
-        if any(s.tls and s.tls.mode == "acme" for s in sites):
-            wanted += ["certbot", "python3-cffi-backend"]
-    if "broker" in roles and any(s.celery and s.celery.broker == "local" for s in sites):
-        wanted.append("redis-server")
+    for component in components():
+        wanted += [p for p in component.packages(inventory, host) if p not in wanted]
     return wanted
 
 
-def _parse_installed(rc: int, out: str) -> set[str]:
-    return {
-        line.split()[0]
-        for line in out.splitlines()
-        if line.strip().endswith("install ok installed")
-    }
+@dataclass(frozen=True)
+class Installed(Fact[set]):
+    """Which of the named packages dpkg has installed."""
+
+    names: tuple[str, ...]
+    default: ClassVar[Any] = set()
+
+    def command(self) -> str:
+        query = " ".join(shlex.quote(n) for n in self.names)
+        return f"dpkg-query -W -f='${{Package}} ${{Status}}\\n' {query}"
+
+    def parse(self, rc: int, out: str) -> set[str]:
+        return {
+            line.split()[0]
+            for line in out.splitlines()
+            if line.strip().endswith("install ok installed")
+        }
 
 
 class Packages(Step):
@@ -52,20 +60,12 @@ class Packages(Step):
         self.name = "packages"
 
     def facts(self, diff: bool) -> list[Fact]:
-        query = " ".join(shlex.quote(n) for n in self.names)
-        return [
-            Fact(
-                "packages",
-                f"dpkg-query -W -f='${{Package}} ${{Status}}\\n' {query}",
-                _parse_installed,
-                default=set(),
-            )
-        ]
+        return [Installed(tuple(self.names))]
 
     def plan(self, ctx: Context) -> Plan:
-        missing = [n for n in self.names if n not in ctx.facts["packages"]]
+        missing = [n for n in self.names if n not in ctx.facts[Installed(tuple(self.names))]]
         if not missing:
-            return Plan(reason=f"{len(self.names)} installed")
+            return Plan(reason=f"{len(self.names)} installed: {' '.join(self.names)}")
         apt = "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends"
         if self.debs is None:
             script = f"set -e\napt-get update -q\n{apt} {' '.join(missing)}\n"
@@ -104,38 +104,51 @@ def _debs_archive(directory: Path) -> bytes:
     return buffer.getvalue()
 
 
-def host_steps(inventory: Inventory, host: Host, debs: Path | None) -> list[Step]:
-    roles = topology.roles(host)
-    user = host.user or "deploy"
+def sudo_rule(user: str) -> Step:
     sudoers = File(
         f"/etc/sudoers.d/djk-{user}",
         f"# {MANAGED}\n{user} ALL=(ALL) NOPASSWD:ALL\n",
         mode="440",
         name=f"sudo rule for {user}",
     )
-    steps: list[Step] = [
-        Directory("/var/lib/djk"),
-        Packages(packages_for(inventory, host), debs),
-        ConfigSet("sudoers", "sudo rules", [sudoers], [], "visudo -cq", ()),
-    ]
-    if "web" in roles:
-        conf = File(
-            "/etc/nginx/nginx.conf", render("nginx/nginx.conf.j2"), name="nginx base configuration"
-        )
-        steps += [
-            ConfigSet(
-                "nginx-base", "nginx base config", [conf], [], "nginx -t", ("reload:nginx.service",)
-            ),
-            Service("nginx.service"),
+    return ConfigSet("sudoers", "sudo rules", [sudoers], [], "visudo -cq", ())
+
+
+class ProvisionComponent(Component):
+    """The host itself: the packages every component asks for, and the deploy user's sudo rule.
+    Runs first in the provision phase; the other components add their services and config."""
+
+    name = "provision"
+
+    def steps(self, phase: str, run: HostRun) -> list[Step]:
+        if phase != "provision":
+            return []
+        debs = run.options.get("debs")
+        return [
+            Directory("/var/lib/djk"),
+            Packages(packages_for(run.inventory, run.host), debs),
+            sudo_rule(run.host.user or "deploy"),
         ]
-    if "redis-server" in packages_for(inventory, host):
-        steps.append(Service("redis-server.service"))
-    return steps
 
 
-@targets_task
+register(ProvisionComponent())
+
+
+def host_steps(inventory: Inventory, host: Host, debs: Path | None) -> list[Step]:
+    run = HostRun(inventory, host, tuple(inventory.sites_on(host)), options={"debs": debs})
+    return [step for component in components() for step in component.steps("provision", run)]
+
+
+@targets_task(
+    help={
+        "packages_from": "install from the .deb files in this directory (hosts without internet)",
+        "json_": "print the report as JSON",
+        "quiet": "print only changes, failures and the recap",
+        "check": "change nothing; report what would change",
+    }
+)
 def provision(c, packages_from=None, json_=False, quiet=False, check=False):
-    """Prepare bare Debian 12 hosts: packages for their roles, sudo rule, nginx base config.
+    """Prepare Debian 12 hosts: packages for their roles, sudo rule, nginx base config.
 
     --packages-from DIR installs from the .deb files in DIR (shipped over SSH) for hosts without
     internet; otherwise the hosts' own apt sources are used.
@@ -143,6 +156,6 @@ def provision(c, packages_from=None, json_=False, quiet=False, check=False):
     debs = Path(packages_from).expanduser().resolve() if packages_from else None
     if debs is not None and not any(debs.glob("*.deb")):
         raise user_error(f"--packages-from {packages_from}: no .deb files there")
-    run_steps(
+    run_plans(
         c, lambda inv, host: host_steps(inv, host, debs), check=check, json_=json_, quiet=quiet
     )

@@ -8,12 +8,36 @@ run by certbot's systemd timer on every renewal) installs it and reloads nginx.
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from .engine.facts import Fact, path_state
-from .engine.inventory import Site
+from .engine import values
+from .engine.component import Component, NginxPart, register
+from .engine.facts import Fact, Stat
+from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
 from .engine.render import MANAGED
+from .engine.schema import Table
+from .engine.secrets import Secret
 from .engine.steps import NGINX_RELOAD, Action, Context, Directory, File, Plan, Step
+
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+@dataclass(frozen=True)
+class Tls:
+    """HTTPS for a site: certificate files given (mode "files"), or from an ACME server with
+    certbot over http-01 (mode "acme"), renewed by certbot's timer."""
+
+    mode: str = "files"
+    cert: str = ""  # "files": PEM text of the chain
+    key: Secret | None = None  # "files": PEM text of the private key
+    hsts: bool = False
+    email: str = ""  # "acme": the account's contact
+    server: str = LETS_ENCRYPT  # "acme": the directory URL
+    ca_bundle: str = ""  # "acme": PEM the host trusts for the ACME server (test servers)
+    https: ClassVar[bool] = True  # the site is served over HTTPS (health checks go that way)
+
 
 HOOK = "/etc/djk/tls/install-hook"
 HOOK_TEXT = f"""#!/bin/sh
@@ -40,10 +64,10 @@ class Placeholder(Step):
         self.name = f"certificate placeholder {site.name}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [path_state(f"{self.paths.tls_dir}/fullchain.pem")]
+        return [Stat(f"{self.paths.tls_dir}/fullchain.pem")]
 
     def plan(self, ctx: Context) -> Plan:
-        if ctx.facts[f"stat:{self.paths.tls_dir}/fullchain.pem"] is not None:
+        if ctx.facts[Stat(f"{self.paths.tls_dir}/fullchain.pem")] is not None:
             return Plan(reason="a certificate is installed")
         d = shlex.quote(self.paths.tls_dir)
         name = shlex.quote(f"/CN={self.site.health_host}")
@@ -64,23 +88,12 @@ class Certificate(Step):
         self.name = f"acme certificate {site.name}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        live = f"{live_dir(self.site)}/fullchain.pem"
-        installed = f"{self.paths.tls_dir}/fullchain.pem"
-        sans = f"openssl x509 -noout -ext subjectAltName -in {live}"
-        return [
-            Fact(f"acme-sans:{self.site.name}", sans, _parse_sans, default=set()),
-            Fact(
-                f"acme-same:{self.site.name}",
-                f"cmp -s {live} {installed}",
-                lambda rc, out: rc == 0,
-                default=False,
-            ),
-        ]
+        return [AcmeNames(self.site.name), AcmeInstalled(self.site.name, self.paths.tls_dir)]
 
     def plan(self, ctx: Context) -> Plan:
-        tls = self.site.tls
-        sans = ctx.facts[f"acme-sans:{self.site.name}"]
-        same = ctx.facts[f"acme-same:{self.site.name}"]
+        tls = self.site.part(Tls)
+        sans = ctx.facts[AcmeNames(self.site.name)]
+        same = ctx.facts[AcmeInstalled(self.site.name, self.paths.tls_dir)]
         wanted = set(self.site.domains)
         if wanted <= sans and same:
             return Plan(reason=f"covers {', '.join(sorted(wanted))}")
@@ -115,26 +128,133 @@ class Certificate(Step):
         )
 
 
-def _parse_sans(rc: int, out: str) -> set[str]:
-    if rc != 0:
-        return set()
-    return {
-        part.strip()[4:]
-        for part in out.replace("\n", ",").split(",")
-        if part.strip().startswith("DNS:")
-    }
+@dataclass(frozen=True)
+class AcmeNames(Fact[set]):
+    """The DNS names certbot's certificate for the site covers (empty when there is none)."""
+
+    site: str
+    default: ClassVar[Any] = set()
+
+    def command(self) -> str:
+        live = f"/etc/letsencrypt/live/djk-{self.site}/fullchain.pem"
+        return f"openssl x509 -noout -ext subjectAltName -in {live}"
+
+    def parse(self, rc: int, out: str) -> set[str]:
+        if rc != 0:
+            return set()
+        return {
+            part.strip()[4:]
+            for part in out.replace("\n", ",").split(",")
+            if part.strip().startswith("DNS:")
+        }
 
 
-def before_nginx(sites: list[Site]) -> list[Step]:
-    acme = [s for s in sites if s.tls and s.tls.mode == "acme"]
-    steps: list[Step] = []
-    for site in acme:
-        paths = SitePaths.of(site)
-        steps += [Directory("/var/lib/djk/acme"), Directory(paths.acme_webroot), Placeholder(site)]
-    if acme:
-        steps.append(File(HOOK, HOOK_TEXT, mode="755", name="certbot deploy hook"))
+@dataclass(frozen=True)
+class AcmeInstalled(Fact[bool]):
+    """Whether the certificate nginx serves is certbot's current one."""
+
+    site: str
+    tls_dir: str
+    default: ClassVar[Any] = False
+
+    def command(self) -> str:
+        live = f"/etc/letsencrypt/live/djk-{self.site}/fullchain.pem"
+        return f"cmp -s {live} {self.tls_dir}/fullchain.pem"
+
+    def parse(self, rc: int, out: str) -> bool:
+        return rc == 0
+
+
+def files(site: Site, tls: Tls) -> list[File]:
+    """Given certificate files, validated with nginx's configuration; the key never in a diff."""
+    if tls.mode != "files":
+        return []
+    paths = SitePaths.of(site)
+    return [
+        File(f"{paths.tls_dir}/fullchain.pem", tls.cert, name=f"certificate {site.name}"),
+        File(
+            f"{paths.tls_dir}/privkey.pem",
+            tls.key.reveal(),
+            mode="600",
+            name=f"private key {site.name}",
+            secret_content=True,
+        ),
+    ]
+
+
+def before_nginx(site: Site, tls: Tls) -> list[Step]:
+    paths = SitePaths.of(site)
+    steps: list[Step] = [
+        Directory("/etc/djk"),
+        Directory("/etc/djk/tls"),
+        Directory(paths.tls_dir, mode="700"),
+    ]
+    if tls.mode == "acme":
+        steps += [
+            Directory("/var/lib/djk/acme"),
+            Directory(paths.acme_webroot),
+            Placeholder(site),
+            File(HOOK, HOOK_TEXT, mode="755", name="certbot deploy hook"),
+        ]
     return steps
 
 
-def after_nginx(sites: list[Site]) -> list[Step]:
-    return [Certificate(s) for s in sites if s.tls and s.tls.mode == "acme"]
+def _read_pem(t: Table, name: str, marker: str, required: bool = True) -> str:
+    value = t.get(name, str, default=... if required else None)
+    if value is None:
+        return ""
+    file = t.local_path(value)
+    key = t.path(name)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        t.fail(key, f"cannot read {file}: {exc.strerror}")
+    if f"{marker}-----" not in text:
+        t.fail(key, f"{file} holds no PEM {marker.lower()}")
+    return text
+
+
+class TlsComponent(Component):
+    """`[sites.<name>.tls]`: HTTPS from given files or from an ACME server."""
+
+    name = "tls"
+    table = "tls"
+    config = Tls
+    roles = ("web",)
+
+    def parse(self, table: Table, site: Site) -> Tls:
+        mode = table.get("mode", str, values.choice("files", "acme"), default="files")
+        hsts = table.get("hsts", bool, default=False)
+        if mode == "acme":
+            if any(d.startswith("*.") for d in site.domains):
+                table.fail(f"{table.key}.mode", "ACME over http-01 cannot cover a wildcard domain")
+            return Tls(
+                mode="acme",
+                hsts=hsts,
+                email=table.get("email", str, values.email),
+                server=table.get("server", str, values.https_url, default=LETS_ENCRYPT),
+                ca_bundle=_read_pem(table, "ca_bundle", "CERTIFICATE", required=False),
+            )
+        return Tls(
+            cert=_read_pem(table, "cert", "CERTIFICATE"),
+            key=Secret(_read_pem(table, "key", "PRIVATE KEY")),
+            hsts=hsts,
+        )
+
+    def packages(self, inventory: Inventory, host: Host) -> list[str]:
+        sites = [s for s in inventory.sites_on(host) if (t := s.part(Tls)) and t.mode == "acme"]
+        if sites and self.runs_on(host):
+            # python3-cffi-backend: certbot's cryptography needs it and apt does not pull it in
+            # everywhere (a virtual package).
+            return ["certbot", "python3-cffi-backend"]
+        return []
+
+    def nginx(self, inventory: Inventory, site: Site) -> NginxPart:
+        tls = site.part(Tls)
+        if tls is None:
+            return NginxPart()
+        after: list[Step] = [Certificate(site)] if tls.mode == "acme" else []
+        return NginxPart(files=files(site, tls), before=before_nginx(site, tls), after=after)
+
+
+register(TlsComponent())

@@ -1,37 +1,333 @@
-"""A Fabric executor that runs target-aware tasks once for all hosts.
+"""The generic executor: phases over hosts, rolling batches, reverts, handlers.
 
-Stock Fabric runs `fab -H a,b task` as one call per host, serially, with a new connection each
-time. Tasks marked by `targets_task` are called once instead, with the -H value in the config,
-and the engine connects to every host once and converges them in parallel. Other tasks
-(and `fab -H x -- command`) keep Fabric's behaviour. fabric.json names this class.
+A run is a list of phases per host. Every host runs a phase in parallel with the others; the next
+phase starts when all hosts finished the previous one, and a failure on any host stops the run
+before the next phase. One SSH connection per host for the whole run; the facts of every phase
+are read in one round trip at the start, and read again (one round trip) before a phase only when
+this host changed something since they were read. Each phase is planned first (a pure function of
+those facts, see steps.plan_phase) and then applied. A phase marked `rolling` runs in batches; if a
+host fails it, the hosts that already ran it get the steps of their plan's `revert`, built from the
+facts read at the start. Holds (e.g. a deploy lock) are taken right after connecting and kept until
+the connection closes. Handlers run once at the end; those notified by a failed run stay recorded
+on the host and run next time.
+
+The executor knows phases, steps, holds and handlers; what a release or a lock is, it does not.
 """
 
 from __future__ import annotations
 
-import fabric
-from invoke import Call, Task
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from .tasks import HOSTS_KEY
+from fabric import Config
+
+from .facts import Facts, PendingHandlers
+from .inventory import Host
+from .remote import Remote, RemoteError
+from .report import HostReport, Reporter, StepResult
+from .steps import Action, Context, Step, clear_pending, handler_order, handler_script, plan_phase
 
 
-class TargetExecutor(fabric.Executor):
-    def expand_calls(self, calls, apply_hosts=True):
-        ours, theirs = [], []
-        for call in calls:
-            task = call.task if isinstance(call, Call) else call
-            (ours if getattr(task, "djk_targets", False) else theirs).append(call)
-        if not ours:
-            return super().expand_calls(calls, apply_hosts)
-        host_str = self.core[0].args.hosts.value if apply_hosts else None
-        setattr(self.config, HOSTS_KEY, host_str or "")
-        expanded = []
-        for call in calls:
-            if call in ours:
-                if isinstance(call, Task):
-                    call = Call(task=call)
-                expanded += super().expand_calls(call.pre, apply_hosts=False)
-                expanded.append(call)
-                expanded += super().expand_calls(call.post, apply_hosts=False)
+@dataclass(frozen=True)
+class Mode:
+    check: bool = False
+    diff: bool = False
+    batch: str | None = None  # rolling phases: a host count or a percentage ("2", "25%")
+
+
+class Hold(Protocol):
+    """Something a run holds on a host from connecting to closing (a deploy lock)."""
+
+    def acquire(self, remote: Remote) -> None: ...
+
+
+@dataclass
+class Phase:
+    name: str
+    steps: list[Step]
+    rolling: bool = False  # in batches; a failed batch sends the hosts that ran it back
+
+
+@dataclass
+class HostPlan:
+    host: Host
+    phases: list[Phase]
+    holds: list[Hold] = field(default_factory=list)
+    # The steps that undo this host's rolling phase, from the facts read at the start.
+    revert: Callable[[Facts], list[Step]] | None = None
+
+
+def batches(count: int, spec: str | None) -> list[list[int]]:
+    """Host indexes in rolling batches: `spec` is a count ("2") or a percentage ("25%")."""
+    if not spec:
+        return [list(range(count))] if count else []
+    text = spec.strip()
+    try:
+        if text.endswith("%"):
+            size = math.ceil(count * float(text[:-1]) / 100)
+        else:
+            size = int(text)
+    except ValueError:
+        raise ValueError(f"--batch {spec!r} is not a host count or a percentage") from None
+    if size < 1:
+        raise ValueError(f"--batch {spec!r} gives batches of no host")
+    return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
+
+
+@dataclass
+class _Session:
+    plan: HostPlan
+    reporter: Reporter
+    remote: Remote
+    report: HostReport
+    mode: Mode
+    facts: Facts | None = None
+    initial: Facts | None = None  # as read at the start, for the revert
+    pending: list[str] = field(default_factory=list)
+    dirty: bool = False  # applied something since the facts were read
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        return self.plan.host.name
+
+    @property
+    def failed(self) -> bool:
+        return self.report.failed
+
+    def fail(self, error: str, prefix: str = "") -> None:
+        self.report.error = error
+        self.reporter.line(self.name, "failed", prefix + error)
+
+
+def _open(session: _Session) -> None:
+    remote = session.remote
+    try:
+        remote.open()
+        if not session.mode.check:
+            for hold in session.plan.holds:
+                hold.acquire(remote)
+        steps = [step for phase in session.plan.phases for step in phase.steps]
+        facts = remote.gather(_facts_of(steps, session.mode.diff) + [PendingHandlers()])
+        session.facts = session.initial = facts
+        session.pending = list(facts[PendingHandlers()])
+    except RemoteError as exc:
+        session.fail(str(exc))
+
+
+def _facts_of(steps: list[Step], diff: bool) -> list:
+    return [fact for step in steps for fact in step.facts(diff)]
+
+
+def _run_phase(session: _Session, phase: Phase | None) -> None:
+    if phase is None or not phase.steps:
+        return
+    try:
+        if session.dirty and not session.mode.check:
+            session.facts = session.remote.gather(_facts_of(phase.steps, session.mode.diff))
+            session.dirty = False
+        _run_steps(session, phase.steps, session.facts)
+    except RemoteError as exc:
+        session.fail(str(exc))
+
+
+def _run_steps(session: _Session, steps: list[Step], facts: Facts) -> bool:
+    reporter, report, host = session.reporter, session.report, session.name
+    check = session.mode.check
+    ctx = Context(facts, frozenset(session.pending), session.mode.diff)
+    planned = plan_phase(steps, ctx)
+    for index, (step, plan) in enumerate(planned):
+        t0 = time.monotonic()
+        _merge(report.extra, plan.report)
+        if plan.error:
+            for action in plan.actions:  # a finding with a remedy: apply it, the run fails
+                if not check:
+                    _apply(session, action)
+            return _fail(session, step.name, plan.error, planned[index + 1 :])
+        if not plan.actions:
+            result = StepResult(step.name, "skipped" if plan.skipped else "ok", plan.reason)
+            report.steps.append(result)
+            reporter.step(host, result)
+            continue
+        diff = "".join(a.diff for a in plan.actions)
+        for action in plan.actions:
+            session.pending += [n for n in action.notify if n not in session.pending]
+            if not check:
+                error = _apply(session, action)
+                if error:
+                    return _fail(session, step.name, error, planned[index + 1 :], diff)
+            session.pending = [n for n in session.pending if n not in action.consumes]
+        detail = "; ".join(a.summary for a in plan.actions)
+        result = StepResult(step.name, "changed", detail, diff, time.monotonic() - t0)
+        report.steps.append(result)
+        reporter.step(host, result)
+    return True
+
+
+def _merge(into: dict[str, Any], extra: dict[str, dict[str, Any]]) -> None:
+    for key, values in extra.items():
+        into.setdefault(key, {}).update(values)
+
+
+def _apply(session: _Session, action: Action) -> str:
+    """Run one action; return an error message, or '' on success."""
+    remote, reporter = session.remote, session.reporter
+    session.dirty = True
+    try:
+        payload = action.payload()
+    except Exception as exc:
+        return f"{action.summary}: {exc}"
+    if action.progress:
+        with reporter.progress(remote.host.name, action.progress) as progress:
+            result = remote.run(action.full_script(), stdin=payload, on_line=progress.on_line)
+    else:
+        result = remote.run(action.full_script(), stdin=payload)
+    if result.ok:
+        return ""
+    tail = (result.stderr.strip() or result.stdout.strip())[-1500:]
+    return f"{action.summary}: exit {result.rc}: {tail}"
+
+
+def _fail(session: _Session, name: str, error: str, rest: list, diff: str = "") -> bool:
+    result = StepResult(name, "failed", error, diff)
+    session.report.steps.append(result)
+    session.reporter.step(session.name, result)
+    _skip(session, [step for step, _ in rest], "an earlier step failed")
+    return False
+
+
+def _skip(session: _Session, steps: list[Step], why: str) -> None:
+    for later in steps:
+        skipped = StepResult(later.name, "skipped", why)
+        session.report.steps.append(skipped)
+        session.reporter.step(session.name, skipped)
+
+
+def _run_handlers(session: _Session) -> None:
+    remote, reporter, report = session.remote, session.reporter, session.report
+    try:
+        for name in sorted(set(session.pending), key=handler_order):
+            label = f"handler {name}"
+            script = handler_script(name)
+            if script is None:
+                # Done by a step of a full deploy (a slot switch, a Celery restart); it stays
+                # pending until one runs.
+                result = StepResult(label, "skipped", "left pending for the next deploy")
+            elif session.mode.check:
+                result = StepResult(label, "changed", "would run")
             else:
-                expanded += super().expand_calls([call], apply_hosts)
-        return expanded
+                t0 = time.monotonic()
+                # The subshell keeps a handler's own `exit` from skipping the bookkeeping.
+                done = remote.run(f"(\n{script}\n) || exit $?\n{clear_pending((name,))}")
+                status = "changed" if done.ok else "failed"
+                detail = "" if done.ok else f"exit {done.rc}: {done.stderr.strip()[-1500:]}"
+                result = StepResult(label, status, detail, seconds=time.monotonic() - t0)
+            report.steps.append(result)
+            reporter.step(session.name, result)
+            if result.status == "failed":
+                return
+    except RemoteError as exc:
+        session.fail(str(exc))
+
+
+def _parallel(sessions: list[_Session], work: Callable[[_Session], None]) -> None:
+    if not sessions:
+        return
+    if len(sessions) == 1:
+        work(sessions[0])
+        return
+    with ThreadPoolExecutor(max_workers=min(16, len(sessions))) as pool:
+        list(pool.map(work, sessions))
+
+
+def _phase(plan: HostPlan, index: int) -> Phase | None:
+    return plan.phases[index] if index < len(plan.phases) else None
+
+
+def converge(
+    plans: list[HostPlan],
+    mode: Mode,
+    reporter: Reporter,
+    config: Config | None = None,
+    connect: Callable[[Host, Config | None], Remote] = Remote,
+) -> list[HostReport]:
+    """Converge every host; reports come back in the order the hosts were given."""
+    if not plans:
+        return []
+    reporter.width = max([8, *(len(p.host.name) for p in plans)])
+    sessions = [
+        _Session(plan, reporter, connect(plan.host, config), HostReport(plan.host.name), mode)
+        for plan in plans
+    ]
+    try:
+        _parallel(sessions, _open)
+        count = max(len(p.phases) for p in plans)
+        for index in range(count + 1):
+            broken = [s.name for s in sessions if s.failed]
+            if broken:
+                why = f"stopped: {', '.join(broken)} failed"
+                for s in sessions:
+                    _skip(s, [st for ph in s.plan.phases[index:] for st in ph.steps], why)
+                break
+            if index == count:
+                _parallel(sessions, _run_handlers)
+                break
+            first = _phase(plans[0], index)
+            if first is not None and first.rolling:
+                _run_rolling(sessions, index, mode, reporter)
+            else:
+                _parallel(sessions, lambda s, i=index: _run_phase(s, _phase(s.plan, i)))
+    finally:
+        _parallel(sessions, _close)
+    return [s.report for s in sessions]
+
+
+def _run_rolling(sessions: list[_Session], index: int, mode: Mode, reporter: Reporter) -> None:
+    """Batch after batch; at the first failed batch stop, and send the hosts this run already
+    took through the phase back, so every host ends in the same state."""
+    done: list[_Session] = []
+    groups = batches(len(sessions), mode.batch)
+    for number, group in enumerate(groups, start=1):
+        batch = [sessions[i] for i in group]
+        if len(groups) > 1:
+            for s in batch:
+                reporter.line(s.name, "...", f"batch {number}/{len(groups)}")
+        _parallel(batch, lambda s: _run_phase(s, _phase(s.plan, index)))
+        failed = [s for s in batch if s.failed]
+        done += [s for s in batch if not s.failed]
+        if failed:
+            names = ", ".join(s.name for s in failed)
+            for s in (sessions[i] for g in groups[number:] for i in g):
+                phase = _phase(s.plan, index)
+                _skip(s, phase.steps if phase else [], f"stopped: {names} failed")
+            if not mode.check:
+                _parallel(done, _revert)
+            return
+
+
+def _revert(session: _Session) -> None:
+    """The plan's revert, from the facts read at the start; its own facts are read afresh."""
+    if session.plan.revert is None or session.initial is None:
+        return
+    steps = session.plan.revert(session.initial)
+    if not steps:
+        return
+    try:
+        facts = session.remote.gather(_facts_of(steps, False))
+        _run_steps(session, steps, facts)
+    except RemoteError as exc:
+        session.fail(str(exc), prefix="reverting: ")
+
+
+def _close(session: _Session) -> None:
+    remote = session.remote
+    session.report.commands, session.report.bytes_sent = remote.commands, remote.bytes_sent
+    session.report.seconds = time.monotonic() - session.started
+    try:
+        remote.close()
+    except Exception:  # the connection may already be gone; nothing left to release
+        pass

@@ -1,16 +1,21 @@
-"""Facts: a shell command, a pure parser of its output and a default.
+"""Facts: what a host is like, each a shell command, a pure parser of its output and a default.
 
-All facts a phase needs are read in one round trip: `gather` joins their commands into one script
-with markers between them, and `split_sections` cuts the output apart again. Parsers never touch
-the network, so they are tested on recorded output.
+A fact is a frozen dataclass: its type and fields name it (`Stat("/etc/x")`), so steps look facts
+up by value, never by a hand-built string. All facts a phase needs are read in one round trip:
+`build_script` joins their commands with markers between them and `parse_all` cuts the output
+apart again. Parsers never touch the network, so they are tested on recorded output.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import shlex
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
+
+T = TypeVar("T")
 
 PENDING_FILE = "/var/lib/djk/pending-handlers"
 _START = "\x1edjk-fact "
@@ -30,11 +35,48 @@ djk_stat() {
 
 
 @dataclass(frozen=True)
-class Fact:
-    key: str
-    command: str
-    parse: Callable[[int, str], Any]
-    default: Any = None
+class Fact(Generic[T]):
+    """Base of every fact. Subclasses are frozen dataclasses whose fields are the arguments."""
+
+    default: ClassVar[Any] = None
+
+    def command(self) -> str:
+        raise NotImplementedError
+
+    def parse(self, rc: int, out: str) -> T | None:
+        raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        """A unique marker for the fact's section in the gathered output."""
+        fields = ",".join(repr(getattr(self, f.name)) for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({fields})"
+
+
+class Facts(Mapping):
+    """Read-only: every fact read for a phase, looked up by the fact itself."""
+
+    def __init__(self, values: Mapping[Fact, Any] | None = None) -> None:
+        self._values: dict[Fact, Any] = dict(values or {})
+
+    def __getitem__(self, fact: Fact[T]) -> T:
+        if fact in self._values:
+            return self._values[fact]
+        if isinstance(fact, Unit) and _UNITS in self._values:
+            return self._values[_UNITS].get(fact.name)
+        raise KeyError(f"fact {fact.label} was not gathered (declare it in the step's facts())")
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def with_values(self, values: Mapping[Fact, Any]) -> Facts:
+        return Facts({**self._values, **values})
+
+
+# -- files ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -62,30 +104,53 @@ def parse_stat(rc: int, out: str) -> PathState | None:
     return PathState("other")
 
 
-def path_state(path: str) -> Fact:
-    return Fact(f"stat:{path}", f"djk_stat {shlex.quote(path)}", parse_stat)
+@dataclass(frozen=True)
+class Stat(Fact[PathState]):
+    """Kind, mode, owner, group and content hash of a path (link target for links); None when
+    absent."""
+
+    path: str
+
+    def command(self) -> str:
+        return f"djk_stat {shlex.quote(self.path)}"
+
+    def parse(self, rc: int, out: str) -> PathState | None:
+        return parse_stat(rc, out)
 
 
 def parse_text(rc: int, out: str) -> str | None:
     return out.strip() if rc == 0 else None
 
 
-def file_text(path: str) -> Fact:
+@dataclass(frozen=True)
+class Text(Fact[str]):
     """A small file's text (markers the kit writes), or None when absent."""
-    return Fact(f"text:{path}", f"cat -- {shlex.quote(path)}", parse_text)
+
+    path: str
+
+    def command(self) -> str:
+        return f"cat -- {shlex.quote(self.path)}"
+
+    def parse(self, rc: int, out: str) -> str | None:
+        return parse_text(rc, out)
 
 
-def parse_content(rc: int, out: str) -> str | None:
-    import base64
-
-    if rc != 0:
-        return None
-    return base64.b64decode(out.strip() or b"").decode("utf-8", "replace")
-
-
-def file_content(path: str) -> Fact:
+@dataclass(frozen=True)
+class Content(Fact[str]):
     """A managed file's whole content, read only for --diff."""
-    return Fact(f"content:{path}", f"base64 -w0 -- {shlex.quote(path)}", parse_content)
+
+    path: str
+
+    def command(self) -> str:
+        return f"base64 -w0 -- {shlex.quote(self.path)}"
+
+    def parse(self, rc: int, out: str) -> str | None:
+        if rc != 0:
+            return None
+        return base64.b64decode(out.strip() or b"").decode("utf-8", "replace")
+
+
+# -- users, units, handlers ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -104,8 +169,15 @@ def parse_passwd(rc: int, out: str) -> UserState | None:
     return UserState(fields[0], int(fields[2]), int(fields[3]), fields[5], fields[6])
 
 
-def user(name: str) -> Fact:
-    return Fact(f"user:{name}", f"getent passwd {shlex.quote(name)}", parse_passwd)
+@dataclass(frozen=True)
+class User(Fact[UserState]):
+    name: str
+
+    def command(self) -> str:
+        return f"getent passwd {shlex.quote(self.name)}"
+
+    def parse(self, rc: int, out: str) -> UserState | None:
+        return parse_passwd(rc, out)
 
 
 @dataclass(frozen=True)
@@ -141,15 +213,33 @@ def parse_units(rc: int, out: str) -> dict[str, UnitState]:
 UNIT_PROPS = "Id,LoadState,ActiveState,UnitFileState,MainPID"
 
 
-def units(names: list[str]) -> Fact:
-    """Every managed unit's state in one systemctl call."""
-    quoted = " ".join(shlex.quote(n) for n in sorted(names))
-    return Fact(
-        f"units:{','.join(sorted(names))}",
-        f"systemctl show --no-pager -p {UNIT_PROPS} -- {quoted}",
-        parse_units,
-        default={},
-    )
+@dataclass(frozen=True)
+class Unit(Fact[UnitState]):
+    """A systemd unit's state. However many a phase needs, they are read in one systemctl call."""
+
+    name: str
+
+    def command(self) -> str:  # pragma: no cover - gathered through Units
+        return Units((self.name,)).command()
+
+    def parse(self, rc: int, out: str) -> UnitState | None:  # pragma: no cover
+        return parse_units(rc, out).get(self.name)
+
+
+@dataclass(frozen=True)
+class Units(Fact[dict]):
+    names: tuple[str, ...]
+    default: ClassVar[Any] = {}
+
+    def command(self) -> str:
+        quoted = " ".join(shlex.quote(n) for n in sorted(self.names))
+        return f"systemctl show --no-pager -p {UNIT_PROPS} -- {quoted}"
+
+    def parse(self, rc: int, out: str) -> dict[str, UnitState]:
+        return parse_units(rc, out)
+
+
+_UNITS = Units(("*",))  # where gather() keeps the merged unit states
 
 
 def parse_lines(rc: int, out: str) -> list[str]:
@@ -163,40 +253,81 @@ def parse_lines(rc: int, out: str) -> list[str]:
     return seen
 
 
-def pending_handlers() -> Fact:
+@dataclass(frozen=True)
+class PendingHandlers(Fact[list]):
     """Handlers notified by an earlier run that did not get to run them."""
-    return Fact("pending-handlers", f"cat -- {PENDING_FILE}", parse_lines, default=[])
+
+    default: ClassVar[Any] = []
+
+    def command(self) -> str:
+        return f"cat -- {PENDING_FILE}"
+
+    def parse(self, rc: int, out: str) -> list[str]:
+        return parse_lines(rc, out)
 
 
-def build_script(facts: list[Fact]) -> str:
-    parts = [PRELUDE]
+@dataclass(frozen=True)
+class Lines(Fact[list]):
+    """Any command's output lines (e.g. a directory listing), [] when it fails."""
+
+    shell: str
+    default: ClassVar[Any] = []
+
+    def command(self) -> str:
+        return self.shell
+
+    def parse(self, rc: int, out: str) -> list[str]:
+        return parse_lines(rc, out)
+
+
+# -- one round trip ------------------------------------------------------------------------------
+
+
+def _plan_gather(facts: Iterable[Fact]) -> list[Fact]:
+    """The facts to run: each once, every Unit folded into one Units call."""
+    found: dict[Fact, None] = {}
+    units: list[str] = []
     for fact in facts:
+        if isinstance(fact, Unit):
+            if fact.name not in units:
+                units.append(fact.name)
+        else:
+            found.setdefault(fact)
+    run = list(found)
+    if units:
+        run.append(Units(tuple(sorted(units))))
+    return run
+
+
+def build_script(facts: Iterable[Fact]) -> str:
+    parts = [PRELUDE]
+    for fact in _plan_gather(facts):
         parts.append(
-            f"printf '%s\\n' {shlex.quote(_START + fact.key)}; "
-            f"( {fact.command} ) 2>/dev/null; printf '{_END}%s\\n' $?"
+            f"printf '%s\\n' {shlex.quote(_START + fact.label)}; "
+            f"( {fact.command()} ) 2>/dev/null; printf '{_END}%s\\n' $?"
         )
     return "\n".join(parts) + "\nexit 0\n"
 
 
 def split_sections(output: str) -> dict[str, tuple[int, str]]:
-    """Cut gathered output into {key: (rc, output)}."""
+    """Cut gathered output into {label: (rc, output)}."""
     sections: dict[str, tuple[int, str]] = {}
     for chunk in output.split(_START)[1:]:
-        key, _, rest = chunk.partition("\n")
+        label, _, rest = chunk.partition("\n")
         body, _, tail = rest.rpartition(_END)
         rc_text = tail.strip()
-        sections[key] = (int(rc_text) if rc_text.lstrip("-").isdigit() else 255, body)
+        sections[label] = (int(rc_text) if rc_text.lstrip("-").isdigit() else 255, body)
     return sections
 
 
-def parse_all(facts: list[Fact], output: str) -> dict[str, Any]:
+def parse_all(facts: Iterable[Fact], output: str) -> Facts:
     sections = split_sections(output)
-    values: dict[str, Any] = {}
-    for fact in facts:
-        if fact.key in sections:
-            rc, body = sections[fact.key]
-            parsed = fact.parse(rc, body)
-            values[fact.key] = fact.default if parsed is None else parsed
-        else:
-            values[fact.key] = fact.default
-    return values
+    values: dict[Fact, Any] = {}
+    for fact in _plan_gather(facts):
+        value = None
+        if fact.label in sections:
+            rc, body = sections[fact.label]
+            value = fact.parse(rc, body)
+        value = fact.default if value is None else value
+        values[_UNITS if isinstance(fact, Units) else fact] = value
+    return Facts(values)

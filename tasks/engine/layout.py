@@ -13,6 +13,7 @@ The live slot is the one /etc/nginx/djk/<site>.upstream points at.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .inventory import Site
 
@@ -24,6 +25,29 @@ UPSTREAM_DIR = "/etc/nginx/djk"
 
 
 @dataclass(frozen=True)
+class App:
+    """A site's Django app: the keys of [sites.<name>] that the app component reads."""
+
+    source: Path
+    requirements: Path
+    asgi: str
+    settings: str
+    port: int
+    workers: int = 2
+    health_path: str = "/health/"
+    health_timeout: int = 60
+    keep_releases: int = 5
+    migrate_on: str = "one"  # "one" host per deploy (shared database) or "every" host
+
+
+def app_of(site: Site) -> App:
+    app = site.part(App)
+    if app is None:  # the app component always parses its keys: only a broken setup lands here
+        raise LookupError(f"site {site.name} has no app configuration")
+    return app
+
+
+@dataclass(frozen=True)
 class SitePaths:
     name: str
     base: str
@@ -31,7 +55,7 @@ class SitePaths:
 
     @classmethod
     def of(cls, site: Site) -> SitePaths:
-        return cls(site.name, f"{ROOT}/{site.name}", site.port)
+        return cls(site.name, f"{ROOT}/{site.name}", app_of(site).port)
 
     @property
     def releases(self) -> str:

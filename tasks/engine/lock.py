@@ -14,6 +14,9 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .facts import Fact
 
 LOCK_DIR = "/var/lib/djk/locks"
 BUSY_EXIT = 75
@@ -165,6 +168,19 @@ def parse_status(rc: int, out: str) -> list[Holder]:
             )
         )
     return holders
+
+
+@dataclass(frozen=True)
+class Locks(Fact[list]):
+    """The sites whose lock a run holds on the host, with who, what and how long."""
+
+    default: ClassVar[Any] = []
+
+    def command(self) -> str:
+        return status_command()
+
+    def parse(self, rc: int, out: str) -> list[Holder]:
+        return parse_status(rc, out)
 
 
 def command_line() -> str:

@@ -17,8 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import facts as F
-from .facts import Fact
+from .facts import Fact, Text
 from .steps import Action, Context, Plan, Step
 
 COMPLETE = ".djk-complete"
@@ -134,10 +133,10 @@ class Venv(Step):
         return requirements_key(requirements, target)
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [F.file_text(f"{self.dest}/{COMPLETE}")]
+        return [Text(f"{self.dest}/{COMPLETE}")]
 
     def plan(self, ctx: Context) -> Plan:
-        if ctx.facts[f"text:{self.dest}/{COMPLETE}"] == self.key:
+        if ctx.facts[Text(f"{self.dest}/{COMPLETE}")] == self.key:
             return Plan(reason=f"dependencies {self.key} installed")
         q = shlex.quote
         dest = q(self.dest)

@@ -13,6 +13,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
+
+from .facts import Fact
 
 STATUSES = ("staged", "live", "previous", "failed", "rolled-back")
 GOOD = ("live", "previous", "rolled-back")
@@ -116,6 +119,20 @@ def parse_releases(rc: int, out: str) -> list[Release]:
             )
         )
     return sorted(releases, key=lambda r: r.id)
+
+
+@dataclass(frozen=True)
+class Releases(Fact[list]):
+    """Every release of a site on the host, with its manifest and status, oldest first."""
+
+    base: str
+    default: ClassVar[Any] = []
+
+    def command(self) -> str:
+        return list_command(self.base)
+
+    def parse(self, rc: int, out: str) -> list[Release]:
+        return parse_releases(rc, out)
 
 
 def rollback_target(

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from fabric import Config, Connection
 
+from . import facts as F
+from .facts import Fact, Facts
 from .inventory import Host
 
 
@@ -31,12 +33,6 @@ class Result:
 
 class RemoteError(Exception):
     pass
-
-
-class LockBusy(RemoteError):
-    def __init__(self, holder) -> None:
-        self.holder = holder
-        super().__init__(holder.describe())
 
 
 class Remote:
@@ -57,7 +53,7 @@ class Remote:
         self.commands = 0
         self.bytes_sent = 0
         self._lock = threading.Lock()
-        self._keeper = None
+        self._held: list = []
         # Every command of this run carries it in its environment, so the lock keeper can tell
         # when the last of them has ended, even after the connection dropped.
         self.run_id = uuid.uuid4().hex
@@ -75,7 +71,8 @@ class Remote:
             ) from None
 
     def close(self) -> None:
-        self.release_lock()
+        for channel in list(self._held):
+            self.release(channel)
         self.conn.close()
 
     def _command(self, script: str, sudo: bool = True, tag: bool = True) -> str:
@@ -86,16 +83,15 @@ class Remote:
             command = "sudo -n -- " + command
         return command
 
-    def hold_lock(self, sites: list[str], wait: float, command: str, by: str) -> None:
-        """Take the sites' deploy locks and hold them until release_lock() or disconnect."""
-        from .lock import keeper_command, parse_busy
-
+    def hold(self, command: str, timeout: float) -> tuple[str, object]:
+        """Start a command that keeps running for the rest of the run (its stdin stays open
+        until close()); return its first output line and its channel. The command is not tagged
+        with the run id: it is the one that waits for the run's tagged commands to end."""
         with self._lock:
             self.commands += 1
         channel = self._transport().open_session()
-        keeper = keeper_command(sites, wait, command, by, self.run_id)
-        channel.exec_command(self._command(keeper, tag=False))
-        channel.settimeout(wait + 60)
+        channel.exec_command(self._command(command, tag=False))
+        channel.settimeout(timeout)
         line = b""
         try:
             while not line.endswith(b"\n"):
@@ -105,27 +101,26 @@ class Remote:
                 line += chunk
         except TimeoutError:
             pass
-        text = line.decode("utf-8", "replace").strip()
-        if text == "LOCKED":
-            channel.settimeout(None)
-            self._keeper = channel
-            return
-        channel.close()
-        if text.startswith("BUSY "):
-            raise LockBusy(parse_busy(text))
-        raise RemoteError(f"could not take the deploy lock: {text or 'no answer'}")
+        channel.settimeout(None)
+        self._held.append(channel)
+        return line.decode("utf-8", "replace").strip(), channel
 
-    def release_lock(self) -> None:
-        if self._keeper is not None:
-            try:
-                self._keeper.shutdown_write()
-                self._keeper.close()
-            except OSError:
-                pass
-            self._keeper = None
-        # Every command of this run carries it in its environment, so the lock keeper can tell
-        # when the last of them has ended, even after the connection dropped.
-        self.run_id = uuid.uuid4().hex
+    def release(self, channel) -> None:
+        """Close a held command's stdin and channel: it sees end of input and ends."""
+        try:
+            channel.shutdown_write()
+            channel.close()
+        except OSError:
+            pass
+        if channel in self._held:
+            self._held.remove(channel)
+
+    def gather(self, facts: list[Fact]) -> Facts:
+        """Every fact in one round trip."""
+        result = self.run(F.build_script(facts))
+        if not result.ok:
+            raise RemoteError(f"reading the host's state failed: {result.stderr.strip()[-500:]}")
+        return F.parse_all(facts, result.stdout)
 
     def _transport(self):
         transport = self.conn.client.get_transport()

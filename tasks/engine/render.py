@@ -1,4 +1,8 @@
-"""Strict template rendering: an undefined name is an error, never an empty string."""
+"""Strict template rendering: an undefined name is an error, never an empty string.
+
+The kit's templates live in `templates/` beside `tasks/` (in the checkout and in the installed
+package alike); a team's `templates/` beside its hosts.toml shadows a kit file of the same name.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,14 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 MANAGED = "Managed by djk (the deploy kit); local changes are overwritten on the next deploy."
 
 
-@lru_cache(maxsize=1)
-def environment() -> jinja2.Environment:
+@lru_cache(maxsize=8)
+def environment(overrides: Path | None = None) -> jinja2.Environment:
+    loaders: list[jinja2.BaseLoader] = []
+    if overrides is not None and overrides.is_dir():
+        loaders.append(jinja2.FileSystemLoader(str(overrides)))
+    loaders.append(jinja2.FileSystemLoader(str(TEMPLATES)))
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        loader=jinja2.ChoiceLoader(loaders),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -25,8 +33,8 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def render(name: str, **values: object) -> str:
-    return environment().get_template(name).render(managed=MANAGED, **values)
+def render(name: str, overrides: Path | None = None, **values: object) -> str:
+    return environment(overrides).get_template(name).render(managed=MANAGED, **values)
 
 
 def env_quote(value: str) -> str:

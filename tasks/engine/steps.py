@@ -1,21 +1,24 @@
 """Steps: each compares facts with the wanted state and yields the actions that close the gap.
 
 A step that yields nothing is ok and says why. Check mode, diffs and the report all fall out of
-that: the runner decides whether actions are applied, a step never does.
+that: the executor decides whether actions are applied, a step never does. Planning is pure:
+`plan_phase` folds a phase's steps over the facts read for it, and the only thing one step's plan
+passes to the next is the set of pending handlers (what earlier actions notified or consumed).
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import io
 import re
 import shlex
+import tarfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import facts as F
-from .facts import PENDING_FILE, Fact, PathState
+from .facts import PENDING_FILE, Content, Fact, Facts, PathState, Stat, Text, Unit, User
 
 Payload = bytes | Callable[[], bytes]
 
@@ -32,6 +35,14 @@ class Action:
 
     def payload(self) -> bytes:
         return self.stdin() if callable(self.stdin) else self.stdin
+
+    def as_data(self) -> dict[str, Any]:
+        """What a plan test or a --check report compares: no payload, no script text."""
+        return {
+            "summary": self.summary,
+            "notify": list(self.notify),
+            "consumes": list(self.consumes),
+        }
 
     def full_script(self) -> str:
         """The script with its notifications recorded first, so a dropped run leaves them due,
@@ -64,23 +75,37 @@ class Plan:
     reason: str = ""
     skipped: bool = False
     error: str = ""  # a read-only step's finding that must fail the run (e.g. a unit is down)
+    report: dict[str, dict[str, Any]] = field(default_factory=dict)  # for the run's report
+
+    def as_data(self) -> dict[str, Any]:
+        return {
+            "actions": [a.as_data() for a in self.actions],
+            "reason": self.reason,
+            "error": self.error,
+            "report": self.report,
+        }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
-    facts: dict[str, Any]
-    changed: set[str] = field(default_factory=set)
-    check: bool = False
+    """What a step plans from: the facts read for its phase and the handlers pending so far."""
+
+    facts: Facts
+    pending: frozenset[str] = frozenset()
     diff: bool = False
-    pending: list[str] = field(default_factory=list)
-    started_units: set[str] = field(default_factory=set)
-    data: dict[str, Any] = field(default_factory=dict)  # what steps tell later steps
+
+    def after(self, plan: Plan) -> Context:
+        """The context the next step sees: this plan's notifications added, consumed ones gone."""
+        pending = set(self.pending)
+        for action in plan.actions:
+            pending |= set(action.notify)
+            pending -= set(action.consumes)
+        return replace(self, pending=frozenset(pending))
 
 
 class Step:
     id: str = ""
     name: str = ""
-    unit_names: tuple[str, ...] = ()
 
     def facts(self, diff: bool) -> list[Fact]:
         return []
@@ -166,13 +191,13 @@ class File(Step):
         self.name = name or f"file {path}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        found = [F.path_state(self.path)]
+        found: list[Fact] = [Stat(self.path)]
         if diff and not self.secret_content:
-            found.append(F.file_content(self.path))
+            found.append(Content(self.path))
         return found
 
     def plan(self, ctx: Context) -> Plan:
-        state: PathState | None = ctx.facts[f"stat:{self.path}"]
+        state = ctx.facts[Stat(self.path)]
         if state is not None and state.kind != "file":
             return Plan([Action(f"replace {state.kind}", "false")], reason="")
         wanted = sha256(self.content)
@@ -181,7 +206,7 @@ class File(Step):
             for action in actions:
                 action.notify = self.notify
             return Plan(actions, reason="content, owner and mode match")
-        old = ctx.facts.get(f"content:{self.path}") or ""
+        old = (ctx.facts.get(Content(self.path)) if ctx.diff else None) or ""
         return Plan(
             [
                 Action(
@@ -232,10 +257,10 @@ class Directory(Step):
         self.name = f"directory {path}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [F.path_state(self.path)]
+        return [Stat(self.path)]
 
     def plan(self, ctx: Context) -> Plan:
-        state: PathState | None = ctx.facts[f"stat:{self.path}"]
+        state = ctx.facts[Stat(self.path)]
         if state is None:
             return Plan(
                 [
@@ -261,10 +286,10 @@ class SystemUser(Step):
         self.name = f"user {name}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [F.user(self.user)]
+        return [User(self.user)]
 
     def plan(self, ctx: Context) -> Plan:
-        state = ctx.facts[f"user:{self.user}"]
+        state = ctx.facts[User(self.user)]
         if state is not None:
             return Plan(reason=f"exists (uid {state.uid})")
         return Plan(
@@ -283,12 +308,14 @@ class Service(Step):
 
     def __init__(self, unit: str):
         self.unit = unit
-        self.unit_names = (unit,)
         self.id = f"service:{unit}"
         self.name = f"service {unit}"
 
+    def facts(self, diff: bool) -> list[Fact]:
+        return [Unit(self.unit)]
+
     def plan(self, ctx: Context) -> Plan:
-        state = ctx.facts["units"].get(self.unit)
+        state = ctx.facts[Unit(self.unit)]
         script = []
         parts = []
         if "daemon-reload" in ctx.pending:
@@ -300,10 +327,11 @@ class Service(Step):
         if state is None or not state.running:
             parts.append("start")
             script.append(f"systemctl start {_q(self.unit)}")
-            ctx.started_units.add(self.unit)
         if not parts:
             return Plan(reason=f"enabled and running (pid {state.main_pid})")
-        return Plan([Action(" and ".join(parts), "\n".join(["set -e", *script]))])
+        # A unit this run starts needs no restart handler afterwards.
+        started = (f"restart:{self.unit}",) if "start" in parts else ()
+        return Plan([Action(" and ".join(parts), "\n".join(["set -e", *script]), consumes=started)])
 
 
 # `systemctl reload nginx` only signals the master; until the old workers stop serving, new
@@ -369,12 +397,15 @@ class MarkedCommand(Step):
         self.marker, self.key, self.progress, self.notify = marker, key, progress, notify
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [F.file_text(self.marker)]
+        return [Text(self.marker)]
 
     def plan(self, ctx: Context) -> Plan:
-        if ctx.facts[f"text:{self.marker}"] == self.key:
+        return self.command_plan(ctx, self.script)
+
+    def command_plan(self, ctx: Context, command: str) -> Plan:
+        if ctx.facts[Text(self.marker)] == self.key:
             return Plan(reason=f"done for {self.key[:12]}")
-        script = f"set -e\n{self.script}\nprintf '%s\\n' {_q(self.key)} > {_q(self.marker)}\n"
+        script = f"set -e\n{command}\nprintf '%s\\n' {_q(self.key)} > {_q(self.marker)}\n"
         return Plan([Action("run", script, progress=self.progress, notify=self.notify)])
 
 
@@ -393,12 +424,14 @@ class UnitStatus(Step):
 
     def __init__(self, unit: str) -> None:
         self.unit = unit
-        self.unit_names = (unit,)
         self.id = f"status:{unit}"
         self.name = f"status {unit}"
 
+    def facts(self, diff: bool) -> list[Fact]:
+        return [Unit(self.unit)]
+
     def plan(self, ctx: Context) -> Plan:
-        state = ctx.facts["units"].get(self.unit)
+        state = ctx.facts[Unit(self.unit)]
         if state is None or state.load != "loaded":
             return Plan(error="not installed")
         text = f"{state.active}, {state.enabled or 'no unit file'}, pid {state.main_pid}"
@@ -428,7 +461,7 @@ class ConfigSet(Step):
 
     def facts(self, diff: bool) -> list[Fact]:
         found = [fact for f in self.files for fact in f.facts(diff)]
-        return found + [F.path_state(path) for path in self.absent]
+        return found + [Stat(path) for path in self.absent]
 
     def plan(self, ctx: Context) -> Plan:
         writes: list[File] = []
@@ -442,7 +475,7 @@ class ConfigSet(Step):
                 summaries.append(f"{actions[0].summary}: {member.name}")
                 diffs += [a.diff for a in actions if a.diff]
         for path in self.absent:
-            if ctx.facts[f"stat:{path}"] is not None:
+            if ctx.facts[Stat(path)] is not None:
                 removes.append(path)
                 summaries.append(f"remove {path}")
         if not writes and not removes:
@@ -498,9 +531,6 @@ class ConfigSet(Step):
 
 
 def _archive(files: dict[str, str]) -> bytes:
-    import io
-    import tarfile
-
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, content in files.items():
@@ -510,3 +540,19 @@ def _archive(files: dict[str, str]) -> bytes:
             info.mode = 0o600
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def plan_phase(steps: list[Step], ctx: Context) -> list[tuple[Step, Plan]]:
+    """Plan every step of a phase, in order, from the same facts: a pure function.
+
+    A step that raises is planned as a failure (its error, not a traceback, reaches the report).
+    """
+    planned: list[tuple[Step, Plan]] = []
+    for step in steps:
+        try:
+            plan = step.plan(ctx)
+        except Exception as exc:  # a step's own bug is reported, not raised as a traceback
+            plan = Plan(error=f"planning failed: {exc}")
+        planned.append((step, plan))
+        ctx = ctx.after(plan)
+    return planned

@@ -7,9 +7,7 @@ also an app host and everything talks over loopback.
 
 from __future__ import annotations
 
-from .inventory import Host, Inventory, Site
-
-ROLES = ("web", "app", "worker", "broker")
+from .inventory import ROLES, Host, Inventory, Site
 
 
 def roles(host: Host) -> set[str]:

@@ -9,16 +9,16 @@ from __future__ import annotations
 import ipaddress
 import re
 
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_SITE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
-_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_ASGI = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
-_URL_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CLI_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:/,@%+-]+)?$")
-_NGINX_SIZE = re.compile(r"^[0-9]{1,6}[kKmMgG]?$")
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_SITE_NAME = re.compile(r"[a-z][a-z0-9-]{0,23}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_UNIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+_ASGI = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+_URL_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CLI_OPTION = re.compile(r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:/,@%+-]+)?")
+_NGINX_SIZE = re.compile(r"[0-9]{1,6}[kKmMgG]?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -26,7 +26,7 @@ def domain(value: str) -> str:
     """A server_name: letters, digits, hyphens and dots, with an optional leading `*.`."""
     name = value[2:] if value.startswith("*.") else value
     labels = name.split(".")
-    if not name or len(value) > 253 or not all(_LABEL.match(label) for label in labels):
+    if not name or len(value) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise ValueError(
             f"{value!r} is not a valid domain name "
             '(letters, digits, hyphens and dots; a leading "*." only)'
@@ -47,7 +47,7 @@ def address(value: str) -> str:
 
 
 def site_name(value: str) -> str:
-    if not _SITE_NAME.match(value):
+    if not _SITE_NAME.fullmatch(value):
         raise ValueError(
             f"site name {value!r} must be lower-case letters, digits and hyphens, "
             "starting with a letter, at most 24 characters (it names a system user and units)"
@@ -56,37 +56,37 @@ def site_name(value: str) -> str:
 
 
 def host_name(value: str) -> str:
-    if not _HOST_NAME.match(value):
+    if not _HOST_NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid host or group name (letters, digits, . _ -)")
     return value
 
 
 def unix_user(value: str) -> str:
-    if not _UNIX_USER.match(value):
+    if not _UNIX_USER.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid user name")
     return value
 
 
 def dotted(value: str) -> str:
-    if not _DOTTED.match(value):
+    if not _DOTTED.fullmatch(value):
         raise ValueError(f"{value!r} is not a dotted Python module path")
     return value
 
 
 def asgi_app(value: str) -> str:
-    if not _ASGI.match(value):
+    if not _ASGI.fullmatch(value):
         raise ValueError(f"{value!r} is not of the form package.module:application")
     return value
 
 
 def url_path(value: str) -> str:
-    if not _URL_PATH.match(value):
+    if not _URL_PATH.fullmatch(value):
         raise ValueError(f"{value!r} is not a URL path (starts with /; letters, digits, ._~-/)")
     return value
 
 
 def env_key(value: str) -> str:
-    if not _ENV_KEY.match(value):
+    if not _ENV_KEY.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid environment variable name")
     return value
 
@@ -129,31 +129,31 @@ def choice(*allowed: str):
 
 
 def nginx_size(value: str) -> str:
-    if not _NGINX_SIZE.match(value):
+    if not _NGINX_SIZE.fullmatch(value):
         raise ValueError(f"{value!r} is not an nginx size (digits with an optional k, m or g)")
     return value
 
 
 def cli_option(value: str) -> str:
     """One `--name` or `--name=value` token for a command line in a systemd unit."""
-    if not _CLI_OPTION.match(value):
+    if not _CLI_OPTION.fullmatch(value):
         raise ValueError(
             f"{value!r} is not one --option or --option=value (no spaces, quotes or ;)"
         )
     return value
 
 
-_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
-_HTTPS_URL = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_HTTPS_URL = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
 
 
 def email(value: str) -> str:
-    if not _EMAIL.match(value):
+    if not _EMAIL.fullmatch(value):
         raise ValueError(f"{value!r} is not an e-mail address")
     return value
 
 
 def https_url(value: str) -> str:
-    if not _HTTPS_URL.match(value):
+    if not _HTTPS_URL.fullmatch(value):
         raise ValueError(f"{value!r} is not an https:// URL (host, optional port and path)")
     return value

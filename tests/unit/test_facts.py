@@ -1,6 +1,6 @@
 """Fact parsers on recorded output (captured from a Debian 12 test host)."""
 
-from tasks.engine import facts as F
+from djk.tasks.engine import facts as F
 
 SYSTEMCTL_SHOW = """Id=nginx.service
 LoadState=loaded
@@ -41,24 +41,48 @@ def test_parse_passwd():
 
 
 def test_gathered_output_is_split_back_per_fact():
-    facts = [F.file_text("/a"), F.user("nobody"), F.pending_handlers()]
+    facts = [F.Text("/a"), F.User("nobody"), F.PendingHandlers()]
     script = F.build_script(facts)
     assert script.count("djk-fact") == 3
     # What the host printed for that script: /a absent (rc 1), a user, two pending handlers.
     output = (
-        "\x1edjk-fact text:/a\n\x1fdjk-rc 1\n"
-        "\x1edjk-fact user:nobody\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-        "\x1fdjk-rc 0\n"
-        "\x1edjk-fact pending-handlers\nreload:nginx.service\nreload:nginx.service\n"
+        f"\x1edjk-fact {F.Text('/a').label}\n\x1fdjk-rc 1\n"
+        f"\x1edjk-fact {F.User('nobody').label}\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\x1fdjk-rc 0\n"
+        f"\x1edjk-fact {F.PendingHandlers().label}\nreload:nginx.service\nreload:nginx.service\n"
         "daemon-reload\n\x1fdjk-rc 0\n"
     )
     values = F.parse_all(facts, output)
-    assert values["text:/a"] is None
-    assert values["user:nobody"].uid == 65534
-    assert values["pending-handlers"] == ["reload:nginx.service", "daemon-reload"]
+    assert values[F.Text("/a")] is None
+    assert values[F.User("nobody")].uid == 65534
+    assert values[F.PendingHandlers()] == ["reload:nginx.service", "daemon-reload"]
+
+
+def test_facts_are_looked_up_by_type_and_arguments():
+    assert F.Text("/a") == F.Text("/a") and F.Text("/a") != F.Stat("/a")
+    assert F.Text("/a").label != F.Stat("/a").label
+    values = F.parse_all([F.Text("/a")], "")
+    try:
+        values[F.Text("/b")]
+    except KeyError as exc:
+        assert "Text('/b') was not gathered" in str(exc)
+    else:
+        raise AssertionError("an undeclared fact must not read as its default")
+
+
+def test_units_are_read_in_one_systemctl_call():
+    facts = [F.Unit("b.service"), F.Unit("a.service"), F.Stat("/x")]
+    script = F.build_script(facts)
+    assert script.count("systemctl show") == 1
+    assert "-- a.service b.service" in script
+    label = F.Units(("a.service", "b.service")).label
+    output = f"\x1edjk-fact {label}\n{SYSTEMCTL_SHOW.replace('nginx', 'a')}\x1fdjk-rc 0\n"
+    values = F.parse_all(facts, output)
+    assert values[F.Unit("a.service")].main_pid == 312
+    assert values[F.Unit("b.service")] is None  # not loaded: no state
 
 
 def test_missing_section_falls_back_to_default():
-    values = F.parse_all([F.pending_handlers(), F.units(["x.service"])], "")
-    assert values["pending-handlers"] == []
-    assert values["units:x.service"] == {}
+    values = F.parse_all([F.PendingHandlers(), F.Unit("x.service")], "")
+    assert values[F.PendingHandlers()] == []
+    assert values[F.Unit("x.service")] is None

@@ -2,7 +2,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks.engine.inventory import InventoryError, load, parse
+from djk.tasks import multidomain
+from djk.tasks.celery import Celery
+from djk.tasks.engine.inventory import InventoryError, load, parse
+from djk.tasks.engine.layout import App
+from djk.tasks.flower import Flower
+from djk.tasks.tls import Tls
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example"
 
@@ -39,7 +44,7 @@ def test_valid_inventory_resolves_sites_groups_and_secrets(tmp_path):
     shop = inv.sites["shop"]
     assert shop.hosts == ("web1", "web2")
     assert shop.user == "djk-shop"
-    assert shop.requirements == EXAMPLE / "requirements.txt"
+    assert shop.part(App).requirements == EXAMPLE / "requirements.txt"
     assert str(shop.secrets["DJANGO_SECRET_KEY"]) == "********"
     assert shop.secrets["DJANGO_SECRET_KEY"].reveal() == "s3cret-value-123"
     assert "s3cret" not in repr(shop)
@@ -196,8 +201,9 @@ def test_celery_and_flower_settings_are_validated(tmp_path):
         "DJANGO_SECRET_KEY=x1234\nFLOWER_BASIC_AUTH=a:b\nBROKER_PASSWORD=pw\n"
     )
     site = parse(data, tmp_path / "hosts.toml").sites["shop"]
-    assert site.celery.options == ("--max-tasks-per-child=50",) and site.flower.port == 5555
-    assert site.ports == (8001, 8002, 5555)
+    assert site.part(Celery).options == ("--max-tasks-per-child=50",)
+    assert site.part(Flower).port == 5555
+    assert [p for p, _ in multidomain.ports(site)] == [8001, 8002, 5555]
     shop["celery"]["options"] = ["--queues x; rm -rf /"]
     assert "sites.shop.celery.options[0]:" in error(tmp_path, data)
     shop["celery"]["options"] = []
@@ -236,7 +242,7 @@ def test_tls_files_must_hold_pem(tmp_path):
         "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
     )
     site = parse(data, tmp_path / "hosts.toml").sites["shop"]
-    assert str(site.tls.key) == "********" and "MIIE" not in repr(site)
+    assert str(site.part(Tls).key) == "********" and "MIIE" not in repr(site)
     data["sites"]["shop"]["redirect_to"] = "nope.test"
     assert "sites.shop.redirect_to: 'nope.test' must be one of the site's domains" in error(
         tmp_path, data
@@ -259,7 +265,7 @@ def test_acme_settings_are_validated(tmp_path):
     data = base(tmp_path)
     data["sites"]["shop"]["tls"] = {"mode": "acme", "email": "ops@shop.test"}
     site = parse(data, tmp_path / "hosts.toml").sites["shop"]
-    assert site.tls.server.startswith("https://acme-v02.api.letsencrypt.org")
+    assert site.part(Tls).server.startswith("https://acme-v02.api.letsencrypt.org")
     data["sites"]["shop"]["tls"]["email"] = "not an address"
     assert "sites.shop.tls.email:" in error(tmp_path, data)
     data["sites"]["shop"]["tls"] = {"mode": "acme", "email": "a@b.test", "server": "http://x"}

@@ -1,6 +1,6 @@
-from tasks.engine import lock as L
-from tasks.engine import releases as R
-from tasks.engine.releases import Release
+from djk.tasks.engine import lock as L
+from djk.tasks.engine import releases as R
+from djk.tasks.engine.releases import Release
 
 
 def rel(i: int, status: str) -> Release:
@@ -70,7 +70,7 @@ def test_lock_holder_messages():
 
 
 def test_rolling_batches_by_count_and_percentage():
-    from tasks.engine.runner import batches
+    from djk.tasks.engine.executor import batches
 
     assert batches(3, None) == [[0, 1, 2]]
     assert batches(3, "1") == [[0], [1], [2]]

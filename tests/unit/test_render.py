@@ -4,17 +4,19 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from tasks import app, nginx
-from tasks.engine.inventory import parse
-from tasks.engine.layout import SitePaths
-from tasks.engine.render import MANAGED, env_quote, render
-from tasks.engine.switch import upstream_text
+from djk.tasks import app, nginx
+from djk.tasks.engine import facts as F
+from djk.tasks.engine.inventory import parse
+from djk.tasks.engine.layout import App, SitePaths
+from djk.tasks.engine.render import MANAGED, env_quote, render
+from djk.tasks.engine.steps import Context
+from djk.tasks.engine.switch import upstream_text
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example"
 
 
 @pytest.fixture
-def site(tmp_path):
+def inventory(tmp_path):
     (tmp_path / "s.env").write_text("DJANGO_SECRET_KEY='a\"b$c`d\\\\e'\n")
     data = {
         "hosts": {"web1": {"address": "10.0.0.1"}},
@@ -31,7 +33,12 @@ def site(tmp_path):
             }
         },
     }
-    return parse(data, tmp_path / "hosts.toml").sites["shop"]
+    return parse(data, tmp_path / "hosts.toml")
+
+
+@pytest.fixture
+def site(inventory):
+    return inventory.sites["shop"]
 
 
 def test_strict_undefined_is_an_error():
@@ -39,14 +46,15 @@ def test_strict_undefined_is_an_error():
         render("nginx/site.conf.j2")
 
 
-def test_every_managed_file_has_the_header(site):
+def test_every_managed_file_has_the_header(inventory, site):
     paths = SitePaths.of(site)
     for text in (
-        render("nginx/site.conf.j2", site=site, paths=paths),
+        nginx.site_files(inventory, site)[1].content,
         render("nginx/default.conf.j2", tls=False),
         render(
             "systemd/web.service.j2",
             site=site,
+            app=site.part(App),
             paths=paths,
             slot="a",
             bind="127.0.0.1",
@@ -58,9 +66,9 @@ def test_every_managed_file_has_the_header(site):
         assert text.startswith(f"# {MANAGED}")
 
 
-def test_server_block_and_unit(site):
+def test_server_block_and_unit(inventory, site):
     paths = SitePaths.of(site)
-    conf = nginx.site_files(site)[1].content
+    conf = nginx.site_files(inventory, site)[1].content
     assert "server_name shop.test *.shop.test;" in conf
     assert f"include {paths.upstream_conf};" in conf
     assert f"alias {paths.static}/;" in conf and "expires 30d;" in conf
@@ -68,6 +76,7 @@ def test_server_block_and_unit(site):
     unit = render(
         "systemd/web.service.j2",
         site=site,
+        app=site.part(App),
         paths=paths,
         slot="b",
         bind="127.0.0.1",
@@ -83,12 +92,12 @@ def test_server_block_and_unit(site):
     assert f"EnvironmentFile={paths.env}" in unit
 
 
-def test_env_file_derives_hosts_and_origins_and_holds_secrets(site):
-    entries = dict(app.env_entries(site, SitePaths.of(site)))
+def test_env_file_derives_hosts_and_origins_and_holds_secrets(inventory, site):
+    entries = dict(app.env_entries(inventory, site))
     assert entries["DJANGO_ALLOWED_HOSTS"] == "shop.test,.shop.test"
     assert "https://*.shop.test" in entries["DJANGO_CSRF_TRUSTED_ORIGINS"].split(",")
     assert "APP_RELEASE" not in entries  # per release, in releases/<id>/.djk-release.env
-    assert entries["DJANGO_SECRET_KEY"] == 'a"b$c`d\\e'
+    assert entries["DJANGO_SECRET_KEY"].reveal() == 'a"b$c`d\\e'
 
 
 def test_env_quote_means_the_same_to_sh(tmp_path):
@@ -101,9 +110,27 @@ def test_env_quote_means_the_same_to_sh(tmp_path):
     assert out.stdout == value
 
 
-def test_site_steps_have_unique_ids_and_secret_not_in_scripts(site):
-    steps = app.stage_steps(app.new_build(site)) + [app.migrate_step(app.new_build(site))]
+def test_planned_scripts_of_a_first_deploy_hold_no_secret(inventory, site):
+    """Plan every phase of a first deploy on a fresh host (every fact at its default: nothing
+    exists) and look at the scripts that would run: unique step ids, every step has work to
+    do, and the secret travels only on stdin (into the 0600 env file), never in a script."""
+    from djk.tasks.deploy import DEPLOY_PHASES, compose
+    from djk.tasks.engine.component import HostRun
+    from djk.tasks.engine.steps import plan_phase
+
+    build = app.new_build(site)
+    host = inventory.hosts["web1"]
+    run = HostRun(inventory, host, (site,), {"shop": build}, target=lambda s: app.Wanted(build))
+    plan = compose(run, DEPLOY_PHASES)
+    steps = [step for phase in plan.phases for step in phase.steps]
     assert len({s.id for s in steps}) == len(steps)
-    for step in steps:
-        for attr in ("script",):
-            assert 'a"b$c' not in str(getattr(step, attr, ""))
+    scripts, payloads = [], []
+    for phase in plan.phases:
+        facts = F.Facts({fact: fact.default for s in phase.steps for fact in s.facts(False)})
+        for _step, planned in plan_phase(phase.steps, Context(facts)):
+            scripts += [a.full_script() for a in planned.actions]
+            payloads += [a.stdin for a in planned.actions if isinstance(a.stdin, bytes)]
+    assert len(scripts) > 15 and any("migrate --noinput" in s for s in scripts)
+    assert any("waiting for its health check" in s for s in scripts)
+    assert not [s for s in scripts if 'a"b$c' in s]
+    assert any(b'a\\"b\\$c' in p for p in payloads)  # the env file's content, quoted

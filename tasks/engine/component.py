@@ -1,0 +1,125 @@
+"""Components: one module per concern, plugged into the inventory, the env file, nginx, provision
+and the phases of a run. Adding one edits no engine module.
+
+A component declares
+- its hosts.toml keys: `parse` reads them from the site's table (or its own sub-table, `table`)
+  and returns a config object (its type is `config`, looked up with `site.part(config)`);
+  `check` states rules across sites and hosts;
+- `roles`: the host roles it runs on (() = every host of the site);
+- `packages`: the Debian packages `provision` installs for it on a host;
+- `ports`: the ports it listens on (unique per host, across every component);
+- `env`: the entries it adds to a site's env file, and `env_notify`: the handlers due when that
+  file changes;
+- `nginx`: snippets for the site's server block, files validated with nginx's configuration and
+  steps around it;
+- `steps`: its steps for a phase of a run on one host ("provision", "stage", "migrate",
+  "switch", "verify"), and `holds`: what the run holds there meanwhile (the deploy lock).
+
+Register one with `register(component)`, in the kit (`tasks/__init__.py`) or from a team's
+fabfile. Components run in registration order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .facts import Facts
+
+if TYPE_CHECKING:
+    from .inventory import Host, Inventory, Site
+    from .schema import Table
+    from .secrets import Secret
+    from .steps import File, Step
+
+
+@dataclass
+class NginxPart:
+    """A component's share of a site's nginx configuration on a web host."""
+
+    server: list[str] = field(default_factory=list)  # directives inside the site's main server
+    files: list[File] = field(default_factory=list)  # validated with the configuration
+    before: list[Step] = field(default_factory=list)  # steps before the configuration is written
+    after: list[Step] = field(default_factory=list)  # steps once nginx runs with it
+
+
+@dataclass(frozen=True)
+class HostRun:
+    """What a task asks of the components on one host."""
+
+    inventory: Inventory
+    host: Host
+    sites: tuple[Site, ...]
+    # What a deploy ships, per site name (a deploy's inputs; empty for other tasks).
+    builds: Mapping[str, Any] = field(default_factory=dict)
+    # The release each site switches to: a pure function of the facts read on the host.
+    target: Callable[[Site], Callable[[Facts], str]] | None = None
+    mark_old: str = "previous"  # what the release switched away from becomes
+    options: Mapping[str, Any] = field(default_factory=dict)  # task options (e.g. provision's)
+
+    def roles(self) -> set[str]:
+        from .topology import roles
+
+        return roles(self.host)
+
+
+class Component:
+    name: str = ""
+    table: str | None = None  # the sub-table [sites.<name>.<table>] this component owns
+    config: type | None = None  # what parse() returns; site.part(config) finds it
+    roles: tuple[str, ...] = ()
+
+    def parse(self, table: Table, site: Site) -> Any:
+        """Read this component's keys (from `table`: the sub-table when `self.table` is set,
+        else the site's own table). Return its config, or None when the site does not use it."""
+        return None
+
+    def check(self, inventory: Inventory) -> None:
+        """Rules across sites and hosts; raise schema.InventoryError."""
+
+    def packages(self, inventory: Inventory, host: Host) -> list[str]:
+        return []
+
+    def ports(self, site: Site) -> list[tuple[int, str]]:
+        return []
+
+    def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
+        return {}
+
+    def env_notify(self, site: Site) -> tuple[str, ...]:
+        return ()
+
+    def nginx(self, inventory: Inventory, site: Site) -> NginxPart:
+        return NginxPart()
+
+    def steps(self, phase: str, run: HostRun) -> list[Step]:
+        return []
+
+    def holds(self, run: HostRun) -> list:
+        """What a run must hold on the host from connecting to closing (executor.Hold)."""
+        return []
+
+    def runs_on(self, host: Host) -> bool:
+        from .topology import roles
+
+        return not self.roles or bool(set(self.roles) & roles(host))
+
+
+_registry: dict[str, Component] = {}
+
+
+def register(component: Component) -> Component:
+    """Add a component (a later one with the same name replaces it, in place)."""
+    if not component.name:
+        raise ValueError("a component needs a name")
+    _registry[component.name] = component
+    return component
+
+
+def unregister(name: str) -> None:
+    _registry.pop(name, None)
+
+
+def components() -> list[Component]:
+    return list(_registry.values())
