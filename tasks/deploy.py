@@ -91,21 +91,47 @@ def deploy(c, check=False, diff=False, json_=False, quiet=False, wait=0, batch=N
     inventory = load_inventory(c)
     now = time.time()
     builds = {name: app.new_build(site, now) for name, site in inventory.sites.items()}
-
-    def plan(inv: Inventory, host: Host) -> HostPlan:
-        run = HostRun(
-            inv,
-            host,
-            tuple(sites_or_exit(inv, host)),
-            builds,
-            target=lambda site: app.Wanted(builds[site.name]),
-            options={"lock_wait": wait},
-        )
-        return compose(run, DEPLOY_PHASES)
-
     run_plans(
-        c, plan, check=check, diff=diff, json_=json_, quiet=quiet, batch=batch, inventory=inventory
+        c,
+        lambda inv, host: deploy_plan(inv, host, builds, wait),
+        check=check,
+        diff=diff,
+        json_=json_,
+        quiet=quiet,
+        batch=batch,
+        inventory=inventory,
     )
+
+
+def deploy_plan(
+    inventory: Inventory, host: Host, builds: dict[str, app.Build], wait: float | None = 0
+) -> HostPlan:
+    run = HostRun(
+        inventory,
+        host,
+        tuple(sites_or_exit(inventory, host)),
+        builds,
+        target=lambda site: app.Wanted(builds[site.name]),
+        options={"lock_wait": wait},
+    )
+    return compose(run, DEPLOY_PHASES)
+
+
+def rollback_plan(
+    inventory: Inventory, host: Host, site: str | None, to: str | None, wait: float | None = 0
+) -> HostPlan:
+    sites = [s for s in sites_or_exit(inventory, host) if site is None or s.name == site]
+    run = HostRun(
+        inventory,
+        host,
+        tuple(sites),
+        target=lambda s: app.Previous(s, to),
+        mark_old="rolled-back",
+        options={"lock_wait": wait},
+    )
+    plan = compose(run, (ROLLING,))
+    plan.revert = None  # a rollback is not rolled back again
+    return plan
 
 
 @targets_task(
@@ -128,21 +154,13 @@ def rollback(c, to=None, site=None, json_=False, quiet=False, wait=0):
     if site is not None and site not in inventory.sites:
         raise user_error(f"unknown site {site!r} (sites.{site} in {inventory.path.name})")
 
-    def plan(inv: Inventory, host: Host) -> HostPlan:
-        sites = [s for s in sites_or_exit(inv, host) if site is None or s.name == site]
-        run = HostRun(
-            inv,
-            host,
-            tuple(sites),
-            target=lambda s: app.Previous(s, to),
-            mark_old="rolled-back",
-            options={"lock_wait": wait},
-        )
-        plan = compose(run, (ROLLING,))
-        plan.revert = None  # a rollback is not rolled back again
-        return plan
-
-    run_plans(c, plan, json_=json_, quiet=quiet, inventory=inventory)
+    run_plans(
+        c,
+        lambda inv, host: rollback_plan(inv, host, site, to, wait),
+        json_=json_,
+        quiet=quiet,
+        inventory=inventory,
+    )
 
 
 class ListReleases(Step):

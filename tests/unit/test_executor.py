@@ -1,0 +1,150 @@
+"""The generic executor against a fake remote: phases, rolling batches, revert, fact re-reads,
+holds and handlers. No host: the fake records what would have run."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from djk.tasks.engine import facts as F
+from djk.tasks.engine.executor import HostPlan, Mode, Phase, converge
+from djk.tasks.engine.inventory import Host
+from djk.tasks.engine.remote import Result
+from djk.tasks.engine.report import Reporter
+from djk.tasks.engine.steps import Action, Context, Plan, Step
+
+MARKER = "/var/lib/test/marker"
+
+
+class FakeRemote:
+    """Answers facts from `state`, records scripts; a script containing FAIL fails."""
+
+    def __init__(self, host: Host, config=None, state=None, log=None) -> None:
+        self.host, self.commands, self.bytes_sent, self.run_id = host, 0, 0, "run"
+        self.state = state if state is not None else {}
+        self.log = log if log is not None else []
+        self.gathers = 0
+        self.scripts: list[str] = []
+
+    def open(self) -> None:
+        self.log.append((self.host.name, "open"))
+
+    def close(self) -> None:
+        self.log.append((self.host.name, "close"))
+
+    def gather(self, facts) -> F.Facts:
+        self.commands += 1
+        self.gathers += 1
+        self.log.append((self.host.name, "gather"))
+        return F.Facts({f: self.state.get(f, f.default) for f in facts})
+
+    def run(self, script, stdin=b"", on_line=None) -> Result:
+        self.commands += 1
+        self.log.append((self.host.name, script.strip().splitlines()[-1]))
+        self.scripts.append(script)
+        if "echo applied" in script:
+            self.state[F.Text(MARKER)] = "applied"
+        return Result(1 if "FAIL" in script else 0, "", "boom" if "FAIL" in script else "")
+
+
+class Want(Step):
+    """Wants MARKER to say `value`; its action runs `command`."""
+
+    def __init__(self, name: str, value: str = "applied", command: str = "echo applied",
+                 notify=(), consumes=()) -> None:  # fmt: skip
+        self.id = self.name = name
+        self.value, self.command, self.notify, self.consumes = value, command, notify, consumes
+
+    def facts(self, diff: bool) -> list:
+        return [F.Text(MARKER)]
+
+    def plan(self, ctx: Context) -> Plan:
+        if ctx.facts[F.Text(MARKER)] == self.value:
+            return Plan(reason="there")
+        action = Action(self.name, self.command, notify=self.notify, consumes=self.consumes)
+        return Plan([action])
+
+
+@dataclass
+class Recorded:
+    acquired: list
+
+    def acquire(self, remote) -> None:
+        self.acquired.append(remote.host.name)
+
+
+def run(plans, mode=None, state=None):
+    log: list = []
+    remotes: dict[str, FakeRemote] = {}
+
+    def connect(host, config):
+        remotes[host.name] = FakeRemote(host, state=(state or {}).get(host.name, {}), log=log)
+        return remotes[host.name]
+
+    reporter = Reporter("quiet", out=io.StringIO())
+    reports = converge(plans, mode or Mode(), reporter, connect=connect)
+    return {r.host: r for r in reports}, log, remotes
+
+
+def hosts(n: int) -> list[Host]:
+    return [Host(f"h{i}", f"10.0.0.{i}") for i in range(1, n + 1)]
+
+
+def rolling(host: Host, fail: bool = False) -> HostPlan:
+    command = "FAIL" if fail else "echo switched"
+    switch = Want(f"switch {host.name}", value="switched", command=command)
+    return HostPlan(
+        host,
+        [Phase("stage", [Want("stage")]), Phase("switch", [switch], rolling=True)],
+        revert=lambda facts: [Want("revert", value="never", command="echo reverted")],
+    )
+
+
+def test_a_failed_batch_stops_the_run_and_sends_switched_hosts_back():
+    plans = [rolling(h, fail=h.name == "h3") for h in hosts(5)]
+    reports, log, _ = run(plans, Mode(batch="2"))
+    ran = [(h, line) for h, line in log if line.startswith("echo") or line == "FAIL"]
+    assert ("h1", "echo switched") in ran and ("h2", "echo switched") in ran
+    assert ("h3", "FAIL") in ran and ("h4", "echo switched") in ran
+    assert not [line for h, line in ran if h == "h5" and line != "echo applied"]  # not switched
+    assert {h for h, line in ran if line == "echo reverted"} == {"h1", "h2", "h4"}
+    assert reports["h3"].failed and not reports["h1"].failed
+    assert [s.status for s in reports["h5"].steps][-1] == "skipped"
+
+
+def test_facts_are_read_again_only_after_this_host_changed_something():
+    steps = [Phase("one", [Want("a")]), Phase("two", [Want("b")])]
+    _, _, remotes = run([HostPlan(Host("x", "1"), steps)])
+    assert remotes["x"].gathers == 2  # "a" changed the host: "b" plans from a fresh read
+    _, log, remotes = run(
+        [HostPlan(Host("x", "1"), steps)], state={"x": {F.Text(MARKER): "applied"}}
+    )
+    assert remotes["x"].gathers == 1 and ("x", "echo applied") not in log  # a no-op: one read
+
+
+def test_holds_are_taken_after_connecting_and_not_in_check_mode():
+    taken: list = []
+    plan = HostPlan(Host("x", "1"), [Phase("p", [Want("a")])], holds=[Recorded(taken)])
+    run([plan])
+    assert taken == ["x"]
+    run([HostPlan(Host("x", "1"), [Phase("p", [Want("a")])], holds=[Recorded(taken)])],
+        Mode(check=True))  # fmt: skip
+    assert taken == ["x"]
+
+
+def test_handlers_run_once_after_the_steps_and_consumed_ones_not_at_all():
+    steps = [
+        Want("a", notify=("restart:x.service", "reload:nginx.service")),
+        Want("b", value="other", command="echo b", consumes=("restart:x.service",)),
+    ]
+    _, _, remotes = run([HostPlan(Host("x", "1"), [Phase("p", steps)])])
+    scripts = remotes["x"].scripts
+    reloads = [i for i, s in enumerate(scripts) if "systemctl reload nginx.service" in s]
+    assert len(reloads) == 1  # once, however many steps notified it
+    assert reloads[0] > next(i for i, s in enumerate(scripts) if "echo b" in s)  # after steps
+    assert not [s for s in scripts if "systemctl restart x.service" in s]  # consumed by "b"
+
+
+def test_check_mode_applies_nothing():
+    _, log, _ = run([rolling(h) for h in hosts(2)], Mode(check=True))
+    assert not [line for _, line in log if line.startswith("echo")]

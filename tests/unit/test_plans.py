@@ -1,0 +1,121 @@
+"""Plans as data: one case file per scenario in plans/ (an inventory, the facts a host shows,
+the run's phase), and the actions every step plans from them. Facts a case does not give are
+at their defaults, as on a fresh host. No host, no SSH: planning is a pure function."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from djk.tasks import app
+from djk.tasks.celery import RedisAuth, RedisBind, WorkingDirs
+from djk.tasks.deploy import deploy_plan, rollback_plan
+from djk.tasks.engine import facts as F
+from djk.tasks.engine.inventory import parse
+from djk.tasks.engine.lock import Locks
+from djk.tasks.engine.releases import Release, Releases
+from djk.tasks.engine.steps import Context, plan_phase
+from djk.tasks.provision import Installed, host_steps
+from djk.tasks.tls import AcmeInstalled, AcmeNames
+
+CASES = sorted((Path(__file__).parent / "plans").glob("*.toml"))
+EXAMPLE = Path(__file__).resolve().parents[2] / "example"
+
+
+def _fact(spec: dict):
+    kind = spec["fact"]
+    value = spec.get("value")
+    if kind == "Stat":
+        return F.Stat(spec["path"]), None if value is None else F.PathState(**value)
+    if kind == "Text":
+        return F.Text(spec["path"]), value
+    if kind == "Unit":
+        return F.Unit(spec["name"]), F.UnitState(name=spec["name"], **value)
+    if kind == "Releases":
+        return Releases(spec["base"]), [Release(**r) for r in value]
+    if kind == "WorkingDirs":
+        return WorkingDirs(tuple(spec["units"])), value
+    if kind == "RedisBind":
+        return RedisBind(), value
+    if kind == "RedisAuth":
+        return RedisAuth(), value
+    if kind == "AcmeNames":
+        return AcmeNames(spec["site"]), set(value)
+    if kind == "AcmeInstalled":
+        return AcmeInstalled(spec["site"], spec["tls_dir"]), value
+    if kind == "Installed":
+        return Installed(tuple(spec["names"])), set(value)
+    if kind == "Locks":
+        return Locks(), value
+    raise ValueError(f"unknown fact {kind}")
+
+
+def _inventory(case: dict, tmp_path: Path):
+    (tmp_path / "site.env").write_text(case.get("secrets", "DJANGO_SECRET_KEY=k3y-value-0\n"))
+    for name, text in case.get("files", {}).items():
+        (tmp_path / name).write_text(text)
+    data = case["inventory"]
+    for site in data.get("sites", {}).values():
+        site.setdefault("source", str(EXAMPLE))
+        site.setdefault("asgi", "exampleproject.asgi:application")
+        site.setdefault("settings", "exampleproject.settings")
+        site.setdefault("env_file", "site.env")
+    return parse(data, tmp_path / "hosts.toml")
+
+
+def _steps(case: dict, inventory):
+    host = inventory.hosts[case.get("host", "web1")]
+    sites = tuple(inventory.sites_on(host))
+    kind = case.get("run", "deploy")
+    if kind == "provision":
+        return host_steps(inventory, host, None)
+    if kind == "rollback":
+        plan = rollback_plan(inventory, host, None, case.get("to"))
+    else:
+        release, tree = case["build"]["release"], case["build"]["tree"]
+        builds = {s.name: app.Build(s, release, tree, "d1", "rev") for s in sites}
+        plan = deploy_plan(inventory, host, builds)
+    (phase,) = [p for p in plan.phases if p.name == case["phase"]]
+    return phase.steps
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_plan(path: Path, tmp_path: Path):
+    case = tomllib.loads(path.read_text())
+    inventory = _inventory(case, tmp_path)
+    steps = _steps(case, inventory)
+    given = dict(_fact(spec) for spec in case.get("facts", []))
+    declared = {fact: fact.default for step in steps for fact in step.facts(False)}
+    facts = F.Facts({**declared, **given})
+    planned = {
+        step.name: plan
+        for step, plan in plan_phase(steps, Context(facts, frozenset(case.get("pending", []))))
+    }
+    for expect in case["expect"]:
+        name = expect["step"]
+        assert name in planned, f"{path.name}: no step {name!r} in {list(planned)}"
+        plan = planned[name]
+        summaries = [a.summary for a in plan.actions]
+        scripts = "\n".join(a.full_script() for a in plan.actions)
+        if "error" in expect:
+            assert expect["error"] in plan.error, f"{name}: {plan.error!r}"
+        elif expect.get("actions") == []:
+            assert summaries == [] and not plan.error, f"{name}: {summaries} {plan.error}"
+            assert expect.get("reason", "") in plan.reason, f"{name}: {plan.reason!r}"
+        else:
+            assert not plan.error, f"{name}: {plan.error}"
+            assert len(summaries) == len(expect["actions"]), f"{name}: {summaries}"
+            for want, got in zip(expect["actions"], summaries, strict=True):
+                assert want in got, f"{name}: {want!r} not in {got!r}"
+        for text in expect.get("script", []):
+            assert text in scripts, f"{name}: {text!r} not in the script"
+        for text in expect.get("not_script", []):
+            assert text not in scripts, f"{name}: {text!r} in the script"
+        for name_ in expect.get("notify", []):
+            assert any(name_ in a.notify for a in plan.actions), f"{name}: no notify {name_}"
+        for name_ in expect.get("consumes", []):
+            assert any(name_ in a.consumes for a in plan.actions), f"{name}: no {name_}"
+    for absent in case.get("absent", []):
+        assert absent not in planned, f"{path.name}: step {absent!r} should not be planned"
