@@ -123,12 +123,16 @@ def _facts_of(steps: list[Step], diff: bool) -> list:
     return [fact for step in steps for fact in step.facts(diff)]
 
 
-def _run_phase(session: _Session, phase: Phase | None) -> None:
+def _run_phase(session: _Session, index: int) -> None:
+    phase = _phase(session.plan, index)
     if phase is None or not phase.steps:
         return
     try:
         if session.dirty and not session.mode.check:
-            session.facts = session.remote.gather(_facts_of(phase.steps, session.mode.diff))
+            # Everything read before this host changed is stale: this phase's facts and every
+            # later phase's are read again, in one round trip.
+            rest = [step for later in session.plan.phases[index:] for step in later.steps]
+            session.facts = session.remote.gather(_facts_of(rest, session.mode.diff))
             session.dirty = False
         _run_steps(session, phase.steps, session.facts)
     except RemoteError as exc:
@@ -280,7 +284,7 @@ def converge(
             if first is not None and first.rolling:
                 _run_rolling(sessions, index, mode, reporter)
             else:
-                _parallel(sessions, lambda s, i=index: _run_phase(s, _phase(s.plan, i)))
+                _parallel(sessions, lambda s, i=index: _run_phase(s, i))
     finally:
         _parallel(sessions, _close)
     return [s.report for s in sessions]
@@ -296,7 +300,7 @@ def _run_rolling(sessions: list[_Session], index: int, mode: Mode, reporter: Rep
         if len(groups) > 1:
             for s in batch:
                 reporter.line(s.name, "...", f"batch {number}/{len(groups)}")
-        _parallel(batch, lambda s: _run_phase(s, _phase(s.plan, index)))
+        _parallel(batch, lambda s: _run_phase(s, index))
         failed = [s for s in batch if s.failed]
         done += [s for s in batch if not s.failed]
         if failed:

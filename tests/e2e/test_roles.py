@@ -100,3 +100,19 @@ def test_rolling_deploy_of_the_app_hosts_under_load_through_the_web_host(project
         assert sh(app_host, "readlink /srv/djk/example/current").strip().endswith(after["release"])
     again = project.fab("deploy", "-H", ",".join(NAMES), "--json")
     assert again.code == 0 and all(h["changed"] == 0 for h in again.report["hosts"])
+
+
+def test_app_status_reads_the_live_slot_of_app_hosts_behind_a_web_host(project, hosts):
+    # web2 and web3 run only the app: their live slot is in .djk-slot (nginx is on web1).
+    run = project.fab("app.status", "-H", "web2,web3", "--json")
+    assert run.code == 0, run.out + run.err
+    for name in ("web2", "web3"):
+        (step,) = run.host(name)["steps"]
+        assert step["status"] == "ok" and "active" in step["detail"], step
+    sh(hosts[1], "systemctl stop 'djk-example-web-*.service'")
+    try:
+        down = project.fab("app.status", "-H", "web2", "--json")
+        assert down.code == 1 and down.host("web2")["failed"] == 1
+    finally:
+        sh(hosts[1], "systemctl start \"$(cat /srv/djk/example/.djk-slot | "
+           "sed 's/.*/djk-example-web-&.service/')\"")  # fmt: skip

@@ -48,18 +48,19 @@ class FakeRemote:
 
 
 class Want(Step):
-    """Wants MARKER to say `value`; its action runs `command`."""
+    """Wants `marker` to say `value`; its action runs `command`."""
 
     def __init__(self, name: str, value: str = "applied", command: str = "echo applied",
-                 notify=(), consumes=()) -> None:  # fmt: skip
+                 notify=(), consumes=(), marker=MARKER) -> None:  # fmt: skip
         self.id = self.name = name
         self.value, self.command, self.notify, self.consumes = value, command, notify, consumes
+        self.marker = marker
 
     def facts(self, diff: bool) -> list:
-        return [F.Text(MARKER)]
+        return [F.Text(self.marker)]
 
     def plan(self, ctx: Context) -> Plan:
-        if ctx.facts[F.Text(MARKER)] == self.value:
+        if ctx.facts[F.Text(self.marker)] == self.value:
             return Plan(reason="there")
         action = Action(self.name, self.command, notify=self.notify, consumes=self.consumes)
         return Plan([action])
@@ -120,6 +121,19 @@ def test_facts_are_read_again_only_after_this_host_changed_something():
         [HostPlan(Host("x", "1"), steps)], state={"x": {F.Text(MARKER): "applied"}}
     )
     assert remotes["x"].gathers == 1 and ("x", "echo applied") not in log  # a no-op: one read
+
+
+def test_a_read_after_a_change_covers_every_later_phase():
+    # "a" changes the host; "b" is a no-op; "c" plans from a fact only it declares, which must
+    # have been read after the change, with "b"'s (not from the first read, not missing).
+    phases = [
+        Phase("one", [Want("a")]),
+        Phase("two", [Want("b")]),
+        Phase("three", [Want("c", value="x", command="echo c", marker="/other")]),
+    ]
+    reports, log, remotes = run([HostPlan(Host("x", "1"), phases)])
+    assert not reports["x"].failed, reports["x"].steps
+    assert remotes["x"].gathers == 2 and ("x", "echo c") in log
 
 
 def test_holds_are_taken_after_connecting_and_not_in_check_mode():
