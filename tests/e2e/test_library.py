@@ -195,7 +195,7 @@ def test_a_team_component_works_with_no_kit_file_edited(kit_venv, team, fresh_ho
     inventory = team / "hosts.toml"
     good = inventory.read_text()
     try:
-        inventory.write_text(good.replace("Hello from the team", 'x"; return 200 "pwned'))
+        inventory.write_text(good.replace("Hello from the team", 'x\\"; return 200 \\"pwned'))
         bad = team_fab(kit_venv, team, "deploy")
         assert bad.returncode == 2, bad.stdout + bad.stderr
         assert "sites.example.banner.text:" in bad.stderr and "Traceback" not in bad.stderr
