@@ -9,14 +9,15 @@ components).
 from invoke import Collection
 
 from . import app, celery, flower, lock, multidomain, nginx, tls  # noqa: E402
-
-# Import order is registration order: provision's packages first, then each site's app, its
-# workers, TLS and nginx in front, then the rules between sites.
 from . import provision as _provision  # noqa: E402, I001
 from .deploy import deploy, releases, rollback  # noqa: E402
 from .engine import cli
-from .engine.component import Component, HostRun, NginxPart, components, register
+from .engine.component import Component, HostRun, NginxPart, components, order, register
 
+# The order the kit's components run in, whatever order their modules were imported in:
+# provision's packages first, then each site's app, its workers, TLS and nginx in front, then
+# the rules between sites. A team's components come after these.
+order(["provision", "lock", "app", "celery", "flower", "tls", "nginx", "multidomain"])
 cli.install()
 
 ns = Collection()

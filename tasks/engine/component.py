@@ -121,5 +121,13 @@ def unregister(name: str) -> None:
     _registry.pop(name, None)
 
 
+def order(names: list[str]) -> None:
+    """Put the named components first, in this order (their steps run in registry order)."""
+    ranked = {name: i for i, name in enumerate(names)}
+    items = sorted(_registry.items(), key=lambda kv: ranked.get(kv[0], len(ranked)))
+    _registry.clear()
+    _registry.update(items)
+
+
 def components() -> list[Component]:
     return list(_registry.values())

@@ -162,3 +162,13 @@ def test_handlers_run_once_after_the_steps_and_consumed_ones_not_at_all():
 def test_check_mode_applies_nothing():
     _, log, _ = run([rolling(h) for h in hosts(2)], Mode(check=True))
     assert not [line for _, line in log if line.startswith("echo")]
+
+
+def test_the_kits_components_run_in_their_declared_order():
+    # Import order must not decide it (an import sorter once put nginx's config before the
+    # packages that install nginx).
+    from djk.tasks import components
+
+    names = [c.name for c in components()]
+    kit = ["provision", "lock", "app", "celery", "flower", "tls", "nginx", "multidomain"]
+    assert names[: len(kit)] == kit
