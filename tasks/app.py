@@ -309,11 +309,7 @@ class Switch(Step):
             return Plan(error=str(exc))
         report = {"releases": {self.site.name: want}}
         releases = facts[R.Releases(paths.base)]
-        if self.remote_bind:
-            slot = facts[Text(f"{paths.base}/.djk-slot")]
-            slot = slot if slot in SLOTS else None
-        else:
-            slot = live_slot(paths, facts[Text(paths.upstream_conf)])
+        slot = current_slot(facts, paths, split=bool(self.remote_bind))
         restart = paths.cycle in ctx.pending
         problems: list[str] = []
         if want == live and not restart and slot is not None:
@@ -380,6 +376,15 @@ class Switch(Step):
         if status != "live":
             problems.append(f"{want} is marked {status}")
         return problems
+
+
+def current_slot(facts: Facts, paths: SitePaths, split: bool) -> str | None:
+    """The live slot: from nginx's upstream where nginx runs beside the app, from `.djk-slot`
+    on an app host behind nginx elsewhere; None before the first switch."""
+    if split:
+        slot = facts[Text(f"{paths.base}/.djk-slot")]
+        return slot if slot in SLOTS else None
+    return live_slot(paths, facts[Text(paths.upstream_conf)])
 
 
 def _uses_tls(site: Site):
@@ -614,11 +619,7 @@ class LiveSlot(UnitStatus):
         ]
 
     def plan(self, ctx: Context) -> Plan:
-        if self.split:
-            slot = ctx.facts[Text(f"{self.paths.base}/.djk-slot")]
-            slot = slot if slot in SLOTS else None
-        else:
-            slot = live_slot(self.paths, ctx.facts[Text(self.paths.upstream_conf)])
+        slot = current_slot(ctx.facts, self.paths, self.split)
         if slot is None:
             return Plan(error="not deployed")
         return UnitStatus(self.paths.web_unit(slot)).plan(ctx)
