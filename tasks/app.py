@@ -150,10 +150,10 @@ def env_entries(inventory: Inventory, site: Site) -> list[tuple[str, str | Secre
     return list(entries.items())
 
 
-def env_file(inventory: Inventory, site: Site) -> File:
+def env_file(inventory: Inventory, site: Site, host: Host) -> File:
     paths = SitePaths.of(site)
     entries = env_entries(inventory, site)
-    notify = tuple(n for c in components() for n in c.env_notify(site))
+    notify = tuple(n for c in components() for n in c.env_notify(site, host))
     return File(
         paths.env,
         render(
@@ -460,7 +460,7 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
         Directory(paths.venvs, "root", site.user, "750"),
         Directory(paths.slots, "root", site.user, "750"),
         Venv(paths.venvs, app_of(site).requirements, group=site.user),
-        env_file(inventory, site),
+        env_file(inventory, site, host),
         Stage(build),
         ReleaseCommand(
             build,
@@ -567,8 +567,8 @@ class AppComponent(Component):
             "PYTHONDONTWRITEBYTECODE": "1",
         }
 
-    def env_notify(self, site: Site) -> tuple[str, ...]:
-        return (SitePaths.of(site).cycle,)
+    def env_notify(self, site: Site, host: Host) -> tuple[str, ...]:
+        return (SitePaths.of(site).cycle,) if "app" in topology.roles(host) else ()
 
     def steps(self, phase: str, run: HostRun) -> list[Step]:
         inventory, host = run.inventory, run.host

@@ -354,8 +354,10 @@ class CeleryComponent(Component):
         # It may carry the broker's password: a secret in diffs and reports.
         return {"CELERY_BROKER_URL": Secret(url), "CELERY_RESULT_BACKEND": Secret(url)}
 
-    def env_notify(self, site: Site) -> tuple[str, ...]:
-        return (cycle(site),) if site.part(Celery) else ()
+    def env_notify(self, site: Site, host: Host) -> tuple[str, ...]:
+        if site.part(Celery) is None or "worker" not in topology.roles(host):
+            return ()
+        return (cycle(site),)
 
     def steps(self, phase: str, run: HostRun) -> list[Step]:
         roles = topology.roles(run.host)

@@ -10,7 +10,7 @@ from . import celery
 from .engine import topology, values
 from .engine.cli import run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, NginxPart, register
-from .engine.inventory import Inventory, Site
+from .engine.inventory import Host, Inventory, Site
 from .engine.schema import InventoryError, Table
 from .engine.steps import Step, UnitStatus
 
@@ -83,8 +83,10 @@ class FlowerComponent(Component):
         conf = site.part(Flower)
         return [(conf.port, "Flower")] if conf else []
 
-    def env_notify(self, site: Site) -> tuple[str, ...]:
-        return (cycle(site),) if site.part(Flower) else ()
+    def env_notify(self, site: Site, host: Host) -> tuple[str, ...]:
+        if site.part(Flower) is None or "worker" not in topology.roles(host):
+            return ()
+        return (cycle(site),)
 
     def nginx(self, inventory: Inventory, site: Site) -> NginxPart:
         conf = site.part(Flower)

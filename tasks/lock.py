@@ -67,7 +67,7 @@ class Holders(Step):
 
     def plan(self, ctx: Context) -> Plan:
         holders = ctx.facts[L.Locks()]
-        report = {"locks": {h.site: h.__dict__ for h in holders}}
+        report = {"locks": [h.__dict__ for h in holders]}
         if not holders:
             return Plan(reason="no site is locked", report=report)
         return Plan(reason="; ".join(h.describe() for h in holders), report=report)

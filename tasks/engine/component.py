@@ -87,7 +87,9 @@ class Component:
     def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
         return {}
 
-    def env_notify(self, site: Site) -> tuple[str, ...]:
+    def env_notify(self, site: Site, host: Host) -> tuple[str, ...]:
+        """Handlers to run on `host` when the site's env file changes there (restart what reads
+        it on that host; nothing where this component runs nothing)."""
         return ()
 
     def nginx(self, inventory: Inventory, site: Site) -> NginxPart:

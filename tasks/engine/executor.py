@@ -172,9 +172,13 @@ def _run_steps(session: _Session, steps: list[Step], facts: Facts) -> bool:
     return True
 
 
-def _merge(into: dict[str, Any], extra: dict[str, dict[str, Any]]) -> None:
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    """A step's report data into the host's: tables merge by key, lists add up."""
     for key, values in extra.items():
-        into.setdefault(key, {}).update(values)
+        if isinstance(values, list):
+            into.setdefault(key, []).extend(values)
+        else:
+            into.setdefault(key, {}).update(values)
 
 
 def _apply(session: _Session, action: Action) -> str:
@@ -299,7 +303,9 @@ def _run_rolling(sessions: list[_Session], index: int, mode: Mode, reporter: Rep
         batch = [sessions[i] for i in group]
         if len(groups) > 1:
             for s in batch:
-                reporter.line(s.name, "...", f"batch {number}/{len(groups)}")
+                phase = _phase(s.plan, index)
+                label = f"{phase.name} batch" if phase else "batch"
+                reporter.line(s.name, "...", f"{label} {number}/{len(groups)}")
         _parallel(batch, lambda s: _run_phase(s, index))
         failed = [s for s in batch if s.failed]
         done += [s for s in batch if not s.failed]

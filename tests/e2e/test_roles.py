@@ -107,7 +107,9 @@ def test_app_status_reads_the_live_slot_of_app_hosts_behind_a_web_host(project, 
     run = project.fab("app.status", "-H", "web2,web3", "--json")
     assert run.code == 0, run.out + run.err
     for name in ("web2", "web3"):
-        (step,) = run.host(name)["steps"]
+        steps = run.host(name)["steps"]
+        assert len(steps) == 1, steps
+        (step,) = steps
         assert step["status"] == "ok" and "active" in step["detail"], step
     sh(hosts[1], "systemctl stop 'djk-example-web-*.service'")
     try:

@@ -115,6 +115,8 @@ def test_plan(path: Path, tmp_path: Path):
             assert text not in scripts, f"{name}: {text!r} in the script"
         for name_ in expect.get("notify", []):
             assert any(name_ in a.notify for a in plan.actions), f"{name}: no notify {name_}"
+        for name_ in expect.get("not_notify", []):
+            assert not any(name_ in a.notify for a in plan.actions), f"{name}: notifies {name_}"
         for name_ in expect.get("consumes", []):
             assert any(name_ in a.consumes for a in plan.actions), f"{name}: no {name_}"
     for absent in case.get("absent", []):
