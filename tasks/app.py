@@ -150,6 +150,47 @@ def env_entries(inventory: Inventory, site: Site) -> list[tuple[str, str | Secre
     return list(entries.items())
 
 
+# Variables that change how the interpreter, the loader or the shell run: never from the
+# inventory or the secrets file (a typo here runs other code as the site user).
+REFUSED_ENV = (
+    "PATH",
+    "IFS",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONINSPECT",
+)
+
+
+def check_env_names(inventory: Inventory, site: Site) -> None:
+    """`env` and the secrets may not set what the kit derives (unless the site lists it in
+    `env_override`) nor any of REFUSED_ENV."""
+    derived = {k: c.name for c in components() for k in c.env(inventory, site)}
+    given = [(f"sites.{site.name}.env.{k}", k, "env") for k in site.env]
+    given += [(f"sites.{site.name}.env_file", k, "the secrets file") for k in site.secrets]
+    for key, name, where in given:
+        if name in REFUSED_ENV:
+            raise InventoryError(
+                inventory.path, key, f"{name} in {where}: the kit never sets {name} for a site"
+            )
+        if name in derived and name not in site.env_override:
+            raise InventoryError(
+                inventory.path,
+                key,
+                f"{name} in {where}: the kit derives it ({derived[name]}); to set it anyway, "
+                f'add "{name}" to sites.{site.name}.env_override',
+            )
+    for i, name in enumerate(site.env_override):
+        if name not in derived:
+            raise InventoryError(
+                inventory.path,
+                f"sites.{site.name}.env_override[{i}]",
+                f"{name} is not a variable the kit derives (nothing to override)",
+            )
+
+
 def env_file(inventory: Inventory, site: Site, host: Host) -> File:
     paths = SitePaths.of(site)
     entries = env_entries(inventory, site)
@@ -161,6 +202,8 @@ def env_file(inventory: Inventory, site: Site, host: Host) -> File:
             inventory.templates,
             entries=[(k, v.reveal() if isinstance(v, Secret) else v) for k, v in entries],
         ),
+        # The same template with the Secret objects themselves: env_quote masks them there.
+        shown=render("app/env.j2", inventory.templates, entries=entries),
         owner=site.user,
         group=site.user,
         mode="600",
@@ -437,7 +480,7 @@ def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
                 app=app_of(site),
                 paths=paths,
                 slot=slot,
-                bind=bind,
+                bind=values.url_host(bind),
                 allow=allow or "127.0.0.1",
             ),
             notify=("daemon-reload", paths.cycle),
@@ -518,10 +561,16 @@ class AppComponent(Component):
 
     def parse(self, table: Table, site: Site) -> App:
         key = table.key
-        source = table.local_path(table.get("source", str))
+        source = table.get_path("source")
         if not source.is_dir():
             table.fail(f"{key}.source", f"{source} is not a directory")
-        requirements = source / table.get("requirements", str, default="requirements.txt")
+        requirements = (source / table.get("requirements", str, default="requirements.txt"))
+        try:
+            requirements = requirements.resolve()
+        except (OSError, RuntimeError, ValueError) as exc:
+            table.fail(f"{key}.requirements", str(exc))
+        if not requirements.is_relative_to(source):
+            table.fail(f"{key}.requirements", f"{requirements} is outside source ({source})")
         if not requirements.is_file():
             table.fail(f"{key}.requirements", f"{requirements} does not exist")
         return App(
@@ -543,6 +592,7 @@ class AppComponent(Component):
                 raise InventoryError(
                     inventory.path, f"sites.{site.name}.hosts", "no host with the app role"
                 )
+            check_env_names(inventory, site)
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
         return ["python3", "python3-venv"] if inventory.sites_on(host) else []

@@ -4,6 +4,7 @@ warm restarts after a switch, and the local Redis broker on the broker host."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -22,6 +23,7 @@ from .engine.steps import Action, Context, File, Plan, Run, Service, Step, UnitS
 
 REDIS_CONF = "/etc/redis/redis.conf"
 REDIS_UNIT = "redis-server.service"
+REDIS_PORT = 6379
 LOOPBACK = {"127.0.0.1", "::1", "-::1", "localhost"}
 
 
@@ -53,7 +55,7 @@ def broker_url(site: Site, address: str = "127.0.0.1") -> str | None:
         return None
     password = site.secrets.get("BROKER_PASSWORD")
     auth = f":{quote(password.reveal(), safe='')}@" if password and address != "127.0.0.1" else ""
-    return f"redis://{auth}{address}:6379/{conf.redis_db}"
+    return f"redis://{auth}{values.url_host(address)}:{REDIS_PORT}/{conf.redis_db}"
 
 
 def units(site: Site) -> list[tuple[str, str, str]]:
@@ -289,7 +291,7 @@ class CeleryComponent(Component):
         celery = Celery(
             app=table.get("app", str, values.dotted),
             concurrency=table.get("concurrency", int, values.count(1, 256), default=2),
-            queues=table.get_list("queues", values.env_key, default=("celery",)),
+            queues=table.get_list("queues", values.celery_queue, default=("celery",)),
             options=table.get_list("options", values.cli_option, default=(), empty=True),
             beat=table.get("beat", bool, default=False),
             broker=table.get("broker", str, values.choice("local", "external"), default="local"),
@@ -327,6 +329,14 @@ class CeleryComponent(Component):
                     "the broker serves other hosts: put BROKER_PASSWORD=... in the secrets "
                     "(Redis refuses remote clients without a password)",
                 )
+            password = site.secrets.get("BROKER_PASSWORD")
+            if password is not None and not _BROKER_PASSWORD.fullmatch(password.reveal()):
+                raise InventoryError(
+                    path,
+                    f"sites.{site.name}.env_file",
+                    "BROKER_PASSWORD must be 8 to 128 printable ASCII characters without "
+                    "spaces, quotes or backslashes (Redis's requirepass reads one word)",
+                )
         for host in inventory.hosts:
             owner: dict[int, str] = {}
             for site in inventory.sites.values():
@@ -343,9 +353,10 @@ class CeleryComponent(Component):
                     )
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
-        if any(topology.broker_host(inventory, s) == host for s in _local_broker_sites(inventory)):
-            return ["redis-server"]
-        return []
+        return ["redis-server"] if _runs_redis(inventory, host) else []
+
+    def host_ports(self, inventory: Inventory, host: Host) -> list[tuple[int, str]]:
+        return [(REDIS_PORT, "Redis")] if _runs_redis(inventory, host) else []
 
     def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
         url = broker_url(site, topology.broker_address(inventory, site))
@@ -384,6 +395,15 @@ class CeleryComponent(Component):
 
 def _local_broker_sites(inventory: Inventory) -> list[Site]:
     return [s for s in inventory.sites.values() if broker_url(s)]
+
+
+def _runs_redis(inventory: Inventory, host: Host) -> bool:
+    return any(topology.broker_host(inventory, s) == host for s in _local_broker_sites(inventory))
+
+
+# Redis reads requirepass as one word of redis.conf and Celery takes it inside a URL: printable
+# ASCII without spaces, quotes or backslashes is what both carry without escaping rules.
+_BROKER_PASSWORD = re.compile(r"[!#-&(-\[\]-~]{8,128}")
 
 
 register(CeleryComponent())

@@ -9,7 +9,7 @@ from .engine import values
 from .engine.cli import load_inventory, run_plans, target_hosts, targets_task, user_error
 from .engine.component import Component, HostRun, components, register
 from .engine.facts import Fact, Lines, Stat
-from .engine.inventory import Inventory, Site
+from .engine.inventory import Host, Inventory, Site
 from .engine.layout import ROOT, UPSTREAM_DIR
 from .engine.schema import InventoryError
 from .engine.steps import Action, Context, Plan, Step
@@ -20,12 +20,27 @@ def ports(site: Site) -> list[tuple[int, str]]:
     return [port for component in components() for port in component.ports(site)]
 
 
+def host_ports(inventory: Inventory, host: Host) -> list[tuple[int, str]]:
+    """Ports of the host's own services: its SSH port and every component's host-wide ones."""
+    found = [(host.port, "SSH")] if host.in_inventory else []
+    return found + [p for c in components() for p in c.host_ports(inventory, host)]
+
+
 def check_conflicts(inventory: Inventory) -> None:
     """Per host: each domain served by one site, each port used once across every service."""
     for host in inventory.hosts:
         on_host = [s for s in inventory.sites.values() if host in s.hosts]
         domain_owner: dict[str, str] = {}
+        # Host-wide services first (sshd, Redis, ...): a site's port is checked against them.
         port_owner: dict[int, tuple[str, str]] = {}
+        for port, what in host_ports(inventory, inventory.hosts[host]):
+            _, other = port_owner.setdefault(port, ("", what))
+            if other != what:
+                raise InventoryError(
+                    inventory.path,
+                    f"hosts.{host}.port",
+                    f"port {port} is used by both {other} and {what} on host {host!r}",
+                )
         for site in on_host:
             for i, domain in enumerate(site.domains):
                 other = domain_owner.setdefault(domain, site.name)
@@ -38,11 +53,12 @@ def check_conflicts(inventory: Inventory) -> None:
             for port, what in ports(site):
                 owner, used_for = port_owner.setdefault(port, (site.name, what))
                 if (owner, used_for) != (site.name, what):
+                    by = f"site {owner!r} ({used_for})" if owner else used_for
                     raise InventoryError(
                         inventory.path,
                         f"sites.{site.name}.port",
-                        f"port {port} is already used by site {owner!r} ({used_for}) on host "
-                        f"{host!r} (a site uses port, port + 1 and its Flower port)",
+                        f"port {port} is already used by {by} on host {host!r}, "
+                        f"here for {what} (a site uses port, port + 1 and its Flower port)",
                     )
 
 

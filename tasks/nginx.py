@@ -137,7 +137,8 @@ class NginxComponent(Component):
         redirect_to = table.get("redirect_to", str, values.domain, default=None)
         if redirect_to and (redirect_to not in site.domains or "*" in redirect_to):
             table.fail(
-                table.path("redirect_to"), f"{redirect_to!r} must be one of the site's domains"
+                table.path("redirect_to"),
+                f"{values.show(redirect_to)} must be one of the site's domains",
             )
         return Nginx(
             max_body_size=table.get("max_body_size", str, values.nginx_size, default="20m"),

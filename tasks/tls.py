@@ -200,18 +200,20 @@ def before_nginx(site: Site, tls: Tls) -> list[Step]:
 
 
 def _read_pem(t: Table, name: str, marker: str, required: bool = True) -> str:
-    value = t.get(name, str, default=... if required else None)
-    if value is None:
+    file = t.get_path(name, default=... if required else None)
+    if file is None:
         return ""
-    file = t.local_path(value)
     key = t.path(name)
-    try:
-        text = file.read_text()
-    except OSError as exc:
-        t.fail(key, f"cannot read {file}: {exc.strerror}")
-    if f"{marker}-----" not in text:
+    text = t.read_text(name, file, limit=PEM_LIMIT)
+    if f"-----BEGIN {marker}-----" not in text and f" {marker}-----" not in text:
         t.fail(key, f"{file} holds no PEM {marker.lower()}")
+    if marker != "PRIVATE KEY" and "PRIVATE KEY-----" in text:
+        # It would be uploaded world-readable and shown in diffs: the key has its own setting.
+        t.fail(key, f"{file} also holds a private key: give the key as `key`, not in `{name}`")
     return text
+
+
+PEM_LIMIT = 256 * 1024  # a chain of a few certificates; never a device or a large file
 
 
 class TlsComponent(Component):

@@ -111,6 +111,36 @@ def image_dir(machines_dir: Path = MACHINES_DIR) -> Path:
 
 # debootstrap logs one line per package per phase; those become a counter.
 _PER_PACKAGE = re.compile(r"^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) ")
+PROGRESS_EVERY = 5.0  # seconds between two progress lines
+
+
+class BuildProgress:
+    """debootstrap's output as a few lines: its other notes as they come, and for the per-package
+    lines (hundreds, alternating retrieve/validate) one counter line every PROGRESS_EVERY
+    seconds at most, plus the last count when another note or the end comes."""
+
+    def __init__(self, clock=time.monotonic, every: float = PROGRESS_EVERY) -> None:
+        self.clock, self.every = clock, every
+        self.counted, self.phase, self.shown = 0, "", 0
+        self.last = clock()
+
+    def feed(self, line: str) -> list[str]:
+        m = _PER_PACKAGE.match(line)
+        if m:
+            self.counted, self.phase = self.counted + 1, m.group(1).lower()
+            if self.clock() - self.last >= self.every:
+                return [self._counter()]
+            return []
+        if line.startswith(("I: ", "W: ", "E: ")):
+            return [*self.flush(), f"image: {line.rstrip()[3:]}"]
+        return []
+
+    def flush(self) -> list[str]:
+        return [self._counter()] if self.counted > self.shown else []
+
+    def _counter(self) -> str:
+        self.last, self.shown = self.clock(), self.counted
+        return f"image: {self.phase} packages ({self.counted} steps so far)"
 
 
 def _debootstrap(target: Path, build_log: Path) -> None:
@@ -133,17 +163,13 @@ def _debootstrap(target: Path, build_log: Path) -> None:
             env={**os.environ, "LC_ALL": "C"},
         )
         assert proc.stdout is not None
-        counted, last_report, phase = 0, time.monotonic(), ""
+        progress = BuildProgress()
         for line in proc.stdout:
             logf.write(line)
-            m = _PER_PACKAGE.match(line)
-            if m:
-                counted += 1
-                if m.group(1) != phase or time.monotonic() - last_report > 10:
-                    phase, last_report = m.group(1), time.monotonic()
-                    log(f"image: {phase.lower()} packages ({counted} steps so far)")
-            elif line.startswith(("I: ", "W: ", "E: ")):
-                log(f"image: {line.rstrip()[3:]}")
+            for shown in progress.feed(line):
+                log(shown)
+        for shown in progress.flush():
+            log(shown)
         rc = proc.wait()
     if rc != 0:
         raise TestbedError(f"debootstrap failed ({rc}); log {build_log}:\n{tail(build_log)}")

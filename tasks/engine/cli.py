@@ -23,6 +23,7 @@ from .executor import HostPlan, Mode, Phase, batches, converge
 from .inventory import DEFAULT_INVENTORY, Host, Inventory, InventoryError, load
 from .report import HostReport, Reporter
 from .steps import Step
+from .values import escape
 
 HOSTS_KEY = "djk_hosts"
 INVENTORY_ENV = "DJK_INVENTORY"
@@ -96,8 +97,6 @@ def inventory_path(c=None, start: Path | None = None) -> Path:
 
 def load_inventory(c=None) -> Inventory:
     path = inventory_path(c)
-    if path.is_dir():
-        raise Exit(f"error: {path}: is a directory, not an inventory file", code=2)
     try:
         return load(path)
     except InventoryError as exc:
@@ -150,4 +149,5 @@ def run_plans(
 
 
 def user_error(message: str) -> Exit:
-    return Exit(f"error: {message}", code=2)
+    """The one-line error of a user's mistake, exit code 2; what it quotes is escaped."""
+    return Exit(f"error: {escape(message)}", code=2)

@@ -82,6 +82,12 @@ class Component:
         return []
 
     def ports(self, site: Site) -> list[tuple[int, str]]:
+        """(port, what) the site's processes listen on, on each of its hosts."""
+        return []
+
+    def host_ports(self, inventory: Inventory, host: Host) -> list[tuple[int, str]]:
+        """(port, what) a host-wide service of this component listens on (e.g. Redis): no
+        site on that host may use them."""
         return []
 
     def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:

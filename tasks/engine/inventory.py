@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from . import values
 from .component import components
-from .schema import InventoryError, Table
+from .schema import FileProblem, InventoryError, Table, read_text
 from .secrets import Secret, load_env_file
 
 __all__ = ["DEFAULT_INVENTORY", "ROLES", "Host", "Inventory", "InventoryError", "Site", "load"]
@@ -49,6 +49,7 @@ class Site:
     domains: tuple[str, ...]
     hosts: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
+    env_override: tuple[str, ...] = ()  # variables the kit derives that env/secrets may set
     secrets: dict[str, Secret] = field(default_factory=dict)
     env_file: Path | None = None
     secrets_loaded: bool = True  # False when the inventory was read without its secrets
@@ -139,12 +140,22 @@ class Inventory:
 def load(path: Path | str = DEFAULT_INVENTORY, read_secrets: bool = True) -> Inventory:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InventoryError(path, "", "file not found") from None
+        text = read_text(path)
+    except FileProblem as exc:
+        raise InventoryError(path, "", exc.reason) from None
+    return parse(loads(path, text), path, read_secrets=read_secrets)
+
+
+def loads(path: Path, text: str) -> dict[str, Any]:
+    """TOML text as data, or the one-line error for any text at all."""
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InventoryError(path, "", f"not valid TOML: {exc}") from None
-    return parse(data, path, read_secrets=read_secrets)
+    except RecursionError:
+        raise InventoryError(path, "", "not valid TOML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise InventoryError(path, "", f"not valid TOML: {exc}") from None
 
 
 def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Inventory:
@@ -152,7 +163,7 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
     defaults = top.sub("defaults") or Table(path, {}, "defaults")
     d_user = defaults.get("user", str, values.unix_user, default="deploy")
     d_port = defaults.get("port", int, values.ssh_port, default=22)
-    d_key = defaults.get("ssh_key", str, default=None)
+    d_key = defaults.get_path("ssh_key", default=None)
     target = defaults.get("target", str, values.host_name, default=None)
     defaults.done()
 
@@ -168,13 +179,13 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
         alias = r.get("ssh_alias", str, values.host_name, default=None)
         if addr is None and alias is None:
             r.fail(f"{key}.address", "is required (or give ssh_alias)")
-        ssh_key = r.get("ssh_key", str, default=d_key)
+        ssh_key = r.get_path("ssh_key", default=None) or d_key
         hosts[name] = Host(
             name=name,
             address=addr or alias,
             user=r.get("user", str, values.unix_user, default=d_user),
             port=r.get("port", int, values.ssh_port, default=d_port),
-            ssh_key=r.local_path(ssh_key) if ssh_key else None,
+            ssh_key=ssh_key,
             ssh_alias=alias,
             roles=r.get_list("roles", values.choice(*ROLES), default=()),
         )
@@ -186,11 +197,11 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
     for name in raw_groups.names(values.host_name):
         key = raw_groups.path(name)
         if name in hosts:
-            raw_groups.fail(key, f"a host is already named {name!r}")
+            raw_groups.fail(key, f"a host is already named {values.show(name)}")
         members = raw_groups.get_list(name)
         for i, member in enumerate(members):
             if member not in hosts:
-                raw_groups.fail(f"{key}[{i}]", f"unknown host {member!r}")
+                raw_groups.fail(f"{key}[{i}]", f"unknown host {values.show(member)}")
         groups[name] = members
     raw_groups.done()
     if target is not None and target not in hosts and target not in groups:
@@ -226,21 +237,20 @@ def _parse_site(
         elif target in groups:
             members = groups[target]
         else:
-            r.fail(f"{key}.hosts[{i}]", f"unknown host or group {target!r}")
+            r.fail(f"{key}.hosts[{i}]", f"unknown host or group {values.show(target)}")
         targets += [m for m in members if m not in targets]
     env: dict[str, str] = {}
     raw_env = r.sub("env") or Table(r.file, {}, f"{key}.env")
     for env_name in raw_env.names(values.env_key):
         env[env_name] = raw_env.get(env_name, str, values.env_value)
     raw_env.done()
-    env_file_value = r.get("env_file", str, default=None)
-    env_file = r.local_path(env_file_value) if env_file_value else None
+    env_override = r.get_list("env_override", values.env_key, default=(), empty=True)
+    env_file = r.get_path("env_file", default=None)
     secrets: dict[str, Secret] = {}
     if env_file is not None and read_secrets:
-        if not env_file.is_file():
-            r.fail(f"{key}.env_file", f"{env_file} does not exist")
+        text = r.read_text("env_file", env_file)
         try:
-            secrets = load_env_file(env_file)
+            secrets = load_env_file(text)
         except ValueError as exc:
             r.fail(f"{key}.env_file", f"{env_file}: {exc}")
     site = Site(
@@ -248,6 +258,7 @@ def _parse_site(
         domains=domains,
         hosts=tuple(targets),
         env=env,
+        env_override=env_override,
         secrets=secrets,
         env_file=env_file,
         secrets_loaded=read_secrets,

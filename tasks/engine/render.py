@@ -11,6 +11,9 @@ from pathlib import Path
 
 import jinja2
 
+from . import values
+from .secrets import MASK, Secret
+
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 MANAGED = "Managed by djk (the deploy kit); local changes are overwritten on the next deploy."
 
@@ -37,11 +40,10 @@ def render(name: str, overrides: Path | None = None, **values: object) -> str:
     return environment(overrides).get_template(name).render(managed=MANAGED, **values)
 
 
-def env_quote(value: str) -> str:
-    """Double-quote for systemd EnvironmentFile and POSIX sh alike.
-
-    Both unescape backslash before \\ " ` $ inside double quotes, and values are already free of
-    control characters (values.env_value), so the file means the same to systemd and to `. file`.
-    """
-    escaped = "".join("\\" + ch if ch in '\\"`$' else ch for ch in value)
-    return f'"{escaped}"'
+def env_quote(value: str | Secret) -> str:
+    """One value of the env file, quoted so systemd, python-dotenv and sh read it alike (the
+    inventory refused at load any value that cannot be; see values.env_quote). A Secret not
+    revealed renders as the mask: that is the rendering a diff shows."""
+    if isinstance(value, Secret):
+        return MASK
+    return values.env_quote(value)

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
-from .secrets import Secret, redact
+from .secrets import Secret, redact, redact_data
 
 STATUSES = ("ok", "changed", "failed", "skipped")
 
@@ -114,10 +114,8 @@ class Reporter:
             data.update({s: r.count(s) for s in STATUSES})
             data["failed_run"] = r.failed
             hosts.append(data)
-        text = json.dumps(
-            {"check": self.check, "ok": not any(r.failed for r in reports), "hosts": hosts}
-        )
-        return json.loads(self.clean(text))
+        data = {"check": self.check, "ok": not any(r.failed for r in reports), "hosts": hosts}
+        return redact_data(data, self.secrets)
 
 
 class Progress:

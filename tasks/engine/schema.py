@@ -7,20 +7,90 @@ whatever a table holds that nobody read is an "unknown key".
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .values import SHOW_LIMIT, escape, show
+
 Check = Callable[[Any], Any]
+
+FILE_LIMIT = 1 << 20  # hosts.toml, secrets and PEM files are small; /dev/zero is not
+PATH_LIMIT = 4095
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class InventoryError(Exception):
-    """A user error in the inventory: one line, file and key path first."""
+    """A user error in the inventory: one line, file and key path first. Whatever the message
+    quotes of the user's input is escaped, so it stays one line and moves no terminal cursor."""
 
     def __init__(self, file: Path | str, key: str, message: str) -> None:
-        self.file, self.key, self.message = str(file), key, message
-        where = f"{self.file}: {key}: " if key else f"{self.file}: "
-        super().__init__(where + message)
+        self.file, self.key, self.message = escape(str(file)), escape(key), escape(message)
+        where = f"{self.file}: {self.key}: " if key else f"{self.file}: "
+        super().__init__(where + self.message)
+
+
+def key_name(name: str) -> str:
+    """A TOML key as a key path shows it: bare when it can be, else quoted and escaped."""
+    if _BARE_KEY.fullmatch(name) and len(name) <= SHOW_LIMIT:
+        return name
+    if len(name) > SHOW_LIMIT:
+        return json.dumps(name[:SHOW_LIMIT])[:-1] + '..."'
+    return json.dumps(name)
+
+
+class FileProblem(ValueError):
+    """Why a file of the user's cannot be read; `reason` without the path."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"{show(str(path), 200)}: {reason}")
+
+
+def read_text(path: Path, limit: int = FILE_LIMIT) -> str:
+    """A small UTF-8 text file of the user's, or FileProblem saying why not (never quoting its
+    content): missing, not a regular file (a directory, /dev/zero), too large, unreadable,
+    not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise FileProblem(path, "not a regular file")
+            data = f.read(limit + 1)
+    except FileProblem:
+        raise
+    except FileNotFoundError:
+        raise FileProblem(path, "file not found") from None
+    except IsADirectoryError:
+        raise FileProblem(path, "is a directory, not a file") from None
+    except OSError as exc:
+        raise FileProblem(path, f"cannot read it: {exc.strerror or type(exc).__name__}") from None
+    except ValueError:  # a NUL in the path
+        raise FileProblem(path, "not a usable path") from None
+    if len(data) > limit:
+        raise FileProblem(path, f"larger than {limit // 1024} kB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileProblem(path, f"not UTF-8 text (byte {exc.start})") from None
+
+
+def local_path(base: Path, value: str) -> Path:
+    """A path on the control machine, relative to `base`; ValueError for one no system call
+    can take (a NUL, an unknown ~user, too long)."""
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    try:
+        path = (base / Path(value).expanduser()).resolve()
+    except (RuntimeError, OSError) as exc:  # ~nosuchuser; a loop of symlinks
+        raise ValueError(f"{show(value)}: {exc}") from None
+    text = str(path)
+    if len(text) > PATH_LIMIT or any(len(p.encode()) > 255 for p in path.parts):
+        raise ValueError(f"{show(value)} is too long for a path")
+    return path
 
 
 _TYPE_NAMES = {
@@ -51,7 +121,7 @@ class Table:
         raise InventoryError(self.file, key, message)
 
     def path(self, name: str) -> str:
-        return f"{self.key}.{name}" if self.key else name
+        return f"{self.key}.{key_name(name)}" if self.key else key_name(name)
 
     def has(self, name: str) -> bool:
         return name in self.table
@@ -109,9 +179,22 @@ class Table:
                 self.fail(key, str(exc))
         return raw
 
-    def local_path(self, value: str) -> Path:
-        """A path in the inventory, relative to the inventory file's directory."""
-        return (self.base / Path(value).expanduser()).resolve()
+    def get_path(self, name: str, default: Any = ...) -> Path | None:
+        """A path on the control machine, relative to the inventory file's directory."""
+        value = self.get(name, str, default=default)
+        if value is None:
+            return None
+        try:
+            return local_path(self.base, value)
+        except ValueError as exc:
+            self.fail(self.path(name), str(exc))
+
+    def read_text(self, name: str, path: Path, limit: int = FILE_LIMIT) -> str:
+        """The text of a file the key `name` names (see read_text)."""
+        try:
+            return read_text(path, limit)
+        except ValueError as exc:
+            self.fail(self.path(name), str(exc))
 
     def done(self) -> None:
         unknown = sorted(set(self.table) - self.seen)

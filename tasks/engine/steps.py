@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .facts import PENDING_FILE, Content, Fact, Facts, PathState, Stat, Text, Unit, User
+from .secrets import MASK
 
 Payload = bytes | Callable[[], bytes]
 
@@ -156,14 +157,32 @@ _ENV_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
 
 def mask_env(text: str, secret_keys: Iterable[str]) -> str:
+    """An env file as read from a host, fit for a diff: secret values masked, and any line that
+    is not a comment or NAME=value (a hand edit, a value split over lines) not shown at all.
+    Lines end at \\n only, as for the readers of the file (splitlines() would also cut at
+    U+2028 and show the rest of a secret as a line of its own)."""
     keys = set(secret_keys)
     out = []
-    for line in text.splitlines(keepends=True):
-        match = _ENV_LINE.match(line.rstrip("\n"))
-        if match and match.group(1) in keys:
-            line = f"{match.group(1)}=********\n"
-        out.append(line)
+    for line in _lines(text):
+        body = line[:-1]
+        match = _ENV_LINE.match(body)
+        if not body.strip() or body.lstrip().startswith("#"):
+            out.append(line)
+        elif match is None:
+            out.append("# (a line that is not NAME=value: not shown)\n")
+        elif match.group(1) in keys:
+            out.append(f"{match.group(1)}={MASK}\n")
+        else:
+            out.append(line)
     return "".join(out)
+
+
+def _lines(text: str) -> list[str]:
+    """Lines ending at \\n only, each with its \\n."""
+    parts = text.split("\n")
+    if parts[-1] == "":
+        parts.pop()
+    return [p + "\n" for p in parts]
 
 
 class File(Step):
@@ -181,7 +200,9 @@ class File(Step):
         name: str | None = None,
         create_only: bool = False,
         secret_content: bool = False,
+        shown: str | None = None,
     ) -> None:
+        self.shown = shown  # what a diff shows of the content: rendered with secrets masked
         self.create_only = create_only  # the content is only a starting point (e.g. upstream)
         self.secret_content = secret_content  # e.g. a private key: never in a diff
         self.path, self.content = path, content
@@ -222,17 +243,20 @@ class File(Step):
     def render_diff(self, old: str) -> str:
         if self.secret_content:
             return f"# {self.path}: secret content changed (not shown)\n"
-        new = self.content
+        new = self.content if self.shown is None else self.shown
+        changed = []
         if self.secret_keys:
             changed = [
-                key for key in self.secret_keys if _env_value(old, key) != _env_value(new, key)
+                key
+                for key in self.secret_keys
+                if _env_value(old, key) != _env_value(self.content, key)
             ]
-            old, new = mask_env(old, self.secret_keys), mask_env(new, self.secret_keys)
-        else:
-            changed = []
+            old = mask_env(old, self.secret_keys)
+            if self.shown is None:
+                new = mask_env(new, self.secret_keys)
         lines = difflib.unified_diff(
-            old.splitlines(keepends=True),
-            new.splitlines(keepends=True),
+            _lines(old),
+            _lines(new),
             fromfile=f"{self.path} (host)",
             tofile=f"{self.path} (wanted)",
         )
@@ -243,7 +267,7 @@ class File(Step):
 
 
 def _env_value(text: str, key: str) -> str | None:
-    for line in text.splitlines():
+    for line in text.split("\n"):
         match = _ENV_LINE.match(line)
         if match and match.group(1) == key:
             return match.group(2)

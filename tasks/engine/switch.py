@@ -15,6 +15,7 @@ from .facts import PENDING_FILE
 from .layout import SLOTS, UPSTREAM_DIR, SitePaths
 from .render import MANAGED
 from .steps import NGINX_RELOAD
+from .values import url_host
 
 PROBE = r"""
 import http.client, socket, ssl, subprocess, sys, time, urllib.parse
@@ -115,8 +116,9 @@ ln -sfn "../releases/$want" "$base/slots/$next.djk-new"
 mv -Tf "$base/slots/$next.djk-new" "$base/slots/$next"
 # A unit that cannot even start is reported like an unhealthy one, with its log, below.
 systemctl restart "$unit_next" || true
-echo "started release $want in slot $next ({bind}:$next_port); waiting for its health check"
-if ! probe "http://{bind}:$next_port{health_path}" {q(health_host)} "$want" {timeout} \\
+echo "started release $want in slot $next ({url_host(bind)}:$next_port);" \
+  "waiting for its health check"
+if ! probe "http://{url_host(bind)}:$next_port{health_path}" {q(health_host)} "$want" {timeout} \\
     "$unit_next"; then
   journalctl -u "$unit_next" -n 20 --no-pager -o cat >&2 || true
   systemctl stop "$unit_next" || true
@@ -270,5 +272,5 @@ def static_upstream(paths: SitePaths, addresses: list[str]) -> str:
     lines = [f"# {MANAGED}"]
     for address in addresses:
         for slot in SLOTS:
-            lines.append(f"server {address}:{paths.slot_port(slot)} max_fails=0;")
+            lines.append(f"server {url_host(address)}:{paths.slot_port(slot)} max_fails=0;")
     return "\n".join(lines) + "\n"

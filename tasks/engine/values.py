@@ -17,9 +17,34 @@ _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _ASGI = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 _URL_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_CLI_OPTION = re.compile(r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:/,@%+-]+)?")
+# No %: systemd expands specifiers on ExecStart= lines.
+_CLI_OPTION = re.compile(r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:/,@+-]+)?")
 _NGINX_SIZE = re.compile(r"[0-9]{1,6}[kKmMgG]?")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 control characters and the Unicode line and paragraph separators: each of them
+# ends a line for some reader (Python's splitlines, a terminal, a log viewer).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# python-dotenv's own pattern for the variables it expands (dotenv/variables.py).
+_DOTENV_VARIABLE = re.compile(r"\$\{[^}:]*(?::-[^}]*)?\}")
+_QUEUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}")
+SHOW_LIMIT = 60
+
+
+def escape(text: str) -> str:
+    """Text with every character a terminal or a line reader would act on written as an escape
+    (\\n, \\x1b, \\u2028): what an error message may show of a user's input."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text
+    )
+
+
+def show(value: object, limit: int = SHOW_LIMIT) -> str:
+    """A user's value as an error message quotes it: repr-style, escaped, shortened."""
+    if not isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    if len(value) > limit:
+        return f"{escape(repr(value[:limit]))}... ({len(value)} characters)"
+    return escape(repr(value))
 
 
 def domain(value: str) -> str:
@@ -28,28 +53,34 @@ def domain(value: str) -> str:
     labels = name.split(".")
     if not name or len(value) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise ValueError(
-            f"{value!r} is not a valid domain name "
+            f"{show(value)} is not a valid domain name "
             '(letters, digits, hyphens and dots; a leading "*." only)'
         )
     return value.lower()
 
 
 def address(value: str) -> str:
-    """An IP address or a DNS name to connect to."""
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
+    """An IP address (no IPv6 zone: `%` means something else in a unit file) or a DNS name."""
+    if "%" not in value:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
     try:
         return domain(value)
     except ValueError:
-        raise ValueError(f"{value!r} is neither an IP address nor a host name") from None
+        raise ValueError(f"{show(value)} is neither an IP address nor a host name") from None
+
+
+def url_host(address: str) -> str:
+    """An address as a URL, a bind or a `server` directive needs it: IPv6 in brackets."""
+    return f"[{address}]" if ":" in address else address
 
 
 def site_name(value: str) -> str:
     if not _SITE_NAME.fullmatch(value):
         raise ValueError(
-            f"site name {value!r} must be lower-case letters, digits and hyphens, "
+            f"site name {show(value)} must be lower-case letters, digits and hyphens, "
             "starting with a letter, at most 24 characters (it names a system user and units)"
         )
     return value
@@ -57,44 +88,78 @@ def site_name(value: str) -> str:
 
 def host_name(value: str) -> str:
     if not _HOST_NAME.fullmatch(value):
-        raise ValueError(f"{value!r} is not a valid host or group name (letters, digits, . _ -)")
+        raise ValueError(
+            f"{show(value)} is not a valid host or group name (letters, digits, . _ -)"
+        )
     return value
 
 
 def unix_user(value: str) -> str:
     if not _UNIX_USER.fullmatch(value):
-        raise ValueError(f"{value!r} is not a valid user name")
+        raise ValueError(f"{show(value)} is not a valid user name")
     return value
 
 
 def dotted(value: str) -> str:
     if not _DOTTED.fullmatch(value):
-        raise ValueError(f"{value!r} is not a dotted Python module path")
+        raise ValueError(f"{show(value)} is not a dotted Python module path")
     return value
 
 
 def asgi_app(value: str) -> str:
     if not _ASGI.fullmatch(value):
-        raise ValueError(f"{value!r} is not of the form package.module:application")
+        raise ValueError(f"{show(value)} is not of the form package.module:application")
     return value
 
 
 def url_path(value: str) -> str:
     if not _URL_PATH.fullmatch(value):
-        raise ValueError(f"{value!r} is not a URL path (starts with /; letters, digits, ._~-/)")
+        raise ValueError(f"{show(value)} is not a URL path (starts with /; letters, digits, ._~-/)")
     return value
 
 
 def env_key(value: str) -> str:
     if not _ENV_KEY.fullmatch(value):
-        raise ValueError(f"{value!r} is not a valid environment variable name")
+        raise ValueError(f"{show(value)} is not a valid environment variable name")
     return value
 
 
 def env_value(value: str) -> str:
-    """Any printable text: the env file quotes it, so only control characters are refused."""
+    """Text the env file can hold so that systemd (EnvironmentFile=), python-dotenv and sh all
+    read exactly this value (see env_quote); anything else is refused."""
+    env_quote(value)
+    return value
+
+
+def env_quote(value: str) -> str:
+    """The value as one quoted word that systemd, python-dotenv and POSIX sh read alike.
+
+    Single quotes are literal to all three, except that python-dotenv unescapes `\\\\` and `\\'`
+    in them: so a value without ' and \\ is single-quoted. Otherwise it is double-quoted with
+    \\ and " escaped, which all three unescape the same way, as long as the value has no $ or `
+    (sh and systemd need those escaped, python-dotenv would keep the backslash). python-dotenv
+    expands ${NAME} even inside single quotes, so that is refused too.
+    """
     if _CONTROL.search(value):
-        raise ValueError("value contains a newline or another control character")
+        raise ValueError("contains a newline or another control character")
+    if _DOTENV_VARIABLE.search(value):
+        raise ValueError("contains ${...}, which python-dotenv would expand")
+    if "'" not in value and "\\" not in value:
+        return f"'{value}'"
+    if "$" in value or "`" in value:
+        raise ValueError(
+            "has ' or \\ together with $ or `: no quoting reads the same in systemd, sh and "
+            "python-dotenv"
+        )
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def celery_queue(value: str) -> str:
+    if not _QUEUE.fullmatch(value):
+        raise ValueError(
+            f"{show(value)} is not a queue name (letters, digits and _ . : -, at most 100)"
+        )
     return value
 
 
@@ -122,7 +187,7 @@ def count(low: int, high: int):
 def choice(*allowed: str):
     def check(value: str) -> str:
         if value not in allowed:
-            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, allowed))}")
+            raise ValueError(f"{show(value)} is not one of {', '.join(map(repr, allowed))}")
         return value
 
     return check
@@ -130,7 +195,7 @@ def choice(*allowed: str):
 
 def nginx_size(value: str) -> str:
     if not _NGINX_SIZE.fullmatch(value):
-        raise ValueError(f"{value!r} is not an nginx size (digits with an optional k, m or g)")
+        raise ValueError(f"{show(value)} is not an nginx size (digits with an optional k, m or g)")
     return value
 
 
@@ -138,7 +203,8 @@ def cli_option(value: str) -> str:
     """One `--name` or `--name=value` token for a command line in a systemd unit."""
     if not _CLI_OPTION.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not one --option or --option=value (no spaces, quotes or ;)"
+            f"{show(value)} is not one --option or --option=value "
+            "(letters, digits and _ . : / , @ + -; no spaces, quotes, ; or %)"
         )
     return value
 
@@ -149,11 +215,11 @@ _HTTPS_URL = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]
 
 def email(value: str) -> str:
     if not _EMAIL.fullmatch(value):
-        raise ValueError(f"{value!r} is not an e-mail address")
+        raise ValueError(f"{show(value)} is not an e-mail address")
     return value
 
 
 def https_url(value: str) -> str:
     if not _HTTPS_URL.fullmatch(value):
-        raise ValueError(f"{value!r} is not an https:// URL (host, optional port and path)")
+        raise ValueError(f"{show(value)} is not an https:// URL (host, optional port and path)")
     return value

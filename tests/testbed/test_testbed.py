@@ -172,3 +172,23 @@ def test_down_leaves_nothing(booted: tuple[Testbed, list[TestHost]]) -> None:
     assert not tb.state_dir.exists()
     for root in cgroup_roots():
         assert not (root / tb.cgroup_prefix).exists()
+
+
+def test_image_build_progress_is_a_few_lines() -> None:
+    """debootstrap's hundreds of per-package lines (retrieve and validate alternate) become a
+    counter line every few seconds, not one line each."""
+    from testbed.image import BuildProgress
+
+    now = [0.0]
+    progress = BuildProgress(clock=lambda: now[0], every=5.0)
+    shown = progress.feed("I: Retrieving InRelease \n")
+    for i in range(470):
+        now[0] += 0.05  # 470 lines in 23.5 s
+        verb = "Retrieving" if i % 2 else "Validating"
+        shown += progress.feed(f"I: {verb} libfoo{i} 1.0-1\n")
+    shown += progress.feed("I: Chosen extractor for .deb packages: dpkg-deb\n")
+    shown += progress.flush()
+    counters = [s for s in shown if "steps so far" in s]
+    assert 3 <= len(counters) <= 6, shown
+    assert counters[-1].endswith("(471 steps so far)")
+    assert shown[-1] == "image: Chosen extractor for .deb packages: dpkg-deb"

@@ -94,11 +94,11 @@ def test_resolve_accepts_address_alias_and_plain_host(tmp_path):
         ),
         (
             lambda d: d["sites"]["shop"]["env"].update({"BAD KEY": "1"}),
-            "sites.shop.env.BAD KEY: 'BAD KEY' is not a valid environment variable name",
+            'sites.shop.env."BAD KEY": \'BAD KEY\' is not a valid environment variable name',
         ),
         (
             lambda d: d["sites"]["shop"]["env"].update(X="a\nInjected=1"),
-            "sites.shop.env.X: value contains a newline",
+            "sites.shop.env.X: contains a newline",
         ),
         (
             lambda d: d["sites"]["shop"].update(health_path="/h ealth"),
@@ -198,7 +198,7 @@ def test_celery_and_flower_settings_are_validated(tmp_path):
     shop["flower"] = {"port": 5555}
     assert "needs FLOWER_BASIC_AUTH" in error(tmp_path, data)
     (tmp_path / "site.env").write_text(
-        "DJANGO_SECRET_KEY=x1234\nFLOWER_BASIC_AUTH=a:b\nBROKER_PASSWORD=pw\n"
+        "DJANGO_SECRET_KEY=x1234\nFLOWER_BASIC_AUTH=a:b\nBROKER_PASSWORD=pw-123456\n"
     )
     site = parse(data, tmp_path / "hosts.toml").sites["shop"]
     assert site.part(Celery).options == ("--max-tasks-per-child=50",)
@@ -217,7 +217,7 @@ def test_celery_and_flower_settings_are_validated(tmp_path):
 def test_two_sites_on_one_local_redis_need_their_own_db(tmp_path):
     data = base(tmp_path)
     # Two hosts, one broker (the first): the other host reaches it with a password.
-    (tmp_path / "site.env").write_text("DJANGO_SECRET_KEY=x1234\nBROKER_PASSWORD=pw\n")
+    (tmp_path / "site.env").write_text("DJANGO_SECRET_KEY=x1234\nBROKER_PASSWORD=pw-123456\n")
     celery = {"app": "exampleproject"}
     data["sites"]["shop"]["celery"] = dict(celery)
     data["sites"]["blog"] = dict(
