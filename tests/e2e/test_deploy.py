@@ -58,6 +58,19 @@ def test_first_deploy_serves_the_site_through_nginx(first_deploy, fresh_host):
     assert '"status": "ok"' in health or '"status":"ok"' in health
 
 
+def test_a_fresh_deploys_units_log_no_error(first_deploy, fresh_host):
+    """gunicorn 25.1+ opens a control socket; in the site user's home it could not (it logged
+    `Control server error: Permission denied` at every start), so each slot has its own
+    runtime directory for it."""
+    log = sh(fresh_host, "journalctl -u 'djk-example-*' --no-pager -o cat")
+    assert "gunicorn" in log.lower() or "Listening at" in log, log
+    errors = [line for line in log.splitlines() if "ERROR" in line or "error" in line.lower()]
+    assert not errors, errors
+    unit = live_unit(fresh_host).removesuffix(".service")
+    sh(fresh_host, f"test -S /run/{unit}/gunicorn.ctl")
+    assert sh(fresh_host, f"stat -c %U:%a /run/{unit}").split() == ["djk-example:700"]
+
+
 def test_static_files_are_served_by_nginx_itself(first_deploy, fresh_host):
     static = curl(fresh_host, "/static/pages/style.css")
     assert "HTTP/1.1 200" in static
