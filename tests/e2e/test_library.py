@@ -184,7 +184,7 @@ def test_a_team_component_works_with_no_kit_file_edited(kit_venv, team, fresh_ho
     answer = curl(fresh_host, "/banner")
     assert "200 OK" in answer and "Hello from the team" in answer
     # env entry: in the site's env file.
-    assert 'BANNER_TEXT="Hello from the team"' in sh(fresh_host, "cat /srv/djk/example/shared/env")
+    assert "BANNER_TEXT='Hello from the team'" in sh(fresh_host, "cat /srv/djk/example/shared/env")
     # step: its file on the host.
     assert sh(fresh_host, "cat /etc/djk-banner/example.txt") == "Hello from the team\n"
     # package: provision asks for it (installed already in the test image: nothing to do).
