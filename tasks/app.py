@@ -2,7 +2,7 @@
 env file, gunicorn units, migrations and the health-gated switch.
 
 A deploy stages a release on every host, migrates once per site before any switch, then switches
-(see engine/switch.py) and, where nginx runs on other hosts than the app, verifies the release
+(see agent/switch.py) and, where nginx runs on other hosts than the app, verifies the release
 through nginx. Which release a site switches to is a pure function of the facts: the live one if
 it already has this deploy's source and dependency set, else this deploy's new release.
 """
@@ -13,15 +13,15 @@ import shlex
 from dataclasses import dataclass
 from typing import Protocol
 
+from .engine import agent, topology, values
 from .engine import releases as R
-from .engine import topology, values
 from .engine.cli import run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, components, register
-from .engine.facts import Fact, Facts, Stat, Text, Unit
+from .engine.facts import PENDING_FILE, Fact, Facts, Stat, Text, Unit
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SLOTS, App, SitePaths, app_of
 from .engine.python_env import Venv
-from .engine.render import render
+from .engine.render import MANAGED, render
 from .engine.schema import InventoryError, Table
 from .engine.secrets import Secret
 from .engine.steps import (
@@ -35,7 +35,7 @@ from .engine.steps import (
     SystemUser,
     UnitStatus,
 )
-from .engine.switch import app_switch_script, live_slot, switch_script, verify_script
+from .engine.switch import live_slot
 from .engine.tree import tree_archive, tree_hash
 
 # -- what a deploy ships and which release a site switches to -----------------------------------
@@ -373,32 +373,33 @@ class Switch(Step):
             delete = []
             reason = "env, unit or dependencies changed" if restart else "; ".join(problems)
             why = f"restart {want} ({reason or 'not running'})"
-        app = self.app
+        spec = {
+            "mode": "app" if self.remote_bind else "local",
+            "base": paths.base,
+            "release": want,
+            "slots": {slot: paths.slot_port(slot) for slot in SLOTS},
+            "units": {slot: paths.web_unit(slot) for slot in SLOTS},
+            "group": self.site.user,
+            "bind": self.remote_bind or "127.0.0.1",
+            "gate": gate(self.site),
+            "upstream": paths.upstream_conf,
+            "managed": MANAGED,
+            "pending_file": PENDING_FILE,
+            "front": front(self.site),
+            "mark_old": self.mark_old,
+            "delete": delete,
+        }
         if self.remote_bind:
             consumes: tuple[str, ...] = (paths.cycle, "daemon-reload")
-            script = app_switch_script(
-                paths,
-                want,
-                self.remote_bind,
-                app.health_path,
-                self.site.health_host,
-                app.health_timeout,
-                self.mark_old,
-                delete,
-            )
         else:
             consumes = (paths.cycle, "reload:nginx.service", "daemon-reload")
-            script = switch_script(
-                paths,
-                want,
-                app.health_path,
-                self.site.health_host,
-                app.health_timeout,
-                self.mark_old,
-                delete,
-                tls=any(_uses_tls(self.site)),
-            )
-        action = Action(why, script, progress=f"{why}: health check", consumes=consumes)
+        action = Action(
+            why,
+            agent.command("switch"),
+            stdin=agent.payload(spec),
+            progress=f"{why}: health check",
+            consumes=consumes,
+        )
         return Plan([action], report=report)
 
     def _drift(self, facts: Facts, slot: str, want: str, releases: list) -> list[str]:
@@ -435,6 +436,28 @@ def _uses_tls(site: Site):
     return (getattr(part, "https", False) for part in site.parts.values())
 
 
+def front(site: Site) -> str:
+    """Where this host's nginx serves the site, as clients reach it."""
+    return "https://127.0.0.1:443" if any(_uses_tls(site)) else "http://127.0.0.1:80"
+
+
+def gate(site: Site) -> dict:
+    """The health gate of the site's releases (agent/probe.py): the health URL with the site's
+    Host, and X-Forwarded-Proto: https for a TLS site (nginx sends it; without it an app with
+    SECURE_SSL_REDIRECT answers 301 to the slot). Without health_path, / is probed and a
+    redirect that stays on the site's domains passes too."""
+    app = app_of(site)
+    return {
+        "path": app.health_path or "/",
+        "accept_redirect": app.health_path is None,
+        "host": site.health_host,
+        "domains": list(site.domains),
+        "timeout": app.health_timeout,
+        "expect_release": app.health_expect_release,
+        "https": any(_uses_tls(site)),
+    }
+
+
 class Verify(Step):
     """On a web host of a site whose app runs on other hosts: after the app hosts switched,
     the target release answers through this nginx; then `current` here points at it (the next
@@ -453,14 +476,19 @@ class Verify(Step):
         want = self.target(ctx.facts)
         if ctx.facts[Text(self.marker)] == want:
             return Plan(reason=f"{want} answers here")
-        app = app_of(self.site)
-        front = "https://127.0.0.1:443" if any(_uses_tls(self.site)) else "http://127.0.0.1:80"
-        script = verify_script(
-            self.paths, want, front, app.health_path, self.site.health_host, app.health_timeout
-        )
-        script += f"printf '%s\\n' {shlex.quote(want)} > {shlex.quote(self.marker)}\n"
+        spec = {"base": self.paths.base, "release": want, "slots": {}, "units": {},
+                "gate": gate(self.site), "front": front(self.site)}  # fmt: skip
+        script = agent.command("verify")
+        script += f" && printf '%s\\n' {shlex.quote(want)} > {shlex.quote(self.marker)}"
         return Plan(
-            [Action(f"{want} answers through nginx", script, progress="health check through nginx")]
+            [
+                Action(
+                    f"{want} answers through nginx",
+                    script,
+                    stdin=agent.payload(spec),
+                    progress="health check through nginx",
+                )
+            ]
         )
 
 
@@ -580,7 +608,8 @@ class AppComponent(Component):
             settings=table.get("settings", str, values.dotted),
             port=table.get("port", int, values.count(1024, 65534)),
             workers=table.get("workers", int, values.count(1, 64), default=2),
-            health_path=table.get("health_path", str, values.url_path, default="/health/"),
+            health_path=table.get("health_path", str, values.url_path, default=None),
+            health_expect_release=table.get("health_expect_release", bool, default=False),
             keep_releases=table.get("keep_releases", int, values.count(1, 100), default=5),
             health_timeout=table.get("health_timeout", int, values.count(5, 900), default=60),
             migrate_on=table.get("migrate_on", str, values.choice("one", "every"), default="one"),
@@ -633,8 +662,12 @@ class AppComponent(Component):
                 for s in run.sites
                 if migrates_here(inventory, s, host)
             ]
-        if phase == "switch" and "app" in roles:
-            return [switch_step(run, site) for site in run.sites]
+        if phase == "switch":
+            # The agent runs the switch here and, on a web host of a split site, the check
+            # through nginx in the verify phase after it.
+            switching = [switch_step(run, site) for site in run.sites] if "app" in roles else []
+            verifying = "web" in roles and any(topology.split(inventory, s) for s in run.sites)
+            return [agent.installed(), *switching] if switching or verifying else []
         if phase == "verify" and "web" in roles:
             return [
                 Verify(site, run.target(site))

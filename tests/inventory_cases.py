@@ -307,7 +307,9 @@ def written(inventory) -> tuple[list[Written], list[str]]:
         for step in steps:
             members = step.files if isinstance(step, ConfigSet) else [step]
             for f in members:
-                if isinstance(f, File):
+                if isinstance(f, File) and isinstance(f.content, bytes):  # the host agent
+                    files.append(Written(host.name, "binary", f.path, "", f))
+                elif isinstance(f, File):
                     files.append(Written(host.name, classify(f.path), f.path, f.content, f))
             # A fresh host (every fact at its default) with Debian's redis.conf.
             given = {RedisBind(): "bind 127.0.0.1 -::1", RedisAuth(): None}

@@ -34,7 +34,8 @@ class App:
     settings: str
     port: int
     workers: int = 2
-    health_path: str = "/health/"
+    health_path: str | None = None  # None: probe / (a redirect on the site's domains passes)
+    health_expect_release: bool = False  # the health answer must also name the release
     health_timeout: int = 60
     keep_releases: int = 5
     migrate_on: str = "one"  # "one" host per deploy (shared database) or "every" host

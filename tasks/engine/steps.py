@@ -191,7 +191,7 @@ class File(Step):
     def __init__(
         self,
         path: str,
-        content: str,
+        content: str | bytes,
         owner: str = "root",
         group: str = "root",
         mode: str = "644",
@@ -213,7 +213,7 @@ class File(Step):
 
     def facts(self, diff: bool) -> list[Fact]:
         found: list[Fact] = [Stat(self.path)]
-        if diff and not self.secret_content:
+        if diff and not self.secret_content and not isinstance(self.content, bytes):
             found.append(Content(self.path))
         return found
 
@@ -233,7 +233,9 @@ class File(Step):
                 Action(
                     "create" if state is None else "update content",
                     upload_script(self.path, self.owner, self.group, self.mode),
-                    stdin=self.content.encode(),
+                    stdin=self.content
+                    if isinstance(self.content, bytes)
+                    else self.content.encode(),
                     notify=self.notify,
                     diff=self.render_diff(old) if ctx.diff else "",
                 )
@@ -241,6 +243,8 @@ class File(Step):
         )
 
     def render_diff(self, old: str) -> str:
+        if isinstance(self.content, bytes):
+            return f"# {self.path}: binary content changed\n"
         if self.secret_content:
             return f"# {self.path}: secret content changed (not shown)\n"
         new = self.content if self.shown is None else self.shown

@@ -4,6 +4,7 @@ at their defaults, as on a fresh host. No host, no SSH: planning is a pure funct
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -81,6 +82,16 @@ def _steps(case: dict, inventory):
     return phase.steps
 
 
+def _subset(want, got, where: str) -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict), f"{where}: {got!r} is not a table"
+        for key, value in want.items():
+            assert key in got, f"{where}.{key}: missing"
+            _subset(value, got[key], f"{where}.{key}")
+    else:
+        assert want == got, f"{where}: {got!r} != {want!r}"
+
+
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
 def test_plan(path: Path, tmp_path: Path):
     case = tomllib.loads(path.read_text())
@@ -115,6 +126,9 @@ def test_plan(path: Path, tmp_path: Path):
             assert text not in scripts, f"{name}: {text!r} in the script"
         for name_ in expect.get("notify", []):
             assert any(name_ in a.notify for a in plan.actions), f"{name}: no notify {name_}"
+        if "input" in expect:  # what an agent command gets on stdin (JSON), a subset of it
+            (given,) = [json.loads(a.stdin) for a in plan.actions if isinstance(a.stdin, bytes)]
+            _subset(expect["input"], given, f"{name}: input")
         for name_ in expect.get("not_notify", []):
             assert not any(name_ in a.notify for a in plan.actions), f"{name}: notifies {name_}"
         for name_ in expect.get("consumes", []):

@@ -1,0 +1,53 @@
+"""The host agent as the control machine ships it: the `agent` package as one zipapp whose name
+holds its content hash, uploaded only when that file is not on the host yet (a File step: its
+Stat is read with every other fact, so an unchanged agent costs no command), and called with
+JSON on stdin."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shlex
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+
+from .steps import File
+
+AGENT_SOURCE = Path(__file__).resolve().parents[1] / "agent"
+AGENT_DIR = "/var/lib/djk"
+
+
+@lru_cache(maxsize=1)
+def archive() -> bytes:
+    """The zipapp, byte for byte the same for the same sources (fixed dates, sorted names)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        for source in sorted(AGENT_SOURCE.glob("*.py")):
+            info = zipfile.ZipInfo(f"agent/{source.name}", date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            z.writestr(info, source.read_bytes())
+        main = zipfile.ZipInfo("__main__.py", date_time=(2020, 1, 1, 0, 0, 0))
+        main.external_attr = 0o644 << 16
+        z.writestr(main, "import runpy\nrunpy.run_module('agent', run_name='__main__')\n")
+    return buffer.getvalue()
+
+
+def path() -> str:
+    digest = hashlib.sha256(archive()).hexdigest()[:16]
+    return f"{AGENT_DIR}/agent-{digest}.pyz"
+
+
+def installed() -> File:
+    """The step that puts this agent on the host (root-owned, read-only for others)."""
+    return File(path(), archive(), mode="644", name="host agent")
+
+
+def command(name: str) -> str:
+    """The shell command that runs an agent command (its input goes on stdin)."""
+    return f"python3 {shlex.quote(path())} {shlex.quote(name)}"
+
+
+def payload(spec: dict) -> bytes:
+    return json.dumps(spec, sort_keys=True).encode()

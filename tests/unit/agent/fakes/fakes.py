@@ -1,0 +1,123 @@
+"""Fake systemctl, journalctl, ss and nginx for the agent's unit tests (one program, called by
+the name its wrapper passes). State lives in the JSON file $FAKE_STATE; every call is recorded in
+it. `systemctl restart UNIT` starts fake_server.py in the unit's slot directory (its cwd is the
+release, as gunicorn's), answering what state["serve"] says for that release."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+STATE = Path(os.environ["FAKE_STATE"])
+HERE = Path(__file__).resolve().parent
+
+
+def load():
+    return json.loads(STATE.read_text())
+
+
+def save(state):
+    STATE.write_text(json.dumps(state, indent=1))
+
+
+def alive(pid):
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def stop(state, unit):
+    u = state["units"].setdefault(unit, {})
+    pid = u.get("MainPID", 0)
+    if alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not alive(pid):
+                break
+            time.sleep(0.02)
+    u.update(ActiveState="inactive", SubState="dead", MainPID=0)
+
+
+def start(state, unit):
+    stop(state, unit)
+    u = state["units"][unit]
+    slot_dir = Path(state["slot_dirs"][unit]).resolve()
+    status, body = state["serve"].get(slot_dir.name, [200, "ok"])
+    port = state["ports"][unit]
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "fake_server.py"), str(port), str(status), body],
+        cwd=slot_dir,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state.setdefault("spawned", []).append(proc.pid)
+    for _ in range(100):  # until it listens, or gives up on a taken port
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0 and proc.poll() is None:
+                break
+        time.sleep(0.02)
+    u.update(ActiveState="active", SubState="running", MainPID=proc.pid,
+             InvocationID=uuid.uuid4().hex)  # fmt: skip
+
+
+def systemctl(state, args):
+    verb, rest = args[0], args[1:]
+    if verb == "show":
+        props = rest[rest.index("-p") + 1].split(",")
+        unit = rest[-1]
+        u = state["units"].get(unit, {})
+        if u.get("MainPID") and not alive(u["MainPID"]):
+            u.update(ActiveState="failed", SubState="failed", MainPID=0)
+        for p in props:
+            print(f"{p}={u.get(p, 0 if p == 'MainPID' else '')}")
+    elif verb in ("restart", "start") and rest[-1] in state["ports"]:
+        start(state, rest[-1])
+    elif verb == "stop" and rest[-1] in state["ports"]:
+        stop(state, rest[-1])
+
+
+def ss(state, args):
+    port = int(args[-1].split(":")[-1])
+    holders = [int(p) for p in state.get("foreign", {}).get(str(port), [])]
+    for unit, p in state["ports"].items():
+        pid = state["units"].get(unit, {}).get("MainPID", 0)
+        if p == port and alive(pid):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0 and not holders:
+                    holders.append(pid)
+    for pid in holders:
+        print(f'LISTEN 0 5 127.0.0.1:{port} 0.0.0.0:* users:(("python3",pid={pid},fd=3))')
+
+
+def main():
+    name, args = sys.argv[1], sys.argv[2:]  # the wrapper passes the name it was called by
+    state = load()
+    state.setdefault("calls", []).append([name, *args])
+    code = 0
+    if name == "systemctl":
+        systemctl(state, args)
+    elif name == "ss":
+        ss(state, args)
+    elif name == "journalctl":
+        print(f"log of {args[args.index('-u') + 1]}: {state.get('log', 'started')}")
+    elif name == "nginx":
+        if state.get("nginx_invalid"):
+            print("nginx: [emerg] invalid configuration", file=sys.stderr)
+            code = 1
+    save(state)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""The host agent's switch, run as shipped (the zipapp, in a subprocess) against fake
+systemctl, ss, journalctl and nginx on PATH (fakes/fakes.py) and fake gunicorns that are real
+processes (fakes/fake_server.py: listening, in the release directory), so the gate's proofs
+read a real /proc. One test per path: first switch, a switch, a restart, an app that knows
+nothing of releases, each kind of refused release, an old process on the new slot's port, a
+failure through nginx, the app-host mode and verify."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from djk.tasks.engine import agent
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+SITE = "shop"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Front(http.server.ThreadingHTTPServer):
+    """nginx, as far as the switch sees it: proxies each request to the port the upstream file
+    names at that moment (or answers `broken` when set)."""
+
+    def __init__(self, upstream: Path) -> None:
+        self.upstream, self.broken = upstream, 0
+
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                status, body = front.broken, b"broken"
+                if not status:
+                    port = front.upstream.read_text().split("127.0.0.1:")[1].split(";")[0]
+                    try:
+                        conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=5)
+                        conn.request("GET", "/")
+                        answer = conn.getresponse()
+                        status, body = answer.status, answer.read()
+                        conn.close()
+                    except OSError:
+                        status, body = 502, b"bad gateway"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class Host:
+    """A site's directory, the fakes' state, and the agent to run against them."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.base = tmp / "srv" / SITE
+        (self.base / "releases").mkdir(parents=True)
+        (self.base / "venvs").mkdir()
+        self.bin = tmp / "bin"
+        self.bin.mkdir()
+        for name in ("systemctl", "ss", "journalctl", "nginx"):
+            wrapper = self.bin / name
+            fake = f'"{sys.executable}" "{FAKES}/fakes.py" {name}'
+            wrapper.write_text(f'#!/bin/sh\nexec {fake} "$@"\n')
+            wrapper.chmod(0o755)
+        self.ports = {"a": free_port(), "b": free_port()}
+        self.units = {s: f"djk-{SITE}-web-{s}.service" for s in "ab"}
+        self.upstream = tmp / "nginx" / f"{SITE}.upstream"
+        self.upstream.parent.mkdir()
+        self.state_file = tmp / "state.json"
+        self.save({
+            "units": {},
+            "ports": {self.units[s]: self.ports[s] for s in "ab"},
+            "slot_dirs": {self.units[s]: str(self.base / "slots" / s) for s in "ab"},
+            "serve": {},
+        })  # fmt: skip
+        self.front = Front(self.upstream)
+        self.pyz = tmp / "agent.pyz"
+        self.pyz.write_bytes(agent.archive())
+
+    def release(self, name: str, status: int = 200, body: str = '{"ok": true}') -> None:
+        (self.base / "releases" / name).mkdir()
+        (self.base / "releases" / name / ".djk-status").write_text("staged\n")
+        state = self.state()
+        state["serve"][name] = [status, body]
+        self.save(state)
+
+    def state(self) -> dict:
+        return json.loads(self.state_file.read_text())
+
+    def save(self, state: dict) -> None:
+        self.state_file.write_text(json.dumps(state))
+
+    def spec(self, release: str, **extra) -> dict:
+        gate = {"path": "/health/", "host": "shop.test", "timeout": 1.5, "domains": ["shop.test"],
+                "expect_release": False, "https": False, "accept_redirect": False}  # fmt: skip
+        gate.update(extra.pop("gate", {}))
+        return {
+            "mode": "local",
+            "base": str(self.base),
+            "release": release,
+            "slots": self.ports,
+            "units": self.units,
+            "group": "",
+            "bind": "127.0.0.1",
+            "gate": gate,
+            "upstream": str(self.upstream),
+            "managed": "Managed by djk",
+            "pending_file": str(self.tmp / "pending"),
+            "front": f"http://127.0.0.1:{self.front.server_address[1]}",
+            "mark_old": "previous",
+            "delete": [],
+            **extra,
+        }
+
+    def run(self, command: str, spec: dict | str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}",
+               "FAKE_STATE": str(self.state_file)}  # fmt: skip
+        return subprocess.run(
+            [sys.executable, str(self.pyz), command],
+            input=spec if isinstance(spec, str) else json.dumps(spec),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    def status(self, release: str) -> str:
+        return (self.base / "releases" / release / ".djk-status").read_text().strip()
+
+    def current(self) -> str | None:
+        link = self.base / "current"
+        return os.readlink(link) if link.is_symlink() else None
+
+    def running(self, slot: str) -> bool:
+        return self.state()["units"].get(self.units[slot], {}).get("ActiveState") == "active"
+
+    def close(self) -> None:
+        self.front.shutdown()
+        for pid in self.state().get("spawned", []):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def host(tmp_path):
+    h = Host(tmp_path)
+    yield h
+    h.close()
+
+
+def switched(host: Host, release: str, **extra) -> subprocess.CompletedProcess[str]:
+    done = host.run("switch", host.spec(release, **extra))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_first_switch_starts_slot_a_and_points_nginx_and_current(host):
+    host.release("R1")
+    done = switched(host, "R1")
+    assert "healthy: HTTP 200" in done.stdout and "release R1 is live in slot a" in done.stdout
+    assert f"127.0.0.1:{host.ports['a']};" in host.upstream.read_text()
+    assert host.current() == "releases/R1" and host.status("R1") == "live"
+    assert host.running("a") and not host.running("b")
+    assert (host.tmp / "pending").read_text() == "reload:nginx.service\n"
+
+
+def test_a_switch_starts_the_other_slot_and_stops_the_old_one_after(host):
+    host.release("R1")
+    switched(host, "R1")
+    host.release("R2")
+    (host.base / "venvs" / "unused").mkdir()
+    switched(host, "R2", delete=[])
+    assert f"127.0.0.1:{host.ports['b']};" in host.upstream.read_text()
+    assert host.running("b") and not host.running("a")
+    assert host.status("R2") == "live" and host.status("R1") == "previous"
+    assert not (host.base / "venvs" / "unused").exists()  # no release links to it
+    calls = [c for c in host.state()["calls"] if c[0] == "systemctl" and c[1] in ("stop",
+             "restart")]  # fmt: skip
+    # The old slot stops only after the new one started and passed.
+    assert calls.index(["systemctl", "restart", host.units["b"]]) < calls.index(
+        ["systemctl", "stop", host.units["a"]]
+    )
+
+
+def test_an_app_that_knows_nothing_of_releases_passes(host):
+    host.release("R1", body='{"ok": true, "version": "v1"}')
+    switched(host, "R1")
+
+
+def test_expect_release_keeps_the_body_check(host):
+    host.release("R1", body='{"ok": true}')
+    done = host.run("switch", host.spec("R1", gate={"expect_release": True}))
+    assert done.returncode == 4 and "without the release id R1" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "status, words",
+    [
+        (500, "HTTP 500: the app failed"),
+        (400, "ALLOWED_HOSTS"),
+        (404, "nothing at /health/"),
+        (301, "a redirect (SECURE_SSL_REDIRECT"),
+    ],
+)
+def test_a_refused_release_never_gets_a_live_request_and_says_why(host, status, words):
+    host.release("R1")
+    switched(host, "R1")
+    host.release("R2", status=status)
+    done = host.run("switch", host.spec("R2"))
+    assert done.returncode == 4, done.stdout + done.stderr
+    cause = done.stderr.strip().splitlines()[-1]
+    assert words in cause and "R1 still serves" in cause, cause
+    assert "log of djk-shop-web-b.service" in done.stderr  # its log tail comes with it
+    assert f"127.0.0.1:{host.ports['a']};" in host.upstream.read_text()
+    assert host.current() == "releases/R1" and host.status("R2") == "failed"
+    assert host.running("a") and not host.running("b")
+
+
+def test_without_health_path_a_redirect_on_the_sites_domain_passes(host):
+    host.release("R1", status=301)
+    switched(host, "R1", gate={"path": "/", "accept_redirect": True})
+
+
+def test_an_old_process_on_the_new_slots_port_fails_the_gate(host):
+    host.release("R1")
+    squatter = subprocess.Popen(
+        [sys.executable, str(FAKES / "fake_server.py"), str(host.ports["a"]), "200", "old"],
+        start_new_session=True,
+    )
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", host.ports["a"])) == 0:
+                    break
+        state = host.state()
+        state["foreign"] = {str(host.ports["a"]): [squatter.pid]}
+        host.save(state)
+        done = host.run("switch", host.spec("R1"))
+    finally:
+        squatter.terminate()
+    assert done.returncode == 4
+    assert f"held by pid {squatter.pid}" in done.stderr and "an old process" in done.stderr
+    assert host.status("R1") == "failed" and host.current() is None
+
+
+def test_a_failure_through_nginx_switches_everything_back(host):
+    host.release("R1")
+    switched(host, "R1")
+    before = host.upstream.read_text()
+    host.release("R2")
+    host.front.broken = 502
+    done = host.run("switch", host.spec("R2"))
+    assert done.returncode == 5
+    assert "failed its health check through nginx" in done.stderr and "switched back to R1" in (
+        done.stderr
+    )
+    assert host.upstream.read_text() == before and host.current() == "releases/R1"
+    assert host.status("R2") == "failed" and host.running("a") and not host.running("b")
+
+
+def test_an_invalid_nginx_configuration_switches_back(host):
+    host.release("R1")
+    switched(host, "R1")
+    host.release("R2")
+    state = host.state()
+    state["nginx_invalid"] = True
+    host.save(state)
+    done = host.run("switch", host.spec("R2"))
+    assert done.returncode == 5 and "invalid configuration" in done.stderr
+    assert host.current() == "releases/R1"
+
+
+def test_app_mode_moves_current_and_the_slot_file_without_nginx(host):
+    host.release("R1")
+    done = switched(host, "R1", mode="app")
+    assert (host.base / ".djk-slot").read_text() == "a\n" and host.current() == "releases/R1"
+    assert not host.upstream.exists()
+    assert not [c for c in host.state()["calls"] if c[0] == "nginx"]
+    host.release("R2")
+    switched(host, "R2", mode="app")
+    assert (host.base / ".djk-slot").read_text() == "b\n" and not host.running("a")
+    assert "release R1 is live" in done.stdout
+
+
+def test_a_run_cut_off_after_the_upstream_moved_leaves_a_pending_reload(host):
+    """The pending reload is recorded before the upstream changes: a run killed between the two
+    leaves the next run a reload to do."""
+    host.release("R1")
+    switched(host, "R1")
+    assert "reload:nginx.service" in (host.tmp / "pending").read_text()
+
+
+def test_verify_checks_through_nginx_then_points_current(host):
+    host.release("R1")
+    switched(host, "R1")
+    (host.base / "current").unlink()
+    done = host.run("verify", host.spec("R1"))
+    assert done.returncode == 0, done.stderr
+    assert host.current() == "releases/R1"
+    host.front.broken = 500
+    done = host.run("verify", host.spec("R1"))
+    assert done.returncode == 1 and "HTTP 500" in done.stderr
+
+
+def test_bad_input_is_exit_2(host):
+    assert host.run("switch", "not json").returncode == 2
+    assert host.run("nosuchcommand", {}).returncode == 2
