@@ -57,7 +57,12 @@ class Action:
             )
             script = f"{record}\n{script}"
         if self.consumes:
-            script = f"{script}\n{clear_pending(self.consumes)}"
+            # Only after the script succeeded, whatever its own error handling: in a subshell
+            # (not tested by || or if, which would switch its `set -e` off), then its status.
+            script = (
+                f"(\n{script}\n)\ndjk_status=$?\n[ $djk_status -eq 0 ] || exit $djk_status\n"
+                f"{clear_pending(self.consumes)}"
+            )
         return script
 
 

@@ -163,7 +163,7 @@ def test_new_code_failing_its_health_check_is_switched_back(first, project, fres
         run = project.fab("-H", "web1", "deploy")
     finally:
         (src / ASGI).write_text(asgi)
-    assert run.code == 1
+    assert run.code == 1, run.out + run.err
     assert "failed its health check" in run.out and "broken release" in run.out, run.out
     assert health(fresh_host)["release"] == good
     assert web_pid(fresh_host) == gunicorn  # the old slot never stopped serving

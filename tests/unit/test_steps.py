@@ -1,4 +1,5 @@
 from djk.tasks.engine import facts as F
+from djk.tasks.engine.facts import PENDING_FILE
 from djk.tasks.engine.steps import (
     ConfigSet,
     Context,
@@ -108,3 +109,17 @@ def test_handlers_order_daemon_reload_then_restarts_then_reloads():
         "restart:a.service",
         "reload:nginx.service",
     ]
+
+
+def test_a_failed_script_keeps_what_it_would_consume_pending():
+    """The agent's exit code is the script's last word: a switch that fails must not clear the
+    restart it was to do (nor report success)."""
+    import subprocess
+
+    from djk.tasks.engine.steps import Action
+
+    for body, code in (("exit 4", 4), ("false", 1), ("set -e\nfalse\necho never", 1)):
+        action = Action("x", body, consumes=("cycle:shop",))
+        script = action.full_script().replace(PENDING_FILE, "/nonexistent/pending")
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+        assert done.returncode == code and "never" not in done.stdout, (body, done)
