@@ -92,3 +92,23 @@ def test_private_key_is_0600_and_never_shown(deployed, fresh_host, ca):
     body = key.strip().splitlines()[1]
     assert body not in deployed.out
     assert "privkey.pem: secret content changed (not shown)" in deployed.out
+
+
+def test_an_app_redirecting_to_https_passes_the_gate(deployed, project, fresh_host, ca, src):
+    """SECURE_SSL_REDIRECT = True: Django answers 301 to a request that did not come over
+    HTTPS. The gate probes the new slot directly, so it sends X-Forwarded-Proto: https as nginx
+    does (the app trusts it: SECURE_PROXY_SSL_HEADER), and checks through nginx over HTTPS."""
+    settings = src / "exampleproject/settings.py"
+    original = settings.read_text()
+    settings.write_text(original + "\nSECURE_SSL_REDIRECT = True\n")
+    (src / "VERSION").write_text("5.0.0\n")
+    project.site.update(source=str(src), health_path="/health/")
+    project.write()
+    try:
+        run = project.fab("-H", "web1", "deploy")
+    finally:
+        settings.write_text(original)
+    assert run.code == 0, run.out + run.err
+    answer = https(fresh_host, ca)
+    assert answer.stdout.startswith("HTTP/2 200") or " 200" in answer.stdout.split("\n")[0]
+    assert "5.0.0" in answer.stdout
