@@ -258,13 +258,18 @@ rm -rf {q(new)}
 install -d -m 750 -o root -g {group} {q(new)}
 tar -xzf - -C {q(new)} --no-same-owner --no-same-permissions
 printf '%s\\n' {b.tree} > {q(new)}/.djk-tree
-printf 'APP_RELEASE=%s\\n' {q(b.release_id)} > {q(new)}/.djk-release.env
+printf 'APP_RELEASE=%s\\nDJANGO_STATIC_ROOT=%s\\n' {q(b.release_id)} \\
+  {q(paths.release_static(b.release_id))} > {q(new)}/.djk-release.env
 printf '%s\\n' {q(manifest)} > {q(new)}/.djk-release.json
 echo staged > {q(new)}/.djk-status
 ln -sfn ../../venvs/{b.deps} {q(new)}/.venv
 chown -R root:{group} {q(new)}
 chmod -R u=rwX,g=rX,o= {q(new)}
 mv -T {q(new)} {q(target)}
+# nginx serves this release's static files (once collected) after the live one's, until the
+# switch: pages of the new release find theirs on a web host before its `current` moves.
+ln -sfn {q(b.release_id)} {q(paths.static)}/next.djk-new
+mv -Tf {q(paths.static)}/next.djk-new {q(paths.static)}/next
 """
         was = f"live {live}" if live else "no live release"
         source = app_of(b.site).source
@@ -388,6 +393,7 @@ class Switch(Step):
             "front": front(self.site),
             "mark_old": self.mark_old,
             "delete": delete,
+            "static": paths.static,
         }
         if self.remote_bind:
             consumes: tuple[str, ...] = (paths.cycle, "daemon-reload")
@@ -463,8 +469,9 @@ class Verify(Step):
     the target release answers through this nginx; then `current` here points at it (the next
     deploy compares with it) and the release is recorded as verified."""
 
-    def __init__(self, site: Site, target: Target) -> None:
+    def __init__(self, site: Site, target: Target, rolled_back: bool = False) -> None:
         self.site, self.paths, self.target = site, SitePaths.of(site), target
+        self.rolled_back = rolled_back  # then only the release returned to serves static files
         self.marker = f"{self.paths.base}/.djk-verified"
         self.id = f"verify:{site.name}"
         self.name = f"verify {site.name} through nginx"
@@ -477,7 +484,8 @@ class Verify(Step):
         if ctx.facts[Text(self.marker)] == want:
             return Plan(reason=f"{want} answers here")
         spec = {"base": self.paths.base, "release": want, "slots": {}, "units": {},
-                "gate": gate(self.site), "front": front(self.site)}  # fmt: skip
+                "gate": gate(self.site), "front": front(self.site),
+                "static": self.paths.static, "rolled_back": self.rolled_back}  # fmt: skip
         script = agent.command("verify")
         script += f" && printf '%s\\n' {shlex.quote(want)} > {shlex.quote(self.marker)}"
         return Plan(
@@ -538,7 +546,9 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
             f"collectstatic:{site.name}",
             f"collectstatic {site.name}",
             "collectstatic --noinput",
-            f"{paths.base}/.djk-collected",
+            # Per release (static/<release>); another name than before per-release static, so
+            # a host upgraded from then collects once more.
+            f"{paths.base}/.djk-static",
             "collecting static files",
         ),
     ]
@@ -641,7 +651,6 @@ class AppComponent(Component):
             "DJANGO_SETTINGS_MODULE": app_of(site).settings,
             "DJANGO_ALLOWED_HOSTS": ",".join(hosts),
             "DJANGO_CSRF_TRUSTED_ORIGINS": ",".join(origins),
-            "DJANGO_STATIC_ROOT": paths.static,
             "DJANGO_DB_PATH": paths.db,
             "PYTHONDONTWRITEBYTECODE": "1",
         }
@@ -670,7 +679,7 @@ class AppComponent(Component):
             return [agent.installed(), *switching] if switching or verifying else []
         if phase == "verify" and "web" in roles:
             return [
-                Verify(site, run.target(site))
+                Verify(site, run.target(site), rolled_back=run.mark_old == "rolled-back")
                 for site in run.sites
                 if topology.split(inventory, site)
             ]

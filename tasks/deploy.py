@@ -129,7 +129,9 @@ def rollback_plan(
         mark_old="rolled-back",
         options={"lock_wait": wait},
     )
-    plan = compose(run, (ROLLING,))
+    # verify: on the web host of a split site, the release answers through nginx and that
+    # host's `current` and static files follow.
+    plan = compose(run, (ROLLING, "verify"))
     plan.revert = None  # a rollback is not rolled back again
     return plan
 

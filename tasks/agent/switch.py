@@ -80,6 +80,32 @@ class Site:
         if self.want != self.live:
             self.mark(self.want, "failed")
 
+    # Static files: static/<release>/ per release; nginx tries static/current, then next (the
+    # release being deployed), then previous (the one switched away from).
+
+    @property
+    def static(self) -> Path | None:
+        return Path(self.spec["static"]) if self.spec.get("static") else None
+
+    def static_current(self) -> str | None:
+        return read_link(self.static / "current") if self.static else None
+
+    def point_static(self, name: str, release: str | None) -> None:
+        if self.static is None or not self.static.is_dir():
+            return
+        if release:
+            point(self.static / name, release)
+        else:
+            (self.static / name).unlink(missing_ok=True)
+
+    def static_after_switch(self, old: str | None, rolled_back: bool) -> None:
+        """After the switch to `want` from `old`: previous is `old`, unless this was a rollback
+        (then the release returned to is served alone); nothing is `next` any more."""
+        self.point_static("current", self.want)
+        keep = old if old and old != self.want and not rolled_back else None
+        self.point_static("previous", keep)
+        self.point_static("next", None)
+
 
 def switch(spec: dict) -> int:
     site = Site(spec)
@@ -118,6 +144,7 @@ def switch(spec: dict) -> int:
             return 5
     else:
         point(site.base / "current", f"releases/{site.want}")
+        site.point_static("current", site.want)
         write(site.base / ".djk-slot", nxt + "\n")
     finish(site, active, nxt, spec)
     return 0
@@ -210,6 +237,8 @@ def switch_nginx(site: Site, nxt: str, spec: dict) -> str | None:
         f.write("reload:nginx.service\n")
     write(upstream, upstream_text(spec["managed"], site.slots[nxt]))
     point(site.base / "current", f"releases/{site.want}")
+    static_before = site.static_current()
+    site.point_static("current", site.want)
     try:
         nginx_reload()
         problem = through_nginx(site, spec["front"])
@@ -223,6 +252,7 @@ def switch_nginx(site: Site, nxt: str, spec: dict) -> str | None:
         write(upstream, previous)
     if site.live:
         point(site.base / "current", f"releases/{site.live}")
+    site.point_static("current", static_before)
     try:
         nginx_reload()
     except Failed as exc:
@@ -256,8 +286,11 @@ def finish(site: Site, active: str | None, nxt: str, spec: dict) -> None:
     site.mark(site.want, "live")
     if site.live and site.live != site.want:
         site.mark(site.live, spec["mark_old"])
+    site.static_after_switch(site.live, spec["mark_old"] == "rolled-back")
     for release in spec.get("delete", []):
         shutil.rmtree(site.release_dir(release), ignore_errors=True)
+        if site.static is not None:
+            shutil.rmtree(site.static / release, ignore_errors=True)
     prune_venvs(site.base)
     say(f"release {site.want} is live in slot {nxt}")
 
@@ -283,4 +316,5 @@ def verify(spec: dict) -> int:
         print(f"release {site.want} does not answer through nginx: {problem}", file=sys.stderr)
         return 1
     point(site.base / "current", f"releases/{site.want}")
+    site.static_after_switch(site.static_current(), bool(spec.get("rolled_back")))
     return 0

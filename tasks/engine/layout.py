@@ -4,7 +4,8 @@
   releases/<id>/     source, .venv -> ../../venvs/<deps>, .djk-release.{json,env}, .djk-status
   venvs/<deps>/      virtualenvs, shared by the releases with the same dependency set
   shared/            env (0600), db, anything that outlives a release
-  static/            collectstatic target, served by nginx
+  static/<id>/       each release's collected static files (its DJANGO_STATIC_ROOT)
+  static/{current,next,previous} -> <id>: what nginx serves, in that order
   current            -> releases/<id>, renamed over atomically
   slots/{a,b}        -> ../releases/<id>: what each of the two gunicorn units runs
 The live slot is the one /etc/nginx/djk/<site>.upstream points at.
@@ -88,6 +89,10 @@ class SitePaths:
     @property
     def static(self) -> str:
         return f"{self.base}/static"
+
+    def release_static(self, release_id: str) -> str:
+        """A release's collectstatic target (its DJANGO_STATIC_ROOT)."""
+        return f"{self.static}/{release_id}"
 
     @property
     def slots(self) -> str:

@@ -71,7 +71,8 @@ def test_server_block_and_unit(inventory, site):
     conf = nginx.site_files(inventory, site)[1].content
     assert "server_name shop.test *.shop.test;" in conf
     assert f"include {paths.upstream_conf};" in conf
-    assert f"alias {paths.static}/;" in conf and "expires 30d;" in conf
+    assert f"root {paths.static};" in conf and "expires 30d;" in conf
+    assert "try_files /current/$1 /next/$1 /previous/$1 =404;" in conf
     assert "client_max_body_size 20m;" in conf
     unit = render(
         "systemd/web.service.j2",

@@ -326,3 +326,33 @@ def test_verify_checks_through_nginx_then_points_current(host):
 def test_bad_input_is_exit_2(host):
     assert host.run("switch", "not json").returncode == 2
     assert host.run("nosuchcommand", {}).returncode == 2
+
+
+def test_static_files_follow_the_switch_and_a_rollback_serves_its_release_alone(host):
+    static = host.base / "static"
+    static.mkdir()
+    for release in ("R1", "R2"):
+        host.release(release)
+        (static / release).mkdir()
+    (static / "next").symlink_to("R1")  # staged
+    switched(host, "R1", static=str(static))
+    assert os.readlink(static / "current") == "R1"
+    assert not (static / "next").is_symlink() and not (static / "previous").is_symlink()
+    (static / "next").symlink_to("R2")
+    switched(host, "R2", static=str(static))
+    assert os.readlink(static / "current") == "R2" and os.readlink(static / "previous") == "R1"
+    switched(host, "R1", static=str(static), mark_old="rolled-back", delete=["R2"])
+    assert os.readlink(static / "current") == "R1"
+    assert not (static / "previous").is_symlink()  # only the release returned to
+    assert not (static / "R2").exists() and not (host.base / "releases" / "R2").exists()
+
+
+def test_a_failed_switch_leaves_static_files_as_they_were(host):
+    static = host.base / "static"
+    static.mkdir()
+    host.release("R1")
+    switched(host, "R1", static=str(static))
+    host.release("R2")
+    host.front.broken = 502
+    assert host.run("switch", host.spec("R2", static=str(static))).returncode == 5
+    assert os.readlink(static / "current") == "R1"
