@@ -25,10 +25,11 @@ from file_readers import (
 )
 from hypothesis import strategies as st
 
-from djk.tasks import app
+from djk.tasks import app, celery
 from djk.tasks.celery import RedisAuth, RedisBind
 from djk.tasks.deploy import deploy_plan
 from djk.tasks.engine import facts as F
+from djk.tasks.engine import topology
 from djk.tasks.engine.inventory import InventoryError, load
 from djk.tasks.engine.layout import app_of
 from djk.tasks.engine.secrets import Secret
@@ -392,9 +393,10 @@ def check_addresses(inventory, files: list[Written]) -> None:
             for args in nginx_directives(item.content, "server"):
                 _host_port(args[0])
     for site in inventory.sites.values():
-        url = dict(app.env_entries(inventory, site)).get("CELERY_BROKER_URL")
-        if isinstance(url, Secret):
-            parts = urlsplit(url.reveal())
+        # The URL the kit derives for its own Redis (a user's own CELERY_BROKER_URL is theirs).
+        url = celery.broker_url(site, topology.broker_address(inventory, site))
+        if url is not None:
+            parts = urlsplit(url)
             assert parts.port == 6379 and parts.hostname, "broker URL without its port"
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from . import probe
 from .system import (
     Failed,
+    connections,
     cwd,
     descends_from,
     journal_tail,
@@ -282,6 +283,8 @@ def finish(site: Site, active: str | None, nxt: str, spec: dict) -> None:
     systemctl("enable", "--quiet", site.units[nxt])
     if active and active != nxt:
         systemctl("disable", "--quiet", site.units[active], check=False)
+        if spec["mode"] == "local":
+            drain(site.slots[active], float(spec.get("drain", 0)))
         systemctl("stop", site.units[active], check=False)
     site.mark(site.want, "live")
     if site.live and site.live != site.want:
@@ -293,6 +296,21 @@ def finish(site: Site, active: str | None, nxt: str, spec: dict) -> None:
             shutil.rmtree(site.static / release, ignore_errors=True)
     prune_venvs(site.base)
     say(f"release {site.want} is live in slot {nxt}")
+
+
+def drain(port: int, seconds: float) -> None:
+    """Before the old slot stops: its connections end by themselves (nginx's old workers finish
+    their requests and leave; a WebSocket open on it lives on) for up to `seconds`. Whatever
+    is left then gets gunicorn's graceful stop."""
+    deadline = time.monotonic() + seconds
+    left = connections(port)
+    if left and seconds > 0:
+        say(f"draining {left} connection(s) on port {port} for up to {seconds:.0f}s")
+    while left and time.monotonic() < deadline:
+        time.sleep(0.25)
+        left = connections(port)
+    if left and seconds > 0:
+        say(f"drain time over: stopping the old slot with {left} connection(s) open")
 
 
 def prune_venvs(base: Path) -> None:

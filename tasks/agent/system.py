@@ -122,8 +122,9 @@ def write(path: str | Path, text: str, mode: int = 0o644) -> None:
 
 
 def nginx_reload(timeout: float = 10.0) -> None:
-    """Validate, reload, and wait until the old workers have left (until then they serve the
-    old configuration); start nginx when it is not running."""
+    """Validate, reload, and wait until workers of the new configuration run (new connections
+    go to them; the old workers finish what they hold — a WebSocket may keep one for long, so
+    this does not wait for them to leave); start nginx when it is not running."""
     run("nginx", "-t", "-q")
     master = int(unit_state("nginx.service").get("MainPID") or 0)
     if master == 0:
@@ -133,10 +134,17 @@ def nginx_reload(timeout: float = 10.0) -> None:
     systemctl("reload", "nginx.service")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not old & _workers(master):
+        if _workers(master) - old:
             return
         time.sleep(0.05)
     raise Failed(f"nginx did not switch to the new configuration within {timeout:.0f}s")
+
+
+def connections(port: int) -> int:
+    """Established TCP connections to a local `port` (requests in flight, kept-alive upstream
+    connections of nginx workers, WebSockets)."""
+    out = run("ss", "-Htn", "state", "established", f"( sport = :{port} )", check=False).stdout
+    return len([line for line in out.splitlines() if line.strip()])
 
 
 def _workers(master: int) -> set[int]:

@@ -356,3 +356,29 @@ def test_a_failed_switch_leaves_static_files_as_they_were(host):
     host.front.broken = 502
     assert host.run("switch", host.spec("R2", static=str(static))).returncode == 5
     assert os.readlink(static / "current") == "R1"
+
+
+def test_the_old_slot_drains_its_connections_before_it_stops(host):
+    host.release("R1")
+    switched(host, "R1")
+    host.release("R2")
+    state = host.state()
+    state["established"] = {str(host.ports["a"]): 3}  # e.g. WebSockets on the old slot
+    host.save(state)
+    done = switched(host, "R2", drain=30)
+    assert f"draining 3 connection(s) on port {host.ports['a']}" in done.stdout
+    assert "drain time over" not in done.stdout  # they closed first
+    calls = host.state()["calls"]
+    looks = [i for i, c in enumerate(calls) if c[0] == "ss" and "established" in c]
+    assert len(looks) >= 4 and looks[-1] < calls.index(["systemctl", "stop", host.units["a"]])
+
+
+def test_drain_time_over_stops_the_old_slot_anyway(host):
+    host.release("R1")
+    switched(host, "R1")
+    host.release("R2")
+    state = host.state()
+    state["established"] = {str(host.ports["a"]): 10_000}
+    host.save(state)
+    done = switched(host, "R2", drain=0.5)
+    assert "drain time over: stopping the old slot" in done.stdout and not host.running("a")

@@ -88,6 +88,14 @@ def systemctl(state, args):
 
 
 def ss(state, args):
+    if "established" in args:  # connections: as many lines as the state holds for the port
+        port = args[-1].split(":")[-1].strip(" )")
+        left = state.get("established", {}).get(port, 0)
+        for i in range(left):
+            print(f"0 0 127.0.0.1:{port} 127.0.0.1:{40000 + i}")
+        if left:
+            state["established"][port] = left - 1  # one closes per look
+        return
     port = int(args[-1].split(":")[-1])
     holders = [int(p) for p in state.get("foreign", {}).get(str(port), [])]
     for unit, p in state["ports"].items():
