@@ -116,6 +116,8 @@ def clean_cases(draw) -> Case:
         if draw(st.booleans()):
             site["tls"] = {"cert": "cert.pem", "key": "key.pem", "hsts": True}
         sites[name] = site
+    # One secrets file serves every site: each name once in it.
+    secrets = list({name: (name, value, q) for name, value, q in reversed(secrets)}.values())[::-1]
     extra = draw(st.integers(0, 2))
     for i in range(extra):
         secrets.append((f"EXTRA_{i}", f"extra-{MARKER}-{i}", draw(quoting)))

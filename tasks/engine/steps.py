@@ -161,12 +161,17 @@ def _attr_actions(path: str, state: PathState, owner: str, group: str, mode: str
 _ENV_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
 
-def mask_env(text: str, secret_keys: Iterable[str]) -> str:
+def mask_env(
+    text: str, secret_keys: Iterable[str], plain_keys: Iterable[str] | None = None
+) -> str:
     """An env file as read from a host, fit for a diff: secret values masked, and any line that
     is not a comment or NAME=value (a hand edit, a value split over lines) not shown at all.
+    With `plain_keys` every other name's value is masked: the host's file may hold a secret
+    that is no longer one (removed from the secrets file), and its old value is still secret.
     Lines end at \\n only, as for the readers of the file (splitlines() would also cut at
     U+2028 and show the rest of a secret as a line of its own)."""
     keys = set(secret_keys)
+    plain = None if plain_keys is None else set(plain_keys) - keys
     out = []
     for line in _lines(text):
         body = line[:-1]
@@ -175,7 +180,7 @@ def mask_env(text: str, secret_keys: Iterable[str]) -> str:
             out.append(line)
         elif match is None:
             out.append("# (a line that is not NAME=value: not shown)\n")
-        elif match.group(1) in keys:
+        elif match.group(1) in keys or (plain is not None and match.group(1) not in plain):
             out.append(f"{match.group(1)}={MASK}\n")
         else:
             out.append(line)
@@ -260,7 +265,8 @@ class File(Step):
                 for key in self.secret_keys
                 if _env_value(old, key) != _env_value(self.content, key)
             ]
-            old = mask_env(old, self.secret_keys)
+            plain = [m.group(1) for m in map(_ENV_LINE.match, self.content.split("\n")) if m]
+            old = mask_env(old, self.secret_keys, plain)
             if self.shown is None:
                 new = mask_env(new, self.secret_keys)
         lines = difflib.unified_diff(

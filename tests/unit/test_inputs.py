@@ -385,3 +385,14 @@ def test_requirements_must_stay_inside_source(tmp_path):
     data = base(tmp_path)
     data["sites"]["shop"]["requirements"] = "../README.md"
     assert "is outside source" in refused(tmp_path, data)
+
+
+def test_a_secret_removed_from_the_secrets_file_stays_masked_in_the_diff():
+    """The host's file still holds the old secret's line; the new file has no such name (or not
+    as a secret): its old value must not show as a removed line."""
+    step = File("/s/env", "A='1'\nNEW='x'\n", mode="600", secret_keys=("NEW",))
+    state = F.PathState("file", "600", "root", "root", "0" * 64)
+    old = "A='1'\nGONE='old-s3cret'\n"
+    facts = F.Facts({F.Stat("/s/env"): state, F.Content("/s/env"): old})
+    (action,) = step.plan(Context(facts, diff=True)).actions
+    assert "old-s3cret" not in action.diff and "-GONE=********" in action.diff
