@@ -394,6 +394,7 @@ class Switch(Step):
             "mark_old": self.mark_old,
             "delete": delete,
             "static": paths.static,
+            "drain": self.app.drain_timeout,
         }
         if self.remote_bind:
             consumes: tuple[str, ...] = (paths.cycle, "daemon-reload")
@@ -622,6 +623,7 @@ class AppComponent(Component):
             health_expect_release=table.get("health_expect_release", bool, default=False),
             keep_releases=table.get("keep_releases", int, values.count(1, 100), default=5),
             health_timeout=table.get("health_timeout", int, values.count(5, 900), default=60),
+            drain_timeout=table.get("drain_timeout", int, values.count(0, 86400), default=30),
             migrate_on=table.get("migrate_on", str, values.choice("one", "every"), default="one"),
         )
 

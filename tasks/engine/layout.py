@@ -38,6 +38,7 @@ class App:
     health_path: str | None = None  # None: probe / (a redirect on the site's domains passes)
     health_expect_release: bool = False  # the health answer must also name the release
     health_timeout: int = 60
+    drain_timeout: int = 30  # seconds the old slot's connections (WebSockets) get to close
     keep_releases: int = 5
     migrate_on: str = "one"  # "one" host per deploy (shared database) or "every" host
 
