@@ -51,11 +51,10 @@ def test_an_open_websocket_outlives_the_switch_and_new_ones_reach_the_new_releas
     project, fresh_host, src
 ):
     old = live(fresh_host)
-    ws = open_echo(fresh_host)
-    assert echo(ws, "before") == f"{old}: before"
-    (src / "VERSION").write_text("3.0.0\n")
-    deploy = spawn_fab(project.inventory, "-H", "web1", "deploy")
-    try:
+    with open_echo(fresh_host) as ws:  # closed when the block ends: then the old slot drains
+        assert echo(ws, "before") == f"{old}: before"
+        (src / "VERSION").write_text("3.0.0\n")
+        deploy = spawn_fab(project.inventory, "-H", "web1", "deploy")
         wait_for_line(deploy, ": health check ...", timeout=180)  # the switch has started
         # Once `current` moves nginx points at the new slot: new connections go there.
         deadline = time.monotonic() + 120
@@ -77,8 +76,6 @@ def test_an_open_websocket_outlives_the_switch_and_new_ones_reach_the_new_releas
         assert deploy.poll() is None  # the deploy waits for it (drain_timeout = 120)
         assert "active" in sh(fresh_host, "systemctl is-active djk-example-web-a "
                               "djk-example-web-b || true")  # fmt: skip
-    finally:
-        ws.close()
     out, _ = deploy.communicate(timeout=120)
     assert deploy.returncode == 0, out
     # Both slots: only the new one is left once the old connection closed.
