@@ -381,13 +381,13 @@ master=$(systemctl show -p MainPID --value nginx.service)
 if [ "${master:-0}" = 0 ]; then systemctl start nginx.service; exit 0; fi
 old=$(ps -o pid=,args= --ppid "$master" | awk '/worker process$/ {print $1}')
 systemctl reload nginx.service
+# Until workers of the new configuration run (old ones finish what they hold; a WebSocket may
+# keep one for long, so this does not wait for them to leave). As agent/system.nginx_reload.
 i=0
 while [ $i -lt 200 ]; do
-  serving=0
-  for p in $old; do
-    case "$(ps -o args= -p "$p" 2>/dev/null)" in *"worker process") serving=1;; esac
+  for p in $(ps -o pid=,args= --ppid "$master" | awk '/worker process$/ {print $1}'); do
+    case " $(echo $old) " in *" $p "*) ;; *) exit 0;; esac
   done
-  [ $serving = 0 ] && exit 0
   i=$((i+1)); sleep 0.05
 done
 echo "nginx did not switch to the new configuration within 10s (see journalctl -u nginx)" >&2

@@ -7,22 +7,21 @@ the static upstream of a split site (every app host's two slots).
 
 from __future__ import annotations
 
+from ..agent import switch as agent_switch
 from .layout import SLOTS, SitePaths
 from .render import MANAGED
 from .values import url_host
 
 
 def upstream_text(port: int) -> str:
-    return f"# {MANAGED}\nserver 127.0.0.1:{port};\n"
+    """The upstream file a first deploy starts from (the agent writes the same at a switch)."""
+    return agent_switch.upstream_text(MANAGED, port)
 
 
 def live_slot(paths: SitePaths, upstream: str | None) -> str | None:
-    """The slot nginx's upstream file points at (None before the first switch)."""
-    for line in (upstream or "").splitlines():
-        for slot in SLOTS:
-            if line.strip() == f"server 127.0.0.1:{paths.slot_port(slot)};":
-                return slot
-    return None
+    """The slot nginx's upstream file points at (None before the first switch), read as the
+    agent reads it."""
+    return agent_switch.live_slot_of(upstream, {s: paths.slot_port(s) for s in SLOTS})
 
 
 def static_upstream(paths: SitePaths, addresses: list[str]) -> str:
