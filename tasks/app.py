@@ -484,7 +484,7 @@ class Verify(Step):
         want = self.target(ctx.facts)
         if ctx.facts[Text(self.marker)] == want:
             return Plan(reason=f"{want} answers here")
-        spec = {"base": self.paths.base, "release": want, "slots": {}, "units": {},
+        spec = {"base": self.paths.base, "release": want,
                 "gate": gate(self.site), "front": front(self.site),
                 "static": self.paths.static, "rolled_back": self.rolled_back}  # fmt: skip
         script = agent.command("verify")

@@ -64,8 +64,9 @@ class Site:
         self.spec = spec
         self.base = Path(spec["base"])
         self.want = spec["release"]
-        self.slots: dict[str, int] = {s: int(p) for s, p in spec["slots"].items()}
-        self.units: dict[str, str] = spec["units"]
+        # A switch names both slots; verify (nginx only) names none.
+        self.slots: dict[str, int] = {s: int(p) for s, p in spec.get("slots", {}).items()}
+        self.units: dict[str, str] = spec.get("units", {})
         self.gate: dict = {**spec["gate"], "release": self.want}
         link = read_link(self.base / "current")
         self.live = link.removeprefix("releases/") if link else ""

@@ -34,6 +34,7 @@ def archive() -> bytes:
     return buffer.getvalue()
 
 
+@lru_cache(maxsize=1)
 def path() -> str:
     digest = hashlib.sha256(archive()).hexdigest()[:16]
     return f"{AGENT_DIR}/agent-{digest}.pyz"
