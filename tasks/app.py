@@ -602,16 +602,21 @@ class AppComponent(Component):
         key = table.key
         source = table.get_path("source")
         if not source.is_dir():
-            table.fail(f"{key}.source", f"{source} is not a directory")
+            table.fail(f"{key}.source", f"{values.show_path(source)} is not a directory")
         requirements = (source / table.get("requirements", str, default="requirements.txt"))
         try:
             requirements = requirements.resolve()
         except (OSError, RuntimeError, ValueError) as exc:
-            table.fail(f"{key}.requirements", str(exc))
+            # str(exc) may quote the whole path: the reason alone, the path shortened.
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            table.fail(f"{key}.requirements", f"{values.show_path(requirements)}: {reason}")
         if not requirements.is_relative_to(source):
-            table.fail(f"{key}.requirements", f"{requirements} is outside source ({source})")
+            table.fail(
+                f"{key}.requirements",
+                f"{values.show_path(requirements)} is outside source ({values.show_path(source)})",
+            )
         if not requirements.is_file():
-            table.fail(f"{key}.requirements", f"{requirements} does not exist")
+            table.fail(f"{key}.requirements", f"{values.show_path(requirements)} does not exist")
         return App(
             source=source,
             requirements=requirements,

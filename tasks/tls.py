@@ -206,10 +206,14 @@ def _read_pem(t: Table, name: str, marker: str, required: bool = True) -> str:
     key = t.path(name)
     text = t.read_text(name, file, limit=PEM_LIMIT)
     if f"-----BEGIN {marker}-----" not in text and f" {marker}-----" not in text:
-        t.fail(key, f"{file} holds no PEM {marker.lower()}")
+        t.fail(key, f"{values.show_path(file)} holds no PEM {marker.lower()}")
     if marker != "PRIVATE KEY" and "PRIVATE KEY-----" in text:
         # It would be uploaded world-readable and shown in diffs: the key has its own setting.
-        t.fail(key, f"{file} also holds a private key: give the key as `key`, not in `{name}`")
+        t.fail(
+            key,
+            f"{values.show_path(file)} also holds a private key: "
+            f"give the key as `key`, not in `{name}`",
+        )
     return text
 
 

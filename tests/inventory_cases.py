@@ -606,6 +606,9 @@ SEEDS = [
     _set("sites|shop|source", "~nosuchuser/x"),
     _set("sites|shop|source", "/tmp/\x00x"),
     _set("sites|shop|source", "/" + "x" * 300),
+    # Found by CI's fuzz run: a long path (under PATH_MAX) quoted whole made a 1,062-character error.
+    _set("sites|shop|source", "/" + "/".join(["example"] * 400)),
+    _set("sites|shop|requirements", "/".join(["r"] * 1500) + ".txt"),
     _set("sites|shop|tls", {"cert": "both.pem", "key": "key.pem"}),
     _set("sites|shop|tls", {"cert": "/dev/zero", "key": "key.pem"}),
     _set("", 1),

@@ -252,7 +252,7 @@ def _parse_site(
         try:
             secrets = load_env_file(text)
         except ValueError as exc:
-            r.fail(f"{key}.env_file", f"{env_file}: {exc}")
+            r.fail(f"{key}.env_file", f"{values.show_path(env_file)}: {exc}")
     site = Site(
         name=name,
         domains=domains,

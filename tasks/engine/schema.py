@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .values import SHOW_LIMIT, escape, show
+from .values import SHOW_LIMIT, escape, show, show_path
 
 Check = Callable[[Any], Any]
 
@@ -29,7 +29,7 @@ class InventoryError(Exception):
     quotes of the user's input is escaped, so it stays one line and moves no terminal cursor."""
 
     def __init__(self, file: Path | str, key: str, message: str) -> None:
-        self.file, self.key, self.message = escape(str(file)), escape(key), escape(message)
+        self.file, self.key, self.message = show_path(file), escape(key), escape(message)
         where = f"{self.file}: {self.key}: " if key else f"{self.file}: "
         super().__init__(where + self.message)
 
@@ -48,7 +48,7 @@ class FileProblem(ValueError):
 
     def __init__(self, path: Path, reason: str) -> None:
         self.reason = reason
-        super().__init__(f"{show(str(path), 200)}: {reason}")
+        super().__init__(f"{show_path(path)}: {reason}")
 
 
 def read_text(path: Path, limit: int = FILE_LIMIT) -> str:

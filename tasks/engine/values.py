@@ -47,6 +47,19 @@ def show(value: object, limit: int = SHOW_LIMIT) -> str:
     return escape(repr(value))
 
 
+PATH_SHOW_LIMIT = 200
+
+
+def show_path(path: object, limit: int = PATH_SHOW_LIMIT) -> str:
+    """A path as an error message shows it: unquoted, escaped, and when long its start and its
+    end with the middle left out (the end names the file, the start where it is)."""
+    text = escape(str(path))
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]}[...]{text[-half:]}"
+
+
 def domain(value: str) -> str:
     """A server_name: letters, digits, hyphens and dots, with an optional leading `*.`."""
     name = value[2:] if value.startswith("*.") else value
