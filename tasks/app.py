@@ -17,11 +17,11 @@ from .engine import agent, topology, values
 from .engine import releases as R
 from .engine.cli import run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, components, register
-from .engine.facts import PENDING_FILE, Fact, Facts, Stat, Text, Unit
+from .engine.facts import Fact, Facts, Stat, Text, Unit
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SLOTS, App, SitePaths, app_of
 from .engine.python_env import Venv
-from .engine.render import MANAGED, render
+from .engine.render import render
 from .engine.schema import InventoryError, Table
 from .engine.secrets import Secret
 from .engine.steps import (
@@ -31,11 +31,11 @@ from .engine.steps import (
     File,
     MarkedCommand,
     Plan,
+    Service,
     Step,
     SystemUser,
     UnitStatus,
 )
-from .engine.switch import live_slot
 from .engine.tree import tree_archive, tree_hash
 
 # -- what a deploy ships and which release a site switches to -----------------------------------
@@ -340,8 +340,7 @@ class Switch(Step):
         paths = self.paths
         return [
             Stat(paths.current),
-            Text(paths.upstream_conf),
-            Text(f"{paths.base}/.djk-slot"),
+            Stat(paths.live_socket),
             *(Stat(paths.slot(slot)) for slot in SLOTS),
             *(Unit(unit) for unit in paths.web_units),
             R.Releases(paths.base),
@@ -357,7 +356,7 @@ class Switch(Step):
             return Plan(error=str(exc))
         report = {"releases": {self.site.name: want}}
         releases = facts[R.Releases(paths.base)]
-        slot = current_slot(facts, paths, split=bool(self.remote_bind))
+        slot = current_slot(facts, paths)
         restart = paths.cycle in ctx.pending
         problems: list[str] = []
         if want == live and not restart and slot is not None:
@@ -378,34 +377,36 @@ class Switch(Step):
             delete = []
             reason = "env, unit or dependencies changed" if restart else "; ".join(problems)
             why = f"restart {want} ({reason or 'not running'})"
+        # nginx is reloaded only when its configuration changed in this run (then before the
+        # check through it, so the release is checked as the run leaves nginx); a code deploy
+        # never reloads it.
+        reload = not self.remote_bind and "reload:nginx.service" in ctx.pending
         spec = {
             "mode": "app" if self.remote_bind else "local",
             "base": paths.base,
             "release": want,
-            "slots": {slot: paths.slot_port(slot) for slot in SLOTS},
+            "sockets": {slot: paths.slot_socket(slot) for slot in SLOTS},
+            "live": paths.live_socket,
             "units": {slot: paths.web_unit(slot) for slot in SLOTS},
             "group": self.site.user,
-            "bind": self.remote_bind or "127.0.0.1",
             "gate": gate(self.site),
-            "upstream": paths.upstream_conf,
-            "managed": MANAGED,
-            "pending_file": PENDING_FILE,
-            "front": front(self.site),
+            "front": front(self.site, self.remote_bind),
+            "reload": reload,
             "mark_old": self.mark_old,
             "delete": delete,
             "static": paths.static,
             "drain": self.app.drain_timeout,
         }
-        if self.remote_bind:
-            consumes: tuple[str, ...] = (paths.cycle, "daemon-reload")
-        else:
-            consumes = (paths.cycle, "reload:nginx.service", "daemon-reload")
+        consumes: tuple[str, ...] = (paths.cycle, "daemon-reload")
+        if reload:
+            consumes += ("reload:nginx.service",)
         action = Action(
             why,
             agent.command("switch"),
             stdin=agent.payload(spec),
             progress=f"{why}: health check",
             consumes=consumes,
+            echo=True,
         )
         return Plan([action], report=report)
 
@@ -429,13 +430,11 @@ class Switch(Step):
         return problems
 
 
-def current_slot(facts: Facts, paths: SitePaths, split: bool) -> str | None:
-    """The live slot: from nginx's upstream where nginx runs beside the app, from `.djk-slot`
-    on an app host behind nginx elsewhere; None before the first switch."""
-    if split:
-        slot = facts[Text(f"{paths.base}/.djk-slot")]
-        return slot if slot in SLOTS else None
-    return live_slot(paths, facts[Text(paths.upstream_conf)])
+def current_slot(facts: Facts, paths: SitePaths) -> str | None:
+    """The live slot: the one sockets/live.sock links to; None before the first switch."""
+    link = facts[Stat(paths.live_socket)]
+    target = link.target if link is not None else None
+    return next((s for s in SLOTS if target == f"{s}.sock"), None)
 
 
 def _uses_tls(site: Site):
@@ -443,8 +442,11 @@ def _uses_tls(site: Site):
     return (getattr(part, "https", False) for part in site.parts.values())
 
 
-def front(site: Site) -> str:
-    """Where this host's nginx serves the site, as clients reach it."""
+def front(site: Site, remote_bind: str | None = None) -> str:
+    """Where a switched release is checked as clients reach it: this host's nginx, or on an app
+    host behind nginx elsewhere the forwarder nginx there connects to."""
+    if remote_bind:
+        return f"http://{values.url_host(remote_bind)}:{app_of(site).port}"
     return "https://127.0.0.1:443" if any(_uses_tls(site)) else "http://127.0.0.1:80"
 
 
@@ -484,8 +486,10 @@ class Verify(Step):
         want = self.target(ctx.facts)
         if ctx.facts[Text(self.marker)] == want:
             return Plan(reason=f"{want} answers here")
+        # A reload only for a configuration this run changed: a code deploy reloads nothing.
+        reload = "reload:nginx.service" in ctx.pending
         spec = {"base": self.paths.base, "release": want,
-                "gate": gate(self.site), "front": front(self.site),
+                "gate": gate(self.site), "front": front(self.site), "reload": reload,
                 "static": self.paths.static, "rolled_back": self.rolled_back}  # fmt: skip
         script = agent.command("verify")
         script += f" && printf '%s\\n' {shlex.quote(want)} > {shlex.quote(self.marker)}"
@@ -496,18 +500,21 @@ class Verify(Step):
                     script,
                     stdin=agent.payload(spec),
                     progress="health check through nginx",
+                    echo=True,
+                    consumes=("reload:nginx.service",) if reload else (),
                 )
             ]
         )
 
 
+# systemd's TCP-to-unix-socket forwarder (merged /usr: the same path on Debian 12 and 13).
+PROXYD = "/lib/systemd/systemd-socket-proxyd"
+
+
 def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
+    """Both slots' gunicorn units; on an app host behind nginx elsewhere, the forwarder too."""
     paths = SitePaths.of(site)
-    bind = topology.bind_address(inventory, site, host)
-    allow = "127.0.0.1"
-    if topology.split(inventory, site):
-        allow = ",".join(h.address for h in topology.hosts_with(inventory, site, "web"))
-    return [
+    steps: list[Step] = [
         File(
             f"/etc/systemd/system/{paths.web_unit(slot)}",
             render(
@@ -517,14 +524,31 @@ def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
                 app=app_of(site),
                 paths=paths,
                 slot=slot,
-                bind=values.url_host(bind),
-                allow=allow or "127.0.0.1",
             ),
             notify=("daemon-reload", paths.cycle),
             name=f"unit {paths.web_unit(slot)}",
         )
         for slot in SLOTS
     ]
+    if topology.split(inventory, site):
+        web = [h.address for h in topology.hosts_with(inventory, site, "web")]
+        values_ = {"site": site, "paths": paths, "proxyd": PROXYD,
+                   "bind": values.url_host(host.address), "port": app_of(site).port,
+                   "allow": [*web, host.address, "127.0.0.0/8"]}  # fmt: skip
+        for unit, template in (
+            (paths.forward_socket, "systemd/forward.socket.j2"),
+            (paths.forward_unit, "systemd/forward.service.j2"),
+        ):
+            steps.append(
+                File(
+                    f"/etc/systemd/system/{unit}",
+                    render(template, inventory.templates, **values_),
+                    notify=("daemon-reload", f"restart:{unit}"),
+                    name=f"unit {unit}",
+                )
+            )
+        steps.append(Service(paths.forward_socket))
+    return steps
 
 
 def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
@@ -539,6 +563,8 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
         Directory(paths.releases, "root", site.user, "750"),
         Directory(paths.venvs, "root", site.user, "750"),
         Directory(paths.slots, "root", site.user, "750"),
+        # gunicorn (the site user) creates the slots' sockets here; nginx (www-data) connects.
+        Directory(paths.sockets, site.user, "www-data", "750"),
         Venv(paths.venvs, app_of(site).requirements, group=site.user),
         env_file(inventory, site, host),
         Stage(build),
@@ -645,7 +671,9 @@ class AppComponent(Component):
 
     def ports(self, site: Site) -> list[tuple[int, str]]:
         port = app_of(site).port
-        return [(port, "gunicorn slot a"), (port + 1, "gunicorn slot b")]
+        # Where nginx on other hosts reaches the app (the forwarder); reserved on every host of
+        # the site, so a change of roles cannot make it collide. The slots use unix sockets.
+        return [(port, "the app's forwarder")]
 
     def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
         paths = SitePaths.of(site)
@@ -700,25 +728,19 @@ register(AppComponent())
 
 
 class LiveSlot(UnitStatus):
-    """The site's live gunicorn slot is running: read from nginx's upstream on a host that runs
-    both, from `.djk-slot` on an app host behind nginx elsewhere."""
+    """The site's live gunicorn slot (the one sockets/live.sock links to) is running."""
 
-    def __init__(self, site: Site, split: bool) -> None:
-        self.paths, self.split = SitePaths.of(site), split
+    def __init__(self, site: Site) -> None:
+        self.paths = SitePaths.of(site)
         super().__init__(self.paths.web_unit("a"))
         self.id = f"status:{site.name}"
         self.name = f"status {site.name}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        paths = self.paths
-        return [
-            Text(paths.upstream_conf),
-            Text(f"{paths.base}/.djk-slot"),
-            *(Unit(u) for u in paths.web_units),
-        ]
+        return [Stat(self.paths.live_socket), *(Unit(u) for u in self.paths.web_units)]
 
     def plan(self, ctx: Context) -> Plan:
-        slot = current_slot(ctx.facts, self.paths, self.split)
+        slot = current_slot(ctx.facts, self.paths)
         if slot is None:
             return Plan(error="not deployed")
         return UnitStatus(self.paths.web_unit(slot)).plan(ctx)
@@ -742,6 +764,6 @@ def status(c, json_=False):
         sites = sites_or_exit(inventory, host)
         if "app" not in topology.roles(host):
             return []
-        return [LiveSlot(site, topology.split(inventory, site)) for site in sites]
+        return [LiveSlot(site) for site in sites]
 
     run_plans(c, build, json_=json_)

@@ -58,7 +58,7 @@ def check_conflicts(inventory: Inventory) -> None:
                         inventory.path,
                         f"sites.{site.name}.port",
                         f"port {port} is already used by {by} on host {host!r}, "
-                        f"here for {what} (a site uses port, port + 1 and its Flower port)",
+                        f"here for {what} (a site uses its port and its Flower port)",
                     )
 
 
@@ -142,7 +142,8 @@ class RemoveSite(Step):
     @property
     def _units(self) -> Lines:
         return Lines(
-            f"systemctl list-unit-files --no-legend --plain 'djk-{self.site}-*.service' "
+            # .service and the forwarder's .socket
+            f"systemctl list-unit-files --no-legend --plain 'djk-{self.site}-*' "
             "| cut -d' ' -f1"
         )
 

@@ -11,7 +11,7 @@ from .engine import topology, values
 from .engine.cli import run_plans, targets_task
 from .engine.component import Component, HostRun, NginxPart, components, register
 from .engine.inventory import Host, Inventory, Site
-from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, UPSTREAM_DIR, SitePaths
+from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, UPSTREAM_DIR, SitePaths, app_of
 from .engine.render import render
 from .engine.schema import Table
 from .engine.steps import (
@@ -24,7 +24,6 @@ from .engine.steps import (
     Step,
     UnitStatus,
 )
-from .engine.switch import static_upstream, upstream_text
 
 RELOAD = ("reload:nginx.service",)
 VALIDATE = "nginx -t"
@@ -40,34 +39,34 @@ def parts(inventory: Inventory, site: Site) -> list[NginxPart]:
     return [component.nginx(inventory, site) for component in components()]
 
 
-def site_files(inventory: Inventory, site: Site) -> list[File]:
-    """The server block, the upstream file it includes (on a host that also runs the app each
-    switch rewrites it; when the app runs on other hosts it lists them all), and the files the
-    components' snippets need."""
+def upstream_servers(inventory: Inventory, site: Site) -> list[str]:
+    """The `server` lines of the site's upstream. They never change at a switch: the live slot
+    is chosen by the link sockets/live.sock on each app host, which nginx (here) or the
+    forwarder (on an app host behind nginx elsewhere) follows for each new connection."""
     paths = SitePaths.of(site)
-    if topology.split(inventory, site):
-        apps = [h.address for h in topology.hosts_with(inventory, site, "app")]
-        upstream = File(
-            paths.upstream_conf, static_upstream(paths, apps), name=f"upstream {site.name}"
-        )
-    else:
-        upstream = File(
-            paths.upstream_conf,
-            upstream_text(paths.slot_port("a")),
-            create_only=True,
-            name=f"upstream {site.name}",
-        )
+    if not topology.split(inventory, site):
+        return [f"unix:{paths.live_socket}"]
+    port = app_of(site).port
+    return [
+        f"{values.url_host(h.address)}:{port}" for h in topology.hosts_with(inventory, site, "app")
+    ]
+
+
+def site_files(inventory: Inventory, site: Site) -> list[File]:
+    """The server block (its upstream inline) and the files the components' snippets need."""
+    paths = SitePaths.of(site)
     contributed = parts(inventory, site)
     block = render(
         "nginx/site.conf.j2",
         inventory.templates,
         site=site,
         paths=paths,
+        servers=upstream_servers(inventory, site),
         nginx=site.part(Nginx) or Nginx(),
         tls=site.part(tls_component.Tls),
         snippets=[snippet for part in contributed for snippet in part.server],
     )
-    files = [upstream, File(paths.nginx_conf, block, name=f"server block {site.name}")]
+    files = [File(paths.nginx_conf, block, name=f"server block {site.name}")]
     return files + [f for part in contributed for f in part.files]
 
 
@@ -105,7 +104,14 @@ def host_steps(inventory: Inventory, host: Host) -> list[Step]:
             Directory("/var/lib/djk"),
             *before,
             ConfigSet(
-                "nginx-config", "nginx config", files, [DEBIAN_DEFAULT_SITE], VALIDATE, RELOAD
+                "nginx-config",
+                "nginx config",
+                files,
+                # Debian's default site would answer unknown Hosts; an upstream file of a kit
+                # version before the socket switch is no longer included.
+                [DEBIAN_DEFAULT_SITE, *(SitePaths.of(s).old_upstream_conf for s in sites)],
+                VALIDATE,
+                RELOAD,
             ),
             Service("nginx.service"),
             *after,

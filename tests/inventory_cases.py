@@ -385,15 +385,19 @@ def _host_port(text: str) -> None:
 
 
 def check_addresses(inventory, files: list[Written]) -> None:
-    """Every address with a port after it (gunicorn --bind, nginx upstream servers, the broker
-    URL) parses as host and port."""
+    """Every address with a port after it (a TCP --bind, the forwarder's ListenStream, nginx
+    upstream servers, the broker URL) parses as host and port."""
     for item in files:
         if item.kind == "unit":
-            for bind in re.findall(r"--bind (\S+)", item.content):
-                _host_port(bind)
-        elif item.kind == "nginx" and item.path.endswith(".upstream"):
-            for args in nginx_directives(item.content, "server"):
-                _host_port(args[0])
+            binds = re.findall(r"--bind (\S+)", item.content)
+            binds += re.findall(r"^ListenStream=(\S+)", item.content, re.M)
+            for bind in binds:
+                if not bind.startswith("unix:"):
+                    _host_port(bind)
+        elif item.kind == "nginx":
+            for args in nginx_directives(item.content, "server"):  # `server {` has no args
+                if args and not args[0].startswith("unix:"):
+                    _host_port(args[0])
     for site in inventory.sites.values():
         # The URL the kit derives for its own Redis (a user's own CELERY_BROKER_URL is theirs).
         url = celery.broker_url(site, topology.broker_address(inventory, site))
@@ -579,7 +583,7 @@ SEEDS = [
     _set("sites|shop|celery|queues", ["celery\n"]),
     _set("sites|shop|env", {"APP_MODE\n": "x"}),
     _set("sites|shop|port", 6378),
-    _both(_set("sites|shop|flower", {"port": 8002}), _secret("FLOWER_BASIC_AUTH", "a:b")),
+    _both(_set("sites|shop|flower", {"port": 8001}), _secret("FLOWER_BASIC_AUTH", "a:b")),
     _set("sites|shop|env", {"APP_MODE": "a\\b$c"}),
     _set("sites|shop|env", {"APP_MODE": "${HOME}"}),
     _set("sites|shop|env", {"APP_MODE": "it's `x`"}),
@@ -606,7 +610,7 @@ SEEDS = [
     _set("sites|shop|source", "~nosuchuser/x"),
     _set("sites|shop|source", "/tmp/\x00x"),
     _set("sites|shop|source", "/" + "x" * 300),
-    # Found by CI's fuzz run: a long path (under PATH_MAX) quoted whole made a 1,062-character error.
+    # Found by CI's fuzz: a long path (under PATH_MAX) quoted whole made a 1,062-character error.
     _set("sites|shop|source", "/" + "/".join(["example"] * 400)),
     _set("sites|shop|requirements", "/".join(["r"] * 1500) + ".txt"),
     _set("sites|shop|tls", {"cert": "both.pem", "key": "key.pem"}),

@@ -5,6 +5,8 @@ from celery.result import AsyncResult
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
 
 from .models import Visit
 from .tasks import add, slow_add
@@ -46,6 +48,13 @@ def version(request: HttpRequest) -> HttpResponse:
         f"{settings.APP_VERSION} {settings.APP_RELEASE}\n",
         content_type="text/plain; charset=utf-8",
     )
+
+
+@csrf_exempt
+@require_POST
+def echo(request: HttpRequest) -> JsonResponse:
+    """An API-style POST (what a client that does not retry sends): the size of what came."""
+    return JsonResponse({"release": settings.APP_RELEASE, "received": len(request.body)})
 
 
 def _number(request: HttpRequest, name: str, default: float | None = None) -> float:

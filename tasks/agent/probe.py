@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import struct
 import urllib.parse
 from dataclasses import dataclass
 
@@ -16,17 +17,53 @@ class Answer:
     body: str = ""
     location: str = ""
     error: str = ""
+    peer: int = 0  # over a unix socket: the pid that listen()ed on the socket that answered
 
 
-def fetch(url: str, host: str, https_forwarded: bool = False, timeout: float = 5.0) -> Answer:
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (a gunicorn slot's)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+    def peer(self) -> int:
+        """SO_PEERCRED of a connected unix client socket: the credentials the server had when
+        it called listen() (gunicorn's master), whoever accepted the connection."""
+        if self.sock is None:
+            return 0
+        raw = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", raw)[0]
+
+
+def fetch(
+    url: str,
+    host: str,
+    https_forwarded: bool = False,
+    timeout: float = 5.0,
+    unix: str | None = None,
+) -> Answer:
     """GET `url` with the site's Host (and X-Forwarded-Proto: https for a TLS site probed on
-    its plain slot port, as nginx would send it)."""
+    its plain slot socket, as nginx would send it); over the unix socket `unix` when given
+    (then only the URL's path counts)."""
     parts = urllib.parse.urlsplit(url)
     headers = {"Host": host, "User-Agent": "djk-health-check"}
     if https_forwarded:
         headers["X-Forwarded-Proto"] = "https"
     try:
-        if parts.scheme == "https":
+        if unix:
+            conn: http.client.HTTPConnection = UnixConnection(unix, timeout)
+        elif parts.scheme == "https":
             # The site's own name in SNI and Host; this checks health, not the certificate.
             context = ssl.create_default_context()
             context.check_hostname = False
@@ -37,10 +74,11 @@ def fetch(url: str, host: str, https_forwarded: bool = False, timeout: float = 5
         else:
             conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
         conn.request("GET", parts.path or "/", headers=headers)
+        peer = conn.peer() if isinstance(conn, UnixConnection) else 0
         answer = conn.getresponse()
         body = answer.read(65536).decode("utf-8", "replace")
         conn.close()
-        return Answer(answer.status, body, answer.getheader("Location") or "")
+        return Answer(answer.status, body, answer.getheader("Location") or "", peer=peer)
     except (OSError, http.client.HTTPException) as exc:
         return Answer(error=str(exc) or type(exc).__name__)
 

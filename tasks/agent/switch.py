@@ -1,16 +1,21 @@
 """The health-gated switch of a site to a release, and the check through nginx of a split site.
 
-`switch` starts the release in the idle gunicorn slot and gates it before any live request
-reaches it: it must answer the health URL (2xx; see probe.healthy) and the kit proves the
-answer is the new release's without asking the app: the answering socket belongs to the unit
-started for it (its main process or a child of it, restarted in this run) and that process runs
-in the release's directory. An old process on the slot's port fails the gate.
+Each of a site's two gunicorn slots listens on its own unix socket (sockets/a.sock, b.sock);
+sockets/live.sock links to the live one. nginx on this host ("local" mode), or the forwarder
+that nginx on other hosts connects to ("app" mode), follows that link for each new connection.
 
-Then, with nginx on this host ("local"): the upstream file points at the new slot, `current` at
-the release, nginx reloads gracefully and the release must answer through it as clients reach
-it; on an app host behind nginx elsewhere ("app"): `current` and `.djk-slot` move. Only then
-does the old slot stop (gracefully). Exit 0; 4: the release failed its gate, the old slot still
-serves; 5: it failed through nginx, everything is switched back; 1: another failure.
+`switch` starts the release in the idle slot and gates it before any live request can reach it
+(nothing connects to the idle slot's socket but the probe): it must answer the health URL (2xx;
+see probe.healthy) and the kit proves the answer is the new release's without asking the app:
+the socket is held by the unit started for it (its main process or a child of it, restarted in
+this run) and that process runs in the release's directory. An old process on the slot's
+socket fails the gate.
+
+Then live.sock, `current` and the static links move to it (renames: nginx is not reloaded), and
+the release must answer as clients reach it (through nginx, or the forwarder). Only then does
+the old slot drain (its connections close by themselves, up to the drain time) and stop
+gracefully. Exit 0; 4: the release failed its gate, the old slot still serves; 5: it failed as
+clients reach it, everything is switched back; 1: another failure.
 """
 
 from __future__ import annotations
@@ -28,13 +33,11 @@ from .system import (
     cwd,
     descends_from,
     journal_tail,
-    listeners,
     nginx_reload,
     point,
     read_link,
     systemctl,
     unit_state,
-    write,
 )
 
 SLOTS = ("a", "b")
@@ -42,19 +45,6 @@ SLOTS = ("a", "b")
 
 def say(text: str) -> None:
     print(text, flush=True)
-
-
-def live_slot_of(upstream_text: str | None, slots: dict[str, int]) -> str | None:
-    """The slot nginx's upstream file points at."""
-    for line in (upstream_text or "").splitlines():
-        for slot, port in slots.items():
-            if line.strip() == f"server 127.0.0.1:{port};":
-                return slot
-    return None
-
-
-def upstream_text(managed: str, port: int) -> str:
-    return f"# {managed}\nserver 127.0.0.1:{port};\n"
 
 
 class Site:
@@ -65,11 +55,20 @@ class Site:
         self.base = Path(spec["base"])
         self.want = spec["release"]
         # A switch names both slots; verify (nginx only) names none.
-        self.slots: dict[str, int] = {s: int(p) for s, p in spec.get("slots", {}).items()}
+        self.sockets: dict[str, str] = spec.get("sockets", {})
         self.units: dict[str, str] = spec.get("units", {})
         self.gate: dict = {**spec["gate"], "release": self.want}
         link = read_link(self.base / "current")
         self.live = link.removeprefix("releases/") if link else ""
+
+    @property
+    def live_link(self) -> Path:
+        return Path(self.spec["live"])
+
+    def live_slot(self) -> str | None:
+        """The slot live.sock links to."""
+        target = read_link(self.live_link)
+        return next((s for s in SLOTS if target == f"{s}.sock"), None)
 
     def release_dir(self, release: str) -> Path:
         return self.base / "releases" / release
@@ -111,15 +110,7 @@ class Site:
 
 def switch(spec: dict) -> int:
     site = Site(spec)
-    local = spec["mode"] == "local"
-    if local:
-        upstream = Path(spec["upstream"])
-        text = upstream.read_text() if upstream.is_file() else None
-        active = live_slot_of(text, site.slots)
-    else:
-        slot_file = site.base / ".djk-slot"
-        active = slot_file.read_text().strip() if slot_file.is_file() else None
-        active = active if active in SLOTS else None
+    active = site.live_slot()
     nxt = "b" if active == "a" else "a"
     try:
         problem = start_next(site, nxt, spec)
@@ -135,89 +126,91 @@ def switch(spec: dict) -> int:
             file=sys.stderr,
         )
         return 4
-    if local:
-        problem = switch_nginx(site, nxt, spec)
-        if problem:
-            print(
-                f"release {site.want} failed its health check through nginx: {problem}; "
-                f"switched back to {site.live or 'nothing'}",
-                file=sys.stderr,
-            )
-            return 5
-    else:
-        point(site.base / "current", f"releases/{site.want}")
-        site.point_static("current", site.want)
-        write(site.base / ".djk-slot", nxt + "\n")
+    problem = cut_over(site, active, nxt, spec)
+    if problem:
+        where = "through nginx" if spec["mode"] == "local" else "through the forwarder"
+        print(
+            f"release {site.want} failed its health check {where}: {problem}; "
+            f"switched back to {site.live or 'nothing'}",
+            file=sys.stderr,
+        )
+        return 5
     finish(site, active, nxt, spec)
     return 0
 
 
 def start_next(site: Site, nxt: str, spec: dict) -> str | None:
     """The release in slot `nxt`, started and gated; the cause when it fails the gate."""
-    unit, port = site.units[nxt], site.slots[nxt]
+    unit, sock = site.units[nxt], site.sockets[nxt]
     systemctl("daemon-reload")
     slots = site.base / "slots"
     slots.mkdir(mode=0o750, exist_ok=True)
     if spec.get("group") and os.geteuid() == 0:
         shutil.chown(slots, "root", spec["group"])
-    point(slots / nxt, f"../releases/{site.want}")
     before = unit_state(unit)
+    if before.get("ActiveState") in ("active", "deactivating", "reloading"):
+        # Left running by a run that was cut off (it may still serve WebSockets it had when it
+        # was live): wait for its connections like any old slot before it is restarted.
+        drain(sock, float(spec.get("drain", 0)), f"slot {nxt}, still running from an earlier run")
+    point(slots / nxt, f"../releases/{site.want}")
     systemctl("restart", unit, check=False)  # one that cannot start fails the gate, with its log
-    bind = spec["bind"]
-    host = f"[{bind}]" if ":" in bind else bind
-    say(f"started release {site.want} in slot {nxt} ({host}:{port}); waiting for its health check")
-    url = f"http://{host}:{port}{site.gate['path']}"
-    return gate_new(site, url, unit, port, before)
+    say(f"started release {site.want} in slot {nxt} ({sock}); waiting for its health check")
+    return gate_new(site, sock, unit, before)
 
 
-def gate_new(site: Site, url: str, unit: str, port: int, before: dict) -> str | None:
+def gate_new(site: Site, sock: str, unit: str, before: dict) -> str | None:
     """Wait until the new slot answers healthy and the answer is proven to be its own."""
     gate = site.gate
     deadline = time.monotonic() + float(gate["timeout"])
     answer = probe.Answer(error="no answer yet")
-    proof = ""
+    proof, told = "", set()
     while True:
-        answer = probe.fetch(url, gate["host"], https_forwarded=bool(gate.get("https")))
+        answer = probe.fetch(
+            gate["path"], gate["host"], https_forwarded=bool(gate.get("https")), unix=sock
+        )
+        proof = ""
         if probe.healthy(answer, gate):
-            proof, fatal = prove(site, unit, port, before)
+            proof, fatal = prove(site, unit, sock, answer.peer, before)
             if not proof:
                 say(f"healthy: HTTP {answer.status} from {unit}, release {site.want}")
                 return None
             if fatal:
                 return proof
+            if proof not in told:  # e.g. an old process still answers there: not taken
+                told.add(proof)
+                say(f"not yet: {proof}")
         state = unit_state(unit)
         if state.get("ActiveState") in ("failed", "inactive") or state.get("SubState") == (
             "auto-restart"
         ):
             return (
                 f"{unit} stopped while starting ({state.get('ActiveState')} "
-                f"{state.get('SubState')}); last answer: {probe.cause(answer, gate)}"
+                f"{state.get('SubState')}); last answer: {proof or probe.cause(answer, gate)}"
             )
         if time.monotonic() >= deadline:
             last = proof or probe.cause(answer, gate)
-            return f"no healthy answer from {url} (Host: {gate['host']}) within " \
-                f"{gate['timeout']}s: {last}"  # fmt: skip
+            return f"no healthy answer from {sock} {gate['path']} (Host: {gate['host']}) " \
+                f"within {gate['timeout']}s: {last}"  # fmt: skip
         time.sleep(0.25)
 
 
-def prove(site: Site, unit: str, port: int, before: dict) -> tuple[str, bool]:
-    """('', _) when the answer on `port` can only come from the release just started in
-    `unit`; else what is wrong and whether waiting cannot help."""
+def prove(site: Site, unit: str, sock: str, peer: int, before: dict) -> tuple[str, bool]:
+    """('', _) when the answer can only have come from the release just started in `unit`:
+    the socket that answered was listen()ed by (peer) the unit's main process or a child of
+    it, the unit was restarted in this run, and it runs in the release's directory. Else what
+    is wrong and whether waiting cannot help (gunicorn replaces a stale socket at its path when
+    it binds, so an old process answering there is waited out until the deadline)."""
     state = unit_state(unit)
     main = int(state.get("MainPID") or 0)
     if main == 0:
         return f"{unit} has no main process yet", False
     if before.get("InvocationID") and state.get("InvocationID") == before.get("InvocationID"):
         return f"{unit} was not restarted", False
-    holders = listeners(port)
-    if not holders:
-        return f"nothing is seen listening on port {port}", False
-    foreign = sorted(p for p in holders if not descends_from(p, main))
-    if foreign:
+    if not peer or not descends_from(peer, main):
         return (
-            f"port {port} is held by pid {foreign[0]}, not by {unit} (pid {main}): "
+            f"{sock} is held by pid {peer or '?'}, not by {unit} (pid {main}): "
             "an old process answers there",
-            True,
+            False,
         )
     where = cwd(main)
     release = os.path.realpath(site.release_dir(site.want))
@@ -226,53 +219,43 @@ def prove(site: Site, unit: str, port: int, before: dict) -> tuple[str, bool]:
     return "", False
 
 
-def switch_nginx(site: Site, nxt: str, spec: dict) -> str | None:
-    """Point nginx and `current` at the new slot; check through nginx; on failure put both
-    back and stop the new slot. Returns the cause of a failure."""
-    upstream = Path(spec["upstream"])
-    previous = upstream.read_text() if upstream.is_file() else None
-    # Recorded first: if this run dies between the upstream write and the reload, the next one
-    # reloads.
-    pending = Path(spec["pending_file"])
-    pending.parent.mkdir(parents=True, exist_ok=True)
-    with pending.open("a") as f:
-        f.write("reload:nginx.service\n")
-    write(upstream, upstream_text(spec["managed"], site.slots[nxt]))
+def cut_over(site: Site, active: str | None, nxt: str, spec: dict) -> str | None:
+    """live.sock, `current` and the static files to the new slot's release; nginx reloaded
+    only when this run changed its configuration; the release checked as clients reach it. On
+    failure all of it goes back and the new slot stops. Returns the cause of a failure."""
+    point(site.live_link, f"{nxt}.sock")
     point(site.base / "current", f"releases/{site.want}")
     static_before = site.static_current()
     site.point_static("current", site.want)
     try:
-        nginx_reload()
-        problem = through_nginx(site, spec["front"])
+        if spec.get("reload"):
+            nginx_reload()
+        problem = through_front(site, spec["front"])
     except Failed as exc:
         problem = str(exc)
     if not problem:
         return None
-    if previous is None:
-        upstream.unlink(missing_ok=True)
+    if active:
+        point(site.live_link, f"{active}.sock")
     else:
-        write(upstream, previous)
+        site.live_link.unlink(missing_ok=True)
     if site.live:
         point(site.base / "current", f"releases/{site.live}")
     site.point_static("current", static_before)
-    try:
-        nginx_reload()
-    except Failed as exc:
-        print(f"reloading nginx with the previous upstream failed too: {exc}", file=sys.stderr)
     systemctl("stop", site.units[nxt], check=False)
     site.mark_failed()
     return problem
 
 
-def through_nginx(site: Site, front: str) -> str | None:
-    """The release answers healthy through nginx, as clients reach it."""
+def through_front(site: Site, front: str) -> str | None:
+    """The release answers healthy as clients reach it (nginx here, or the forwarder)."""
     gate = site.gate
     url = f"{front}{gate['path']}"
     deadline = time.monotonic() + float(gate["timeout"])
     while True:
         answer = probe.fetch(url, gate["host"])
         if probe.healthy(answer, gate):
-            say(f"healthy through nginx: HTTP {answer.status}")
+            say(f"healthy through {front}: HTTP {answer.status}")
             return None
         if time.monotonic() >= deadline:
             return f"{url} (Host: {gate['host']}): {probe.cause(answer, gate)}"
@@ -280,16 +263,19 @@ def through_nginx(site: Site, front: str) -> str | None:
 
 
 def finish(site: Site, active: str | None, nxt: str, spec: dict) -> None:
-    """Old slot stopped gracefully, statuses, releases and venvs no longer kept."""
+    """Old slot drained and stopped gracefully, statuses, releases and venvs no longer kept."""
     systemctl("enable", "--quiet", site.units[nxt])
     if active and active != nxt:
         systemctl("disable", "--quiet", site.units[active], check=False)
-        if spec["mode"] == "local":
-            drain(site.slots[active], float(spec.get("drain", 0)))
+        drain(site.sockets[active], float(spec.get("drain", 0)), f"the old slot {active}")
         systemctl("stop", site.units[active], check=False)
     site.mark(site.want, "live")
     if site.live and site.live != site.want:
         site.mark(site.live, spec["mark_old"])
+    for status in site.base.glob("releases/*/.djk-status"):
+        # One left marked live by a run cut off before this point.
+        if status.parent.name != site.want and status.read_text().strip() == "live":
+            status.write_text(spec["mark_old"] + "\n")
     site.static_after_switch(site.live, spec["mark_old"] == "rolled-back")
     for release in spec.get("delete", []):
         shutil.rmtree(site.release_dir(release), ignore_errors=True)
@@ -299,19 +285,25 @@ def finish(site: Site, active: str | None, nxt: str, spec: dict) -> None:
     say(f"release {site.want} is live in slot {nxt}")
 
 
-def drain(port: int, seconds: float) -> None:
-    """Before the old slot stops: its connections end by themselves (nginx's old workers finish
-    their requests and leave; a WebSocket open on it lives on) for up to `seconds`. Whatever
-    is left then gets gunicorn's graceful stop."""
+# Connections opened through the old link just before it moved are in its socket's queue a
+# moment later: the first look waits this long.
+SETTLE = 0.1
+
+
+def drain(sock: str, seconds: float, what: str) -> None:
+    """Before a slot stops: its connections end by themselves (requests in flight finish; a
+    WebSocket lives on) for up to `seconds`. Whatever is left then gets gunicorn's graceful
+    stop."""
+    time.sleep(SETTLE)
     deadline = time.monotonic() + seconds
-    left = connections(port)
+    left = connections(sock)
     if left and seconds > 0:
-        say(f"draining {left} connection(s) on port {port} for up to {seconds:.0f}s")
+        say(f"draining {left} connection(s) of {what} for up to {seconds:.0f}s")
     while left and time.monotonic() < deadline:
         time.sleep(0.25)
-        left = connections(port)
-    if left and seconds > 0:
-        say(f"drain time over: stopping the old slot with {left} connection(s) open")
+        left = connections(sock)
+    if left:
+        say(f"drain time over: {left} connection(s) still open on {what}; stopping it")
 
 
 def prune_venvs(base: Path) -> None:
@@ -323,12 +315,14 @@ def prune_venvs(base: Path) -> None:
 
 
 def verify(spec: dict) -> int:
-    """On the web host of a split site: nginx reloaded (a changed server block is due), the
-    release answers through it, then `current` here points at it. Exit 0, or 1 with the cause."""
+    """On the web host of a split site: nginx reloaded when this run changed its configuration,
+    the release answers through it, then `current` here points at it. Exit 0, or 1 with the
+    cause."""
     site = Site(spec)
     try:
-        nginx_reload()
-        problem = through_nginx(site, spec["front"])
+        if spec.get("reload"):
+            nginx_reload()
+        problem = through_front(site, spec["front"])
     except Failed as exc:
         problem = str(exc)
     if problem:

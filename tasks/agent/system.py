@@ -7,7 +7,6 @@ that tests may point elsewhere (DJK_AGENT_PROC).
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -54,13 +53,26 @@ def journal_tail(unit: str, lines: int = 20) -> str:
 # -- processes and sockets -------------------------------------------------------------------
 
 
-_PID = re.compile(r"pid=(\d+)")
+def connections(path: str) -> int:
+    """Connections to the unix socket at `path`: accepted ones (requests in flight, WebSockets)
+    and the ones waiting in its accept queue (the listener's Recv-Q)."""
+    out = run("ss", "-Hxa", "src", path, check=False).stdout
+    count = 0
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) < 5 or _local(line) != path:
+            continue
+        if fields[1] == "LISTEN":
+            count += int(fields[2]) if fields[2].isdigit() else 0
+        elif fields[1] == "ESTAB":
+            count += 1
+    return count
 
 
-def listeners(port: int) -> set[int]:
-    """The processes holding a listening TCP socket on `port` (any address)."""
-    out = run("ss", "-Hltnp", f"sport = :{port}", check=False).stdout
-    return {int(p) for p in _PID.findall(out)}
+def _local(line: str) -> str:
+    """The local address of an `ss -x` line: Netid State Recv-Q Send-Q Local Port Peer Port."""
+    fields = line.split()
+    return fields[4] if len(fields) > 4 else ""
 
 
 def parent(pid: int) -> int:
@@ -109,15 +121,6 @@ def read_link(link: str | Path) -> str | None:
         return None
 
 
-def write(path: str | Path, text: str, mode: int = 0o644) -> None:
-    """Write a file atomically: a temp file beside it, renamed over it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.djk-{os.getpid()}")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 # -- nginx -----------------------------------------------------------------------------------
 
 
@@ -138,13 +141,6 @@ def nginx_reload(timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise Failed(f"nginx did not switch to the new configuration within {timeout:.0f}s")
-
-
-def connections(port: int) -> int:
-    """Established TCP connections to a local `port` (requests in flight, kept-alive upstream
-    connections of nginx workers, WebSockets)."""
-    out = run("ss", "-Htn", "state", "established", f"( sport = :{port} )", check=False).stdout
-    return len([line for line in out.splitlines() if line.strip()])
 
 
 def _workers(master: int) -> set[int]:

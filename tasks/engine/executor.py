@@ -190,7 +190,7 @@ def _apply(session: _Session, action: Action) -> str:
     except Exception as exc:
         return f"{action.summary}: {exc}"
     if action.progress:
-        with reporter.progress(remote.host.name, action.progress) as progress:
+        with reporter.progress(remote.host.name, action.progress, action.echo) as progress:
             result = remote.run(action.full_script(), stdin=payload, on_line=progress.on_line)
     else:
         result = remote.run(action.full_script(), stdin=payload)

@@ -8,7 +8,10 @@
   static/{current,next,previous} -> <id>: what nginx serves, in that order
   current            -> releases/<id>, renamed over atomically
   slots/{a,b}        -> ../releases/<id>: what each of the two gunicorn units runs
-The live slot is the one /etc/nginx/djk/<site>.upstream points at.
+  sockets/{a,b}.sock each slot's gunicorn listens here (a unix socket, nothing else reaches it)
+  sockets/live.sock  -> a.sock | b.sock: the live slot. nginx on this host, or the forwarder
+                     that nginx on other hosts reaches (address:port), connects through this
+                     link for each new connection: a switch renames it, nginx is not reloaded.
 """
 
 from __future__ import annotations
@@ -102,8 +105,26 @@ class SitePaths:
     def slot(self, slot: str) -> str:
         return f"{self.slots}/{slot}"
 
-    def slot_port(self, slot: str) -> int:
-        return self.port + SLOTS.index(slot)
+    @property
+    def sockets(self) -> str:
+        return f"{self.base}/sockets"
+
+    def slot_socket(self, slot: str) -> str:
+        return f"{self.sockets}/{slot}.sock"
+
+    @property
+    def live_socket(self) -> str:
+        return f"{self.sockets}/live.sock"
+
+    @property
+    def forward_unit(self) -> str:
+        """The forwarder (systemd-socket-proxyd) from address:port to the live slot, on an app
+        host whose nginx runs elsewhere; socket-activated by forward_socket."""
+        return f"djk-{self.name}-forward.service"
+
+    @property
+    def forward_socket(self) -> str:
+        return f"djk-{self.name}-forward.socket"
 
     def web_unit(self, slot: str) -> str:
         return f"djk-{self.name}-web-{slot}.service"
@@ -117,7 +138,8 @@ class SitePaths:
         return f"/etc/nginx/sites-enabled/djk-site-{self.name}.conf"
 
     @property
-    def upstream_conf(self) -> str:
+    def old_upstream_conf(self) -> str:
+        """Where kit versions before the socket switch kept the upstream (removed on sight)."""
         return f"{UPSTREAM_DIR}/{self.name}.upstream"
 
     @property

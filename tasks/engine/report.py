@@ -84,8 +84,8 @@ class Reporter:
                 for diff_line in self.clean(result.diff).splitlines():
                     print(f"{host:<{self.width}} |         | {diff_line}", file=self.out)
 
-    def progress(self, host: str, label: str) -> Progress:
-        return Progress(self, host, label)
+    def progress(self, host: str, label: str, echo: bool = False) -> Progress:
+        return Progress(self, host, label, echo)
 
     def recap(self, reports: list[HostReport]) -> None:
         if self.mode == "json":
@@ -119,10 +119,11 @@ class Reporter:
 
 
 class Progress:
-    """Shows a long step is alive: a start line, then a heartbeat with lines seen and time."""
+    """Shows a long step is alive: a start line, then a heartbeat with lines seen and time;
+    with echo, each line the step prints as well."""
 
-    def __init__(self, reporter: Reporter, host: str, label: str) -> None:
-        self.reporter, self.host, self.label = reporter, host, label
+    def __init__(self, reporter: Reporter, host: str, label: str, echo: bool = False) -> None:
+        self.reporter, self.host, self.label, self.echo = reporter, host, label, echo
         self.lines = 0
         self.started = time.monotonic()
         self._stop = threading.Event()
@@ -136,8 +137,10 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
 
-    def on_line(self, _line: str) -> None:
+    def on_line(self, line: str) -> None:
         self.lines += 1
+        if self.echo and line.strip():
+            self.reporter.line(self.host, "...", line.strip())
 
     def _beat(self) -> None:
         while not self._stop.wait(self.reporter.heartbeat):

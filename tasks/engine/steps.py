@@ -33,6 +33,7 @@ class Action:
     diff: str = ""
     progress: str = ""  # a label: this action is long, show progress while it runs
     consumes: tuple[str, ...] = ()  # pending handlers this action does itself (and clears)
+    echo: bool = False  # with progress: show each line it prints (the host agent's own words)
 
     def payload(self) -> bytes:
         return self.stdin() if callable(self.stdin) else self.stdin

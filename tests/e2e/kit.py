@@ -157,17 +157,15 @@ def curl(host, path: str = "/", host_header: str = "example.test", extra: str = 
     return f"exit={done.returncode}\n{done.stdout}"
 
 
+def live_slot(host, site: str = "example") -> str:
+    """The slot sockets/live.sock links to (what nginx and the forwarder connect to)."""
+    target = sh(host, f"readlink /srv/djk/{site}/sockets/live.sock").strip()
+    assert target in ("a.sock", "b.sock"), target
+    return target[0]
+
+
 def live_unit(host, site: str = "example") -> str:
-    """The slot unit nginx's upstream points at (slot a: the site's port, b: port + 1)."""
-    port = sh(host, f"grep -o '127.0.0.1:[0-9]*' /etc/nginx/djk/{site}.upstream").split(":")[1]
-    units = sh(
-        host,
-        f"systemctl show -p Id,ExecStart 'djk-{site}-web-a.service' 'djk-{site}-web-b.service'",
-    )
-    for block in units.split("\n\n"):
-        if f"127.0.0.1:{port.strip()} " in block:
-            return block.split("Id=", 1)[1].split()[0]
-    raise AssertionError(f"no slot unit binds port {port}")
+    return f"djk-{site}-web-{live_slot(host, site)}.service"
 
 
 def web_pid(host, site: str = "example") -> int:
@@ -216,15 +214,21 @@ def wait_for_line(proc, needle: str, timeout: float = 120) -> list[str]:
 class Load:
     """Requests through nginx from the control machine, one after another, until stopped.
 
-    Each request opens its own connection (as a browser retrying on a fresh one would), and
-    the loop is bounded in count and time so it always ends by itself.
+    By default each request opens its own connection (as a browser retrying on a fresh one
+    would). With keep_alive, one connection is kept and reused, GET and POST alternate, and a
+    request that fails is not retried (an API client's POST): it is counted, and the next
+    request opens a new connection. The loop is bounded in count and time so it always ends.
     """
 
-    def __init__(self, address: str, host_header: str, path: str = "/health/") -> None:
+    def __init__(
+        self, address: str, host_header: str, path: str = "/health/", keep_alive: bool = False
+    ) -> None:
         import threading
 
         self.address, self.host_header, self.path = address, host_header, path
+        self.keep_alive = keep_alive
         self.results: list[tuple[str, str]] = []  # (outcome, release)
+        self.connections = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -241,17 +245,34 @@ class Load:
         import time
 
         deadline = time.monotonic() + 600
+        conn = None
+        n = 0
         while not self._stop.is_set() and time.monotonic() < deadline and len(self.results) < 50000:
+            n += 1
+            post = self.keep_alive and n % 2 == 0
             try:
-                conn = http.client.HTTPConnection(self.address, 80, timeout=15)
-                conn.request("GET", self.path, headers={"Host": self.host_header})
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.address, 80, timeout=15)
+                    conn.auto_open = 0  # a closed connection is a failure, not a silent retry
+                    conn.connect()
+                    self.connections += 1
+                headers = {"Host": self.host_header}
+                if post:
+                    conn.request("POST", "/echo/", body=b"x" * 512, headers=headers)
+                else:
+                    conn.request("GET", self.path, headers=headers)
                 answer = conn.getresponse()
                 body = answer.read()
-                conn.close()
                 release = json.loads(body).get("release", "") if answer.status == 200 else ""
                 self.results.append((str(answer.status), release))
+                if not self.keep_alive or answer.will_close:
+                    conn.close()  # the server said so: the next request opens a new one
+                    conn = None
             except Exception as error:  # a failed request is the thing we count
-                self.results.append((f"error: {error}", ""))
+                self.results.append((f"error: {'POST' if post else 'GET'} {error!r}", ""))
+                if conn is not None:
+                    conn.close()
+                conn = None
 
     @property
     def failures(self) -> list[str]:

@@ -15,6 +15,7 @@ from .kit import (
     Load,
     Project,
     health,
+    nginx_pids,
     sh,
     spawn_fab,
     wait_for_line,
@@ -100,7 +101,11 @@ def test_code_only_deploy_reuses_the_venv_and_serves_new_code(first, project, fr
 def test_zero_downtime_under_load_through_deploy_and_rollback(first, project, fresh_host, src):
     before = live_id(fresh_host)
     bump(src)
-    with Load(fresh_host.address, "example.test") as load:
+    pids = nginx_pids(fresh_host)
+    with (
+        Load(fresh_host.address, "example.test") as load,
+        Load(fresh_host.address, "example.test", keep_alive=True) as steady,
+    ):
         time.sleep(1)
         deploy_start = load.mark()
         new = deploy_ok(project)["extra"]["releases"]["example"]
@@ -113,8 +118,15 @@ def test_zero_downtime_under_load_through_deploy_and_rollback(first, project, fr
         time.sleep(1)
     assert len(load.results) > 30, load.results[:5]
     assert load.failures == [], load.failures[:10]
+    # A client that keeps its connection and never retries, GET and POST: nothing failed, and
+    # its connection really was kept (nginx ends one after 1,000 requests).
+    assert len(steady.results) > 30 and steady.failures == [], steady.failures[:10]
+    assert steady.connections <= len(steady.results) // 900 + 1, steady.connections
+    assert {r for _, r in steady.results} == {before, new}
+    # No reload: the code deploy and the rollback kept nginx's master and workers.
+    assert nginx_pids(fresh_host) == pids
     # Before the deploy only the old release answers, once it returned only the new one; while
-    # nginx's workers hand over (a graceful reload) answers may come from either, never neither.
+    # the old slot drains, answers may come from either, never neither.
     assert load.releases_between(0, deploy_start) == {before}
     assert load.releases_between(deploy_start, deployed) <= {before, new}
     assert load.releases_between(deployed, rollback_start) == {new}

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from .kit import Load, Project, curl, health, sh
+from .kit import Load, Project, curl, health, nginx_pids, sh
 
 pytestmark = pytest.mark.e2e
 NAMES = ["web1", "web2", "web3", "web4"]
@@ -53,15 +53,17 @@ def test_each_host_runs_only_its_roles(project, hosts):
     for app_host in (app1, app2):
         assert sh(app_host, "ls /etc/nginx/sites-enabled").split() == ["default"]
         assert "djk-example-worker" not in sh(app_host, "systemctl list-units --no-legend")
-        # gunicorn listens on the host's address (for web1), not on every address.
-        assert listening(app_host, 8001) | listening(app_host, 8002) == {app_host.address}
+        # The forwarder listens on the host's address (for web1), not on every address;
+        # gunicorn only on its unix sockets.
+        assert listening(app_host, 8001) == {app_host.address}
+        assert listening(app_host, 8002) == set()
+        assert sh(app_host, "systemctl is-active djk-example-forward.socket").strip() == "active"
     assert "active" == sh(worker, "systemctl is-active djk-example-worker").strip()
     redis_lines = [line for line in project.first_run.out.splitlines() if "redis" in line]
     assert listening(worker, 6379) == {"127.0.0.1", "[::1]", worker.address}, redis_lines
-    upstream = sh(web, "cat /etc/nginx/djk/example.upstream")
+    upstream = sh(web, "cat /etc/nginx/sites-enabled/djk-site-example.conf")
     for app_host in (app1, app2):
-        assert f"server {app_host.address}:8001" in upstream
-        assert f"server {app_host.address}:8002" in upstream
+        assert f"server {app_host.address}:8001;" in upstream
 
 
 def test_a_task_goes_from_an_app_host_through_the_broker_host_to_a_worker(project, hosts):
@@ -79,9 +81,19 @@ def test_a_task_goes_from_an_app_host_through_the_broker_host_to_a_worker(projec
 def test_rolling_deploy_of_the_app_hosts_under_load_through_the_web_host(project, hosts, src):
     before = health(hosts[0])["release"]
     (src / "VERSION").write_text("4.0.0\n")
-    with Load(hosts[0].address, "example.test") as load:
+    pids = nginx_pids(hosts[0])
+    with (
+        Load(hosts[0].address, "example.test") as load,
+        Load(hosts[0].address, "example.test", keep_alive=True) as steady,
+    ):
         run = project.fab("deploy", "-H", ",".join(NAMES), "--batch", "1", "--json")
+        back = project.fab("rollback", "-H", ",".join(NAMES))
     assert run.code == 0, run.out + run.err
+    assert back.code == 0, back.out + back.err
+    # Keep-alive GET and POST that never retry: none failed; web1's nginx never reloaded.
+    assert len(steady.results) > 20 and steady.failures == [], steady.failures[:10]
+    assert steady.connections <= len(steady.results) // 900 + 1, steady.connections
+    assert nginx_pids(hosts[0]) == pids
     outcomes = [o for o, _ in load.results]
     first_bad = next((i for i, o in enumerate(outcomes) if o != "200"), None)
     assert load.failures == [], (
@@ -92,6 +104,9 @@ def test_rolling_deploy_of_the_app_hosts_under_load_through_the_web_host(project
         run.out[-3000:],
     )
     assert len(load.results) > 20
+    assert health(hosts[0])["release"] == before  # rolled back
+    run = project.fab("deploy", "-H", ",".join(NAMES), "--batch", "1", "--json")
+    assert run.code == 0, run.out + run.err
     after = health(hosts[0])
     assert after["version"] == "4.0.0" and after["release"] != before
     verify = next(s for s in run.host("web1")["steps"] if s["step"].startswith("verify"))
@@ -103,7 +118,7 @@ def test_rolling_deploy_of_the_app_hosts_under_load_through_the_web_host(project
 
 
 def test_app_status_reads_the_live_slot_of_app_hosts_behind_a_web_host(project, hosts):
-    # web2 and web3 run only the app: their live slot is in .djk-slot (nginx is on web1).
+    # web2 and web3 run only the app (nginx is on web1): their live slot is live.sock's.
     run = project.fab("app.status", "-H", "web2,web3", "--json")
     assert run.code == 0, run.out + run.err
     for name in ("web2", "web3"):
@@ -116,5 +131,5 @@ def test_app_status_reads_the_live_slot_of_app_hosts_behind_a_web_host(project, 
         down = project.fab("app.status", "-H", "web2", "--json")
         assert down.code == 1 and down.host("web2")["failed"] == 1
     finally:
-        sh(hosts[1], "systemctl start \"$(cat /srv/djk/example/.djk-slot | "
-           "sed 's/.*/djk-example-web-&.service/')\"")  # fmt: skip
+        sh(hosts[1], "systemctl start \"djk-example-web-$(readlink "
+           "/srv/djk/example/sockets/live.sock | cut -c1).service\"")  # fmt: skip

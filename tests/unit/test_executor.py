@@ -172,3 +172,36 @@ def test_the_kits_components_run_in_their_declared_order():
     names = [c.name for c in components()]
     kit = ["provision", "lock", "app", "celery", "flower", "tls", "nginx", "multidomain"]
     assert names[: len(kit)] == kit
+
+
+class Talking(Step):
+    """A long step whose command prints lines (as the host agent does)."""
+
+    id = name = "switch shop"
+
+    def __init__(self, echo: bool) -> None:
+        self.echo = echo
+
+    def facts(self, diff: bool) -> list:
+        return []
+
+    def plan(self, ctx: Context) -> Plan:
+        return Plan([Action("switch", "agent", progress="switching", echo=self.echo)])
+
+
+class Speaking(FakeRemote):
+    def run(self, script, stdin=b"", on_line=None) -> Result:
+        for line in ("started release R2 in slot b\n", "\n", "healthy: HTTP 200\n"):
+            if on_line is not None:
+                on_line(line)
+        return super().run(script, stdin, on_line)
+
+
+def test_a_step_with_echo_shows_what_its_command_prints_under_its_host():
+    for echo, lines in ((True, ["started release R2 in slot b", "healthy: HTTP 200"]), (False, [])):
+        out = io.StringIO()
+        converge([HostPlan(Host("h1", "10.0.0.1"), [Phase("switch", [Talking(echo)])])], Mode(),
+                 Reporter("human", out=out), connect=lambda h, c: Speaking(h))  # fmt: skip
+        shown = [line.split("|")[2].strip() for line in out.getvalue().splitlines()
+                 if line.startswith("h1") and "| ..." in line]  # fmt: skip
+        assert shown == ["switching ...", *lines], out.getvalue()

@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 from file_readers import dotenv_env, sh_env, systemd_env
 
-from djk.tasks import app, celery
+from djk.tasks import app, celery, nginx
 from djk.tasks.engine import facts as F
 from djk.tasks.engine.cli import load_inventory
 from djk.tasks.engine.inventory import InventoryError, load, parse
 from djk.tasks.engine.report import HostReport, Reporter, StepResult
 from djk.tasks.engine.secrets import Secret, load_env_file
 from djk.tasks.engine.steps import Context, File, mask_env
-from djk.tasks.engine.switch import static_upstream
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example"
 
@@ -96,25 +95,25 @@ def test_a_second_site_cannot_take_a_domain_with_a_newline(tmp_path):
 # -- ports ------------------------------------------------------------------------------------
 
 
-def test_a_web_slot_on_redis_port_is_refused(tmp_path):
+def test_the_app_port_on_redis_port_is_refused(tmp_path):
     data = base(tmp_path)
-    data["sites"]["shop"].update(port=6378, celery={"app": "exampleproject"})
+    data["sites"]["shop"].update(port=6379, celery={"app": "exampleproject"})
     message = refused(tmp_path, data)
     assert "port 6379 is already used by Redis on host 'web1'" in message
 
 
-def test_flower_on_a_web_slot_is_refused(tmp_path):
+def test_flower_on_the_app_port_is_refused(tmp_path):
     data = base(tmp_path, "DJANGO_SECRET_KEY=k-12345\nFLOWER_BASIC_AUTH=a:b\n")
-    data["sites"]["shop"].update(celery={"app": "exampleproject"}, flower={"port": 8002})
-    assert "port 8002 is already used by site 'shop' (gunicorn slot b)" in refused(
+    data["sites"]["shop"].update(celery={"app": "exampleproject"}, flower={"port": 8001})
+    assert "port 8001 is already used by site 'shop' (the app's forwarder)" in refused(
         tmp_path, data
     )
 
 
 def test_a_site_port_on_the_ssh_port_is_refused(tmp_path):
     data = base(tmp_path)
-    data["hosts"]["web1"]["port"] = 8002
-    assert "port 8002 is already used by SSH" in refused(tmp_path, data)
+    data["hosts"]["web1"]["port"] = 8001
+    assert "port 8001 is already used by SSH" in refused(tmp_path, data)
 
 
 def test_ssh_on_redis_port_is_refused(tmp_path):
@@ -337,9 +336,8 @@ def test_ipv6_addresses_are_bracketed_where_a_port_follows(tmp_path):
     site = inventory.sites["shop"]
     assert celery.broker_url(site, "fd00::3").startswith("redis://:broker-pw-1@[fd00::3]:6379/")
     units = app.unit_files(inventory, site, inventory.hosts["web2"])
-    assert "--bind [fd00::2]:8001 " in units[0].content
-    upstream = static_upstream(app.SitePaths.of(site), ["fd00::2"])
-    assert "server [fd00::2]:8001 max_fails=0;" in upstream
+    assert "\nListenStream=[fd00::2]:8001\n" in units[2].content
+    assert nginx.upstream_servers(inventory, site) == ["[fd00::2]:8001"]
 
 
 def test_an_ipv6_zone_is_refused(tmp_path):

@@ -157,10 +157,10 @@ def test_same_domain_or_port_twice_on_a_host_is_rejected(tmp_path):
         tmp_path, data
     )
     data["sites"]["blog"]["domains"] = ["blog.test"]
-    data["sites"]["blog"]["port"] = 8002  # shop has 8001 and 8002 (its two slots)
-    assert "sites.blog.port: port 8002 is already used by site 'shop'" in error(tmp_path, data)
-    data["sites"]["blog"]["port"] = 8000  # blog would take 8000 and 8001
+    data["sites"]["blog"]["port"] = 8001  # shop's
     assert "sites.blog.port: port 8001 is already used by site 'shop'" in error(tmp_path, data)
+    data["sites"]["blog"]["port"] = 8002  # the slots use unix sockets: port + 1 is free
+    parse(data, tmp_path / "hosts.toml")
 
 
 def test_bad_secret_file_names_the_key(tmp_path):
@@ -203,7 +203,7 @@ def test_celery_and_flower_settings_are_validated(tmp_path):
     site = parse(data, tmp_path / "hosts.toml").sites["shop"]
     assert site.part(Celery).options == ("--max-tasks-per-child=50",)
     assert site.part(Flower).port == 5555
-    assert [p for p, _ in multidomain.ports(site)] == [8001, 8002, 5555]
+    assert [p for p, _ in multidomain.ports(site)] == [8001, 5555]
     shop["celery"]["options"] = ["--queues x; rm -rf /"]
     assert "sites.shop.celery.options[0]:" in error(tmp_path, data)
     shop["celery"]["options"] = []

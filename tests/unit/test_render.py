@@ -10,7 +10,6 @@ from djk.tasks.engine.inventory import parse
 from djk.tasks.engine.layout import App, SitePaths
 from djk.tasks.engine.render import MANAGED, env_quote, render
 from djk.tasks.engine.steps import Context
-from djk.tasks.engine.switch import upstream_text
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example"
 
@@ -49,28 +48,23 @@ def test_strict_undefined_is_an_error():
 def test_every_managed_file_has_the_header(inventory, site):
     paths = SitePaths.of(site)
     for text in (
-        nginx.site_files(inventory, site)[1].content,
+        nginx.site_files(inventory, site)[0].content,
         render("nginx/default.conf.j2", tls=False),
-        render(
-            "systemd/web.service.j2",
-            site=site,
-            app=site.part(App),
-            paths=paths,
-            slot="a",
-            bind="127.0.0.1",
-            allow="127.0.0.1",
-        ),
+        render("systemd/web.service.j2", site=site, app=site.part(App), paths=paths, slot="a"),
         render("app/env.j2", entries=[("A", "1")]),
-        upstream_text(8001),
+        render("systemd/forward.socket.j2", site=site, paths=paths, bind="10.0.0.2", port=8005,
+               allow=["10.0.0.1"]),  # fmt: skip
+        render("systemd/forward.service.j2", site=site, paths=paths, proxyd="/p"),
     ):
         assert text.startswith(f"# {MANAGED}")
 
 
 def test_server_block_and_unit(inventory, site):
     paths = SitePaths.of(site)
-    conf = nginx.site_files(inventory, site)[1].content
+    conf = nginx.site_files(inventory, site)[0].content
     assert "server_name shop.test *.shop.test;" in conf
-    assert f"include {paths.upstream_conf};" in conf
+    # The upstream is the live link itself: a switch moves the link, not nginx's config.
+    assert f"server unix:{paths.live_socket};" in conf and "keepalive " not in conf
     assert f"root {paths.static};" in conf and "expires 30d;" in conf
     assert "try_files /current/$1 /next/$1 /previous/$1 =404;" in conf
     assert "client_max_body_size 20m;" in conf
@@ -80,10 +74,8 @@ def test_server_block_and_unit(inventory, site):
         app=site.part(App),
         paths=paths,
         slot="b",
-        bind="127.0.0.1",
-        allow="127.0.0.1",
     )
-    assert "--bind 127.0.0.1:8006" in unit  # slot b: port + 1
+    assert "--bind unix:/srv/djk/shop/sockets/b.sock " in unit
     assert "WorkingDirectory=/srv/djk/shop/slots/b" in unit
     assert "EnvironmentFile=/srv/djk/shop/slots/b/.djk-release.env" in unit
     assert "User=djk-shop" in unit

@@ -2,8 +2,8 @@
 systemctl, ss, journalctl and nginx on PATH (fakes/fakes.py) and fake gunicorns that are real
 processes (fakes/fake_server.py: listening, in the release directory), so the gate's proofs
 read a real /proc. One test per path: first switch, a switch, a restart, an app that knows
-nothing of releases, each kind of refused release, an old process on the new slot's port, a
-failure through nginx, the app-host mode and verify."""
+nothing of releases, each kind of refused release, an old process on the new slot's socket, a
+failure through nginx, the app-host mode, drains, a run cut off mid-switch, and verify."""
 
 from __future__ import annotations
 
@@ -11,43 +11,41 @@ import http.client
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from djk.tasks.agent import probe
 from djk.tasks.engine import agent
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 SITE = "shop"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Front(http.server.ThreadingHTTPServer):
-    """nginx, as far as the switch sees it: proxies each request to the port the upstream file
-    names at that moment (or answers `broken` when set)."""
+    """nginx (or the forwarder), as far as the switch sees it: each request goes to the socket
+    live.sock links to at that moment (or is answered `broken` when set)."""
 
-    def __init__(self, upstream: Path) -> None:
-        self.upstream, self.broken = upstream, 0
+    def __init__(self, live: Path) -> None:
+        self.live, self.broken, self.requests = live, 0, 0
 
         front = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
+                front.requests += 1
                 status, body = front.broken, b"broken"
                 if not status:
-                    port = front.upstream.read_text().split("127.0.0.1:")[1].split(";")[0]
                     try:
-                        conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=5)
+                        conn = probe.UnixConnection(str(front.live), timeout=5)
                         conn.request("GET", "/")
                         answer = conn.getresponse()
                         status, body = answer.status, answer.read()
@@ -81,18 +79,19 @@ class Host:
             fake = f'"{sys.executable}" "{FAKES}/fakes.py" {name}'
             wrapper.write_text(f'#!/bin/sh\nexec {fake} "$@"\n')
             wrapper.chmod(0o755)
-        self.ports = {"a": free_port(), "b": free_port()}
+        # Short: a unix socket's path has room for 107 bytes.
+        self.sockets_dir = Path(tempfile.mkdtemp(prefix="djk-"))
+        self.sockets = {s: str(self.sockets_dir / f"{s}.sock") for s in "ab"}
+        self.live = self.sockets_dir / "live.sock"
         self.units = {s: f"djk-{SITE}-web-{s}.service" for s in "ab"}
-        self.upstream = tmp / "nginx" / f"{SITE}.upstream"
-        self.upstream.parent.mkdir()
         self.state_file = tmp / "state.json"
         self.save({
             "units": {},
-            "ports": {self.units[s]: self.ports[s] for s in "ab"},
+            "sockets": {self.units[s]: self.sockets[s] for s in "ab"},
             "slot_dirs": {self.units[s]: str(self.base / "slots" / s) for s in "ab"},
             "serve": {},
         })  # fmt: skip
-        self.front = Front(self.upstream)
+        self.front = Front(self.live)
         self.pyz = tmp / "agent.pyz"
         self.pyz.write_bytes(agent.archive())
 
@@ -117,15 +116,13 @@ class Host:
             "mode": "local",
             "base": str(self.base),
             "release": release,
-            "slots": self.ports,
+            "sockets": self.sockets,
+            "live": str(self.live),
             "units": self.units,
             "group": "",
-            "bind": "127.0.0.1",
             "gate": gate,
-            "upstream": str(self.upstream),
-            "managed": "Managed by djk",
-            "pending_file": str(self.tmp / "pending"),
             "front": f"http://127.0.0.1:{self.front.server_address[1]}",
+            "reload": False,
             "mark_old": "previous",
             "delete": [],
             **extra,
@@ -150,11 +147,15 @@ class Host:
         link = self.base / "current"
         return os.readlink(link) if link.is_symlink() else None
 
+    def live_slot(self) -> str | None:
+        return os.readlink(self.live) if self.live.is_symlink() else None
+
     def running(self, slot: str) -> bool:
         return self.state()["units"].get(self.units[slot], {}).get("ActiveState") == "active"
 
     def close(self) -> None:
         self.front.shutdown()
+        shutil.rmtree(self.sockets_dir, ignore_errors=True)
         for pid in self.state().get("spawned", []):
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -175,14 +176,14 @@ def switched(host: Host, release: str, **extra) -> subprocess.CompletedProcess[s
     return done
 
 
-def test_first_switch_starts_slot_a_and_points_nginx_and_current(host):
+def test_first_switch_starts_slot_a_and_points_live_and_current(host):
     host.release("R1")
     done = switched(host, "R1")
     assert "healthy: HTTP 200" in done.stdout and "release R1 is live in slot a" in done.stdout
-    assert f"127.0.0.1:{host.ports['a']};" in host.upstream.read_text()
+    assert host.live_slot() == "a.sock"
     assert host.current() == "releases/R1" and host.status("R1") == "live"
     assert host.running("a") and not host.running("b")
-    assert (host.tmp / "pending").read_text() == "reload:nginx.service\n"
+    assert not [c for c in host.state()["calls"] if c[0] == "nginx"]  # nothing reloaded
 
 
 def test_a_switch_starts_the_other_slot_and_stops_the_old_one_after(host):
@@ -191,7 +192,7 @@ def test_a_switch_starts_the_other_slot_and_stops_the_old_one_after(host):
     host.release("R2")
     (host.base / "venvs" / "unused").mkdir()
     switched(host, "R2", delete=[])
-    assert f"127.0.0.1:{host.ports['b']};" in host.upstream.read_text()
+    assert host.live_slot() == "b.sock"
     assert host.running("b") and not host.running("a")
     assert host.status("R2") == "live" and host.status("R1") == "previous"
     assert not (host.base / "venvs" / "unused").exists()  # no release links to it
@@ -201,6 +202,14 @@ def test_a_switch_starts_the_other_slot_and_stops_the_old_one_after(host):
     assert calls.index(["systemctl", "restart", host.units["b"]]) < calls.index(
         ["systemctl", "stop", host.units["a"]]
     )
+    assert not [c for c in host.state()["calls"] if c[0] == "nginx"]  # a code deploy
+
+
+def test_a_pending_nginx_configuration_is_reloaded_before_the_check_through_it(host):
+    host.release("R1")
+    switched(host, "R1", reload=True)
+    nginx = [c for c in host.state()["calls"] if c[0] == "nginx"]
+    assert nginx == [["nginx", "-t", "-q"]]  # validated; the fake master is not running
 
 
 def test_an_app_that_knows_nothing_of_releases_passes(host):
@@ -227,12 +236,13 @@ def test_a_refused_release_never_gets_a_live_request_and_says_why(host, status, 
     host.release("R1")
     switched(host, "R1")
     host.release("R2", status=status)
+    host.front.requests = 0
     done = host.run("switch", host.spec("R2"))
     assert done.returncode == 4, done.stdout + done.stderr
     cause = done.stderr.strip().splitlines()[-1]
     assert words in cause and "R1 still serves" in cause, cause
     assert "log of djk-shop-web-b.service" in done.stderr  # its log tail comes with it
-    assert f"127.0.0.1:{host.ports['a']};" in host.upstream.read_text()
+    assert host.live_slot() == "a.sock" and host.front.requests == 0  # no live request
     assert host.current() == "releases/R1" and host.status("R2") == "failed"
     assert host.running("a") and not host.running("b")
 
@@ -242,32 +252,35 @@ def test_without_health_path_a_redirect_on_the_sites_domain_passes(host):
     switched(host, "R1", gate={"path": "/", "accept_redirect": True})
 
 
-def test_an_old_process_on_the_new_slots_port_fails_the_gate(host):
+def test_an_old_process_answering_on_the_new_slots_socket_fails_the_gate(host):
+    """An old process listens at slot a's path and the new gunicorn never binds: its healthy
+    answer is not taken for the release's (SO_PEERCRED names the pid that listens)."""
     host.release("R1")
+    state = host.state()
+    state["serve"]["R1"] = ["nobind", ""]
+    host.save(state)
     squatter = subprocess.Popen(
-        [sys.executable, str(FAKES / "fake_server.py"), str(host.ports["a"]), "200", "old"],
+        [sys.executable, str(FAKES / "fake_server.py"), host.sockets["a"], "200", "old"],
         start_new_session=True,
     )
     try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", host.ports["a"])) == 0:
+        for _ in range(200):
+            with socket.socket(socket.AF_UNIX) as s:
+                if s.connect_ex(host.sockets["a"]) == 0:
                     break
-        state = host.state()
-        state["foreign"] = {str(host.ports["a"]): [squatter.pid]}
-        host.save(state)
+            time.sleep(0.02)
         done = host.run("switch", host.spec("R1"))
     finally:
         squatter.terminate()
     assert done.returncode == 4
     assert f"held by pid {squatter.pid}" in done.stderr and "an old process" in done.stderr
     assert host.status("R1") == "failed" and host.current() is None
+    assert host.live_slot() is None
 
 
 def test_a_failure_through_nginx_switches_everything_back(host):
     host.release("R1")
     switched(host, "R1")
-    before = host.upstream.read_text()
     host.release("R2")
     host.front.broken = 502
     done = host.run("switch", host.spec("R2"))
@@ -275,7 +288,7 @@ def test_a_failure_through_nginx_switches_everything_back(host):
     assert "failed its health check through nginx" in done.stderr and "switched back to R1" in (
         done.stderr
     )
-    assert host.upstream.read_text() == before and host.current() == "releases/R1"
+    assert host.live_slot() == "a.sock" and host.current() == "releases/R1"
     assert host.status("R2") == "failed" and host.running("a") and not host.running("b")
 
 
@@ -286,29 +299,48 @@ def test_an_invalid_nginx_configuration_switches_back(host):
     state = host.state()
     state["nginx_invalid"] = True
     host.save(state)
-    done = host.run("switch", host.spec("R2"))
+    done = host.run("switch", host.spec("R2", reload=True))
     assert done.returncode == 5 and "invalid configuration" in done.stderr
-    assert host.current() == "releases/R1"
+    assert host.current() == "releases/R1" and host.live_slot() == "a.sock"
 
 
-def test_app_mode_moves_current_and_the_slot_file_without_nginx(host):
+def test_app_mode_checks_through_the_forwarder_and_never_touches_nginx(host):
     host.release("R1")
     done = switched(host, "R1", mode="app")
-    assert (host.base / ".djk-slot").read_text() == "a\n" and host.current() == "releases/R1"
-    assert not host.upstream.exists()
-    assert not [c for c in host.state()["calls"] if c[0] == "nginx"]
+    assert host.live_slot() == "a.sock" and host.current() == "releases/R1"
     host.release("R2")
     switched(host, "R2", mode="app")
-    assert (host.base / ".djk-slot").read_text() == "b\n" and not host.running("a")
+    assert host.live_slot() == "b.sock" and not host.running("a")
+    assert not [c for c in host.state()["calls"] if c[0] == "nginx"]
     assert "release R1 is live" in done.stdout
+    host.release("R3")
+    host.front.broken = 502
+    done = host.run("switch", host.spec("R3", mode="app"))
+    assert done.returncode == 5 and "through the forwarder" in done.stderr
+    assert host.live_slot() == "b.sock"
 
 
-def test_a_run_cut_off_after_the_upstream_moved_leaves_a_pending_reload(host):
-    """The pending reload is recorded before the upstream changes: a run killed between the two
-    leaves the next run a reload to do."""
+def test_a_run_cut_off_mid_switch_is_finished_by_the_next(host):
+    """Killed after the new slot started and live.sock moved, before the old slot stopped: both
+    slots run. The next run sees live.sock and the marks, drains the old slot and stops it."""
     host.release("R1")
     switched(host, "R1")
-    assert "reload:nginx.service" in (host.tmp / "pending").read_text()
+    host.release("R2")
+    state = host.state()
+    state["kill_agent_on"] = ["enable"]  # the first call after the cut-over
+    host.save(state)
+    assert host.run("switch", host.spec("R2")).returncode == -9
+    assert host.live_slot() == "b.sock" and host.running("a") and host.running("b")
+    assert host.status("R2") == "staged"  # not marked live: the run did not finish
+    # What the control side plans then: R2 is the target but not marked live -> a restart of
+    # R2, which starts it in the idle slot a (still running: drained first) and stops b.
+    state = host.state()
+    state["established"] = {host.sockets["a"]: 2}
+    host.save(state)
+    done = switched(host, "R2", drain=30)
+    assert "draining 2 connection(s) of slot a, still running from an earlier run" in done.stdout
+    assert host.live_slot() == "a.sock" and host.running("a") and not host.running("b")
+    assert host.status("R2") == "live" and host.status("R1") == "previous"
 
 
 def test_verify_checks_through_nginx_then_points_current(host):
@@ -363,13 +395,13 @@ def test_the_old_slot_drains_its_connections_before_it_stops(host):
     switched(host, "R1")
     host.release("R2")
     state = host.state()
-    state["established"] = {str(host.ports["a"]): 3}  # e.g. WebSockets on the old slot
+    state["established"] = {host.sockets["a"]: 3}  # e.g. WebSockets on the old slot
     host.save(state)
     done = switched(host, "R2", drain=30)
-    assert f"draining 3 connection(s) on port {host.ports['a']}" in done.stdout
+    assert "draining 3 connection(s) of the old slot a" in done.stdout
     assert "drain time over" not in done.stdout  # they closed first
     calls = host.state()["calls"]
-    looks = [i for i, c in enumerate(calls) if c[0] == "ss" and "established" in c]
+    looks = [i for i, c in enumerate(calls) if c[0] == "ss" and host.sockets["a"] in c]
     assert len(looks) >= 4 and looks[-1] < calls.index(["systemctl", "stop", host.units["a"]])
 
 
@@ -378,7 +410,8 @@ def test_drain_time_over_stops_the_old_slot_anyway(host):
     switched(host, "R1")
     host.release("R2")
     state = host.state()
-    state["established"] = {str(host.ports["a"]): 10_000}
+    state["established"] = {host.sockets["a"]: 10_000}
     host.save(state)
     done = switched(host, "R2", drain=0.5)
-    assert "drain time over: stopping the old slot" in done.stdout and not host.running("a")
+    assert "connection(s) still open on the old slot a; stopping it" in done.stdout
+    assert not host.running("a")

@@ -1,30 +1,49 @@
-"""A stand-in for gunicorn: answers every GET with the status and body it is given; when its
-port is taken it lingers a few seconds before failing, as gunicorn retries its bind."""
+"""A stand-in for gunicorn: listens on a unix socket (replacing a stale socket at the path, as
+gunicorn does) and answers every GET with the status and body it is given. Status "nobind":
+it starts but never binds (a slow or stuck gunicorn)."""
 
 import http.server
+import os
+import socketserver
+import stat
 import sys
 import time
 
-port, status, body = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+path, status, body = sys.argv[1], sys.argv[2], sys.argv[3]
+
+if status == "nobind":
+    time.sleep(60)
+    sys.exit(1)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         data = body.encode()
-        self.send_response(status)
-        if 300 <= status < 400:
+        self.send_response(int(status))
+        if 300 <= int(status) < 400:
             self.send_header("Location", "https://shop.test/")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
+    def address_string(self):
+        return "unix"
+
     def log_message(self, *args):
         pass
 
 
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self):
+        request, _ = super().get_request()
+        return request, ("unix", 0)
+
+
 try:
-    server = http.server.HTTPServer(("127.0.0.1", port), Handler)
-except OSError:
-    time.sleep(5)
-    sys.exit(1)
-server.serve_forever()
+    if stat.S_ISSOCK(os.stat(path).st_mode):
+        os.remove(path)
+except FileNotFoundError:
+    pass
+Server(path, Handler).serve_forever()

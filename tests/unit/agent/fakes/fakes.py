@@ -53,18 +53,20 @@ def start(state, unit):
     u = state["units"][unit]
     slot_dir = Path(state["slot_dirs"][unit]).resolve()
     status, body = state["serve"].get(slot_dir.name, [200, "ok"])
-    port = state["ports"][unit]
+    path = state["sockets"][unit]
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "fake_server.py"), str(port), str(status), body],
+        [sys.executable, str(HERE / "fake_server.py"), path, str(status), body],
         cwd=slot_dir,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     state.setdefault("spawned", []).append(proc.pid)
-    for _ in range(100):  # until it listens, or gives up on a taken port
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0 and proc.poll() is None:
+    for _ in range(100):  # until it listens (a "nobind" one never does)
+        if status == "nobind":
+            break
+        with socket.socket(socket.AF_UNIX) as s:
+            if s.connect_ex(path) == 0 and proc.poll() is None:
                 break
         time.sleep(0.02)
     u.update(ActiveState="active", SubState="running", MainPID=proc.pid,
@@ -81,31 +83,22 @@ def systemctl(state, args):
             u.update(ActiveState="failed", SubState="failed", MainPID=0)
         for p in props:
             print(f"{p}={u.get(p, 0 if p == 'MainPID' else '')}")
-    elif verb in ("restart", "start") and rest[-1] in state["ports"]:
+    elif verb in ("restart", "start") and rest[-1] in state["sockets"]:
         start(state, rest[-1])
-    elif verb == "stop" and rest[-1] in state["ports"]:
+    elif verb == "stop" and rest[-1] in state["sockets"]:
         stop(state, rest[-1])
 
 
 def ss(state, args):
-    if "established" in args:  # connections: as many lines as the state holds for the port
-        port = args[-1].split(":")[-1].strip(" )")
-        left = state.get("established", {}).get(port, 0)
-        for i in range(left):
-            print(f"0 0 127.0.0.1:{port} 127.0.0.1:{40000 + i}")
-        if left:
-            state["established"][port] = left - 1  # one closes per look
-        return
-    port = int(args[-1].split(":")[-1])
-    holders = [int(p) for p in state.get("foreign", {}).get(str(port), [])]
-    for unit, p in state["ports"].items():
-        pid = state["units"].get(unit, {}).get("MainPID", 0)
-        if p == port and alive(pid):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0 and not holders:
-                    holders.append(pid)
-    for pid in holders:
-        print(f'LISTEN 0 5 127.0.0.1:{port} 0.0.0.0:* users:(("python3",pid={pid},fd=3))')
+    """`ss -Hxa src PATH`: the listener (its Recv-Q) and accepted connections of a unix socket,
+    as many as state["established"][PATH] says (one closes per look)."""
+    path = args[-1]
+    left = state.get("established", {}).get(path, 0)
+    print(f"u_str LISTEN 0 128 {path} 1000 * 0")
+    for i in range(left):
+        print(f"u_str ESTAB 0 0 {path} {2000 + i} * {3000 + i}")
+    if left:
+        state["established"][path] = left - 1
 
 
 def main():
@@ -124,6 +117,11 @@ def main():
             print("nginx: [emerg] invalid configuration", file=sys.stderr)
             code = 1
     save(state)
+    if name == "systemctl" and args and args[0] in state.get("kill_agent_on", []):
+        # A run cut off at this point: the agent (our parent) dies as by SIGKILL.
+        state["kill_agent_on"].remove(args[0])
+        save(state)
+        os.kill(os.getppid(), signal.SIGKILL)
     return code
 
 
