@@ -367,11 +367,7 @@ class Switch(Step):
                     reason=f"{live} is live in slot {slot} (pid {unit.main_pid})", report=report
                 )
         if want != live:
-            known = [r for r in releases if r.id != want]
-            known.append(R.Release(want, "live"))
-            if live:
-                known = [r if r.id != live else R.Release(live, self.mark_old) for r in known]
-            delete = R.cleanup(sorted(known, key=lambda r: r.id), want, self.app.keep_releases)
+            delete = retired(releases, want, live, self.mark_old, self.app.keep_releases)
             why = f"switch {live or 'nothing'} -> {want}"
         else:
             delete = []
@@ -430,6 +426,15 @@ class Switch(Step):
         return problems
 
 
+def retired(releases: list, want: str, live: str | None, mark_old: str, keep: int) -> list[str]:
+    """The releases to delete once `want` is live and `live` is marked `mark_old`."""
+    known = [r for r in releases if r.id != want]
+    known.append(R.Release(want, "live"))
+    if live:
+        known = [r if r.id != live else R.Release(live, mark_old) for r in known]
+    return R.cleanup(sorted(known, key=lambda r: r.id), want, keep)
+
+
 def current_slot(facts: Facts, paths: SitePaths) -> str | None:
     """The live slot: the one sockets/live.sock links to; None before the first switch."""
     link = facts[Stat(paths.live_socket)]
@@ -470,27 +475,36 @@ def gate(site: Site) -> dict:
 class Verify(Step):
     """On a web host of a site whose app runs on other hosts: after the app hosts switched,
     the target release answers through this nginx; then `current` here points at it (the next
-    deploy compares with it) and the release is recorded as verified."""
+    deploy compares with it), the statuses move as on an app host (a rollback here finds the
+    same release to return to) and releases no longer kept go."""
 
-    def __init__(self, site: Site, target: Target, rolled_back: bool = False) -> None:
+    def __init__(self, site: Site, target: Target, mark_old: str = "previous") -> None:
         self.site, self.paths, self.target = site, SitePaths.of(site), target
-        self.rolled_back = rolled_back  # then only the release returned to serves static files
+        self.mark_old = mark_old  # rolled-back: only the release returned to serves static files
         self.marker = f"{self.paths.base}/.djk-verified"
         self.id = f"verify:{site.name}"
         self.name = f"verify {site.name} through nginx"
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [Text(self.marker), *self.target.facts()]
+        return [Text(self.marker), R.Releases(self.paths.base), *self.target.facts()]
 
     def plan(self, ctx: Context) -> Plan:
-        want = self.target(ctx.facts)
+        try:
+            want = self.target(ctx.facts)
+        except LookupError as exc:
+            return Plan(error=str(exc))
         if ctx.facts[Text(self.marker)] == want:
             return Plan(reason=f"{want} answers here")
+        live = live_release(ctx.facts, self.paths)
+        releases = ctx.facts[R.Releases(self.paths.base)]
+        keep = app_of(self.site).keep_releases
+        delete = retired(releases, want, live, self.mark_old, keep) if want != live else []
         # A reload only for a configuration this run changed: a code deploy reloads nothing.
         reload = "reload:nginx.service" in ctx.pending
         spec = {"base": self.paths.base, "release": want,
                 "gate": gate(self.site), "front": front(self.site), "reload": reload,
-                "static": self.paths.static, "rolled_back": self.rolled_back}  # fmt: skip
+                "static": self.paths.static, "mark_old": self.mark_old,
+                "delete": delete}  # fmt: skip
         script = agent.command("verify")
         script += f" && printf '%s\\n' {shlex.quote(want)} > {shlex.quote(self.marker)}"
         return Plan(
@@ -714,7 +728,7 @@ class AppComponent(Component):
             return [agent.installed(), *switching] if switching or verifying else []
         if phase == "verify" and "web" in roles:
             return [
-                Verify(site, run.target(site), rolled_back=run.mark_old == "rolled-back")
+                Verify(site, run.target(site), mark_old=run.mark_old)
                 for site in run.sites
                 if topology.split(inventory, site)
             ]

@@ -1,14 +1,16 @@
 """The deploy lock: one deploy or rollback per site at a time, tied to the run's SSH connection.
 
 A component with no hosts.toml keys: for runs that change sites (deploy, rollback) it holds
-each site's lock on every host from connecting to closing (see engine/lock.py for the keeper
-on the host). Tasks: see who holds it, and end a hung holder explicitly.
+each site's lock on every host from connecting to closing (the keeper on the host is the
+host agent's, agent/lock.py; engine/lock.py starts it). Tasks: see who holds it, and end a
+hung holder explicitly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .engine import agent
 from .engine import lock as L
 from .engine.cli import load_inventory, run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, register
@@ -37,6 +39,13 @@ class DeployLock:
             list(self.sites), self.wait, L.command_line(), deployer(), remote.run_id
         )
         line, channel = remote.hold(keeper, timeout=self.wait + 60)
+        if line == agent.MISSING:
+            # The keeper is agent code: this version of the agent goes up first (once).
+            remote.release(channel)
+            done = remote.run(agent.upload_command(), stdin=agent.archive())
+            if not done.ok:
+                raise RemoteError(f"could not install the host agent: {done.stderr.strip()}")
+            line, channel = remote.hold(keeper, timeout=self.wait + 60)
         if line == "LOCKED":
             return
         remote.release(channel)

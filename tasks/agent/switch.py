@@ -269,18 +269,7 @@ def finish(site: Site, active: str | None, nxt: str, spec: dict) -> None:
         systemctl("disable", "--quiet", site.units[active], check=False)
         drain(site.sockets[active], float(spec.get("drain", 0)), f"the old slot {active}")
         systemctl("stop", site.units[active], check=False)
-    site.mark(site.want, "live")
-    if site.live and site.live != site.want:
-        site.mark(site.live, spec["mark_old"])
-    for status in site.base.glob("releases/*/.djk-status"):
-        # One left marked live by a run cut off before this point.
-        if status.parent.name != site.want and status.read_text().strip() == "live":
-            status.write_text(spec["mark_old"] + "\n")
-    site.static_after_switch(site.live, spec["mark_old"] == "rolled-back")
-    for release in spec.get("delete", []):
-        shutil.rmtree(site.release_dir(release), ignore_errors=True)
-        if site.static is not None:
-            shutil.rmtree(site.static / release, ignore_errors=True)
+    retire(site, site.live, spec)
     prune_venvs(site.base)
     say(f"release {site.want} is live in slot {nxt}")
 
@@ -306,6 +295,23 @@ def drain(sock: str, seconds: float, what: str) -> None:
         say(f"drain time over: {left} connection(s) still open on {what}; stopping it")
 
 
+def retire(site: Site, old: str | None, spec: dict) -> None:
+    """`want` marked live, `old` marked previous (or rolled-back), the static links after the
+    switch, and the releases no longer kept deleted with their static files."""
+    site.mark(site.want, "live")
+    if old and old != site.want:
+        site.mark(old, spec["mark_old"])
+    for status in site.base.glob("releases/*/.djk-status"):
+        # One left marked live by a run cut off before this point.
+        if status.parent.name != site.want and status.read_text().strip() == "live":
+            status.write_text(spec["mark_old"] + "\n")
+    site.static_after_switch(old, spec["mark_old"] == "rolled-back")
+    for release in spec.get("delete", []):
+        shutil.rmtree(site.release_dir(release), ignore_errors=True)
+        if site.static is not None:
+            shutil.rmtree(site.static / release, ignore_errors=True)
+
+
 def prune_venvs(base: Path) -> None:
     """Remove the virtualenvs no release links to any more."""
     used = {read_link(link) for link in base.glob("releases/*/.venv")}
@@ -329,5 +335,5 @@ def verify(spec: dict) -> int:
         print(f"release {site.want} does not answer through nginx: {problem}", file=sys.stderr)
         return 1
     point(site.base / "current", f"releases/{site.want}")
-    site.static_after_switch(site.static_current(), bool(spec.get("rolled_back")))
+    retire(site, site.live, {"mark_old": "previous", **spec})
     return 0

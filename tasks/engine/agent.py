@@ -1,7 +1,8 @@
 """The host agent as the control machine ships it: the `agent` package as one zipapp whose name
-holds its content hash, uploaded only when that file is not on the host yet (a File step: its
-Stat is read with every other fact, so an unchanged agent costs no command), and called with
-JSON on stdin."""
+holds its content hash, uploaded only when that file is not on the host yet, and called with
+JSON on stdin. A deploy's lock keeper is its first command: when the file is missing it says so
+and the kit uploads it (one more command, once per agent version); elsewhere a File step puts
+it in place (its Stat is read with every other fact, so an unchanged agent costs no command)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,40 @@ def path() -> str:
 def installed() -> File:
     """The step that puts this agent on the host (root-owned, read-only for others)."""
     return File(path(), archive(), mode="644", name="host agent")
+
+
+MISSING = "AGENT-MISSING"
+
+
+def upload_command() -> str:
+    """Puts the zipapp sent on stdin in place atomically (root-owned, 0644)."""
+    target = shlex.quote(path())
+    return (
+        f"set -e; install -d -m 755 {AGENT_DIR}; tmp=$(mktemp {AGENT_DIR}/.agent.XXXXXX); "
+        f'cat > "$tmp"; chmod 644 "$tmp"; mv -f "$tmp" {target}'
+    )
+
+
+def if_installed(name: str, argument: str = "", otherwise: str | None = None) -> str:
+    """Runs an agent command taking its input as an argument, or prints MISSING (or runs
+    `otherwise`) when this agent version is not on the host."""
+    quoted = shlex.quote(path())
+    fallback = otherwise if otherwise is not None else f"echo {MISSING}"
+    arg = f" {shlex.quote(argument)}" if argument else ""
+    run = f"exec python3 {quoted} {shlex.quote(name)}{arg}"
+    return f"if [ -f {quoted} ]; then {run}; fi; {fallback}"
+
+
+def any_installed(name: str, argument: str = "") -> str:
+    """Runs an agent command with this version, or else the newest agent on the host (a lock
+    taken by a run of another kit version is read by that version's agent); nothing when the
+    host has none."""
+    arg = f" {shlex.quote(argument)}" if argument else ""
+    newest = (
+        f"f=$(ls -t {AGENT_DIR}/agent-*.pyz 2>/dev/null | head -n 1); "
+        f'[ -z "$f" ] || exec python3 "$f" {shlex.quote(name)}{arg}'
+    )
+    return if_installed(name, argument, otherwise=newest)
 
 
 def command(name: str) -> str:

@@ -1,123 +1,40 @@
 """The deploy lock: one deploy or rollback per site at a time, tied to the SSH connection.
 
-A keeper process on the host takes an flock per site and holds it while the control machine
-keeps its stdin open. When the run ends, is killed, or its connection drops, stdin closes and the
-kernel releases the lock, so a dead run never leaves a lock behind. The holder's who / when /
-pid / command sit beside the lock for the message a second deploy gets.
+A keeper process on the host (the host agent's `lock-keep`, agent/lock.py) takes an flock per
+site and holds it while the control machine keeps its stdin open. When the run ends, is killed,
+or its connection drops, stdin closes and the kernel releases the lock, so a dead run never
+leaves a lock behind. The holder's who / when / pid / command sit beside the lock for the
+message a second deploy gets. Here: the commands that start the agent, and their parsers.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from . import agent
 from .facts import Fact
 
-LOCK_DIR = "/var/lib/djk/locks"
 BUSY_EXIT = 75
 
-KEEPER = r"""
-import fcntl, json, os, sys, time
-names, wait, info = sys.argv[1].split(","), float(sys.argv[2]), json.loads(sys.argv[3])
-needle = ("DJK_RUN=" + sys.argv[4]).encode() + b"\0"
-os.makedirs(LOCK_DIR, exist_ok=True)
-deadline = time.monotonic() + wait
-fds = []
-for name in names:
-    path = os.path.join(LOCK_DIR, name + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                try:
-                    holder = open(path + ".info").read().strip()
-                except OSError:
-                    holder = "{}"
-                try:
-                    draining = json.loads(holder).get("draining", False)
-                except ValueError:
-                    draining = False
-                # A holder whose run is over only waits for its last commands: wait for it too.
-                if not (draining and time.monotonic() < deadline + 300):
-                    print("BUSY", name, holder, flush=True)
-                    sys.exit(BUSY_EXIT)
-            time.sleep(0.2)
-    fds.append(fd)
-    info.update(keeper_pid=os.getpid(), since=time.time())
-    with open(path + ".info", "w") as f:
-        f.write(json.dumps(info))
-print("LOCKED", flush=True)
-sys.stdin.read()
-info["draining"] = True
-for name in names:
-    with open(os.path.join(LOCK_DIR, name + ".lock.info"), "w") as f:
-        f.write(json.dumps(info))
-# The run is over or its connection is gone. Its commands may still be running on this host
-# (nothing kills them when the connection drops): keep the lock until the last one has ended.
-deadline = time.monotonic() + 1800
-while time.monotonic() < deadline:
-    running = False
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    running = needle in f.read()
-            except OSError:
-                continue
-            if running:
-                break
-    if not running:
-        break
-    time.sleep(0.2)
-""".replace("LOCK_DIR", repr(LOCK_DIR)).replace("BUSY_EXIT", str(BUSY_EXIT))
-
-STATUS = r"""
-import fcntl, glob, json, os, time
-for path in sorted(glob.glob(LOCK_DIR + "/*.lock")):
-    name = os.path.basename(path)[:-5]
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        continue
-    except BlockingIOError:
-        pass
-    try:
-        info = json.loads(open(path + ".info").read())
-    except (OSError, ValueError):
-        info = {}
-    info["site"] = name
-    info["age"] = round(time.time() - info.get("since", time.time()), 1)
-    print(json.dumps(info))
-""".replace("LOCK_DIR", repr(LOCK_DIR))
-
-
 def keeper_command(sites: list[str], wait: float, command: str, by: str, run_id: str) -> str:
-    info = json.dumps({"by": by, "pid": os.getpid(), "command": command})
-    args = " ".join(shlex.quote(a) for a in (",".join(sites), str(wait), info, run_id))
-    return f"exec python3 -c {shlex.quote(KEEPER)} {args}"
+    """The agent's lock keeper (agent/lock.py), or agent.MISSING when it must be uploaded."""
+    spec = {"sites": sites, "wait": wait, "run": run_id,
+            "info": {"by": by, "pid": os.getpid(), "command": command}}  # fmt: skip
+    return agent.if_installed("lock-keep", json.dumps(spec, sort_keys=True))
 
 
 def status_command() -> str:
-    return f"[ -d {LOCK_DIR} ] || exit 0; python3 -c {shlex.quote(STATUS)}"
+    return agent.any_installed("lock-status")
 
 
 def clear_command(site: str) -> str:
     """Ends the keeper holding a site's lock (a run that hangs); the kernel frees the lock."""
-    info = shlex.quote(f"{LOCK_DIR}/{site}.lock.info")
-    return (
-        f"pid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))"
-        f'["keeper_pid"])\' {info} 2>/dev/null) || exit 0; '
-        f'kill "$pid" 2>/dev/null || true'
-    )
+    return agent.any_installed("lock-clear", json.dumps({"site": site}))
 
 
 @dataclass(frozen=True)

@@ -355,6 +355,21 @@ def test_verify_checks_through_nginx_then_points_current(host):
     assert done.returncode == 1 and "HTTP 500" in done.stderr
 
 
+def test_verify_on_a_web_host_moves_the_statuses_as_a_switch_does(host):
+    """A web-only host of a split site keeps releases too (their static files): verify marks
+    them as the app hosts' switch does, so a rollback there finds the same release."""
+    for release in ("R1", "R2"):
+        host.release(release)
+    host.run("switch", host.spec("R1"))
+    (host.base / "releases" / "R3").mkdir()
+    (host.base / "releases" / "R3" / ".djk-status").write_text("staged\n")
+    assert host.run("verify", host.spec("R2", delete=["R3"])).returncode == 0
+    assert host.status("R2") == "live" and host.status("R1") == "previous"
+    assert not (host.base / "releases" / "R3").exists()
+    assert host.run("verify", host.spec("R1", mark_old="rolled-back")).returncode == 0
+    assert host.status("R1") == "live" and host.status("R2") == "rolled-back"
+
+
 def test_bad_input_is_exit_2(host):
     assert host.run("switch", "not json").returncode == 2
     assert host.run("nosuchcommand", {}).returncode == 2

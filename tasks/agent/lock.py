@@ -1,0 +1,140 @@
+"""The deploy lock's host side: one deploy or rollback per site at a time, tied to the run.
+
+`keep` takes an flock per site and holds it while the control machine keeps its stdin open
+(the run's SSH channel). When the run ends, is killed, or its connection drops, stdin closes;
+the keeper then waits for the run's last commands on this host (every command of a run carries
+DJK_RUN=<id> in its environment) and exits, and the kernel releases the flocks: a dead run
+never leaves a lock behind. The holder's who / when / pid / command sit beside each lock for
+the message a second deploy gets (`BUSY <site> <info>`), for `status` and for `clear`.
+
+Called as `agent.pyz lock-keep '<json>'`: its input is an argument, as stdin is the lifeline.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+LOCK_DIR = Path(os.environ.get("DJK_AGENT_LOCK_DIR", "/var/lib/djk/locks"))
+PROC = Path(os.environ.get("DJK_AGENT_PROC", "/proc"))
+BUSY_EXIT = 75
+# A holder whose run is over only waits for its last commands: a second run waits that long
+# for it beyond its own wait.
+DRAINING_GRACE = 300.0
+# How long a keeper whose run is gone waits for that run's commands to end.
+LINGER = 1800.0
+
+
+def _lock_path(site: str) -> Path:
+    return LOCK_DIR / f"{site}.lock"
+
+
+def _info_path(site: str) -> Path:
+    return LOCK_DIR / f"{site}.lock.info"
+
+
+def _read_info(site: str) -> dict:
+    try:
+        info = json.loads(_info_path(site).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _write_info(site: str, info: dict) -> None:
+    tmp = _info_path(site).with_name(f".{site}.lock.info.{os.getpid()}")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, _info_path(site))
+
+
+def keep(spec: dict) -> int:
+    """Take every site's lock (waiting up to spec["wait"] seconds), say LOCKED, hold them until
+    stdin closes and the run's commands on this host have ended. BUSY <site> <info>, exit 75,
+    when one stays taken."""
+    sites, wait, run = spec["sites"], float(spec["wait"]), spec["run"]
+    info = dict(spec.get("info", {}))
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
+    fds = []
+    for site in sites:
+        fd = os.open(_lock_path(site), os.O_RDWR | os.O_CREAT, 0o600)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                if now >= deadline:
+                    holder = _read_info(site)
+                    if not (holder.get("draining") and now < deadline + DRAINING_GRACE):
+                        print("BUSY", site, json.dumps(holder), flush=True)
+                        return BUSY_EXIT
+                time.sleep(0.2)
+        fds.append(fd)
+        info.update(keeper_pid=os.getpid(), since=time.time())
+        _write_info(site, info)
+    print("LOCKED", flush=True)
+    sys.stdin.read()
+    info["draining"] = True
+    for site in sites:
+        _write_info(site, info)
+    _wait_for_run(run, LINGER)
+    return 0
+
+
+def _wait_for_run(run: str, seconds: float) -> None:
+    """Until no process on the host has DJK_RUN=<run> in its environment (the run's commands
+    are not killed when its connection drops), at most `seconds`."""
+    needle = f"DJK_RUN={run}".encode() + b"\0"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _running(needle):
+        time.sleep(0.2)
+
+
+def _running(needle: bytes) -> bool:
+    me = str(os.getpid())
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit() or entry.name == me:
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def status(spec: dict) -> int:
+    """One JSON line per site whose lock is held: who, pid, command, age."""
+    for path in sorted(LOCK_DIR.glob("*.lock")) if LOCK_DIR.is_dir() else []:
+        site = path.name[: -len(".lock")]
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            continue
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+        info = _read_info(site)
+        info["site"] = site
+        info["age"] = round(time.time() - float(info.get("since", time.time())), 1)
+        print(json.dumps(info))
+    return 0
+
+
+def clear(spec: dict) -> int:
+    """End the keeper holding a site's lock (a run that hangs); the kernel frees the lock."""
+    pid = int(_read_info(spec["site"]).get("keeper_pid", 0) or 0)
+    if pid > 1:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    return 0

@@ -1,0 +1,107 @@
+"""The deploy lock's keeper, run as shipped (the zipapp, in subprocesses) on a local lock
+directory: a second run is told who holds the lock, the lock goes with the first run's stdin,
+a keeper whose run is gone waits for that run's last commands, status and clear."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from djk.tasks.engine import agent
+
+
+class Keepers:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.pyz = tmp / "agent.pyz"
+        self.pyz.write_bytes(agent.archive())
+        self.env = {**os.environ, "DJK_AGENT_LOCK_DIR": str(tmp / "locks")}
+        self.procs: list[subprocess.Popen] = []
+
+    def keep(self, sites: list[str], wait: float = 0.0, run: str = "run-1",
+             by: str = "alice") -> subprocess.Popen:  # fmt: skip
+        spec = {"sites": sites, "wait": wait, "run": run,
+                "info": {"by": by, "pid": 4242, "command": "fab deploy"}}  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, str(self.pyz), "lock-keep", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def run(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(self.pyz), command, *args],
+                              capture_output=True, text=True, env=self.env, timeout=30)  # fmt: skip
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def keepers(tmp_path):
+    k = Keepers(tmp_path)
+    yield k
+    k.close()
+
+
+def test_a_second_run_is_told_who_holds_the_lock(keepers):
+    first = keepers.keep(["shop"])
+    assert first.stdout.readline().strip() == "LOCKED"
+    second = keepers.keep(["blog", "shop"], wait=0.5, by="bob")
+    line = second.stdout.readline().strip()
+    assert second.wait(timeout=10) == 75
+    word, site, info = line.split(" ", 2)
+    assert (word, site) == ("BUSY", "shop")
+    holder = json.loads(info)
+    assert holder["by"] == "alice" and holder["command"] == "fab deploy"
+    assert holder["keeper_pid"] == first.pid
+
+
+def test_the_lock_goes_when_the_runs_stdin_closes(keepers):
+    first = keepers.keep(["shop"])
+    assert first.stdout.readline().strip() == "LOCKED"
+    waiting = keepers.keep(["shop"], wait=20, run="run-2")
+    time.sleep(0.5)
+    assert waiting.poll() is None  # still waiting
+    first.stdin.close()  # the run ended or its connection dropped
+    assert first.wait(timeout=10) == 0
+    assert waiting.stdout.readline().strip() == "LOCKED"
+
+
+def test_a_keeper_waits_for_its_runs_last_commands(keepers):
+    first = keepers.keep(["shop"], run="run-7")
+    assert first.stdout.readline().strip() == "LOCKED"
+    # A command of the run still working on the host when the connection dropped.
+    straggler = subprocess.Popen(["sleep", "1.5"], env={**os.environ, "DJK_RUN": "run-7"})
+    first.stdin.close()
+    time.sleep(0.5)
+    assert first.poll() is None  # it waits for the straggler
+    status = json.loads(keepers.run("lock-status").stdout.splitlines()[0])
+    assert status["site"] == "shop" and status["draining"] is True
+    straggler.wait()
+    assert first.wait(timeout=10) == 0
+    assert keepers.run("lock-status").stdout == ""
+
+
+def test_status_lists_held_locks_and_clear_ends_the_keeper(keepers):
+    assert keepers.run("lock-status").stdout == ""  # no lock directory yet
+    first = keepers.keep(["shop", "blog"])
+    assert first.stdout.readline().strip() == "LOCKED"
+    rows = [json.loads(line) for line in keepers.run("lock-status").stdout.splitlines()]
+    assert sorted(r["site"] for r in rows) == ["blog", "shop"]
+    assert all(r["by"] == "alice" and r["age"] >= 0 for r in rows)
+    assert keepers.run("lock-clear", json.dumps({"site": "shop"})).returncode == 0
+    first.wait(timeout=10)
+    assert keepers.run("lock-status").stdout == ""
