@@ -5,22 +5,30 @@ stdin is the run's lifeline, held open until the run ends."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
-from . import lock, switch
+# command: (module, function). Imported on demand: the lock keeper is the first command of every
+# run, and the switch's modules (http.client, ssl) would double its start-up.
+COMMANDS = {"switch": ("switch", "switch"), "verify": ("switch", "verify")}
+ARGUMENT_COMMANDS = {"lock-keep": ("lock", "keep"), "lock-status": ("lock", "status"),
+                     "lock-clear": ("lock", "clear")}  # fmt: skip
 
-COMMANDS = {"switch": switch.switch, "verify": switch.verify}
-ARGUMENT_COMMANDS = {"lock-keep": lock.keep, "lock-status": lock.status, "lock-clear": lock.clear}
+
+def _function(where: tuple[str, str]):
+    module, function = where
+    return getattr(importlib.import_module(f"{__package__}.{module}"), function)
 
 
 def main(argv: list[str]) -> int:
     name = argv[1] if len(argv) > 1 else ""
     try:
         if name in COMMANDS and len(argv) == 2:
-            return COMMANDS[name](json.load(sys.stdin))
+            return _function(COMMANDS[name])(json.load(sys.stdin))
         if name in ARGUMENT_COMMANDS and len(argv) <= 3:
-            return ARGUMENT_COMMANDS[name](json.loads(argv[2]) if len(argv) == 3 else {})
+            spec = json.loads(argv[2]) if len(argv) == 3 else {}
+            return _function(ARGUMENT_COMMANDS[name])(spec)
     except ValueError as exc:
         print(f"agent: input is not JSON: {exc}", file=sys.stderr)
         return 2

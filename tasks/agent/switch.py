@@ -7,9 +7,9 @@ that nginx on other hosts connects to ("app" mode), follows that link for each n
 `switch` starts the release in the idle slot and gates it before any live request can reach it
 (nothing connects to the idle slot's socket but the probe): it must answer the health URL (2xx;
 see probe.healthy) and the kit proves the answer is the new release's without asking the app:
-the socket is held by the unit started for it (its main process or a child of it, restarted in
-this run) and that process runs in the release's directory. An old process on the slot's
-socket fails the gate.
+the socket that answered was listen()ed (SO_PEERCRED) by the unit started for it (its main
+process or a child of it, restarted in this run), which runs in the release's directory. An
+old process still answering on the slot's socket is not taken for it.
 
 Then live.sock, `current` and the static links move to it (renames: nginx is not reloaded), and
 the release must answer as clients reach it (through nginx, or the forwarder). Only then does
