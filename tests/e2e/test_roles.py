@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
+from websockets.sync.client import connect
 
-from .kit import Load, Project, curl, health, nginx_pids, sh
+from .kit import Load, Project, curl, health, nginx_pids, sh, spawn_fab, wait_for_line
 
 pytestmark = pytest.mark.e2e
 NAMES = ["web1", "web2", "web3", "web4"]
@@ -133,3 +135,30 @@ def test_app_status_reads_the_live_slot_of_app_hosts_behind_a_web_host(project, 
     finally:
         sh(hosts[1], "systemctl start \"djk-example-web-$(readlink "
            "/srv/djk/example/sockets/live.sock | cut -c1).service\"")  # fmt: skip
+
+
+def test_a_websocket_through_the_web_host_outlives_the_app_hosts_switch(project, hosts, src):
+    """nginx on web1 -> an app host's forwarder -> the old slot: the app host drains that slot
+    (it waits for the WebSocket) instead of stopping it, while new connections reach the new
+    release; the deploy ends once the WebSocket closes."""
+    web = hosts[0]
+    sock = socket.create_connection((web.address, 80), timeout=10)
+    with connect("ws://example.test/ws/echo/", sock=sock, open_timeout=10) as ws:
+        ws.send("before")
+        old = ws.recv(timeout=10).split(":")[0]
+        (src / "VERSION").write_text("5.0.0\n")
+        deploy = spawn_fab(project.inventory, "deploy", "-H", ",".join(NAMES))
+        wait_for_line(deploy, "connection(s) of the old slot", timeout=240)
+        deadline = time.monotonic() + 60
+        while (new := health(web)["release"]) == old and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert new != old
+        fresh = socket.create_connection((web.address, 80), timeout=10)
+        with connect("ws://example.test/ws/echo/", sock=fresh, open_timeout=10) as other:
+            other.send("after")
+            assert other.recv(timeout=10) == f"{new}: after"
+        ws.send("still there")
+        assert ws.recv(timeout=10) == f"{old}: still there"
+        assert deploy.poll() is None  # the deploy waits for it (drain_timeout)
+    out, _ = deploy.communicate(timeout=120)
+    assert deploy.returncode == 0, out
