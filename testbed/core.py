@@ -261,6 +261,32 @@ class Testbed:
         # up() already cleans the old instance and keeps recorded addresses.
         return self.up([host])[0]
 
+    def reboot(self, host: str) -> TestHost:
+        """Power ``host`` off cleanly and boot it again with the same disk and address: what
+        a server's reboot keeps (files, enabled units) stays, what it loses (processes, /run)
+        goes."""
+        st = self._read_state(host)
+        if st is None or not st.alive():
+            raise TestbedError(f"host {host} of testbed {self.name} is not up")
+        img = self.ensure_image()
+        key = ensure_key(self.key_path)
+        with self._lock():
+            signal_pid(st.pid, signal.SIGTERM)  # nspawn: a clean poweroff of the container
+            if not wait_gone(st.pid, st.starttime, STOP_TIMEOUT):
+                raise TestbedError(f"{host}: no clean shutdown in {STOP_TIMEOUT:.0f}s")
+            proc = self._procs.pop(host, None)
+            if proc is not None:
+                proc.wait()
+            disk = Path(st.disk)
+            unmount_all_under(disk)
+            kill_cgroups(cgroup_dirs(self.cgroup_prefix, host))
+            veth = f"vb-{self._machine(host)}"
+            if len(veth) <= 15 and net.link_exists(veth):
+                run(["ip", "link", "del", veth], check=False)
+            self._launch(host, st.address, img, key, disk=disk)
+        self._wait_all([host])
+        return self._testhost(host, st.address)
+
     def status(self) -> list[dict[str, object]]:
         rows = []
         for host in self._state_hosts():
@@ -346,9 +372,11 @@ class Testbed:
             return self.state_dir / host
         return FALLBACK_DISK_ROOT / self.name / host
 
-    def _launch(self, host: str, address: str, img: Path, key: Path) -> None:
+    def _launch(
+        self, host: str, address: str, img: Path, key: Path, disk: Path | None = None
+    ) -> None:
         hdir = self.state_dir / host
-        disk = self._disk_dir(host)
+        disk = disk or self._disk_dir(host)
         hdir.mkdir(parents=True, exist_ok=True)
         merged = disk / "merged"
         overlay_mount(img, disk / "upper", disk / "work", merged)

@@ -162,3 +162,18 @@ def test_a_websocket_through_the_web_host_outlives_the_app_hosts_switch(project,
         assert deploy.poll() is None  # the deploy waits for it (drain_timeout)
     out, _ = deploy.communicate(timeout=120)
     assert deploy.returncode == 0, out
+
+
+def test_a_rebooted_app_host_is_reached_through_its_forwarder_again(project, hosts, testbed):
+    release = sh(hosts[1], "readlink /srv/djk/example/current").strip().removeprefix("releases/")
+    app = testbed.reboot(hosts[1].name)
+    assert sh(app, "systemctl is-active djk-example-forward.socket").strip() == "active"
+    answer = ""
+    deadline = time.monotonic() + 60
+    while '"status": "ok"' not in answer and time.monotonic() < deadline:
+        time.sleep(0.5)
+        answer = sh(hosts[0], f"curl -s -m 5 -H 'Host: example.test' "
+                    f"http://{app.address}:8001/health/ || true")  # fmt: skip
+    assert f'"release": "{release}"' in answer, answer
+    run = project.fab("deploy", "-H", ",".join(NAMES), "--json")
+    assert run.code == 0 and all(h["changed"] == 0 for h in run.report["hosts"]), run.out
