@@ -388,6 +388,8 @@ class Switch(Step):
             "gate": gate(self.site),
             "front": front(self.site, self.remote_bind),
             "reload": reload,
+            # Only when a unit file changed in this run (it costs ~0.15 s per switch).
+            "daemon_reload": "daemon-reload" in ctx.pending,
             "mark_old": self.mark_old,
             "delete": delete,
             "static": paths.static,

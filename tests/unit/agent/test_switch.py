@@ -205,6 +205,17 @@ def test_a_switch_starts_the_other_slot_and_stops_the_old_one_after(host):
     assert not [c for c in host.state()["calls"] if c[0] == "nginx"]  # a code deploy
 
 
+def test_systemd_reloads_only_when_a_unit_file_changed(host):
+    host.release("R1")
+    switched(host, "R1", daemon_reload=False)
+    calls = [c for c in host.state()["calls"] if c[0] == "systemctl"]
+    assert ["systemctl", "daemon-reload"] not in calls
+    assert ["systemctl", "enable", "--quiet", "--no-reload", host.units["a"]] in calls
+    host.release("R2")
+    switched(host, "R2", daemon_reload=True)
+    assert ["systemctl", "daemon-reload"] in host.state()["calls"]
+
+
 def test_a_pending_nginx_configuration_is_reloaded_before_the_check_through_it(host):
     host.release("R1")
     switched(host, "R1", reload=True)
