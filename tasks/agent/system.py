@@ -7,6 +7,7 @@ that tests may point elsewhere (DJK_AGENT_PROC).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -125,9 +126,11 @@ def read_link(link: str | Path) -> str | None:
 
 
 def nginx_reload(timeout: float = 10.0) -> None:
-    """Validate, reload, and wait until workers of the new configuration run (new connections
-    go to them; the old workers finish what they hold — a WebSocket may keep one for long, so
-    this does not wait for them to leave); start nginx when it is not running."""
+    """Validate, reload, and wait until the new configuration takes every new connection:
+    workers of it run, and no old worker still listens (an old worker accepts connections,
+    with the old configuration, until it handles the master's QUIT). Old workers may go on
+    serving what they hold — a WebSocket may keep one for long — so this does not wait for
+    them to leave. Starts nginx when it is not running."""
     run("nginx", "-t", "-q")
     master = int(unit_state("nginx.service").get("MainPID") or 0)
     if master == 0:
@@ -137,10 +140,18 @@ def nginx_reload(timeout: float = 10.0) -> None:
     systemctl("reload", "nginx.service")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _workers(master) - old:
+        if _workers(master) - old and not old & listening_pids():
             return
         time.sleep(0.05)
     raise Failed(f"nginx did not switch to the new configuration within {timeout:.0f}s")
+
+
+_PID = re.compile(r"pid=(\d+)")
+
+
+def listening_pids() -> set[int]:
+    """The processes holding a listening TCP socket."""
+    return {int(p) for p in _PID.findall(run("ss", "-Hltnp", check=False).stdout)}
 
 
 def _workers(master: int) -> set[int]:

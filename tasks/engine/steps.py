@@ -374,21 +374,28 @@ class Service(Step):
         return Plan([Action(" and ".join(parts), "\n".join(["set -e", *script]), consumes=started)])
 
 
-# `systemctl reload nginx` only signals the master; until the old workers stop serving, new
-# connections can still get the old configuration. Wait until every old worker has left.
+# `systemctl reload nginx` only signals the master; until every old worker has handled its QUIT
+# (and closed its listening sockets) new connections can still get the old configuration.
 NGINX_RELOAD = r"""set -e
 nginx -t -q
 master=$(systemctl show -p MainPID --value nginx.service)
 if [ "${master:-0}" = 0 ]; then systemctl start nginx.service; exit 0; fi
 old=$(ps -o pid=,args= --ppid "$master" | awk '/worker process$/ {print $1}')
 systemctl reload nginx.service
-# Until workers of the new configuration run (old ones finish what they hold; a WebSocket may
-# keep one for long, so this does not wait for them to leave). As agent/system.nginx_reload.
+# Until workers of the new configuration run and no old worker listens (old ones may go on
+# serving what they hold: a WebSocket may keep one for long). As agent/system.nginx_reload.
 i=0
 while [ $i -lt 200 ]; do
+  new=0
   for p in $(ps -o pid=,args= --ppid "$master" | awk '/worker process$/ {print $1}'); do
-    case " $(echo $old) " in *" $p "*) ;; *) exit 0;; esac
+    case " $(echo $old) " in *" $p "*) ;; *) new=1;; esac
   done
+  listening=$(ss -Hltnp | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u)
+  stale=0
+  for p in $old; do
+    case " $(echo $listening) " in *" $p "*) stale=1;; esac
+  done
+  if [ $new = 1 ] && [ $stale = 0 ]; then exit 0; fi
   i=$((i+1)); sleep 0.05
 done
 echo "nginx did not switch to the new configuration within 10s (see journalctl -u nginx)" >&2
