@@ -11,7 +11,7 @@ from .engine import topology, values
 from .engine.cli import run_plans, targets_task
 from .engine.component import Component, HostRun, NginxPart, components, register
 from .engine.inventory import Host, Inventory, Site
-from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, UPSTREAM_DIR, SitePaths, app_of
+from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, SitePaths, app_of
 from .engine.render import render
 from .engine.schema import Table
 from .engine.steps import (
@@ -100,7 +100,6 @@ def host_steps(inventory: Inventory, host: Host) -> list[Step]:
             after += part.after
     return _unique(
         [
-            Directory(UPSTREAM_DIR),
             Directory("/var/lib/djk"),
             *before,
             ConfigSet(
