@@ -8,16 +8,17 @@ components).
 
 from invoke import Collection
 
-from . import app, celery, flower, lock, multidomain, nginx, tls  # noqa: E402
+from . import app, celery, flower, lock, multidomain, nginx, supervisor, tls  # noqa: E402, F401
 from . import provision as _provision  # noqa: E402, I001
 from .deploy import deploy, releases, rollback  # noqa: E402
 from .engine import cli
 from .engine.component import Component, HostRun, NginxPart, components, order, register
 
 # The order the kit's components run in, whatever order their modules were imported in:
-# provision's packages first, then each site's app, its workers, TLS and nginx in front, then
-# the rules between sites. A team's components come after these.
-order(["provision", "lock", "app", "celery", "flower", "tls", "nginx", "multidomain"])
+# provision's packages first (and supervisord where it runs the sites), then each site's app,
+# its workers, TLS and nginx in front, then the rules between sites. A team's components
+# come after these.
+order(["provision", "supervisor", "lock", "app", "celery", "flower", "tls", "nginx", "multidomain"])
 cli.install()
 
 ns = Collection()

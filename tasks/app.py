@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Protocol
 
-from .engine import agent, topology, values
+from .engine import agent, procs, topology, values
 from .engine import releases as R
 from .engine.cli import run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, components, register
@@ -329,9 +329,10 @@ class Switch(Step):
         target: Target,
         mark_old: str = "previous",
         remote_bind: str | None = None,
+        host: Host | None = None,
     ) -> None:
         self.remote_bind = remote_bind  # set on app hosts whose nginx runs elsewhere
-        self.site, self.paths, self.app = site, SitePaths.of(site), app_of(site)
+        self.site, self.paths, self.app = site, SitePaths.of(site, host), app_of(site)
         self.target, self.mark_old = target, mark_old
         self.id = f"switch:{site.name}"
         self.name = f"switch {site.name}"
@@ -384,6 +385,7 @@ class Switch(Step):
             "sockets": {slot: paths.slot_socket(slot) for slot in SLOTS},
             "live": paths.live_socket,
             "units": {slot: paths.web_unit(slot) for slot in SLOTS},
+            "manager": paths.manager,
             "group": self.site.user,
             "gate": gate(self.site),
             "front": front(self.site, self.remote_bind),
@@ -523,46 +525,51 @@ class Verify(Step):
         )
 
 
-# systemd's TCP-to-unix-socket forwarder (merged /usr: the same path on Debian 12 and 13).
+# systemd's TCP-to-unix-socket forwarder (merged /usr: the same path on Debian 12 and 13), and
+# under supervisor what holds its listening socket (systemd's socket activation without PID 1).
 PROXYD = "/lib/systemd/systemd-socket-proxyd"
+SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"
 
 
 def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
-    """Both slots' gunicorn units; on an app host behind nginx elsewhere, the forwarder too."""
-    paths = SitePaths.of(site)
+    """Both slots' gunicorn processes (systemd units or supervisor programs; under supervisor
+    also the boot program that starts the live one); on an app host behind nginx elsewhere,
+    the forwarder too."""
+    paths = SitePaths.of(site, host)
+    manager = paths.procs
+    web = manager.template("web")
+    found = [(paths.web_unit(slot), web, (paths.cycle,), {"slot": slot}) for slot in SLOTS]
+    boot = manager.boot_program(site.name)
+    if boot:
+        # Started once whenever its file changes (it exits at once: the live slot runs).
+        found.append((boot, manager.template("boot"), (f"restart:{boot}",), {}))
+    if topology.split(inventory, site):
+        web = [h.address for h in topology.hosts_with(inventory, site, "web")]
+        forward = {"proxyd": PROXYD, "socket_activate": SOCKET_ACTIVATE,
+                   "bind": values.url_host(host.address), "port": app_of(site).port,
+                   "allow": [*web, host.address, "127.0.0.0/8"]}  # fmt: skip
+        unit = paths.forward_unit
+        if manager.kind == procs.SYSTEMD:
+            socket = paths.forward_socket
+            found.append((socket, "systemd/forward.socket.j2", (f"restart:{socket}",), forward))
+        found.append((unit, manager.template("forward"), (f"restart:{unit}",), forward))
     steps: list[Step] = [
         File(
-            f"/etc/systemd/system/{paths.web_unit(slot)}",
+            manager.config_path(name),
             render(
-                "systemd/web.service.j2",
+                template,
                 inventory.templates,
                 site=site,
                 app=app_of(site),
                 paths=paths,
-                slot=slot,
+                **extra,
             ),
-            notify=("daemon-reload", paths.cycle),
-            name=f"unit {paths.web_unit(slot)}",
+            notify=(*manager.changed(name), *notify),
+            name=f"{'program' if procs.is_program(name) else 'unit'} {name}",
         )
-        for slot in SLOTS
+        for name, template, notify, extra in found
     ]
     if topology.split(inventory, site):
-        web = [h.address for h in topology.hosts_with(inventory, site, "web")]
-        values_ = {"site": site, "paths": paths, "proxyd": PROXYD,
-                   "bind": values.url_host(host.address), "port": app_of(site).port,
-                   "allow": [*web, host.address, "127.0.0.0/8"]}  # fmt: skip
-        for unit, template in (
-            (paths.forward_socket, "systemd/forward.socket.j2"),
-            (paths.forward_unit, "systemd/forward.service.j2"),
-        ):
-            steps.append(
-                File(
-                    f"/etc/systemd/system/{unit}",
-                    render(template, inventory.templates, **values_),
-                    notify=("daemon-reload", f"restart:{unit}"),
-                    name=f"unit {unit}",
-                )
-            )
         steps.append(Service(paths.forward_socket))
     return steps
 
@@ -570,7 +577,7 @@ def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
 def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
     """Everything up to a staged release on a host, for the roles it has for the site."""
     site = build.site
-    paths = SitePaths.of(site)
+    paths = SitePaths.of(site, host)
     steps: list[Step] = [
         SystemUser(site.user, paths.base),
         Directory(paths.base, "root", site.user, "751"),
@@ -581,6 +588,12 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
         Directory(paths.slots, "root", site.user, "750"),
         # gunicorn (the site user) creates the slots' sockets here; nginx (www-data) connects.
         Directory(paths.sockets, site.user, "www-data", "750"),
+        *(
+            # supervisor makes no runtime directory: the slots' gunicorn control sockets.
+            [Directory(paths.run_dir, site.user, site.user, "700")]
+            if paths.manager == procs.SUPERVISOR
+            else []
+        ),
         Venv(paths.venvs, app_of(site).requirements, group=site.user),
         env_file(inventory, site, host),
         Stage(build),
@@ -627,6 +640,7 @@ def switch_step(run: HostRun, site: Site) -> Switch:
         target=run.target(site),
         mark_old=run.mark_old,
         remote_bind=remote if topology.split(run.inventory, site) else None,
+        host=run.host,
     )
 
 
@@ -645,7 +659,7 @@ class AppComponent(Component):
         source = table.get_path("source")
         if not source.is_dir():
             table.fail(f"{key}.source", f"{values.show_path(source)} is not a directory")
-        requirements = (source / table.get("requirements", str, default="requirements.txt"))
+        requirements = source / table.get("requirements", str, default="requirements.txt")
         try:
             requirements = requirements.resolve()
         except (OSError, RuntimeError, ValueError) as exc:
@@ -746,8 +760,8 @@ register(AppComponent())
 class LiveSlot(UnitStatus):
     """The site's live gunicorn slot (the one sockets/live.sock links to) is running."""
 
-    def __init__(self, site: Site) -> None:
-        self.paths = SitePaths.of(site)
+    def __init__(self, site: Site, host: Host) -> None:
+        self.paths = SitePaths.of(site, host)
         super().__init__(self.paths.web_unit("a"))
         self.id = f"status:{site.name}"
         self.name = f"status {site.name}"
@@ -780,6 +794,6 @@ def status(c, json_=False):
         sites = sites_or_exit(inventory, host)
         if "app" not in topology.roles(host):
             return []
-        return [LiveSlot(site) for site in sites]
+        return [LiveSlot(site, host) for site in sites]
 
     run_plans(c, build, json_=json_)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from .app import Target
-from .engine import topology, values
+from .engine import procs, topology, values
 from .engine.cli import run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, register
 from .engine.facts import Fact, Unit
@@ -58,42 +58,49 @@ def broker_url(site: Site, address: str = "127.0.0.1") -> str | None:
     return f"redis://{auth}{values.url_host(address)}:{REDIS_PORT}/{conf.redis_db}"
 
 
-def units(site: Site) -> list[tuple[str, str, str]]:
-    """(role, unit, celery subcommand) for the worker and beat of a site."""
+def units(site: Site, host: Host | None = None) -> list[tuple[str, str, str]]:
+    """(role, unit or program, celery subcommand) for the worker and beat of a site."""
     c = site.part(Celery)
     if c is None:
         return []
-    paths = SitePaths.of(site)
+    paths = SitePaths.of(site, host)
     worker = (
         f"worker --loglevel INFO --concurrency {c.concurrency} --queues {','.join(c.queues)} "
         f"--hostname {site.name}@%H {' '.join(c.options)}"
     ).strip()
-    found = [("worker", f"djk-{site.name}-worker.service", worker)]
+    found = [("worker", paths.process("worker"), worker)]
     if c.beat:
         beat = f"beat --loglevel INFO --schedule {paths.shared}/celerybeat-schedule"
-        found.append(("beat", f"djk-{site.name}-beat.service", beat))
+        found.append(("beat", paths.process("beat"), beat))
     return found
 
 
 def unit_files(
-    inventory: Inventory, site: Site, found: list[tuple[str, str, str]], notify: str
+    inventory: Inventory,
+    site: Site,
+    host: Host,
+    found: list[tuple[str, str, str]],
+    notify: str,
 ) -> list[Step]:
-    """Units running `celery --app APP <command>` as the site user in the release `current`."""
-    paths = SitePaths.of(site)
+    """Units (or supervisor programs) running `celery --app APP <command>` as the site user in
+    the release `current`."""
+    paths = SitePaths.of(site, host)
+    manager = paths.procs
     return [
         File(
-            f"/etc/systemd/system/{unit}",
+            manager.config_path(unit),
             render(
-                "systemd/celery.service.j2",
+                manager.template("celery"),
                 inventory.templates,
                 site=site,
                 celery=site.part(Celery),
                 paths=paths,
                 role=role,
                 command=command,
+                program=unit,
             ),
-            notify=("daemon-reload", notify),
-            name=f"unit {unit}",
+            notify=(*manager.changed(unit), notify),
+            name=f"{'program' if procs.is_program(unit) else 'unit'} {unit}",
         )
         for role, unit, command in found
     ]
@@ -187,23 +194,27 @@ class Restart(Step):
         want = self.paths.release(release)
         cwd = ctx.facts[WorkingDirs(tuple(self.units))]
         pending = self.cycle in ctx.pending
-        script = ["set -e", "systemctl daemon-reload"]
+        changes: list[str] = []
         what = []
-        if self.set_current:
-            script.append(point_current(self.paths, release))
         for unit in self.units:
             state = ctx.facts[Unit(unit)]
             if state is None or state.enabled != "enabled":
-                script.append(f"systemctl enable --quiet {unit}")
+                changes += procs.enable(unit)
             if state is None or not state.running:
-                script.append(f"systemctl start {unit}")
+                changes += procs.start(unit)
                 what.append(f"start {unit}")
             elif cwd.get(unit) != want or pending:
-                # SIGTERM: Celery's warm shutdown; systemd waits for running tasks to finish.
-                script.append(f"systemctl restart {unit}")
+                # SIGTERM: Celery's warm shutdown; the manager waits for running tasks to end.
+                changes += procs.restart(unit)
                 what.append(f"restart {unit}")
-        if len(script) == 2 + self.set_current:
+        if not changes:
             return Plan(reason=f"{', '.join(self.units)} run {want.rsplit('/', 1)[-1]}")
+        script = ["set -e"]
+        if any(not procs.is_program(u) for u in self.units):
+            script.append("systemctl daemon-reload")
+        if self.set_current:
+            script.append(point_current(self.paths, release))
+        script += changes
         consumes = (self.cycle, "daemon-reload")
         return Plan(
             [
@@ -237,10 +248,10 @@ class WorkingDirs(Fact[dict]):
     units: tuple[str, ...]
 
     def command(self) -> str:
-        names = " ".join(shlex.quote(u) for u in self.units)
-        return (
-            f'for u in {names}; do pid=$(systemctl show -p MainPID --value "$u"); '
-            f'printf \'%s|%s\\n\' "$u" "$(readlink /proc/$pid/cwd 2>/dev/null)"; done'
+        return "; ".join(
+            f"pid=$({procs.main_pid_command(u)}); "
+            f"printf '%s|%s\\n' {shlex.quote(u)} \"$(readlink /proc/$pid/cwd 2>/dev/null)\""
+            for u in self.units
         )
 
     def parse(self, rc: int, out: str) -> dict[str, str]:
@@ -274,7 +285,7 @@ class RedisAuth(Fact[str]):
 
 
 def restart_step(run: HostRun, site: Site) -> Step:
-    found = [unit for _, unit, _ in units(site)]
+    found = [unit for _, unit, _ in units(site, run.host)]
     set_current = "app" not in topology.roles(run.host)
     return Restart(site, run.target(site), found, cycle(site), set_current=set_current)
 
@@ -381,7 +392,8 @@ class CeleryComponent(Component):
             steps: list[Step] = []
             if "worker" in roles:
                 for site in sites:
-                    steps += unit_files(run.inventory, site, units(site), cycle(site))
+                    found = units(site, run.host)
+                    steps += unit_files(run.inventory, site, run.host, found, cycle(site))
             if brokered:
                 remote = any(
                     topology.broker_address(run.inventory, s) != "127.0.0.1" for s in brokered
@@ -422,7 +434,9 @@ def status(c, json_=False):
     run_plans(
         c,
         lambda inv, host: [
-            UnitStatus(unit) for site in _celery_sites(inv, host) for _, unit, _ in units(site)
+            UnitStatus(unit)
+            for site in _celery_sites(inv, host)
+            for _, unit, _ in units(site, host)
         ],
         json_=json_,
     )
@@ -445,7 +459,7 @@ def restart(c, site=None, json_=False, quiet=False):
                 f"celery-restart:{s.name}",
                 f"celery restart {s.name}",
                 "warm restart",
-                "systemctl restart " + " ".join(u for _, u, _ in units(s)),
+                "\n".join(["set -e", *(c for _, u, _ in units(s, host) for c in procs.restart(u))]),
             )
             for s in sites
         ]

@@ -11,6 +11,7 @@ from .engine import topology, values
 from .engine.cli import run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, NginxPart, register
 from .engine.inventory import Host, Inventory, Site
+from .engine.layout import SitePaths
 from .engine.schema import InventoryError, Table
 from .engine.steps import Step, UnitStatus
 
@@ -24,13 +25,13 @@ def cycle(site: Site) -> str:
     return f"cycle-flower:{site.name}"
 
 
-def units(site: Site) -> list[tuple[str, str, str]]:
+def units(site: Site, host: Host | None = None) -> list[tuple[str, str, str]]:
     conf = site.part(Flower)
     if conf is None:
         return []
     # Basic auth comes from FLOWER_BASIC_AUTH in the env file, never from this line.
     command = f"flower --address=127.0.0.1 --port={conf.port} --url_prefix=flower"
-    return [("flower", f"djk-{site.name}-flower.service", command)]
+    return [("flower", SitePaths.of(site, host).process("flower"), command)]
 
 
 LOCATION = """\
@@ -100,12 +101,18 @@ class FlowerComponent(Component):
             return [
                 step
                 for site in sites
-                for step in celery.unit_files(run.inventory, site, units(site), cycle(site))
+                for step in celery.unit_files(
+                    run.inventory, site, run.host, units(site, run.host), cycle(site)
+                )
             ]
         if phase == "switch":
             return [
                 celery.Restart(
-                    site, run.target(site), [u for _, u, _ in units(site)], cycle(site), "flower"
+                    site,
+                    run.target(site),
+                    [u for _, u, _ in units(site, run.host)],
+                    cycle(site),
+                    "flower",
                 )
                 for site in sites
             ]
@@ -123,6 +130,6 @@ def status(c, json_=False):
         sites = [s for s in inv.sites_on(host) if s.part(Flower) is not None]
         if not sites:
             raise user_error(f"no site on {host.name!r} has [sites.<name>.flower]")
-        return [UnitStatus(unit) for site in sites for _, unit, _ in units(site)]
+        return [UnitStatus(unit) for site in sites for _, unit, _ in units(site, host)]
 
     run_plans(c, build, json_=json_)

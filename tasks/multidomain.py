@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 
-from .engine import values
+from .engine import procs, values
 from .engine.cli import load_inventory, run_plans, target_hosts, targets_task, user_error
 from .engine.component import Component, HostRun, components, register
 from .engine.facts import Fact, Lines, Stat
@@ -128,8 +128,8 @@ class Orphans(Step):
 
 
 class RemoveSite(Step):
-    """Stop and delete a site's units, server block and upstream; with purge, its files and
-    user too. nginx is reloaded after validating what remains."""
+    """Stop and delete a site's units or programs, server block and upstream; with purge, its
+    files and user too. nginx is reloaded after validating what remains."""
 
     def __init__(self, name: str, purge: bool) -> None:
         self.site, self.purge = name, purge
@@ -141,11 +141,7 @@ class RemoveSite(Step):
 
     @property
     def _units(self) -> Lines:
-        return Lines(
-            # .service and the forwarder's .socket
-            f"systemctl list-unit-files --no-legend --plain 'djk-{self.site}-*' "
-            "| cut -d' ' -f1"
-        )
+        return Lines(procs.site_processes_command(self.site))
 
     @property
     def _conf(self) -> str:
@@ -160,13 +156,8 @@ class RemoveSite(Step):
             return Plan(reason="not on this host")
         q = shlex.quote
         script = ["set -e"]
-        for unit in units:
-            script += [
-                f"systemctl disable --now {q(unit)} || true",
-                f"rm -f /etc/systemd/system/{q(unit)}",
-            ]
+        script += procs.stop_and_remove(units)
         script += [
-            "systemctl daemon-reload",
             f"rm -f {q(conf)} {q(f'{UPSTREAM_DIR}/{self.site}.upstream')}",
             NGINX_RELOAD_AFTER_REMOVE,
         ]
@@ -175,7 +166,7 @@ class RemoveSite(Step):
                 f"rm -rf -- {q(f'{ROOT}/{self.site}')}",
                 f"userdel djk-{q(self.site)} 2>/dev/null || true",
             ]
-        what = f"{len(units)} units, server block" + (", files and user" if self.purge else "")
+        what = f"{len(units)} processes, server block" + (", files and user" if self.purge else "")
         return Plan([Action(f"remove {what}", "\n".join(script))])
 
 

@@ -35,6 +35,8 @@ PACKAGES: tuple[str, ...] = (
     "iproute2",
     "libpam-systemd",
     "certbot",
+    # For hosts with process_manager = "supervisor" (disabled below: provision enables it there).
+    "supervisor",
     # debootstrap does not resolve virtual packages: this provides the one cryptography needs.
     "python3-cffi-backend",
     "openssl",
@@ -66,6 +68,9 @@ ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=15
 EOF
 
 # Background apt runs would grab the dpkg lock in the middle of a deploy.
+# Installed for supervisor hosts, running only where the kit's provision starts it.
+systemctl disable supervisor.service
+
 systemctl mask apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service
 
 mkdir -p /etc/ssh/sshd_config.d

@@ -26,19 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import probe
-from .system import (
-    Failed,
-    connections,
-    cwd,
-    descends_from,
-    journal_tail,
-    nginx_reload,
-    point,
-    read_link,
-    systemctl,
-    unit_state,
-)
+from . import probe, procs
+from .system import Failed, connections, cwd, descends_from, nginx_reload, point, read_link
 
 SLOTS = ("a", "b")
 
@@ -57,6 +46,7 @@ class Site:
         # A switch names both slots; verify (nginx only) names none.
         self.sockets: dict[str, str] = spec.get("sockets", {})
         self.units: dict[str, str] = spec.get("units", {})
+        self.procs = procs.manager(spec.get("manager"))
         self.gate: dict = {**spec["gate"], "release": self.want}
         link = read_link(self.base / "current")
         self.live = link.removeprefix("releases/") if link else ""
@@ -117,8 +107,8 @@ def switch(spec: dict) -> int:
     except Failed as exc:
         problem = str(exc)
     if problem:
-        print(journal_tail(site.units[nxt]), file=sys.stderr, end="")
-        systemctl("stop", site.units[nxt], check=False)
+        print(site.procs.log_tail(site.units[nxt]), file=sys.stderr, end="")
+        site.procs.stop(site.units[nxt])
         site.mark_failed()
         print(
             f"release {site.want} failed its health check before the switch: {problem}; "
@@ -142,24 +132,26 @@ def switch(spec: dict) -> int:
 def start_next(site: Site, nxt: str, spec: dict) -> str | None:
     """The release in slot `nxt`, started and gated; the cause when it fails the gate."""
     unit, sock = site.units[nxt], site.sockets[nxt]
-    if spec.get("daemon_reload", True):  # a unit file changed in this run
-        systemctl("daemon-reload")
+    site.procs.load(unit, spec.get("daemon_reload", True))
     slots = site.base / "slots"
     slots.mkdir(mode=0o750, exist_ok=True)
     if spec.get("group") and os.geteuid() == 0:
         shutil.chown(slots, "root", spec["group"])
-    before = unit_state(unit)
-    if before.get("ActiveState") in ("active", "deactivating", "reloading"):
+    before = site.procs.state(unit)
+    if before.up:
         # Left running by a run that was cut off (it may still serve WebSockets it had when it
         # was live): wait for its connections like any old slot before it is restarted.
         drain(sock, float(spec.get("drain", 0)), f"slot {nxt}, still running from an earlier run")
     point(slots / nxt, f"../releases/{site.want}")
-    systemctl("restart", unit, check=False)  # one that cannot start fails the gate, with its log
+    site.procs.restart(unit)  # one that cannot start fails the gate, with its log
+    started = site.procs.state(unit)
     say(f"started release {site.want} in slot {nxt} ({sock}); waiting for its health check")
-    return gate_new(site, sock, unit, before)
+    return gate_new(site, sock, unit, before, started)
 
 
-def gate_new(site: Site, sock: str, unit: str, before: dict) -> str | None:
+def gate_new(
+    site: Site, sock: str, unit: str, before: procs.State, started: procs.State
+) -> str | None:
     """Wait until the new slot answers healthy and the answer is proven to be its own."""
     gate = site.gate
     deadline = time.monotonic() + float(gate["timeout"])
@@ -180,13 +172,12 @@ def gate_new(site: Site, sock: str, unit: str, before: dict) -> str | None:
             if proof not in told:  # e.g. an old process still answers there: not taken
                 told.add(proof)
                 say(f"not yet: {proof}")
-        state = unit_state(unit)
-        if state.get("ActiveState") in ("failed", "inactive") or state.get("SubState") == (
-            "auto-restart"
-        ):
+        state = site.procs.state(unit)
+        # Down, or up again as another process (the manager restarted it after a crash).
+        if not state.up or (started.token and state.token and state.token != started.token):
             return (
-                f"{unit} stopped while starting ({state.get('ActiveState')} "
-                f"{state.get('SubState')}); last answer: {proof or probe.cause(answer, gate)}"
+                f"{unit} stopped while starting ({state.detail}); "
+                f"last answer: {proof or probe.cause(answer, gate)}"
             )
         if time.monotonic() >= deadline:
             last = proof or probe.cause(answer, gate)
@@ -195,17 +186,17 @@ def gate_new(site: Site, sock: str, unit: str, before: dict) -> str | None:
         time.sleep(0.1)
 
 
-def prove(site: Site, unit: str, sock: str, peer: int, before: dict) -> tuple[str, bool]:
+def prove(site: Site, unit: str, sock: str, peer: int, before: procs.State) -> tuple[str, bool]:
     """('', _) when the answer can only have come from the release just started in `unit`:
     the socket that answered was listen()ed by (peer) the unit's main process or a child of
     it, the unit was restarted in this run, and it runs in the release's directory. Else what
     is wrong and whether waiting cannot help (gunicorn replaces a stale socket at its path when
     it binds, so an old process answering there is waited out until the deadline)."""
-    state = unit_state(unit)
-    main = int(state.get("MainPID") or 0)
+    state = site.procs.state(unit)
+    main = state.pid
     if main == 0:
         return f"{unit} has no main process yet", False
-    if before.get("InvocationID") and state.get("InvocationID") == before.get("InvocationID"):
+    if before.token and state.token == before.token:
         return f"{unit} was not restarted", False
     if not peer or not descends_from(peer, main):
         return (
@@ -243,7 +234,7 @@ def cut_over(site: Site, active: str | None, nxt: str, spec: dict) -> str | None
     if site.live:
         point(site.base / "current", f"releases/{site.live}")
     site.point_static("current", static_before)
-    systemctl("stop", site.units[nxt], check=False)
+    site.procs.stop(site.units[nxt])
     site.mark_failed()
     return problem
 
@@ -265,13 +256,15 @@ def through_front(site: Site, front: str) -> str | None:
 
 def finish(site: Site, active: str | None, nxt: str, spec: dict) -> None:
     """Old slot drained and stopped gracefully, statuses, releases and venvs no longer kept."""
-    # --no-reload: the unit files did not change, only which one starts at boot (the implicit
-    # daemon-reload would cost more than the rest of the switch's bookkeeping).
-    systemctl("enable", "--quiet", "--no-reload", site.units[nxt])
+    site.procs.boot(site.units[nxt], True)
     if active and active != nxt:
-        systemctl("disable", "--quiet", "--no-reload", site.units[active], check=False)
+        site.procs.boot(site.units[active], False)
         drain(site.sockets[active], float(spec.get("drain", 0)), f"the old slot {active}")
-        systemctl("stop", site.units[active], check=False)
+        site.procs.stop(site.units[active])
+    # The idle slot, stopped, takes its file as it is now (supervisor: it is listed from the
+    # first deploy on, and a file changed while it ran is not left unread).
+    idle = next(s for s in SLOTS if s != nxt)
+    site.procs.load(site.units[idle], False)
     retire(site, site.live, spec)
     prune_venvs(site.base)
     say(f"release {site.want} is live in slot {nxt}")

@@ -1,4 +1,5 @@
-"""The host as the agent sees it: systemd units, nginx, listening sockets, processes, links.
+"""The host as the agent sees it: systemd units, nginx, listening sockets, processes, links
+(the site's own processes, under systemd or supervisor: procs.py).
 
 Programs are found on PATH (fakes in the unit tests); /proc is read for processes, under a root
 that tests may point elsewhere (DJK_AGENT_PROC).
@@ -44,11 +45,6 @@ def unit_state(unit: str) -> dict[str, str]:
 
 def systemctl(*args: str, check: bool = True) -> None:
     run("systemctl", *args, check=check)
-
-
-def journal_tail(unit: str, lines: int = 20) -> str:
-    return run("journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat",
-               check=False).stdout  # fmt: skip
 
 
 # -- processes and sockets -------------------------------------------------------------------

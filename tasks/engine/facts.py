@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
+
+from .procs import SUPERVISORCTL, is_program
 
 T = TypeVar("T")
 
@@ -62,8 +65,10 @@ class Facts(Mapping):
     def __getitem__(self, fact: Fact[T]) -> T:
         if fact in self._values:
             return self._values[fact]
-        if isinstance(fact, Unit) and _UNITS in self._values:
-            return self._values[_UNITS].get(fact.name)
+        if isinstance(fact, Unit):
+            merged = _PROGRAMS if is_program(fact.name) else _UNITS
+            if merged in self._values:
+                return self._values[merged].get(fact.name)
         raise KeyError(f"fact {fact.label} was not gathered (declare it in the step's facts())")
 
     def __iter__(self):
@@ -213,9 +218,44 @@ def parse_units(rc: int, out: str) -> dict[str, UnitState]:
 UNIT_PROPS = "Id,LoadState,ActiveState,UnitFileState,MainPID"
 
 
+# supervisorctl's states as systemd's ActiveState (BACKOFF: it exited while starting and will
+# be tried again, as systemd's auto-restart).
+_PROGRAM_STATES = {
+    "RUNNING": "active",
+    "STARTING": "activating",
+    "BACKOFF": "activating",
+    "STOPPING": "deactivating",
+    "STOPPED": "inactive",
+    "EXITED": "inactive",
+    "FATAL": "failed",
+    "UNKNOWN": "failed",
+}
+_PROGRAM_PID = re.compile(r"pid (\d+),")
+
+
+def parse_programs(rc: int, out: str) -> dict[str, UnitState]:
+    """Parse `supervisorctl status p1 p2 ...` ("NAME  STATE  description" per program; a name
+    supervisord does not know is left out)."""
+    programs: dict[str, UnitState] = {}
+    for line in out.splitlines():
+        fields = line.split(None, 2)
+        if len(fields) < 2 or fields[1] not in _PROGRAM_STATES:
+            continue
+        pid = _PROGRAM_PID.search(fields[2]) if len(fields) > 2 else None
+        programs[fields[0]] = UnitState(
+            name=fields[0],
+            load="loaded",
+            active=_PROGRAM_STATES[fields[1]],
+            enabled="supervisor",
+            main_pid=int(pid.group(1)) if pid else 0,
+        )
+    return programs
+
+
 @dataclass(frozen=True)
 class Unit(Fact[UnitState]):
-    """A systemd unit's state. However many a phase needs, they are read in one systemctl call."""
+    """A systemd unit's or a supervisor program's state (procs.is_program tells by the name).
+    However many a phase needs, they are read in one systemctl and one supervisorctl call."""
 
     name: str
 
@@ -239,7 +279,21 @@ class Units(Fact[dict]):
         return parse_units(rc, out)
 
 
+@dataclass(frozen=True)
+class Programs(Fact[dict]):
+    names: tuple[str, ...]
+    default: ClassVar[Any] = {}
+
+    def command(self) -> str:
+        quoted = " ".join(shlex.quote(n) for n in sorted(self.names))
+        return f"{SUPERVISORCTL} status {quoted}"
+
+    def parse(self, rc: int, out: str) -> dict[str, UnitState]:
+        return parse_programs(rc, out)
+
+
 _UNITS = Units(("*",))  # where gather() keeps the merged unit states
+_PROGRAMS = Programs(("*",))
 
 
 def parse_lines(rc: int, out: str) -> list[str]:
@@ -284,18 +338,22 @@ class Lines(Fact[list]):
 
 
 def _plan_gather(facts: Iterable[Fact]) -> list[Fact]:
-    """The facts to run: each once, every Unit folded into one Units call."""
+    """The facts to run: each once, every Unit folded into one Units (systemd) and one Programs
+    (supervisor) call."""
     found: dict[Fact, None] = {}
-    units: list[str] = []
+    units: set[str] = set()
     for fact in facts:
         if isinstance(fact, Unit):
-            if fact.name not in units:
-                units.append(fact.name)
+            units.add(fact.name)
         else:
             found.setdefault(fact)
     run = list(found)
-    if units:
-        run.append(Units(tuple(sorted(units))))
+    systemd = sorted(n for n in units if not is_program(n))
+    programs = sorted(n for n in units if is_program(n))
+    if systemd:
+        run.append(Units(tuple(systemd)))
+    if programs:
+        run.append(Programs(tuple(programs)))
     return run
 
 
@@ -329,5 +387,6 @@ def parse_all(facts: Iterable[Fact], output: str) -> Facts:
             rc, body = sections[fact.label]
             value = fact.parse(rc, body)
         value = fact.default if value is None else value
-        values[_UNITS if isinstance(fact, Units) else fact] = value
+        merged = {Units: _UNITS, Programs: _PROGRAMS}.get(type(fact))
+        values[merged or fact] = value
     return Facts(values)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from . import values
 from .component import components
+from .procs import MANAGERS
 from .schema import FileProblem, InventoryError, Table, read_text
 from .secrets import Secret, load_env_file
 
@@ -36,6 +37,7 @@ class Host:
     ssh_alias: str | None = None
     roles: tuple[str, ...] = ()
     in_inventory: bool = True
+    process_manager: str = "systemd"  # or "supervisor": what runs the sites' processes
 
     @property
     def connect_to(self) -> str:
@@ -165,6 +167,9 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
     d_port = defaults.get("port", int, values.ssh_port, default=22)
     d_key = defaults.get_path("ssh_key", default=None)
     target = defaults.get("target", str, values.host_name, default=None)
+    d_manager = defaults.get(
+        "process_manager", str, values.choice(*MANAGERS), default="systemd"
+    )
     defaults.done()
 
     hosts: dict[str, Host] = {}
@@ -188,6 +193,9 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
             ssh_key=ssh_key,
             ssh_alias=alias,
             roles=r.get_list("roles", values.choice(*ROLES), default=()),
+            process_manager=r.get(
+                "process_manager", str, values.choice(*MANAGERS), default=d_manager
+            ),
         )
         r.done()
     raw_hosts.done()

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .inventory import Site
+from . import procs
+from .inventory import Host, Site
 
 ROOT = "/srv/djk"
 SLOTS = ("a", "b")
@@ -58,10 +59,20 @@ class SitePaths:
     name: str
     base: str
     port: int
+    manager: str = procs.SYSTEMD  # the host's process manager (names of the site's processes)
 
     @classmethod
-    def of(cls, site: Site) -> SitePaths:
-        return cls(site.name, f"{ROOT}/{site.name}", app_of(site).port)
+    def of(cls, site: Site, host: Host | None = None) -> SitePaths:
+        manager = procs.of(host).kind if host is not None else procs.SYSTEMD
+        return cls(site.name, f"{ROOT}/{site.name}", app_of(site).port, manager)
+
+    @property
+    def procs(self) -> procs.Manager:
+        return procs.Manager(self.manager)
+
+    def process(self, role: str) -> str:
+        """A process of the site (web-a, worker, beat, flower, forward) as the manager names it."""
+        return self.procs.name(f"djk-{self.name}-{role}")
 
     @property
     def releases(self) -> str:
@@ -119,15 +130,24 @@ class SitePaths:
     @property
     def forward_unit(self) -> str:
         """The forwarder (systemd-socket-proxyd) from address:port to the live slot, on an app
-        host whose nginx runs elsewhere; socket-activated by forward_socket."""
-        return f"djk-{self.name}-forward.service"
+        host whose nginx runs elsewhere; under systemd socket-activated by forward_socket."""
+        return self.process("forward")
 
     @property
     def forward_socket(self) -> str:
+        """What keeps the forwarder's address open: the systemd socket unit, or under
+        supervisor the program itself (systemd-socket-activate holds the socket)."""
+        if self.manager == procs.SUPERVISOR:
+            return self.forward_unit
         return f"djk-{self.name}-forward.socket"
 
     def web_unit(self, slot: str) -> str:
-        return f"djk-{self.name}-web-{slot}.service"
+        return self.process(f"web-{slot}")
+
+    @property
+    def run_dir(self) -> str:
+        """Supervisor hosts: the slots' runtime directories (systemd makes them in /run)."""
+        return f"{self.base}/run"
 
     @property
     def web_units(self) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import procs
 from .facts import PENDING_FILE, Content, Fact, Facts, PathState, Stat, Text, Unit, User
 from .secrets import MASK
 
@@ -162,9 +163,7 @@ def _attr_actions(path: str, state: PathState, owner: str, group: str, mode: str
 _ENV_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
 
-def mask_env(
-    text: str, secret_keys: Iterable[str], plain_keys: Iterable[str] | None = None
-) -> str:
+def mask_env(text: str, secret_keys: Iterable[str], plain_keys: Iterable[str] | None = None) -> str:
     """An env file as read from a host, fit for a diff: secret values masked, and any line that
     is not a comment or NAME=value (a hand edit, a value split over lines) not shown at all.
     With `plain_keys` every other name's value is masked: the host's file may hold a secret
@@ -344,7 +343,7 @@ class SystemUser(Step):
 
 
 class Service(Step):
-    """A systemd unit enabled at boot and running."""
+    """A systemd unit enabled at boot and running, or a supervisor program running."""
 
     def __init__(self, unit: str):
         self.unit = unit
@@ -358,17 +357,19 @@ class Service(Step):
         state = ctx.facts[Unit(self.unit)]
         script = []
         parts = []
-        if "daemon-reload" in ctx.pending:
+        if "daemon-reload" in ctx.pending and not procs.is_program(self.unit):
             # A unit file written earlier in this run must be loaded before it is started.
             script.append("systemctl daemon-reload")
-        if state is None or state.enabled not in ("enabled", "static", "alias"):
+        enabled = state is not None and state.enabled in ("enabled", "static", "alias")
+        if procs.enable(self.unit) and not enabled:
             parts.append("enable")
-            script.append(f"systemctl enable --quiet {_q(self.unit)}")
+            script += procs.enable(self.unit)
         if state is None or not state.running:
             parts.append("start")
-            script.append(f"systemctl start {_q(self.unit)}")
+            script += procs.start(self.unit)
         if not parts:
-            return Plan(reason=f"enabled and running (pid {state.main_pid})")
+            running = "running" if procs.is_program(self.unit) else "enabled and running"
+            return Plan(reason=f"{running} (pid {state.main_pid})")
         # A unit this run starts needs no restart handler afterwards.
         started = (f"restart:{self.unit}",) if "start" in parts else ()
         return Plan([Action(" and ".join(parts), "\n".join(["set -e", *script]), consumes=started)])
@@ -410,7 +411,7 @@ def handler_script(name: str) -> str | None:
         return "systemctl daemon-reload"
     kind, _, unit = name.partition(":")
     if kind == "restart":
-        return f"systemctl restart {_q(unit)}"
+        return "\n".join(["set -e", *procs.restart(unit)])
     if kind == "reload" and unit == "nginx.service":
         return NGINX_RELOAD
     if kind == "reload":

@@ -76,6 +76,7 @@ class Project:
         self.hosts = hosts
         self.secrets = {"DJANGO_SECRET_KEY": SECRET}
         self.others: dict[str, dict] = {}  # more sites: name -> keys (sharing the env_file)
+        self.host_keys: dict[str, dict] = {}  # more [hosts.<name>] keys, by host name
         self.site: dict = {
             "domains": ["example.test", "www.example.test"],
             "hosts": [h.name for h in hosts],
@@ -100,6 +101,7 @@ class Project:
                 f'address = "{host.address}"',
                 f'ssh_key = "{host.key_path}"',
             ]
+            lines += [f"{k} = {_toml(v)}" for k, v in self.host_keys.get(host.name, {}).items()]
         for name, site in {"example": self.site, **self.others}.items():
             lines.append(f"[sites.{name}]")
             for key, value in site.items():
@@ -123,6 +125,12 @@ def sh(host, command: str) -> str:
 
 def main_pid(host, unit: str) -> int:
     return int(sh(host, f"systemctl show -p MainPID --value {unit}").strip())
+
+
+def program_pid(host, program: str) -> int:
+    """A supervisor program's pid (0 when it does not run)."""
+    text = sh(host, f"supervisorctl pid {program} || true").strip()
+    return int(text) if text.isdigit() else 0
 
 
 def nginx_pids(host) -> tuple[int, tuple[int, ...]]:

@@ -170,7 +170,17 @@ def test_the_kits_components_run_in_their_declared_order():
     from djk.tasks import components
 
     names = [c.name for c in components()]
-    kit = ["provision", "lock", "app", "celery", "flower", "tls", "nginx", "multidomain"]
+    kit = [
+        "provision",
+        "supervisor",
+        "lock",
+        "app",
+        "celery",
+        "flower",
+        "tls",
+        "nginx",
+        "multidomain",
+    ]
     assert names[: len(kit)] == kit
 
 

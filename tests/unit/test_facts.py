@@ -86,3 +86,38 @@ def test_missing_section_falls_back_to_default():
     values = F.parse_all([F.PendingHandlers(), F.Unit("x.service")], "")
     assert values[F.PendingHandlers()] == []
     assert values[F.Unit("x.service")] is None
+
+
+# Recorded on a Debian 12 host (supervisor 4.2.5): a running slot, the idle one, a worker
+# retrying after a crash, the boot program that has done its work, and a name it does not know.
+SUPERVISORCTL_STATUS = """\
+djk-shop-web-a                   RUNNING   pid 1042, uptime 0:03:11
+djk-shop-web-b                   STOPPED   Nov 26 04:18 PM
+djk-shop-worker                  BACKOFF   Exited too quickly (process log may have details)
+djk-shop-boot                    EXITED    Nov 26 04:15 PM
+djk-shop-beat: ERROR (no such process)
+"""
+
+
+def test_supervisor_programs_are_read_in_one_call_beside_systemd_units():
+    names = [
+        "djk-shop-web-a",
+        "djk-shop-web-b",
+        "djk-shop-worker",
+        "djk-shop-boot",
+        "djk-shop-beat",
+    ]
+    facts = [F.Unit(n) for n in names] + [F.Unit("nginx.service")]
+    script = F.build_script(facts)
+    assert script.count("supervisorctl status") == 1 and script.count("systemctl show") == 1
+    label = F.Programs(tuple(sorted(names))).label
+    output = f"\x1edjk-fact {label}\n{SUPERVISORCTL_STATUS}\x1fdjk-rc 3\n"
+    values = F.parse_all(facts, output)
+    web = values[F.Unit("djk-shop-web-a")]
+    assert (web.active, web.main_pid, web.running) == ("active", 1042, True)
+    assert values[F.Unit("djk-shop-web-b")].active == "inactive"
+    assert values[F.Unit("djk-shop-worker")].active == "activating"  # not running
+    assert not values[F.Unit("djk-shop-worker")].running
+    assert values[F.Unit("djk-shop-boot")].active == "inactive"
+    assert values[F.Unit("djk-shop-beat")] is None  # unknown to supervisord: absent
+    assert values[F.Unit("nginx.service")] is None  # its section is missing here

@@ -67,14 +67,14 @@ class Front(http.server.ThreadingHTTPServer):
 class Host:
     """A site's directory, the fakes' state, and the agent to run against them."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
+    def __init__(self, tmp: Path, manager: str = "systemd") -> None:
+        self.tmp, self.manager = tmp, manager
         self.base = tmp / "srv" / SITE
         (self.base / "releases").mkdir(parents=True)
         (self.base / "venvs").mkdir()
         self.bin = tmp / "bin"
         self.bin.mkdir()
-        for name in ("systemctl", "ss", "journalctl", "nginx"):
+        for name in ("systemctl", "supervisorctl", "ss", "journalctl", "nginx"):
             wrapper = self.bin / name
             fake = f'"{sys.executable}" "{FAKES}/fakes.py" {name}'
             wrapper.write_text(f'#!/bin/sh\nexec {fake} "$@"\n')
@@ -83,7 +83,8 @@ class Host:
         self.sockets_dir = Path(tempfile.mkdtemp(prefix="djk-"))
         self.sockets = {s: str(self.sockets_dir / f"{s}.sock") for s in "ab"}
         self.live = self.sockets_dir / "live.sock"
-        self.units = {s: f"djk-{SITE}-web-{s}.service" for s in "ab"}
+        suffix = ".service" if manager == "systemd" else ""
+        self.units = {s: f"djk-{SITE}-web-{s}{suffix}" for s in "ab"}
         self.state_file = tmp / "state.json"
         self.save({
             "units": {},
@@ -119,6 +120,7 @@ class Host:
             "sockets": self.sockets,
             "live": str(self.live),
             "units": self.units,
+            "manager": self.manager,
             "group": "",
             "gate": gate,
             "front": f"http://127.0.0.1:{self.front.server_address[1]}",
@@ -441,3 +443,87 @@ def test_drain_time_over_stops_the_old_slot_anyway(host):
     done = switched(host, "R2", drain=0.5)
     assert "connection(s) still open on the old slot a; stopping it" in done.stdout
     assert not host.running("a")
+
+
+# -- the same switch under supervisor (a fake supervisorctl instead of systemctl) -------------
+# Each program is updated (supervisord rereads its file) before it starts; nothing is enabled or
+# disabled (the boot program starts the live slot); the gate's proofs and failures hold.
+
+
+@pytest.fixture
+def sup(tmp_path):
+    h = Host(tmp_path, manager="supervisor")
+    yield h
+    h.close()
+
+
+def calls(host: Host) -> list[list[str]]:
+    return [c for c in host.state()["calls"] if c[0] in ("supervisorctl", "systemctl")]
+
+
+def test_a_switch_updates_and_starts_the_new_program_and_stops_the_old_one_after(sup):
+    host = sup
+    host.release("R1")
+    switched(host, "R1")
+    assert host.live_slot() == "a.sock" and host.running("a")
+    host.release("R2")
+    first = len(calls(host))
+    done = switched(host, "R2")
+    assert "healthy: HTTP 200 from djk-shop-web-b, release R2" in done.stdout
+    assert host.live_slot() == "b.sock" and host.current() == "releases/R2"
+    assert host.running("b") and not host.running("a")
+    assert host.status("R2") == "live" and host.status("R1") == "previous"
+    seen = calls(host)[first:]
+    assert not [c for c in seen if c[0] == "systemctl"]  # no unit, no enable/disable
+    update = seen.index(["supervisorctl", "update", "djk-shop-web-b"])
+    start = seen.index(["supervisorctl", "start", "djk-shop-web-b"])
+    stop_old = seen.index(["supervisorctl", "stop", "djk-shop-web-a"])
+    assert update < start < stop_old
+
+
+def test_a_release_that_fails_its_gate_is_stopped_with_its_log_and_the_old_serves(sup):
+    host = sup
+    host.release("R1")
+    switched(host, "R1")
+    host.release("R2", status=500)
+    host.front.requests = 0
+    done = host.run("switch", host.spec("R2"))
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "HTTP 500: the app failed" in done.stderr and "R1 still serves" in done.stderr
+    assert "log of djk-shop-web-b" in done.stderr  # supervisorctl tail
+    assert host.live_slot() == "a.sock" and host.front.requests == 0
+    assert host.running("a") and not host.running("b")
+
+
+def test_a_program_that_dies_while_starting_fails_the_gate_at_once(sup):
+    host = sup
+    host.release("R1")
+    switched(host, "R1")
+    host.release("R2", status="exit")
+    done = host.run("switch", host.spec("R2", gate={"timeout": 30}))
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "djk-shop-web-b stopped while starting" in done.stderr, done.stderr
+    assert host.running("a") and host.live_slot() == "a.sock"
+
+
+def test_an_old_process_on_the_new_slots_socket_is_not_taken_for_it(sup):
+    host = sup
+    host.release("R1")
+    switched(host, "R1")
+    host.release("R2", status="nobind")
+    squatter = subprocess.Popen(
+        [sys.executable, str(FAKES / "fake_server.py"), host.sockets["b"], "200", "old"],
+        start_new_session=True,
+    )
+    try:
+        for _ in range(200):
+            with socket.socket(socket.AF_UNIX) as s:
+                if s.connect_ex(host.sockets["b"]) == 0:
+                    break
+            time.sleep(0.02)
+        done = host.run("switch", host.spec("R2"))
+    finally:
+        squatter.terminate()
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "an old process answers there" in done.stderr
+    assert host.live_slot() == "a.sock"

@@ -1,6 +1,6 @@
 """A stand-in for gunicorn: listens on a unix socket (replacing a stale socket at the path, as
 gunicorn does) and answers every GET with the status and body it is given. Status "nobind":
-it starts but never binds (a slow or stuck gunicorn)."""
+it starts but never binds (a slow or stuck gunicorn); "exit": it dies at once."""
 
 import http.server
 import os
@@ -14,6 +14,9 @@ path, status, body = sys.argv[1], sys.argv[2], sys.argv[3]
 if status == "nobind":
     time.sleep(60)
     sys.exit(1)
+if status == "exit":  # dies while starting (an import error)
+    time.sleep(0.3)
+    sys.exit(3)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

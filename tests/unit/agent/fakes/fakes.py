@@ -1,7 +1,8 @@
-"""Fake systemctl, journalctl, ss and nginx for the agent's unit tests (one program, called by
-the name its wrapper passes). State lives in the JSON file $FAKE_STATE; every call is recorded in
-it. `systemctl restart UNIT` starts fake_server.py in the unit's slot directory (its cwd is the
-release, as gunicorn's), answering what state["serve"] says for that release."""
+"""Fake systemctl, supervisorctl, journalctl, ss and nginx for the agent's unit tests (one
+program, called by the name its wrapper passes). State lives in the JSON file $FAKE_STATE; every
+call is recorded in it. `systemctl restart UNIT` (or `supervisorctl start PROGRAM`) starts
+fake_server.py in the slot directory (its cwd is the release, as gunicorn's), answering what
+state["serve"] says for that release."""
 
 import json
 import os
@@ -89,6 +90,39 @@ def systemctl(state, args):
         stop(state, rest[-1])
 
 
+SUPERVISOR_STATES = {"active": "RUNNING", "inactive": "STOPPED", "failed": "EXITED"}
+
+
+def supervisorctl(state, args):
+    """Programs are the same entries as units (named without a suffix); `update NAME` records
+    that supervisord read the program's file (state["updated"]), as `start` needs."""
+    verb, name = args[0], args[-1]
+    u = state["units"].setdefault(name, {})
+    if u.get("MainPID") and not alive(u["MainPID"]):
+        u.update(ActiveState="failed", SubState="failed", MainPID=0)
+    if verb == "status":
+        word = SUPERVISOR_STATES.get(u.get("ActiveState", "inactive"), "STOPPED")
+        detail = f"pid {u['MainPID']}, uptime 0:00:01" if word == "RUNNING" else "Not started"
+        print(f"{name:33}{word:10}{detail}")
+        return 0 if word == "RUNNING" else 3
+    if verb == "pid":
+        print(u.get("MainPID", 0))
+    elif verb == "update":
+        state.setdefault("updated", []).append(name)
+    elif verb == "start" and name in state["sockets"]:
+        if name not in state.get("updated", []):
+            print(f"{name}: ERROR (no such process)")
+            return 4
+        if u.get("ActiveState") != "active":
+            start(state, name)
+        print(f"{name}: started")
+    elif verb == "stop" and name in state["sockets"]:
+        stop(state, name)
+    elif verb == "tail":
+        print(f"log of {name}: {state.get('log', 'started')}")
+    return 0
+
+
 def ss(state, args):
     """`ss -Hxa src PATH`: the listener (its Recv-Q) and accepted connections of a unix socket,
     as many as state["established"][PATH] says (one closes per look)."""
@@ -108,6 +142,8 @@ def main():
     code = 0
     if name == "systemctl":
         systemctl(state, args)
+    elif name == "supervisorctl":
+        code = supervisorctl(state, args)
     elif name == "ss":
         ss(state, args)
     elif name == "journalctl":
@@ -117,7 +153,9 @@ def main():
             print("nginx: [emerg] invalid configuration", file=sys.stderr)
             code = 1
     save(state)
-    if name == "systemctl" and args and args[0] in state.get("kill_agent_on", []):
+    if name in ("systemctl", "supervisorctl") and args and args[0] in state.get(
+        "kill_agent_on", []
+    ):
         # A run cut off at this point: the agent (our parent) dies as by SIGKILL.
         state["kill_agent_on"].remove(args[0])
         save(state)
