@@ -307,7 +307,13 @@ class ReleaseCommand(MarkedCommand):
         return super().facts(diff) + self.target.facts()
 
     def plan(self, ctx: Context) -> Plan:
-        release_dir = self.paths.release(self.target(ctx.facts))
+        release = self.target(ctx.facts)
+        done = ctx.facts[Text(self.marker)]
+        if done is not None and done != self.key and release == live_release(ctx.facts, self.paths):
+            # The marker names another source (a rollback went back to this one since), but a
+            # release only goes live once this command succeeded for it.
+            return Plan(reason=f"done for {release} before it went live")
+        release_dir = self.paths.release(release)
         command = manage(self.site, self.paths, release_dir, self.args)
         if self.mark_failed:
             # A failed migration marks the release failed: it never goes live.
