@@ -1,5 +1,7 @@
 """One site across four hosts by role: nginx on web1 proxies to gunicorn on two app hosts,
-Celery workers and the Redis broker on a fourth; a rolling deploy under load through web1."""
+Celery workers and the Redis broker on a fourth; a rolling deploy under load through web1.
+The two app hosts run different process managers: web2 systemd, web3 supervisor (its forwarder
+is a supervisor program), and nginx on web1 cannot tell."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from .kit import Load, Project, curl, health, nginx_pids, sh, spawn_fab, wait_fo
 pytestmark = pytest.mark.e2e
 NAMES = ["web1", "web2", "web3", "web4"]
 ROLES = {"web1": ["web"], "web2": ["app"], "web3": ["app"], "web4": ["worker", "broker"]}
+SUPERVISED = "web3"
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +28,7 @@ def hosts(testbed):
 @pytest.fixture(scope="module")
 def project(hosts, tmp_path_factory, src):
     project = Project(tmp_path_factory.mktemp("project"), hosts)
+    project.host_keys[SUPERVISED] = {"process_manager": "supervisor"}
     project.site["source"] = str(src)
     project.site["migrate_on"] = "every"  # sqlite: one database per app host
     project.site["celery"] = {"app": "exampleproject"}
@@ -59,7 +63,13 @@ def test_each_host_runs_only_its_roles(project, hosts):
         # gunicorn only on its unix sockets.
         assert listening(app_host, 8001) == {app_host.address}
         assert listening(app_host, 8002) == set()
-        assert sh(app_host, "systemctl is-active djk-example-forward.socket").strip() == "active"
+        if app_host.name == SUPERVISED:
+            assert "djk-example-" not in sh(app_host, "systemctl list-units --all --no-legend")
+            forward = sh(app_host, "supervisorctl status djk-example-forward || true")
+            assert "RUNNING" in forward, forward
+        else:
+            forward = sh(app_host, "systemctl is-active djk-example-forward.socket").strip()
+            assert forward == "active"
     assert "active" == sh(worker, "systemctl is-active djk-example-worker").strip()
     redis_lines = [line for line in project.first_run.out.splitlines() if "redis" in line]
     assert listening(worker, 6379) == {"127.0.0.1", "[::1]", worker.address}, redis_lines
@@ -164,10 +174,13 @@ def test_a_websocket_through_the_web_host_outlives_the_app_hosts_switch(project,
     assert deploy.returncode == 0, out
 
 
-def test_a_rebooted_app_host_is_reached_through_its_forwarder_again(project, hosts, testbed):
-    release = sh(hosts[1], "readlink /srv/djk/example/current").strip().removeprefix("releases/")
-    app = testbed.reboot(hosts[1].name)
-    assert sh(app, "systemctl is-active djk-example-forward.socket").strip() == "active"
+@pytest.mark.parametrize("index", [1, 2], ids=["systemd", "supervisor"])
+def test_a_rebooted_app_host_is_reached_through_its_forwarder_again(
+    project, hosts, testbed, index
+):
+    release = sh(hosts[index], "readlink /srv/djk/example/current").strip()
+    release = release.removeprefix("releases/")
+    app = testbed.reboot(hosts[index].name)
     answer = ""
     deadline = time.monotonic() + 60
     while '"status": "ok"' not in answer and time.monotonic() < deadline:
@@ -175,5 +188,9 @@ def test_a_rebooted_app_host_is_reached_through_its_forwarder_again(project, hos
         answer = sh(hosts[0], f"curl -s -m 5 -H 'Host: example.test' "
                     f"http://{app.address}:8001/health/ || true")  # fmt: skip
     assert f'"release": "{release}"' in answer, answer
+    if app.name == SUPERVISED:  # the forwarder's address came up after supervisord: retried
+        assert "RUNNING" in sh(app, "supervisorctl status djk-example-forward || true")
+    else:
+        assert sh(app, "systemctl is-active djk-example-forward.socket").strip() == "active"
     run = project.fab("deploy", "-H", ",".join(NAMES), "--json")
     assert run.code == 0 and all(h["changed"] == 0 for h in run.report["hosts"]), run.out

@@ -141,6 +141,15 @@ def test_deploy_and_rollback_under_load_fail_nothing(deployed, project, fresh_ho
     assert [p for p, s in states.items() if "-web-" in p and s == "RUNNING"] == [web(fresh_host)]
 
 
+def test_a_killed_process_is_restarted_by_supervisord(deployed, fresh_host):
+    for program in (web(fresh_host), f"{SITE}-worker"):
+        pid = program_pid(fresh_host, program)
+        sh(fresh_host, f"kill -9 {pid}")
+        assert wait_for(lambda p=program, old=pid: program_pid(fresh_host, p) not in (0, old))
+    assert wait_for(lambda: '"status": "ok"' in curl(fresh_host, "/health/"), timeout=30)
+    assert wait_for(lambda: get_json(fresh_host, "/tasks/add/?x=2&y=2").get("result") == 4)
+
+
 def test_after_a_reboot_the_live_slot_and_workers_are_back(deployed, project, fresh_host, testbed):
     before = health(fresh_host)["release"]
     slot = live_slot(fresh_host)
