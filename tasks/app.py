@@ -9,12 +9,16 @@ it already has this deploy's source and dependency set, else this deploy's new r
 
 from __future__ import annotations
 
+import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-from .engine import agent, procs, topology, values
+from .engine import agent, locks, procs, python_env, topology, values
 from .engine import releases as R
+from .engine import source as shipping
 from .engine.cli import run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, components, register
 from .engine.facts import Fact, Facts, Stat, Text, Unit
@@ -36,7 +40,6 @@ from .engine.steps import (
     SystemUser,
     UnitStatus,
 )
-from .engine.tree import tree_archive, tree_hash
 
 # -- what a deploy ships and which release a site switches to -----------------------------------
 
@@ -50,18 +53,56 @@ class Build:
     tree: str
     deps: str
     revision: str
+    archive: Callable[[], bytes] | None = None  # the source's tar (None: plan tests)
+    requirements: Path | None = None  # as shipped, plus the server's pins (engine/python_env)
 
     @property
     def key(self) -> str:
         return f"{self.tree[:16]}-{self.deps}"
 
 
-def new_build(site: Site, now: float | None = None) -> Build:
+def new_build(
+    site: Site,
+    now: float | None = None,
+    ref: str | None = None,
+    allow_dirty: bool = False,
+    memo: dict | None = None,
+    inventory: Path | None = None,
+) -> Build:
+    """The site's source as this deploy ships it (engine/source.py: git's tracked files at the
+    ref, the build's outputs) and the dependency set it installs. SourceError: nothing can be
+    shipped (a dirty tree, a failed build)."""
     app = app_of(site)
-    tree = tree_hash(app.source)
-    revision = R.source_revision(app.source, tree)
-    deps = Venv.key_for(app.requirements)
-    return Build(site, R.new_release_id(revision, now), tree, deps, revision)
+    skip = deploy_files(app.source, inventory, site.env_file)
+    request = shipping.Request(app.source, ref, allow_dirty, app.build, app.build_outputs, skip)
+    snap = shipping.snapshot(request, memo)
+    rel = app.requirements.relative_to(app.source).as_posix()
+    files = {f.path: f.data for f in snap.files}
+    if rel not in files:
+        raise shipping.SourceError(
+            f"{rel} is not among the files shipped from {values.show_path(app.source)} "
+            "(not tracked by git, or left out by .djkignore?)"
+        )
+    pins = [p for c in components() for p in c.python_packages(site)]
+    requirements = python_env.materialize(python_env.with_server(locks.pinned(files, rel), pins))
+    deps = Venv.key_for(requirements)
+    release = R.new_release_id(snap.revision, now)
+    return Build(site, release, snap.tree, deps, snap.revision, snap.archive, requirements)
+
+
+def deploy_files(source: Path, inventory: Path | None, env_file: Path | None) -> tuple[str, ...]:
+    """The deploy's own files inside a site's source (a team's hosts.toml beside manage.py):
+    the inventories, the fabfile and the secrets beside them, and the site's env_file."""
+    found: list[Path] = []
+    if inventory is not None:
+        here = inventory.resolve().parent
+        found += [*here.glob("hosts*.toml"), here / "fabfile.py", here / "secrets"]
+    if env_file is not None:
+        found.append(env_file.resolve())
+    root = source.resolve()
+    return tuple(
+        sorted({p.relative_to(root).as_posix() for p in found if p.is_relative_to(root)} - {"."})
+    )
 
 
 def live_release(facts: Facts, paths: SitePaths) -> str | None:
@@ -272,15 +313,8 @@ ln -sfn {q(b.release_id)} {q(paths.static)}/next.djk-new
 mv -Tf {q(paths.static)}/next.djk-new {q(paths.static)}/next
 """
         was = f"live {live}" if live else "no live release"
-        source = app_of(b.site).source
         return Plan(
-            [
-                Action(
-                    f"stage {b.release_id} ({was})",
-                    script,
-                    stdin=lambda: tree_archive(source, b.tree),
-                )
-            ],
+            [Action(f"stage {b.release_id} ({was})", script, stdin=b.archive or (lambda: b""))],
             report=report,
         )
 
@@ -323,6 +357,64 @@ class ReleaseCommand(MarkedCommand):
                 f"echo failed > {status}\n  exit 1\nfi"
             )
         return self.command_plan(ctx, command)
+
+
+_CHECK_LINE = re.compile(r"^(\S+): \(([\w.]+\.([WE])\d+)\) (.*)$")
+
+
+def check_findings(site: str):
+    """The warnings of `manage.py check --deploy` as a note and report data."""
+
+    def parse(out: str) -> tuple[str, dict]:
+        warnings = []
+        for line in out.splitlines():
+            match = _CHECK_LINE.match(line.strip())
+            if match and match.group(3) == "W":
+                warnings.append(
+                    {"id": match.group(2), "object": match.group(1), "message": match.group(4)}
+                )
+        note = f"{len(warnings)} warning(s): {', '.join(w['id'] for w in warnings)}"
+        return (note if warnings else ""), {"check_deploy": {site: warnings}}
+
+    return parse
+
+
+class CheckDeploy(ReleaseCommand):
+    """Django's deployment checklist (`manage.py check --deploy`) on the staged release with the
+    site's env: errors stop the deploy before any switch, warnings go to the report."""
+
+    def __init__(self, build: Build) -> None:
+        paths = SitePaths.of(build.site)
+        super().__init__(
+            build,
+            f"check-deploy:{build.site.name}",
+            f"check --deploy {build.site.name}",
+            "check --deploy --fail-level ERROR",
+            f"{paths.base}/.djk-checked",
+            "checking the deployment settings",
+        )
+
+    def plan(self, ctx: Context) -> Plan:
+        plan = super().plan(ctx)
+        if not plan.actions:
+            return plan
+        release_dir = self.paths.release(self.target(ctx.facts))
+        command = manage(self.site, self.paths, release_dir, self.args)
+        errors = "'\\([a-z0-9_.]+\\.E[0-9]+\\)'"
+        # On failure only the checks' error lines (else the output's end) make the message.
+        script = f"""set -e
+out=$( ( {command} ) 2>&1 ) || {{
+  rc=$?
+  printf '%s\\n' "$out" | grep -E {errors} >&2 || printf '%s\\n' "$out" | tail -n 5 >&2
+  exit $rc
+}}
+printf '%s\\n' "$out"
+printf '%s\\n' {shlex.quote(self.key)} > {shlex.quote(self.marker)}
+"""
+        action = Action(
+            "run", script, progress=self.progress, findings=check_findings(self.site.name)
+        )
+        return Plan([action])
 
 
 class Switch(Step):
@@ -600,7 +692,7 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
             if paths.manager == procs.SUPERVISOR
             else []
         ),
-        Venv(paths.venvs, app_of(site).requirements, group=site.user),
+        Venv(paths.venvs, build.requirements or app_of(site).requirements, group=site.user),
         env_file(inventory, site, host),
         Stage(build),
         ReleaseCommand(
@@ -614,6 +706,8 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
             "collecting static files",
         ),
     ]
+    if app_of(site).check_deploy and "app" in topology.roles(host):
+        steps.append(CheckDeploy(build))
     if "app" in topology.roles(host):
         steps += unit_files(inventory, site, host)
     return steps
@@ -650,6 +744,12 @@ def switch_step(run: HostRun, site: Site) -> Switch:
     )
 
 
+# What the app's processes run with, when the project's requirements do not name it (a project
+# pinning its own gunicorn or uvicorn keeps its version).
+SERVER = ("gunicorn==27.0.1",)
+ASGI_SERVER = ("uvicorn-worker==0.4.0", "uvicorn==0.54.0", "websockets==17.4")
+
+
 # -- the component -------------------------------------------------------------------------------
 
 
@@ -679,10 +779,33 @@ class AppComponent(Component):
             )
         if not requirements.is_file():
             table.fail(f"{key}.requirements", f"{values.show_path(requirements)} does not exist")
+        asgi = table.get("asgi", str, values.asgi_app, default=None)
+        wsgi = table.get("wsgi", str, values.asgi_app, default=None)
+        if asgi is None and wsgi is None:
+            table.fail(f"{key}.asgi", "is required (or wsgi = \"package.wsgi:application\")")
+        if asgi is not None and wsgi is not None:
+            table.fail(f"{key}.wsgi", "give asgi or wsgi, not both")
+        worker_class = table.get(
+            "worker_class", str, values.choice("gthread", "sync"), default=None
+        )
+        if asgi is not None and worker_class is not None:
+            table.fail(f"{key}.worker_class", "is for wsgi sites (ASGI runs uvicorn workers)")
+        threads = table.get("threads", int, values.count(1, 64), default=None)
+        if threads is not None and (asgi is not None or (worker_class or "gthread") != "gthread"):
+            table.fail(f"{key}.threads", 'is for wsgi sites with worker_class = "gthread"')
+        build = table.get("build", str, values.build_command, default=None)
+        outputs = table.get_list("build_outputs", values.relative_path, default=(), empty=True)
+        if outputs and build is None:
+            table.fail(f"{key}.build_outputs", "lists what `build` makes: give build too")
         return App(
             source=source,
             requirements=requirements,
-            asgi=table.get("asgi", str, values.asgi_app),
+            asgi=asgi,
+            wsgi=wsgi,
+            worker_class=worker_class or ("gthread" if wsgi else ""),
+            threads=threads or (4 if wsgi and (worker_class or "gthread") == "gthread" else 1),
+            build=build,
+            build_outputs=outputs,
             settings=table.get("settings", str, values.dotted),
             port=table.get("port", int, values.count(1024, 65534)),
             workers=table.get("workers", int, values.count(1, 64), default=2),
@@ -692,6 +815,7 @@ class AppComponent(Component):
             health_timeout=table.get("health_timeout", int, values.count(5, 900), default=60),
             drain_timeout=table.get("drain_timeout", int, values.count(0, 86400), default=30),
             migrate_on=table.get("migrate_on", str, values.choice("one", "every"), default="one"),
+            check_deploy=table.get("check_deploy", bool, default=True),
         )
 
     def check(self, inventory: Inventory) -> None:
@@ -704,6 +828,10 @@ class AppComponent(Component):
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
         return ["python3", "python3-venv"] if inventory.sites_on(host) else []
+
+    def python_packages(self, site: Site) -> list[str]:
+        app = app_of(site)
+        return [*SERVER, *(ASGI_SERVER if app.asgi else ())]
 
     def ports(self, site: Site) -> list[tuple[int, str]]:
         port = app_of(site).port

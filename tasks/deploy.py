@@ -18,6 +18,7 @@ from .engine.executor import HostPlan, Phase
 from .engine.facts import Fact, Facts, Stat
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
+from .engine.source import SourceError
 from .engine.steps import Context, Plan, Step
 
 DEPLOY_PHASES = ("stage", "migrate", "switch", "verify")
@@ -76,9 +77,22 @@ def compose(run: HostRun, phases: tuple[str, ...]) -> HostPlan:
         "quiet": "print only changes, failures and the recap",
         "wait": "seconds to wait for another run's deploy lock (default: fail at once)",
         "batch": "switch hosts in rolling batches of N or P%",
+        "ref": "ship the source at this git ref (default: HEAD, refused when tracked files "
+        "have uncommitted changes)",
+        "allow_dirty": "ship uncommitted changes of tracked files (the release id says -dirty)",
     },
 )
-def deploy(c, check=False, diff=False, json_=False, quiet=False, wait=0, batch=None):
+def deploy(
+    c,
+    check=False,
+    diff=False,
+    json_=False,
+    quiet=False,
+    wait=0,
+    batch=None,
+    ref=None,
+    allow_dirty=False,
+):
     """Deploy every site of the target hosts (-H host, group, alias or address).
 
     Stages a new release (one id for all hosts), migrates once, then switches each host after
@@ -86,11 +100,19 @@ def deploy(c, check=False, diff=False, json_=False, quiet=False, wait=0, batch=N
     diffs with secrets masked; --json prints the report as JSON; --quiet prints only changes,
     failures and the recap; --wait SECONDS waits for another deploy's lock instead of failing;
     --batch N or --batch P% switches the hosts in rolling batches and stops at the first failed
-    batch (hosts already switched go back, so all serve one release).
+    batch (hosts already switched go back, so all serve one release). From a git repository
+    the tracked files at --ref (default HEAD) are shipped; uncommitted changes are refused
+    unless --allow-dirty.
     """
     inventory = load_inventory(c)
     now = time.time()
-    builds = {name: app.new_build(site, now) for name, site in inventory.sites.items()}
+    memo: dict = {}  # sites with the same source and build share one snapshot
+    builds = {}
+    for name, site in inventory.sites.items():
+        try:
+            builds[name] = app.new_build(site, now, ref, allow_dirty, memo, inventory.path)
+        except SourceError as exc:  # before any host is touched
+            raise user_error(f"site {name} (sites.{name}.source): {exc}") from None
     run_plans(
         c,
         lambda inv, host: deploy_plan(inv, host, builds, wait),

@@ -80,6 +80,9 @@ class FlowerComponent(Component):
                     inventory.path, key, "Flower needs the web and worker roles on the same hosts"
                 )
 
+    def python_packages(self, site: Site) -> list[str]:
+        return ["flower==2.2.0"] if site.part(Flower) else []
+
     def ports(self, site: Site) -> list[tuple[int, str]]:
         conf = site.part(Flower)
         return [(conf.port, "Flower")] if conf else []

@@ -13,6 +13,7 @@ Fabric's own executor with that one rule (`install`), which leaves every unmarke
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from .values import escape
 
 HOSTS_KEY = "djk_hosts"
 INVENTORY_ENV = "DJK_INVENTORY"
+ENVIRONMENT_ENV = "DJK_ENV"  # staging -> hosts.staging.toml
+_ENVIRONMENT = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 
 def targets_task(*args, **kwargs):
@@ -74,7 +77,18 @@ def install() -> None:
 
 def inventory_path(c=None, start: Path | None = None) -> Path:
     """$DJK_INVENTORY, else the config key `djk.inventory` (relative to the fabfile's directory),
-    else the first hosts.toml in the current directory or above it."""
+    else the first hosts.toml in the current directory or above it — with DJK_ENV=NAME (an
+    environment: staging, production) the first hosts.NAME.toml instead."""
+    environment = os.environ.get(ENVIRONMENT_ENV, "")
+    wanted = DEFAULT_INVENTORY
+    if environment:
+        if not _ENVIRONMENT.fullmatch(environment):
+            raise Exit(
+                f"error: {ENVIRONMENT_ENV}={escape(environment)}: an environment name is "
+                "lower-case letters, digits and hyphens",
+                code=2,
+            )
+        wanted = f"hosts.{environment}.toml"
     named = os.environ.get(INVENTORY_ENV)
     if not named and c is not None:
         named = (c.config.get("djk") or {}).get("inventory")
@@ -85,11 +99,11 @@ def inventory_path(c=None, start: Path | None = None) -> Path:
         return Path(named).expanduser()
     here = (start or Path.cwd()).resolve()
     for directory in (here, *here.parents):
-        candidate = directory / DEFAULT_INVENTORY
+        candidate = directory / wanted
         if candidate.is_file():
             return candidate
     raise Exit(
-        f"error: no {DEFAULT_INVENTORY} in {here} or above it "
+        f"error: no {wanted} in {here} or above it "
         f"(set {INVENTORY_ENV}=path/to/hosts.toml, or djk.inventory in the fabfile's config)",
         code=2,
     )

@@ -6,7 +6,8 @@ A component declares
   and returns a config object (its type is `config`, looked up with `site.part(config)`);
   `check` states rules across sites and hosts;
 - `roles`: the host roles it runs on (() = every host of the site);
-- `packages`: the Debian packages `provision` installs for it on a host;
+- `packages`: the Debian packages `provision` installs for it on a host; `python_packages`:
+  pinned requirements its processes need in the site's venv (unless the project pins its own);
 - `ports`: the ports it listens on (unique per host, across every component);
 - `env`: the entries it adds to a site's env file, and `env_notify`: the handlers due when that
   file changes;
@@ -79,6 +80,12 @@ class Component:
         """Rules across sites and hosts; raise schema.InventoryError."""
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
+        return []
+
+    def python_packages(self, site: Site) -> list[str]:
+        """Pinned requirements the site's venv needs for what this component runs (gunicorn,
+        Flower, ...), added when the project's own requirements do not name the package: a
+        project needs no change for the kit."""
         return []
 
     def ports(self, site: Site) -> list[tuple[int, str]]:

@@ -150,7 +150,7 @@ def _run_steps(session: _Session, steps: list[Step], facts: Facts) -> bool:
         if plan.error:
             for action in plan.actions:  # a finding with a remedy: apply it, the run fails
                 if not check:
-                    _apply(session, action)
+                    _apply(session, action, [])
             return _fail(session, step.name, plan.error, planned[index + 1 :])
         if not plan.actions:
             result = StepResult(step.name, "skipped" if plan.skipped else "ok", plan.reason)
@@ -158,14 +158,15 @@ def _run_steps(session: _Session, steps: list[Step], facts: Facts) -> bool:
             reporter.step(host, result)
             continue
         diff = "".join(a.diff for a in plan.actions)
+        notes: list[str] = []
         for action in plan.actions:
             session.pending += [n for n in action.notify if n not in session.pending]
             if not check:
-                error = _apply(session, action)
+                error = _apply(session, action, notes)
                 if error:
                     return _fail(session, step.name, error, planned[index + 1 :], diff)
             session.pending = [n for n in session.pending if n not in action.consumes]
-        detail = "; ".join(a.summary for a in plan.actions)
+        detail = "; ".join([a.summary for a in plan.actions] + notes)
         result = StepResult(step.name, "changed", detail, diff, time.monotonic() - t0)
         report.steps.append(result)
         reporter.step(host, result)
@@ -181,8 +182,9 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
             into.setdefault(key, {}).update(values)
 
 
-def _apply(session: _Session, action: Action) -> str:
-    """Run one action; return an error message, or '' on success."""
+def _apply(session: _Session, action: Action, notes: list[str]) -> str:
+    """Run one action; return an error message, or '' on success (then what its output says
+    goes to `notes` and the host's report)."""
     remote, reporter = session.remote, session.reporter
     session.dirty = True
     try:
@@ -195,6 +197,11 @@ def _apply(session: _Session, action: Action) -> str:
     else:
         result = remote.run(action.full_script(), stdin=payload)
     if result.ok:
+        if action.findings is not None:
+            note, data = action.findings(result.stdout)
+            if note:
+                notes.append(note)
+            _merge(session.report.extra, data)
         return ""
     tail = (result.stderr.strip() or result.stdout.strip())[-1500:]
     return f"{action.summary}: exit {result.rc}: {tail}"

@@ -35,9 +35,14 @@ class App:
 
     source: Path
     requirements: Path
-    asgi: str
+    asgi: str | None
     settings: str
     port: int
+    wsgi: str | None = None  # instead of asgi: gunicorn's own workers
+    worker_class: str = ""  # wsgi: gthread (default) or sync
+    threads: int = 1  # wsgi with gthread: threads per worker
+    build: str | None = None  # run on the control machine in a clean copy of the source
+    build_outputs: tuple[str, ...] = ()  # what the build makes that is shipped with the source
     workers: int = 2
     health_path: str | None = None  # None: probe / (a redirect on the site's domains passes)
     health_expect_release: bool = False  # the health answer must also name the release
@@ -45,6 +50,20 @@ class App:
     drain_timeout: int = 30  # seconds the old slot's connections (WebSockets) get to close
     keep_releases: int = 5
     migrate_on: str = "one"  # "one" host per deploy (shared database) or "every" host
+    check_deploy: bool = True  # manage.py check --deploy on each staged release
+
+    @property
+    def application(self) -> str:
+        """The module:attribute gunicorn serves."""
+        return self.asgi or self.wsgi or ""
+
+    @property
+    def gunicorn_worker(self) -> str:
+        """gunicorn's --worker-class (and --threads) for the app."""
+        if self.asgi:
+            return "--worker-class uvicorn_worker.UvicornWorker"
+        threads = f" --threads {self.threads}" if self.worker_class == "gthread" else ""
+        return f"--worker-class {self.worker_class}{threads}"
 
 
 def app_of(site: Site) -> App:

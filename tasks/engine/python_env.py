@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -50,6 +51,50 @@ def cache_root() -> Path:
 
 
 _build_lock = threading.Lock()
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def named(requirements: str) -> set[str]:
+    """The distributions a requirements file names (normalized), options and comments aside."""
+    found = set()
+    for line in requirements.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        match = _NAME.match(line)
+        if match:
+            found.add(normalized(match.group(0)))
+    return found
+
+
+def with_server(requirements: bytes, pins: list[str]) -> bytes:
+    """The project's requirements plus each pin whose package they do not name."""
+    text = requirements.decode("utf-8", "replace")
+    have = named(text)
+    missing = [p for p in pins if normalized(_NAME.match(p).group(0)) not in have]
+    if not missing:
+        return requirements
+    added = "".join(f"{p}\n" for p in missing)
+    sep = "" if not text or text.endswith("\n") else "\n"
+    return requirements + f"{sep}# added by djk: what the kit runs the site with\n{added}".encode()
+
+
+def materialize(requirements: bytes) -> Path:
+    """The requirements a release is built from, as a file of the control machine's cache
+    (named by content): what pip downloads for and what the venv's key is computed from."""
+    digest = hashlib.sha256(requirements).hexdigest()[:16]
+    path = cache_root().parent / "requirements" / f"{digest}.txt"
+    if not path.is_file() or path.read_bytes() != requirements:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(requirements)
+        tmp.replace(path)
+    return path
 
 
 def wheelhouse(requirements: Path, target: Target = Target()) -> Path:

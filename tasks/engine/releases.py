@@ -9,10 +9,8 @@ from __future__ import annotations
 import getpass
 import json
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from .facts import Fact
@@ -34,28 +32,6 @@ class Release:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def source_revision(source: Path, tree: str) -> str:
-    """The short git revision of the source when it is a clean checkout, else its tree hash."""
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "--short=8", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--", "."],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return tree[:8]
-    if rev.returncode != 0 or dirty.returncode != 0 or dirty.stdout.strip():
-        return tree[:8]
-    return rev.stdout.strip()
 
 
 def new_release_id(revision: str, now: float | None = None) -> str:

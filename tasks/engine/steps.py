@@ -35,6 +35,9 @@ class Action:
     progress: str = ""  # a label: this action is long, show progress while it runs
     consumes: tuple[str, ...] = ()  # pending handlers this action does itself (and clears)
     echo: bool = False  # with progress: show each line it prints (the host agent's own words)
+    # What the action's output says, for the report: (a note for the step's line, data for the
+    # host's report), e.g. the warnings of `manage.py check --deploy`.
+    findings: Callable[[str], tuple[str, dict[str, Any]]] | None = None
 
     def payload(self) -> bytes:
         return self.stdin() if callable(self.stdin) else self.stdin

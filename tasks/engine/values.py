@@ -125,6 +125,27 @@ def asgi_app(value: str) -> str:
     return value
 
 
+def build_command(value: str) -> str:
+    """A shell command run on the control machine (the team's own): one line, bounded."""
+    if not value.strip() or len(value) > 2000 or any(c in value for c in "\0\n\r"):
+        raise ValueError(f"{show(value)} is not one line of shell (at most 2,000 characters)")
+    return value
+
+
+_REL_PATH = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9._@+-]*(/[A-Za-z0-9_@+.-][A-Za-z0-9._@+-]*)*/?")
+
+
+def relative_path(value: str) -> str:
+    """A path inside the source: relative, no `..`, plain characters."""
+    parts = value.rstrip("/").split("/")
+    if not _REL_PATH.fullmatch(value) or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(
+            f"{show(value)} is not a relative path inside the source "
+            "(letters, digits, ._@+-, no ..)"
+        )
+    return value.rstrip("/")
+
+
 def url_path(value: str) -> str:
     if not _URL_PATH.fullmatch(value):
         raise ValueError(f"{show(value)} is not a URL path (starts with /; letters, digits, ._~-/)")

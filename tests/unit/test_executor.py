@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+from djk.tasks.app import check_findings
 from djk.tasks.engine import facts as F
 from djk.tasks.engine.executor import HostPlan, Mode, Phase, converge
 from djk.tasks.engine.inventory import Host
@@ -215,3 +216,51 @@ def test_a_step_with_echo_shows_what_its_command_prints_under_its_host():
         shown = [line.split("|")[2].strip() for line in out.getvalue().splitlines()
                  if line.startswith("h1") and "| ..." in line]  # fmt: skip
         assert shown == ["switching ...", *lines], out.getvalue()
+
+
+class Checking(Step):
+    id = name = "check --deploy shop"
+
+    def facts(self, diff: bool) -> list:
+        return []
+
+    def plan(self, ctx: Context) -> Plan:
+        return Plan([Action("run", "manage.py check --deploy", findings=check_findings("shop"))])
+
+
+class Checked(FakeRemote):
+    def run(self, script, stdin=b"", on_line=None) -> Result:
+        super().run(script, stdin, on_line)
+        return Result(0, CHECK_DEPLOY_OUTPUT, "")
+
+
+# Recorded: `manage.py check --deploy` of a startproject app with README's settings fragment
+# (Django 5.2), two of its warnings.
+CHECK_DEPLOY_OUTPUT = """\
+System check identified some issues:
+
+WARNINGS:
+?: (security.W004) You have not set a value for the SECURE_HSTS_SECONDS setting. If your entire site is served only over SSL, you may want to consider setting a value and enabling HTTP Strict Transport Security. Be sure to read the documentation first; enabling HSTS carelessly can cause serious, irreversible problems.
+?: (security.W008) Your SECURE_SSL_REDIRECT setting is not set to True. Unless your site should be available over both SSL and non-SSL connections, you may want to either set this setting True or configure a load balancer or reverse-proxy server to redirect all connections to HTTPS.
+
+System check identified 2 issues (0 silenced).
+"""  # noqa: E501
+
+
+def test_what_an_actions_output_finds_goes_to_the_step_line_and_the_report():
+    out = io.StringIO()
+    (report,) = converge(
+        [HostPlan(Host("h1", "10.0.0.1"), [Phase("stage", [Checking()])])],
+        Mode(),
+        Reporter("human", out=out),
+        connect=lambda h, c: Checked(h),
+    )
+    (step,) = report.steps
+    assert step.detail == "run; 2 warning(s): security.W004, security.W008"
+    warnings = report.extra["check_deploy"]["shop"]
+    assert [w["id"] for w in warnings] == ["security.W004", "security.W008"]
+    assert warnings[0]["message"].startswith("You have not set a value for the SECURE_HSTS")
+    assert check_findings("shop")("System check identified no issues (0 silenced).\n") == (
+        "",
+        {"check_deploy": {"shop": []}},
+    )

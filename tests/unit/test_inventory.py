@@ -273,3 +273,24 @@ def test_acme_settings_are_validated(tmp_path):
     data["sites"]["shop"]["tls"] = {"mode": "acme", "email": "a@b.test"}
     data["sites"]["shop"]["domains"] = ["*.shop.test"]
     assert "sites.shop.tls.mode: ACME over http-01 cannot cover a wildcard" in error(tmp_path, data)
+
+
+def test_an_environment_names_its_own_inventory(tmp_path, monkeypatch):
+    from invoke import Exit
+
+    from djk.tasks.engine.cli import inventory_path
+
+    (tmp_path / "hosts.toml").write_text("")
+    (tmp_path / "hosts.staging.toml").write_text("")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.delenv("DJK_INVENTORY", raising=False)
+    monkeypatch.delenv("DJK_ENV", raising=False)
+    assert inventory_path(start=tmp_path / "sub") == tmp_path / "hosts.toml"
+    monkeypatch.setenv("DJK_ENV", "staging")
+    assert inventory_path(start=tmp_path / "sub") == tmp_path / "hosts.staging.toml"
+    monkeypatch.setenv("DJK_ENV", "production")
+    with pytest.raises(Exit, match="no hosts.production.toml in"):
+        inventory_path(start=tmp_path / "sub")
+    monkeypatch.setenv("DJK_ENV", "../etc")
+    with pytest.raises(Exit, match="an environment name is"):
+        inventory_path(start=tmp_path)

@@ -60,7 +60,8 @@ def _inventory(case: dict, tmp_path: Path):
     data = case["inventory"]
     for site in data.get("sites", {}).values():
         site.setdefault("source", str(EXAMPLE))
-        site.setdefault("asgi", "exampleproject.asgi:application")
+        if "wsgi" not in site:
+            site.setdefault("asgi", "exampleproject.asgi:application")
         site.setdefault("settings", "exampleproject.settings")
         site.setdefault("env_file", "site.env")
     return parse(data, tmp_path / "hosts.toml")

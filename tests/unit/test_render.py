@@ -128,3 +128,39 @@ def test_planned_scripts_of_a_first_deploy_hold_no_secret(inventory, site):
     assert not [p for p in payloads if b"a\"b$c" in p and b'"gate"' in p]  # nor in its input
     assert not [s for s in scripts if 'a"b$c' in s]
     assert any(b"'a\"b$c" in p for p in payloads)  # the env file's content, quoted
+
+
+@pytest.mark.parametrize("manager", ["systemd", "supervisor"])
+def test_a_wsgi_site_runs_gunicorns_own_workers_under_either_manager(tmp_path, manager):
+    (tmp_path / "s.env").write_text("DJANGO_SECRET_KEY=k\n")
+    data = {
+        "hosts": {"web1": {"address": "10.0.0.1", "process_manager": manager}},
+        "sites": {
+            "blog": {"domains": ["blog.test"], "hosts": ["web1"], "source": str(EXAMPLE),
+                     "wsgi": "exampleproject.wsgi:application", "threads": 8,
+                     "settings": "exampleproject.settings", "port": 8005, "env_file": "s.env"},
+        },
+    }  # fmt: skip
+    inventory = parse(data, tmp_path / "hosts.toml")
+    site, host = inventory.sites["blog"], inventory.hosts["web1"]
+    files = {s.name: s.content for s in app.unit_files(inventory, site, host)}
+    name = "unit djk-blog-web-a.service" if manager == "systemd" else "program djk-blog-web-a"
+    text = files[name].decode() if isinstance(files[name], bytes) else files[name]
+    assert "--worker-class gthread --threads 8" in text and "uvicorn" not in text
+    assert " exampleproject.wsgi:application" in text
+    assert app.AppComponent().python_packages(site) == list(app.SERVER)  # no uvicorn for WSGI
+
+
+def test_supervisor_programs_read_the_env_file_in_the_site_users_shell(inventory, site):
+    paths = SitePaths.of(site, type("H", (), {"process_manager": "supervisor"})())
+    web = render("supervisor/web.conf.j2", site=site, app=site.part(App), paths=paths, slot="a")
+    assert web.startswith(f"; {MANAGED}") and "[program:djk-shop-web-a]" in web
+    assert f". {paths.env} &&" in web and "user=djk-shop" in web and "autostart=false" in web
+    assert "k3y" not in web and "DJANGO_SECRET_KEY" not in web
+    boot = render("supervisor/boot.conf.j2", site=site, paths=paths)
+    assert "supervisorctl start djk-shop-web-$(basename" in boot and "%" not in boot
+    celery = render("supervisor/celery.conf.j2", site=site, paths=paths, role="worker",
+                    celery=type("C", (), {"app": "x", "stop_timeout": 300})(), program="w",
+                    command="worker --hostname shop@%H")  # fmt: skip
+    # supervisor expands %(name)s: the host name is its own, a literal % is doubled.
+    assert "--hostname shop@%(host_node_name)s" in celery and "stopwaitsecs=300" in celery
