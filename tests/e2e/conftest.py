@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from testbed import Testbed
 
-from .kit import Project, copy_example
+from .kit import ROOT, Project, copy_example
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +40,23 @@ def project(fresh_host, tmp_path_factory):
 def src(tmp_path_factory):
     """A copy of the example project the module's tests may change."""
     return copy_example(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def kit_venv(tmp_path_factory) -> Path:
+    """A fresh venv from Debian's python3 with the kit installed from a wheel of the checkout."""
+    base = tmp_path_factory.mktemp("kitvenv")
+    wheels = base / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)],
+        check=True,
+        cwd=base,
+    )
+    venv = base / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
+    (wheel,) = wheels.glob("djk-*.whl")
+    subprocess.run(
+        [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
+        check=True,
+    )
+    return venv

@@ -4,15 +4,12 @@ the team's own registered from that fabfile."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from .kit import ROOT, SECRET, copy_example, curl, sh
+from .kit import SECRET, copy_example, curl, sh, team_fab
 
 pytestmark = pytest.mark.e2e
 
@@ -83,26 +80,6 @@ register(BannerComponent())
 
 
 @pytest.fixture(scope="module")
-def kit_venv(tmp_path_factory) -> Path:
-    """A fresh venv from Debian's python3 with the kit installed from a wheel of the checkout."""
-    base = tmp_path_factory.mktemp("kitvenv")
-    wheels = base / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)],
-        check=True,
-        cwd=base,
-    )
-    venv = base / "venv"
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
-    (wheel,) = wheels.glob("djk-*.whl")
-    subprocess.run(
-        [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
-        check=True,
-    )
-    return venv
-
-
-@pytest.fixture(scope="module")
 def team(fresh_host, tmp_path_factory) -> Path:
     """The team's repository: a fabfile, hosts.toml and secrets/, nothing of the kit."""
     directory = tmp_path_factory.mktemp("team")
@@ -137,21 +114,6 @@ def team(fresh_host, tmp_path_factory) -> Path:
     )
     (directory / "docs").mkdir()
     return directory
-
-
-def team_fab(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """The installed `fab`, as a team member types it, with no trace of the checkout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJK_", "PYTHON"))}
-    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
-    return subprocess.run(
-        [str(venv / "bin/fab"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=600,
-    )
 
 
 def test_the_kit_installs_as_one_namespaced_package(kit_venv):
