@@ -12,7 +12,7 @@ import time
 from . import app
 from .app import sites_or_exit
 from .engine import releases as R
-from .engine.cli import load_inventory, run_plans, targets_task, user_error
+from .engine.cli import load_inventory, run_plans, target_hosts, targets_task, user_error
 from .engine.component import HostRun, components
 from .engine.executor import HostPlan, Phase
 from .engine.facts import Fact, Facts, Stat
@@ -106,13 +106,7 @@ def deploy(
     """
     inventory = load_inventory(c)
     now = time.time()
-    memo: dict = {}  # sites with the same source and build share one snapshot
-    builds = {}
-    for name, site in inventory.sites.items():
-        try:
-            builds[name] = app.new_build(site, now, ref, allow_dirty, memo, inventory.path)
-        except SourceError as exc:  # before any host is touched
-            raise user_error(f"site {name} (sites.{name}.source): {exc}") from None
+    builds = new_builds(inventory, target_hosts(c, inventory), now, ref, allow_dirty)
     run_plans(
         c,
         lambda inv, host: deploy_plan(inv, host, builds, wait),
@@ -123,6 +117,30 @@ def deploy(
         batch=batch,
         inventory=inventory,
     )
+
+
+def new_builds(
+    inventory: Inventory,
+    hosts: list[Host],
+    now: float,
+    ref: str | None = None,
+    allow_dirty: bool = False,
+) -> dict[str, app.Build]:
+    """What this deploy ships of each site the target hosts run (another site's build or dirty
+    tree is not this deploy's business); a user error, before any host is touched, when a
+    site's source cannot be shipped."""
+    memo: dict = {}  # sites with the same source and build share one snapshot
+    builds = {}
+    for host in hosts:
+        for site in inventory.sites_on(host):
+            if site.name in builds:
+                continue
+            try:
+                builds[site.name] = app.new_build(site, now, ref, allow_dirty, memo, inventory.path)
+            except SourceError as exc:
+                name = site.name
+                raise user_error(f"site {name} (sites.{name}.source): {exc}") from None
+    return builds
 
 
 def deploy_plan(

@@ -462,16 +462,19 @@ def run_case(clean: Case, case: Case, directory: Path) -> None:
     STATS["accepted"] += 1
     inventory = result
     files, shown = written(inventory)
-    secrets = secret_values(inventory)
+    twin = outcome(clean, directory / "twin")
+    assert not isinstance(twin, InventoryError), twin
+    twin_files, twin_shown = written(twin)
+    # A secret is looked for only where it would be a leak: a value that the clean twin's
+    # output holds as well (six spaces, a common word a mutation made the secret) is text of
+    # the kit's own, not the secret (each secret also holds MARKER, checked always).
+    secrets = [v for v in secret_values(inventory) if not any(v in t for t in twin_shown)]
     check_no_secret(shown, secrets, "a script, summary or diff")
     assert not case.raw_lines, "a secrets file with an unparsable line was accepted"
     check_env_files(inventory, files)
     check_ports(inventory, files)
     check_addresses(inventory, files)
     check_policy(inventory, files)
-    twin = outcome(clean, directory / "twin")
-    assert not isinstance(twin, InventoryError), twin
-    twin_files, _ = written(twin)
     assert [f.kind for f in files] == [f.kind for f in twin_files], "other files than the twin's"
     for item, other in zip(files, twin_files, strict=True):
         try:
@@ -617,6 +620,9 @@ SEEDS = [
     _set("sites|shop|tls", {"cert": "/dev/zero", "key": "key.pem"}),
     _set("", 1),
     _set("sites|shop|health_path", "/\x1b[2J" + "x" * 5000),
+    # Found by a local 30k-case fuzz (once in eight runs): a secret a mutation made six spaces
+    # was "found" in nginx.conf's indentation; only a distinctive value is looked for.
+    _set_secret("DJANGO_SECRET_KEY", "      "),
 ]
 
 

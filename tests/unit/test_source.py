@@ -149,3 +149,30 @@ def test_the_deploys_own_files_in_the_source_are_neither_shipped_nor_dirt(repo):
     assert not {"hosts.toml", "fabfile.py", "secrets/app.env"} & set(snap.paths())
     with pytest.raises(SourceError, match="uncommitted"):  # without skip, it is dirt
         snapshot(Request(app))
+
+
+def test_a_deploy_builds_only_the_sites_its_target_hosts_run(repo, tmp_path):
+    from invoke import Exit
+
+    from djk.tasks.deploy import new_builds
+    from djk.tasks.engine.inventory import parse
+
+    (repo / "app/manage.py").write_text("print('not committed')\n")  # the blog's tree: dirty
+    shop = tmp_path / "shop"
+    write(shop, {"manage.py": "x\n", "requirements.txt": "Django==5.2.19\n"})
+    (tmp_path / "s.env").write_text("DJANGO_SECRET_KEY=k\n")
+    site = {"asgi": "p.asgi:application", "settings": "p.settings", "env_file": "s.env"}
+    data = {
+        "hosts": {"web1": {"address": "10.0.0.1"}, "web2": {"address": "10.0.0.2"}},
+        "sites": {
+            "shop": {**site, "domains": ["shop.test"], "hosts": ["web1"], "source": str(shop),
+                     "port": 8001},
+            "blog": {**site, "domains": ["blog.test"], "hosts": ["web2"],
+                     "source": str(repo / "app"), "port": 8002},
+        },
+    }  # fmt: skip
+    inventory = parse(data, tmp_path / "hosts.toml")
+    builds = new_builds(inventory, [inventory.hosts["web1"]], 0.0)
+    assert list(builds) == ["shop"]  # the blog's dirty tree is not this deploy's business
+    with pytest.raises(Exit, match=r"site blog \(sites.blog.source\): .*uncommitted changes"):
+        new_builds(inventory, [inventory.hosts["web2"]], 0.0)
