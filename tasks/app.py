@@ -348,15 +348,23 @@ class ReleaseCommand(MarkedCommand):
             # release only goes live once this command succeeded for it.
             return Plan(reason=f"done for {release} before it went live")
         release_dir = self.paths.release(release)
-        command = manage(self.site, self.paths, release_dir, self.args)
-        if self.mark_failed:
-            # A failed migration marks the release failed: it never goes live.
-            status = shlex.quote(f"{release_dir}/.djk-status")
-            command = (
-                f'if ! ( {command} ); then\n  [ "$(cat {status})" = staged ] && '
-                f"echo failed > {status}\n  exit 1\nfi"
-            )
-        return self.command_plan(ctx, command)
+        command = self.wrap(manage(self.site, self.paths, release_dir, self.args), release_dir)
+        plan = self.command_plan(ctx, command)
+        for action in plan.actions:
+            action.findings = self.findings
+        return plan
+
+    findings = None  # what the command's output says, for the report (Action.findings)
+
+    def wrap(self, command: str, release_dir: str) -> str:
+        if not self.mark_failed:
+            return command
+        # A failed migration marks the release failed: it never goes live.
+        status = shlex.quote(f"{release_dir}/.djk-status")
+        return (
+            f'if ! ( {command} ); then\n  [ "$(cat {status})" = staged ] && '
+            f"echo failed > {status}\n  exit 1\nfi"
+        )
 
 
 _CHECK_LINE = re.compile(r"^(\S+): \(([\w.]+\.([WE])\d+)\) (.*)$")
@@ -393,28 +401,18 @@ class CheckDeploy(ReleaseCommand):
             f"{paths.base}/.djk-checked",
             "checking the deployment settings",
         )
+        self.findings = check_findings(build.site.name)
 
-    def plan(self, ctx: Context) -> Plan:
-        plan = super().plan(ctx)
-        if not plan.actions:
-            return plan
-        release_dir = self.paths.release(self.target(ctx.facts))
-        command = manage(self.site, self.paths, release_dir, self.args)
+    def wrap(self, command: str, release_dir: str) -> str:
         errors = "'\\([a-z0-9_.]+\\.E[0-9]+\\)'"
         # On failure only the checks' error lines (else the output's end) make the message.
-        script = f"""set -e
-out=$( ( {command} ) 2>&1 ) || {{
+        return f"""out=$( ( {command} ) 2>&1 ) || {{
   rc=$?
   printf '%s\\n' "$out" | grep -E {errors} >&2 || printf '%s\\n' "$out" | tail -n 5 >&2
   exit $rc
 }}
 printf '%s\\n' "$out"
-printf '%s\\n' {shlex.quote(self.key)} > {shlex.quote(self.marker)}
 """
-        action = Action(
-            "run", script, progress=self.progress, findings=check_findings(self.site.name)
-        )
-        return Plan([action])
 
 
 class Switch(Step):
