@@ -204,6 +204,18 @@ def spawn_fab(inventory: Path, *args: str):
     )
 
 
+def wait_for(predicate, timeout: float = 30, every: float = 0.5):
+    """Call predicate until it returns something true or timeout seconds pass; its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
 def wait_for_line(proc, needle: str, timeout: float = 120) -> list[str]:
     """Read the process's output until a line contains needle; return the lines read."""
     import time

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import pytest
 
-from .kit import Project, curl, health, main_pid, sh
+from .kit import Project, curl, health, main_pid, sh, wait_for
 
 pytestmark = pytest.mark.e2e
 FLOWER_PASSWORD = "flower-Pw-31c9e"
@@ -42,15 +41,6 @@ def get_json(host, path: str, auth: str = "") -> tuple[int, dict]:
         return status, json.loads(body)
     except ValueError:
         return status, {}
-
-
-def wait_for(predicate, timeout: float = 30, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
 
 
 def test_a_task_round_trips_through_the_broker(deployed, fresh_host):

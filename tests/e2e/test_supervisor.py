@@ -12,7 +12,18 @@ import time
 
 import pytest
 
-from .kit import SECRET, Load, Project, curl, health, live_slot, nginx_pids, program_pid, sh
+from .kit import (
+    SECRET,
+    Load,
+    Project,
+    curl,
+    health,
+    live_slot,
+    nginx_pids,
+    program_pid,
+    sh,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 FLOWER_PASSWORD = "flower-Pw-8d1e0"
@@ -64,15 +75,6 @@ def get_json(host, path: str) -> dict:
         return {}
 
 
-def wait_for(predicate, timeout: float = 60, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
-
-
 def test_every_process_of_the_site_is_a_supervisor_program(deployed, fresh_host):
     assert sh(fresh_host, "systemctl is-enabled supervisor").strip() == "enabled"
     assert sh(fresh_host, "systemctl list-unit-files --no-legend 'djk-*' || true").strip() == ""
@@ -110,7 +112,7 @@ def test_deploy_and_rollback_under_load_fail_nothing(deployed, project, fresh_ho
     slow = get_json(fresh_host, "/tasks/slow/?x=20&y=22&seconds=6")
     task = slow["task_id"]
     started = lambda: get_json(fresh_host, f"/tasks/result/{task}/").get("state") == "STARTED"  # noqa: E731
-    assert wait_for(started)
+    assert wait_for(started, timeout=60)
     worker = program_pid(fresh_host, f"{SITE}-worker")
     nginx = nginx_pids(fresh_host)
     version = (src / "VERSION").read_text()
@@ -145,22 +147,26 @@ def test_a_killed_process_is_restarted_by_supervisord(deployed, fresh_host):
     for program in (web(fresh_host), f"{SITE}-worker"):
         pid = program_pid(fresh_host, program)
         sh(fresh_host, f"kill -9 {pid}")
-        assert wait_for(lambda p=program, old=pid: program_pid(fresh_host, p) not in (0, old))
+        assert wait_for(
+            lambda p=program, old=pid: program_pid(fresh_host, p) not in (0, old), timeout=60
+        )
     assert wait_for(lambda: '"status": "ok"' in curl(fresh_host, "/health/"), timeout=30)
-    assert wait_for(lambda: get_json(fresh_host, "/tasks/add/?x=2&y=2").get("result") == 4)
+    assert wait_for(
+        lambda: get_json(fresh_host, "/tasks/add/?x=2&y=2").get("result") == 4, timeout=60
+    )
 
 
 def test_after_a_reboot_the_live_slot_and_workers_are_back(deployed, project, fresh_host, testbed):
     before = health(fresh_host)["release"]
     slot = live_slot(fresh_host)
     host = testbed.reboot(fresh_host.name)
-    assert wait_for(lambda: "200 OK" in curl(host, "/health/"))
+    assert wait_for(lambda: "200 OK" in curl(host, "/health/"), timeout=60)
     assert health(host)["release"] == before and live_slot(host) == slot
-    assert wait_for(lambda: all(status(host).get(p) == "RUNNING" for p in WORKERS))
+    assert wait_for(lambda: all(status(host).get(p) == "RUNNING" for p in WORKERS), timeout=60)
     states = status(host)
     idle = "b" if slot == "a" else "a"
     assert states[f"{SITE}-web-{slot}"] == "RUNNING" and states[f"{SITE}-web-{idle}"] == "STOPPED"
-    assert wait_for(lambda: get_json(host, "/tasks/add/?x=1&y=1").get("result") == 2)
+    assert wait_for(lambda: get_json(host, "/tasks/add/?x=1&y=1").get("result") == 2, timeout=60)
     run = project.fab("-H", "web1", "deploy", "--json")
     assert run.code == 0, run.out + run.err
     assert run.host("web1")["changed"] == 0, run.out
@@ -189,7 +195,9 @@ def test_a_host_moved_back_to_systemd_switches_under_load_and_keeps_nothing_of_s
         assert sh(fresh_host, "ls /etc/supervisor/conf.d").strip() == ""
         states = sh(fresh_host, f"systemctl is-active {SITE}-worker {SITE}-beat || true").split()
         assert states == ["active", "active"], states
-        assert wait_for(lambda: get_json(fresh_host, "/tasks/add/?x=3&y=4").get("result") == 7)
+        assert wait_for(
+            lambda: get_json(fresh_host, "/tasks/add/?x=3&y=4").get("result") == 7, timeout=60
+        )
         # Flower's new unit binds its port once the old program let go (systemd retries it).
         flower = f"systemctl is-active {SITE}-flower || true"
         assert wait_for(lambda: sh(fresh_host, flower).strip() == "active", timeout=30)

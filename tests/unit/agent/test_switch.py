@@ -142,6 +142,19 @@ class Host:
             timeout=60,
         )
 
+    def squat(self, slot: str) -> subprocess.Popen:
+        """An old process listening at a slot's socket path (started, and waited for)."""
+        squatter = subprocess.Popen(
+            [sys.executable, str(FAKES / "fake_server.py"), self.sockets[slot], "200", "old"],
+            start_new_session=True,
+        )
+        for _ in range(200):
+            with socket.socket(socket.AF_UNIX) as s:
+                if s.connect_ex(self.sockets[slot]) == 0:
+                    break
+            time.sleep(0.02)
+        return squatter
+
     def status(self, release: str) -> str:
         return (self.base / "releases" / release / ".djk-status").read_text().strip()
 
@@ -272,16 +285,8 @@ def test_an_old_process_answering_on_the_new_slots_socket_fails_the_gate(host):
     state = host.state()
     state["serve"]["R1"] = ["nobind", ""]
     host.save(state)
-    squatter = subprocess.Popen(
-        [sys.executable, str(FAKES / "fake_server.py"), host.sockets["a"], "200", "old"],
-        start_new_session=True,
-    )
+    squatter = host.squat("a")
     try:
-        for _ in range(200):
-            with socket.socket(socket.AF_UNIX) as s:
-                if s.connect_ex(host.sockets["a"]) == 0:
-                    break
-            time.sleep(0.02)
         done = host.run("switch", host.spec("R1"))
     finally:
         squatter.terminate()
@@ -511,16 +516,8 @@ def test_an_old_process_on_the_new_slots_socket_is_not_taken_for_it(sup):
     host.release("R1")
     switched(host, "R1")
     host.release("R2", status="nobind")
-    squatter = subprocess.Popen(
-        [sys.executable, str(FAKES / "fake_server.py"), host.sockets["b"], "200", "old"],
-        start_new_session=True,
-    )
+    squatter = host.squat("b")
     try:
-        for _ in range(200):
-            with socket.socket(socket.AF_UNIX) as s:
-                if s.connect_ex(host.sockets["b"]) == 0:
-                    break
-            time.sleep(0.02)
         done = host.run("switch", host.spec("R2"))
     finally:
         squatter.terminate()
