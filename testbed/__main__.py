@@ -9,13 +9,15 @@ import sys
 
 from ._sys import TestbedError, require_root
 from .core import Testbed, ensure_deps
+from .image import DEFAULT, KINDS
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m testbed", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("deps", help="apt-get install nspawn/debootstrap/iproute2/ssh if missing")
-    sub.add_parser("image", help="build the cached Debian image if needed, print its path")
+    image = sub.add_parser("image", help="build the cached Debian image if needed, print its path")
+    image.add_argument("--image", default=DEFAULT, choices=KINDS, help="which image")
 
     def named(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)
@@ -25,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     up = named("up", "boot hosts (fresh) and wait until they accept SSH")
     up.add_argument("--subnet", type=int, default=0, help="10.213.<subnet>.0/24 (default: 0)")
     up.add_argument("--json", action="store_true", help="print hosts as JSON")
+    up.add_argument("--image", default=DEFAULT, choices=KINDS, help="image to boot")
     up.add_argument("hosts", nargs="+", metavar="HOST")
     down = named("down", "stop hosts (default: all of the testbed)")
     down.add_argument("hosts", nargs="*", metavar="HOST")
@@ -50,16 +53,17 @@ def main(argv: list[str] | None = None) -> int:
             ensure_deps()
             print("deps: ok")
         elif args.cmd == "image":
-            print(Testbed().ensure_image())
+            print(Testbed(image=args.image).ensure_image())
         elif args.cmd == "up":
-            tb = Testbed(name=args.name, subnet=args.subnet)
+            tb = Testbed(name=args.name, subnet=args.subnet, image=args.image)
             hosts = tb.up(args.hosts)
             if args.json:
                 print(json.dumps([h.as_dict() for h in hosts], indent=2))
             else:
                 for h in hosts:
                     print(f"{h.name} {h.address} ready in {tb.boot_seconds.get(h.name, 0):.1f}s")
-                print(f"login: ssh -i {hosts[0].key_path} deploy@<address>", file=sys.stderr)
+                login = f"ssh -i {hosts[0].key_path} {hosts[0].user}@<address>"
+                print(f"login: {login}", file=sys.stderr)
         elif args.cmd == "down":
             tb = Testbed(name=args.name, subnet=_subnet_of(args.name))
             tb.down(args.hosts or None)

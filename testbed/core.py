@@ -193,6 +193,7 @@ class Testbed:
         state_root: Path = STATE_ROOT,
         key_path: Path = KEY_PATH,
         boot_timeout: float = BOOT_TIMEOUT,
+        image: str = image_mod.DEFAULT,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise TestbedError(f"bad testbed name {name!r} (want [a-z0-9-], max 16 chars)")
@@ -203,6 +204,9 @@ class Testbed:
         self.state_dir = state_root / name
         self.key_path = key_path
         self.boot_timeout = boot_timeout
+        image_mod.parse_kind(image)
+        self.image = image  # bookworm, trixie, bare-bookworm, bare-trixie (see image.py)
+        self.bare = image_mod.is_bare(image)
         # Hosts we launched ourselves; kept so their exit status gets reaped.
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         #: seconds from launch to ready, per host, for the last boot
@@ -213,7 +217,7 @@ class Testbed:
     def ensure_image(self) -> Path:
         require_root()
         ensure_deps()
-        return image_mod.ensure_image()
+        return image_mod.ensure_image(kind=self.image)
 
     def up(self, hosts: Iterable[str], *, keep_failed: bool = False) -> list[TestHost]:
         """Boot ``hosts`` fresh (replacing same-named ones) and wait until usable."""
@@ -315,8 +319,13 @@ class Testbed:
 
     # --- internals ----------------------------------------------------------
 
+    @property
+    def login(self) -> str:
+        """Who the key logs in as: root on a bare host (nobody else exists), else deploy."""
+        return "root" if self.bare else "deploy"
+
     def _testhost(self, host: str, address: str) -> TestHost:
-        return TestHost(name=host, address=address, key_path=self.key_path)
+        return TestHost(name=host, address=address, user=self.login, key_path=self.key_path)
 
     def _machine(self, host: str) -> str:
         return f"{self.name}-{host}"
@@ -380,7 +389,7 @@ class Testbed:
         hdir.mkdir(parents=True, exist_ok=True)
         merged = disk / "merged"
         overlay_mount(img, disk / "upper", disk / "work", merged)
-        _write_host_files(merged, host, address, _pub(key).read_text())
+        _write_host_files(merged, host, address, _pub(key).read_text(), self.login)
 
         cgroups = cgroup_dirs(self.cgroup_prefix, host)
         for d in cgroups:
@@ -534,7 +543,9 @@ def _lookup_ids(root: Path, user: str) -> tuple[int, int]:
     raise TestbedError(f"user {user} missing in image {root}")
 
 
-def _write_host_files(root: Path, host: str, address: str, pubkey: str) -> None:
+def _write_host_files(
+    root: Path, host: str, address: str, pubkey: str, user: str = "deploy"
+) -> None:
     """Per-host identity, written through the overlay before boot.
 
     Writing via the merged dir (not into upper/ directly) makes overlayfs
@@ -545,8 +556,8 @@ def _write_host_files(root: Path, host: str, address: str, pubkey: str) -> None:
     network = root / "etc/systemd/network"
     network.mkdir(parents=True, exist_ok=True)
     (network / "10-djk-host0.network").write_text(net.render_networkd(address))
-    uid, gid = _lookup_ids(root, "deploy")
-    ssh_dir = root / "home/deploy/.ssh"
+    uid, gid = _lookup_ids(root, user)
+    ssh_dir = root / ("root/.ssh" if user == "root" else f"home/{user}/.ssh")
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     os.chown(ssh_dir, uid, gid)
     ssh_dir.chmod(0o700)

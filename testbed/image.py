@@ -1,4 +1,10 @@
-"""Build and cache the Debian bookworm image the test hosts boot from."""
+"""Build and cache the Debian images the test hosts boot from.
+
+`bookworm` (the default) and `trixie` carry the stack's packages and a `deploy` user with sudo:
+hosts ready for `fab deploy`. `bare-bookworm` and `bare-trixie` are what a fresh server is: only
+systemd, sshd, sudo and python3, reachable as root with a key, no deploy user — the kit's
+`provision --bootstrap` makes the rest, shipping packages from the control machine.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 MACHINES_DIR = Path("/var/lib/machines")
 IMAGE_PREFIX = "djk-bookworm-"
+DEFAULT = "bookworm"
+SUITES = ("bookworm", "trixie")
 
 PACKAGES: tuple[str, ...] = (
     "systemd",
@@ -40,6 +48,15 @@ PACKAGES: tuple[str, ...] = (
     # debootstrap does not resolve virtual packages: this provides the one cryptography needs.
     "python3-cffi-backend",
     "openssl",
+)
+
+BARE_PACKAGES: tuple[str, ...] = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "sudo",
+    "python3",
 )
 
 # Bump when the customisation changes in a way the script text does not show.
@@ -95,9 +112,59 @@ printf '# djk testbed: no DNS servers\n' > /etc/resolv.conf
 """
 
 
-def recipe() -> dict[str, object]:
+# A fresh server: root logs in with a key (written at boot), nobody else exists.
+BARE_SCRIPT = r"""
+set -eu
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C
+systemctl enable systemd-networkd.service
+mkdir -p /etc/systemd/system/systemd-networkd-wait-online.service.d
+cat > /etc/systemd/system/systemd-networkd-wait-online.service.d/djk.conf <<'EOF'
+[Service]
+ExecStart=
+ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=15
+EOF
+systemctl mask apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service
+mkdir -p /etc/ssh/sshd_config.d
+cat > /etc/ssh/sshd_config.d/10-djk-testbed.conf <<'EOF'
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UseDNS no
+EOF
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+ln -s /etc/machine-id /var/lib/dbus/machine-id
+printf 'LANG=C.UTF-8\n' > /etc/default/locale
+apt-get clean
+rm -rf /var/lib/apt/lists/*
+printf '# djk testbed: no DNS servers\n' > /etc/resolv.conf
+"""
+
+
+def parse_kind(kind: str) -> tuple[str, bool]:
+    """`bookworm`, `trixie`, `bare-bookworm`, `bare-trixie` -> (suite, bare)."""
+    bare = kind.startswith("bare-")
+    suite = kind.removeprefix("bare-")
+    if suite not in SUITES:
+        raise TestbedError(f"unknown image {kind!r} (want one of {', '.join(KINDS)})")
+    return suite, bare
+
+
+KINDS = (*SUITES, *(f"bare-{s}" for s in SUITES))
+
+
+def recipe(kind: str = DEFAULT) -> dict[str, object]:
+    suite, bare = parse_kind(kind)
+    if bare:
+        return {
+            "suite": suite,
+            "mirror": MIRROR,
+            "variant": "minbase",
+            "packages": sorted(BARE_PACKAGES),
+            "customize_script": BARE_SCRIPT,
+        }
     return {
-        "suite": SUITE,
+        "suite": suite,
         "mirror": MIRROR,
         "packages": sorted(PACKAGES),
         "customize_version": CUSTOMIZE_VERSION,
@@ -110,8 +177,16 @@ def recipe_hash(rec: dict[str, object] | None = None) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def image_dir(machines_dir: Path = MACHINES_DIR) -> Path:
-    return machines_dir / f"{IMAGE_PREFIX}{recipe_hash()}"
+def prefix(kind: str = DEFAULT) -> str:
+    return f"djk-{kind}-"
+
+
+def is_bare(kind: str) -> bool:
+    return parse_kind(kind)[1]
+
+
+def image_dir(machines_dir: Path = MACHINES_DIR, kind: str = DEFAULT) -> Path:
+    return machines_dir / f"{prefix(kind)}{recipe_hash(recipe(kind))}"
 
 
 # debootstrap logs one line per package per phase; those become a counter.
@@ -148,14 +223,15 @@ class BuildProgress:
         return f"image: {self.phase} packages ({self.counted} steps so far)"
 
 
-def _debootstrap(target: Path, build_log: Path) -> None:
-    argv = [
-        "debootstrap",
-        "--components=main",
-        f"--include={','.join(PACKAGES)}",
-        SUITE,
+def _debootstrap(target: Path, build_log: Path, rec: dict[str, object]) -> None:
+    argv = ["debootstrap", "--components=main"]
+    if rec.get("variant"):
+        argv.append(f"--variant={rec['variant']}")
+    argv += [
+        f"--include={','.join(rec['packages'])}",  # type: ignore[arg-type]
+        str(rec["suite"]),
         str(target),
-        MIRROR,
+        str(rec["mirror"]),
     ]
     log(f"image: {' '.join(argv)}")
     with build_log.open("a") as logf:
@@ -180,38 +256,42 @@ def _debootstrap(target: Path, build_log: Path) -> None:
         raise TestbedError(f"debootstrap failed ({rc}); log {build_log}:\n{tail(build_log)}")
 
 
-def _customize(target: Path, build_log: Path) -> None:
-    log("image: customising (deploy user, sudo, sshd, networkd)")
-    proc = run(["chroot", target, "/bin/sh", "-c", CUSTOMIZE_SCRIPT], check=False)
+def _customize(target: Path, build_log: Path, script: str) -> None:
+    log("image: customising (users, sudo, sshd, networkd)")
+    proc = run(["chroot", target, "/bin/sh", "-c", script], check=False)
     with build_log.open("a") as logf:
         logf.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise TestbedError(f"image customisation failed; log {build_log}:\n{tail(build_log)}")
 
 
-def _prune_old(machines_dir: Path, keep: Path) -> None:
-    """Drop images of older recipes that no running host still uses."""
+def _prune_old(machines_dir: Path, keep: Path, kind: str) -> None:
+    """Drop images of older recipes of this kind that no running host still uses."""
     in_use = " ".join(opts for _, fstype, opts in mounts() if fstype == "overlay")
-    for old in machines_dir.glob(f"{IMAGE_PREFIX}*"):
+    pattern = re.compile(re.escape(prefix(kind)) + r"[0-9a-f]{12}")
+    for old in machines_dir.iterdir():
+        if not pattern.fullmatch(old.name):
+            continue
         if old == keep or not old.is_dir() or f"lowerdir={old}" in in_use:
             continue
         log(f"image: removing outdated {old}")
         safe_rmtree(old)
 
 
-def ensure_image(machines_dir: Path = MACHINES_DIR) -> Path:
+def ensure_image(machines_dir: Path = MACHINES_DIR, kind: str = DEFAULT) -> Path:
     """Return the cached image directory, building it first if needed."""
-    target = image_dir(machines_dir)
+    rec = recipe(kind)
+    target = image_dir(machines_dir, kind)
     if target.is_dir():
         return target
     machines_dir.mkdir(parents=True, exist_ok=True)
     # Serialise builds: concurrent test sessions must not debootstrap twice.
-    with (machines_dir / f".{IMAGE_PREFIX}build.lock").open("w") as lockf:
+    with (machines_dir / f".{prefix(kind)}build.lock").open("w") as lockf:
         fcntl.flock(lockf, fcntl.LOCK_EX)
         if target.is_dir():
             return target
         # Anything half-built is from a killed build; we hold the lock, so it is stale.
-        for stale in machines_dir.glob(f".{IMAGE_PREFIX}*.tmp"):
+        for stale in machines_dir.glob(f".{prefix(kind)}*.tmp"):
             log(f"image: removing unfinished build {stale}")
             safe_rmtree(stale)
         tmp = machines_dir / f".{target.name}.tmp"
@@ -220,9 +300,9 @@ def ensure_image(machines_dir: Path = MACHINES_DIR) -> Path:
         log(f"image: building {target} (takes ~2 minutes, once)")
         started = time.monotonic()
         try:
-            _debootstrap(tmp, build_log)
-            _customize(tmp, build_log)
-            (tmp / "etc/djk-testbed-image.json").write_text(json.dumps(recipe(), indent=2) + "\n")
+            _debootstrap(tmp, build_log, rec)
+            _customize(tmp, build_log, str(rec["customize_script"]))
+            (tmp / "etc/djk-testbed-image.json").write_text(json.dumps(rec, indent=2) + "\n")
             # debootstrap unmounts its /proc and /sys, but make sure before publishing.
             unmount_all_under(tmp)
             tmp.rename(target)
@@ -231,14 +311,14 @@ def ensure_image(machines_dir: Path = MACHINES_DIR) -> Path:
             print(f"[testbed] image: build failed, see {build_log}", file=sys.stderr)
             raise
         log(f"image: built {target} in {time.monotonic() - started:.0f}s")
-        _prune_old(machines_dir, target)
+        _prune_old(machines_dir, target, kind)
     return target
 
 
-def remove_image(machines_dir: Path = MACHINES_DIR) -> None:
-    target = image_dir(machines_dir)
+def remove_image(machines_dir: Path = MACHINES_DIR, kind: str = DEFAULT) -> None:
+    target = image_dir(machines_dir, kind)
     if target.exists():
         safe_rmtree(target)
 
 
-__all__ = ["ensure_image", "image_dir", "recipe", "recipe_hash", "remove_image"]
+__all__ = ["KINDS", "ensure_image", "image_dir", "is_bare", "recipe", "recipe_hash", "remove_image"]
