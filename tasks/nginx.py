@@ -10,6 +10,7 @@ from . import tls as tls_component
 from .engine import topology, values
 from .engine.cli import run_plans, targets_task
 from .engine.component import Component, HostRun, NginxPart, components, register
+from .engine.hostinfo import DEFAULT as DEFAULT_HOST
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, SitePaths, app_of
 from .engine.render import render
@@ -52,8 +53,9 @@ def upstream_servers(inventory: Inventory, site: Site) -> list[str]:
     ]
 
 
-def site_files(inventory: Inventory, site: Site) -> list[File]:
-    """The server block (its upstream inline) and the files the components' snippets need."""
+def site_files(inventory: Inventory, site: Site, host: Host | None = None) -> list[File]:
+    """The server block (its upstream inline) and the files the components' snippets need,
+    in the dialect of the host's nginx."""
     paths = SitePaths.of(site)
     contributed = parts(inventory, site)
     block = render(
@@ -65,6 +67,8 @@ def site_files(inventory: Inventory, site: Site) -> list[File]:
         nginx=site.part(Nginx) or Nginx(),
         tls=site.part(tls_component.Tls),
         snippets=[snippet for part in contributed for snippet in part.server],
+        # nginx >= 1.25.1 (Debian 13) takes `http2 on;`, warns at `listen ... http2`
+        http2_on=(host.platform if host else DEFAULT_HOST).nginx_http2_on,
     )
     files = [File(paths.nginx_conf, block, name=f"server block {site.name}")]
     return files + [f for part in contributed for f in part.files]
@@ -94,7 +98,7 @@ def host_steps(inventory: Inventory, host: Host) -> list[Step]:
     before: list[Step] = []
     after: list[Step] = []
     for site in sites:
-        files += site_files(inventory, site)
+        files += site_files(inventory, site, host)
         for part in parts(inventory, site):
             before += part.before
             after += part.after

@@ -12,16 +12,21 @@ Fabric's own executor with that one rule (`install`), which leaves every unmarke
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fabric.executor
 from invoke import Call, Exit, Task, task
 
+from . import hostinfo
 from .executor import HostPlan, Mode, Phase, batches, converge
+from .hostinfo import HostInfo, Profile
 from .inventory import DEFAULT_INVENTORY, Host, Inventory, InventoryError, load
+from .remote import Remote, RemoteError
 from .report import HostReport, Reporter
 from .steps import Step
 from .values import escape
@@ -140,26 +145,96 @@ def run_plans(
     quiet: bool = False,
     batch: str | None = None,
     inventory: Inventory | None = None,
+    as_user: str | None = None,
+    recap: bool = True,
 ) -> list[HostReport]:
     """Build every host's plan first (user errors end here, before any host is touched), then
-    converge them in parallel and close with a recap; exit 1 if any host failed."""
+    converge them in parallel and close with a recap; exit 1 if any host failed.
+
+    Plans are built for what each host is (engine/hostinfo.py): the profile remembered from the
+    last run, or, for a host never seen, read now over the connection the run then goes on
+    with. A host that changed since is planned again when the first round trip shows it."""
     inventory = inventory or load_inventory(c)
     hosts = target_hosts(c, inventory)
-    plans = []
-    for host in hosts:
+    if as_user:  # e.g. root, to bootstrap the deploy user
+        hosts = [dataclasses.replace(h, user=as_user) for h in hosts]
+    remotes: dict[str, Remote] = {}
+    hosts = _with_profiles(hosts, remotes, c.config)
+
+    def plan_for(host: Host) -> HostPlan:
+        problem = host.platform.problem()
+        if problem:
+            raise user_error(f"host {host.name} ({host.platform.describe()}) {problem}")
         built = build(inventory, host)
-        plans.append(built if isinstance(built, HostPlan) else HostPlan(host, [Phase("", built)]))
-    secrets = [s for site in inventory.sites.values() for s in site.secrets.values()]
-    reporter = Reporter(output_mode(json_, quiet), check=check, secrets=secrets)
+        return built if isinstance(built, HostPlan) else HostPlan(host, [Phase("", built)])
+
+    def replan(host: Host, info: HostInfo) -> HostPlan:
+        try:
+            return plan_for(dataclasses.replace(host, info=info))
+        except Exit as exc:
+            raise ValueError(str(exc.message).removeprefix("error: ")) from None
+
     try:
+        plans = [plan_for(host) for host in hosts]
         batches(len(plans), batch)
     except ValueError as exc:
+        _close_all(remotes)
         raise user_error(str(exc)) from None
-    reports = converge(plans, Mode(check=check, diff=diff, batch=batch), reporter, c.config)
-    reporter.recap(reports)
+    except BaseException:
+        _close_all(remotes)
+        raise
+    secrets = [s for site in inventory.sites.values() for s in site.secrets.values()]
+    reporter = Reporter(output_mode(json_, quiet), check=check, secrets=secrets)
+
+    def connect(host: Host, config) -> Remote:
+        return remotes.pop(host.name, None) or Remote(host, config)
+
+    reports = converge(
+        plans,
+        Mode(check=check, diff=diff, batch=batch),
+        reporter,
+        c.config,
+        connect=connect,
+        replan=replan,
+    )
+    for host, report in zip(hosts, reports, strict=True):
+        if report.host_info is not None:
+            hostinfo.remember(host.login, report.host_info)
+    if recap:
+        reporter.recap(reports)
     if any(r.failed for r in reports):
         raise Exit(code=1)
     return reports
+
+
+def _with_profiles(hosts: list[Host], remotes: dict[str, Remote], config) -> list[Host]:
+    """Each host with its profile: remembered, or read now (one command) for a host not seen
+    before — over the connection the run keeps. A host that cannot be reached keeps the
+    default profile; the run reports the failed connection."""
+    known = {h.name: hostinfo.cached(h.login) for h in hosts}
+    unseen = [h for h in hosts if known[h.name] is None]
+
+    def probe(host: Host) -> None:
+        remote = Remote(host, config)
+        try:
+            remote.open()
+            known[host.name] = remote.gather([Profile()])[Profile()]
+            remotes[host.name] = remote
+        except RemoteError:
+            remote.close()
+
+    if unseen:
+        with ThreadPoolExecutor(max_workers=min(16, len(unseen))) as pool:
+            list(pool.map(probe, unseen))
+    return [dataclasses.replace(h, info=known[h.name]) for h in hosts]
+
+
+def _close_all(remotes: dict[str, Remote]) -> None:
+    for remote in remotes.values():
+        try:
+            remote.close()
+        except Exception:  # closing what may never have opened fully
+            pass
 
 
 def user_error(message: str) -> Exit:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from fabric import Config
 
 from .facts import Facts, PendingHandlers
+from .hostinfo import HostInfo, Profile
 from .inventory import Host
 from .remote import Remote, RemoteError
 from .report import HostReport, Reporter, StepResult
@@ -89,6 +90,8 @@ class _Session:
     initial: Facts | None = None  # as read at the start, for the revert
     pending: list[str] = field(default_factory=list)
     dirty: bool = False  # applied something since the facts were read
+    replan: Callable[[Host, HostInfo], HostPlan] | None = None
+    found: HostInfo | None = None  # the host's profile, when it differed from the plan's
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -111,12 +114,38 @@ def _open(session: _Session) -> None:
         if not session.mode.check:
             for hold in session.plan.holds:
                 hold.acquire(remote)
-        steps = [step for phase in session.plan.phases for step in phase.steps]
-        facts = remote.gather(_facts_of(steps, session.mode.diff) + [PendingHandlers()])
+        facts = _gather_all(session)
+        found = facts.get(Profile())
+        session.report.host_info = found
+        if found is not None and found != session.plan.host.info:
+            # The plan was built from what the host was last time (or a guess, for a host never
+            # seen): build it again from what it is now, before anything is changed. Its holds
+            # are the same sites' locks, already held.
+            session.found = found
+            if not _replan(session, found):
+                return
+            facts = _gather_all(session)
         session.facts = session.initial = facts
         session.pending = list(facts[PendingHandlers()])
     except RemoteError as exc:
         session.fail(str(exc))
+
+
+def _gather_all(session: _Session) -> Facts:
+    steps = [step for phase in session.plan.phases for step in phase.steps]
+    facts = _facts_of(steps, session.mode.diff) + [PendingHandlers(), Profile()]
+    return session.remote.gather(facts)
+
+
+def _replan(session: _Session, found: HostInfo) -> bool:
+    if session.replan is None:
+        return True
+    try:
+        session.plan = session.replan(session.plan.host, found)
+    except Exception as exc:  # a user error of the new plan: this host goes no further
+        session.fail(str(exc))
+        return False
+    return True
 
 
 def _facts_of(steps: list[Step], diff: bool) -> list:
@@ -191,6 +220,9 @@ def _apply(session: _Session, action: Action, notes: list[str]) -> str:
         payload = action.payload()
     except Exception as exc:
         return f"{action.summary}: {exc}"
+    if action.kind:
+        kinds = session.report.bytes_by_kind
+        kinds[action.kind] = kinds.get(action.kind, 0) + len(payload)
     if action.progress:
         with reporter.progress(remote.host.name, action.progress, action.echo) as progress:
             result = remote.run(action.full_script(), stdin=payload, on_line=progress.on_line)
@@ -269,13 +301,23 @@ def converge(
     reporter: Reporter,
     config: Config | None = None,
     connect: Callable[[Host, Config | None], Remote] = Remote,
+    replan: Callable[[Host, HostInfo], HostPlan] | None = None,
 ) -> list[HostReport]:
-    """Converge every host; reports come back in the order the hosts were given."""
+    """Converge every host; reports come back in the order the hosts were given. A host whose
+    profile (hostinfo.Profile, read in the first round trip) differs from the one its plan was
+    built from gets its plan built again with `replan`."""
     if not plans:
         return []
     reporter.width = max([8, *(len(p.host.name) for p in plans)])
     sessions = [
-        _Session(plan, reporter, connect(plan.host, config), HostReport(plan.host.name), mode)
+        _Session(
+            plan,
+            reporter,
+            connect(plan.host, config),
+            HostReport(plan.host.name),
+            mode,
+            replan=replan,
+        )
         for plan in plans
     ]
     try:

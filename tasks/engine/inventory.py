@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from . import values
 from .component import components
+from .hostinfo import DEFAULT as DEFAULT_HOST
+from .hostinfo import HostInfo
 from .procs import MANAGERS
 from .schema import FileProblem, InventoryError, Table, read_text
 from .secrets import Secret, load_env_file
@@ -23,6 +25,7 @@ __all__ = ["DEFAULT_INVENTORY", "ROLES", "Host", "Inventory", "InventoryError", 
 
 DEFAULT_INVENTORY = "hosts.toml"
 ROLES = ("web", "app", "worker", "broker")
+PACKAGE_SOURCES = ("control", "host")
 
 T = TypeVar("T")
 
@@ -38,6 +41,21 @@ class Host:
     roles: tuple[str, ...] = ()
     in_inventory: bool = True
     process_manager: str = "systemd"  # or "supervisor": what runs the sites' processes
+    # Where `provision` gets Debian packages: "control" (the control machine computes and
+    # ships them: hosts need no internet) or "host" (the host's own apt sources).
+    packages_from: str = "control"
+    # What the host was found to be (engine/hostinfo.py): set by the run before plans are
+    # built, None in plans built without a host (tests, --check of pure logic).
+    info: HostInfo | None = field(default=None, compare=False)
+
+    @property
+    def platform(self) -> HostInfo:
+        return self.info or DEFAULT_HOST
+
+    @property
+    def login(self) -> str:
+        """user@address:port, what the control machine remembers the host's profile by."""
+        return f"{self.user}@{self.connect_to}:{self.port}"
 
     @property
     def connect_to(self) -> str:
@@ -170,6 +188,9 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
     d_manager = defaults.get(
         "process_manager", str, values.choice(*MANAGERS), default="systemd"
     )
+    d_packages = defaults.get(
+        "packages_from", str, values.choice(*PACKAGE_SOURCES), default="control"
+    )
     defaults.done()
 
     hosts: dict[str, Host] = {}
@@ -195,6 +216,9 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
             roles=r.get_list("roles", values.choice(*ROLES), default=()),
             process_manager=r.get(
                 "process_manager", str, values.choice(*MANAGERS), default=d_manager
+            ),
+            packages_from=r.get(
+                "packages_from", str, values.choice(*PACKAGE_SOURCES), default=d_packages
             ),
         )
         r.done()

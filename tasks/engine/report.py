@@ -13,9 +13,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
+from .hostinfo import HostInfo
 from .secrets import Secret, redact, redact_data
 
 STATUSES = ("ok", "changed", "failed", "skipped")
+SHOWN_APART = ("uv",)  # one-time uploads the recap names apart from the rest
 
 
 @dataclass
@@ -36,6 +38,10 @@ class HostReport:
     seconds: float = 0.0
     error: str = ""
     extra: dict = field(default_factory=dict)
+    host_info: HostInfo | None = None  # what the host is, as read this run
+    # Bytes of payloads with a kind (Action.kind): "uv" (the installer, once per host),
+    # "wheels", "source" ...; included in bytes_sent.
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.steps if s.status == status)
@@ -100,9 +106,13 @@ class Reporter:
                 counts = "  ".join(f"{s}={r.count(s)}" for s in STATUSES)
                 releases = r.extra.get("releases", {})
                 live = "".join(f"  {site}={rel}" for site, rel in sorted(releases.items()))
+                apart = "".join(
+                    f" ({kind} {_size(n)})" for kind, n in sorted(r.bytes_by_kind.items())
+                    if kind in SHOWN_APART
+                )  # fmt: skip
                 print(
                     f"{r.host:<{self.width}}  {counts}  commands={r.commands}  "
-                    f"sent={_size(r.bytes_sent)}  {r.seconds:.2f}s{live}"
+                    f"sent={_size(r.bytes_sent)}{apart}  {r.seconds:.2f}s{live}"
                     + (f"  error: {self.clean(r.error)}" if r.error else ""),
                     file=self.out,
                 )

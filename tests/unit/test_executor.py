@@ -264,3 +264,49 @@ def test_what_an_actions_output_finds_goes_to_the_step_line_and_the_report():
         "",
         {"check_deploy": {"shop": []}},
     )
+
+
+def test_a_host_that_is_not_what_its_plan_was_built_for_is_planned_again():
+    from djk.tasks.engine.hostinfo import DEFAULT, HostInfo, Profile
+
+    trixie = HostInfo(version_id="13", codename="trixie", glibc="2.41", python="3.13.5")
+    built_for: list = []
+
+    def plan_for(host: Host, info) -> HostPlan:
+        built_for.append(info)
+        return HostPlan(host, [Phase("", [Want(f"for {info.codename}")])])
+
+    host = Host("x", "1", info=DEFAULT)
+    log: list = []
+
+    def connect(h, config):
+        return FakeRemote(h, state={Profile(): trixie}, log=log)
+
+    reporter = Reporter("quiet", out=io.StringIO())
+    (report,) = converge([plan_for(host, DEFAULT)], Mode(), reporter, connect=connect,
+                         replan=plan_for)  # fmt: skip
+    assert built_for == [DEFAULT, trixie]
+    assert [s.step for s in report.steps] == ["for trixie"] and report.host_info == trixie
+    # The same host as planned: no second plan.
+    built_for.clear()
+    converge([plan_for(Host("x", "1", info=trixie), trixie)], Mode(), reporter,
+             connect=connect, replan=plan_for)  # fmt: skip
+    assert built_for == [trixie]
+
+
+def test_a_host_whose_new_plan_is_refused_fails_before_any_change():
+    from djk.tasks.engine.hostinfo import DEFAULT, HostInfo, Profile
+
+    def refuse(host, info):
+        raise ValueError("site shop on host x: the site needs Python 3.13")
+
+    log: list = []
+
+    def connect(h, config):
+        return FakeRemote(h, state={Profile(): HostInfo(python="3.11.9")}, log=log)
+
+    reporter = Reporter("quiet", out=io.StringIO())
+    plan = HostPlan(Host("x", "1", info=DEFAULT), [Phase("", [Want("a")])])
+    (report,) = converge([plan], Mode(), reporter, connect=connect, replan=refuse)
+    assert report.failed and "needs Python 3.13" in report.error
+    assert not [line for _, line in log if line == "echo applied"]
