@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from .engine import agent, locks, procs, python_env, topology, values
+from .engine import agent, locks, procs, python_env, topology, values, wheels
 from .engine import releases as R
 from .engine import source as shipping
 from .engine.cli import run_plans, targets_task, user_error
@@ -31,6 +31,7 @@ from .engine.secrets import Secret
 from .engine.steps import (
     Action,
     Context,
+    Directories,
     Directory,
     File,
     MarkedCommand,
@@ -40,6 +41,7 @@ from .engine.steps import (
     SystemUser,
     UnitStatus,
 )
+from .engine.wheels import DependencyError, Wheelhouse
 
 # -- what a deploy ships and which release a site switches to -----------------------------------
 
@@ -55,6 +57,9 @@ class Build:
     revision: str
     archive: Callable[[], bytes] | None = None  # the source's tar (None: plan tests)
     requirements: Path | None = None  # as shipped, plus the server's pins (engine/python_env)
+    # The pinned set and its wheels for one host's interpreter (for_host); `deps` is then the
+    # venv key on that host.
+    house: Wheelhouse | None = None
 
     @property
     def key(self) -> str:
@@ -85,9 +90,31 @@ def new_build(
         )
     pins = [p for c in components() for p in c.python_packages(site)]
     requirements = python_env.materialize(python_env.with_server(locks.pinned(files, rel), pins))
-    deps = Venv.key_for(requirements)
+    deps = python_env.deps_key(requirements, wheels.Target())
     release = R.new_release_id(snap.revision, now)
     return Build(site, release, snap.tree, deps, snap.revision, snap.archive, requirements)
+
+
+def for_host(build: Build, host: Host) -> Build:
+    """The build as one host installs it: its dependency set resolved for the host's Python
+    and platform (cached), and the venv key that goes with them. A user error, before any host
+    is touched, when the site needs another Python or a package cannot be had for the host."""
+    site, info = build.site, host.platform
+    wanted = app_of(site).python
+    where = f"site {site.name} on host {host.name}"
+    if wanted and wanted != info.python_minor:
+        raise user_error(
+            f"{where}: the site needs Python {wanted} (sites.{site.name}.python), the host has "
+            f"{info.python or 'none'} ({info.release})"
+        )
+    if build.requirements is None:
+        return build  # plan tests give their wheelhouse
+    target = wheels.Target.of(info)
+    try:
+        house = python_env.wheelhouse_for(build.requirements, target)
+    except DependencyError as exc:
+        raise user_error(f"{where} ({info.release}, Python {info.python}): {exc}") from None
+    return replace(build, deps=python_env.deps_key(build.requirements, target), house=house)
 
 
 def deploy_files(source: Path, inventory: Path | None, env_file: Path | None) -> tuple[str, ...]:
@@ -676,21 +703,28 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
     paths = SitePaths.of(site, host)
     steps: list[Step] = [
         SystemUser(site.user, paths.base),
-        Directory(paths.base, "root", site.user, "751"),
-        Directory(paths.shared, site.user, site.user, "700"),
-        Directory(paths.static, site.user, site.user, "755"),
-        Directory(paths.releases, "root", site.user, "750"),
-        Directory(paths.venvs, "root", site.user, "750"),
-        Directory(paths.slots, "root", site.user, "750"),
-        # gunicorn (the site user) creates the slots' sockets here; nginx (www-data) connects.
-        Directory(paths.sockets, site.user, "www-data", "750"),
-        *(
-            # supervisor makes no runtime directory: the slots' gunicorn control sockets.
-            [Directory(paths.run_dir, site.user, site.user, "700")]
-            if paths.manager == procs.SUPERVISOR
-            else []
+        Directories(
+            f"directories of {site.name}",
+            [
+                Directory(paths.base, "root", site.user, "751"),
+                Directory(paths.shared, site.user, site.user, "700"),
+                Directory(paths.pycache, site.user, site.user, "700"),
+                Directory(paths.static, site.user, site.user, "755"),
+                Directory(paths.releases, "root", site.user, "750"),
+                Directory(paths.venvs, "root", site.user, "750"),
+                Directory(paths.slots, "root", site.user, "750"),
+                # gunicorn (the site user) makes the slots' sockets here; nginx (www-data)
+                # connects.
+                Directory(paths.sockets, site.user, "www-data", "750"),
+                # supervisor makes no runtime directory: the slots' gunicorn control sockets.
+                *(
+                    [Directory(paths.run_dir, site.user, site.user, "700")]
+                    if paths.manager == procs.SUPERVISOR
+                    else []
+                ),
+            ],
         ),
-        Venv(paths.venvs, build.requirements or app_of(site).requirements, group=site.user),
+        *([Venv(paths.venvs, build.house, build.deps, site.user)] if build.house else []),
         env_file(inventory, site, host),
         Stage(build),
         ReleaseCommand(
@@ -814,6 +848,7 @@ class AppComponent(Component):
             drain_timeout=table.get("drain_timeout", int, values.count(0, 86400), default=30),
             migrate_on=table.get("migrate_on", str, values.choice("one", "every"), default="one"),
             check_deploy=table.get("check_deploy", bool, default=True),
+            python=table.get("python", str, values.python_version, default=None),
         )
 
     def check(self, inventory: Inventory) -> None:
@@ -825,7 +860,8 @@ class AppComponent(Component):
             check_env_names(inventory, site)
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
-        return ["python3", "python3-venv"] if inventory.sites_on(host) else []
+        # No python3-venv: uv makes the venvs (engine/python_env.py).
+        return ["python3"] if inventory.sites_on(host) else []
 
     def python_packages(self, site: Site) -> list[str]:
         app = app_of(site)
@@ -849,7 +885,9 @@ class AppComponent(Component):
             "DJANGO_ALLOWED_HOSTS": ",".join(hosts),
             "DJANGO_CSRF_TRUSTED_ORIGINS": ",".join(origins),
             "DJANGO_DB_PATH": paths.db,
-            "PYTHONDONTWRITEBYTECODE": "1",
+            # Venvs and releases are read-only to the site user: the first process to import a
+            # module compiles it here, the others load it (engine/python_env.py).
+            "PYTHONPYCACHEPREFIX": paths.pycache,
         }
 
     def env_notify(self, site: Site, host: Host) -> tuple[str, ...]:
@@ -859,8 +897,11 @@ class AppComponent(Component):
         inventory, host = run.inventory, run.host
         roles = topology.roles(host)
         if phase == "stage":
+            builds = [run.builds[site.name] for site in run.sites]
+            houses = [b.house for b in builds if b.house is not None]
             return [
-                s for site in run.sites for s in stage_steps(run.builds[site.name], inventory, host)
+                *python_env.host_steps(houses, wheels.Target.of(host.platform)),
+                *(s for build in builds for s in stage_steps(build, inventory, host)),
             ]
         if phase == "migrate":
             return [

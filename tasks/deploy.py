@@ -146,12 +146,15 @@ def new_builds(
 def deploy_plan(
     inventory: Inventory, host: Host, builds: dict[str, app.Build], wait: float | None = 0
 ) -> HostPlan:
+    sites = tuple(sites_or_exit(inventory, host))
+    # Each site's build as this host installs it (its Python, its wheels).
+    here = {site.name: app.for_host(builds[site.name], host) for site in sites}
     run = HostRun(
         inventory,
         host,
-        tuple(sites_or_exit(inventory, host)),
-        builds,
-        target=lambda site: app.Wanted(builds[site.name]),
+        sites,
+        here,
+        target=lambda site: app.Wanted(here[site.name]),
         options={"lock_wait": wait},
     )
     return compose(run, DEPLOY_PHASES)

@@ -267,6 +267,7 @@ def finish(site: Site, active: str | None, nxt: str, spec: dict) -> None:
     site.procs.load(site.units[idle], False)
     retire(site, site.live, spec)
     prune_venvs(site.base)
+    prune_pycache(site.base)
     say(f"release {site.want} is live in slot {nxt}")
 
 
@@ -314,6 +315,16 @@ def prune_venvs(base: Path) -> None:
     for venv in sorted(base.glob("venvs/*")):
         if venv.is_dir() and f"../../venvs/{venv.name}" not in used:
             shutil.rmtree(venv, ignore_errors=True)
+
+
+def prune_pycache(base: Path) -> None:
+    """Remove the bytecode of releases and venvs that are gone (PYTHONPYCACHEPREFIX mirrors
+    their absolute paths under pycache/)."""
+    mirror = base / "pycache" / str(base).lstrip("/")
+    for kind in ("releases", "venvs"):
+        for compiled in sorted(mirror.glob(f"{kind}/*")):
+            if not (base / kind / compiled.name).exists():
+                shutil.rmtree(compiled, ignore_errors=True)
 
 
 def verify(spec: dict) -> int:

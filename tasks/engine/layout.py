@@ -4,6 +4,7 @@
   releases/<id>/     source, .venv -> ../../venvs/<deps>, .djk-release.{json,env}, .djk-status
   venvs/<deps>/      virtualenvs, shared by the releases with the same dependency set
   shared/            env (0600), db, anything that outlives a release
+  pycache/           bytecode of venvs and releases, written by the site's processes on import
   static/<id>/       each release's collected static files (its DJANGO_STATIC_ROOT)
   static/{current,next,previous} -> <id>: what nginx serves, in that order
   current            -> releases/<id>, renamed over atomically
@@ -51,6 +52,7 @@ class App:
     keep_releases: int = 5
     migrate_on: str = "one"  # "one" host per deploy (shared database) or "every" host
     check_deploy: bool = True  # manage.py check --deploy on each staged release
+    python: str | None = None  # "3.13": the hosts' python3 must be this version
 
     @property
     def application(self) -> str:
@@ -111,6 +113,12 @@ class SitePaths:
     @property
     def shared(self) -> str:
         return f"{self.base}/shared"
+
+    @property
+    def pycache(self) -> str:
+        """Bytecode the site's processes compile as they import (PYTHONPYCACHEPREFIX): the
+        venvs and releases are read-only to them."""
+        return f"{self.base}/pycache"
 
     @property
     def env(self) -> str:

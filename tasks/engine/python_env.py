@@ -1,7 +1,13 @@
-"""Python dependencies for hosts without internet: a wheelhouse built on the control machine.
+"""Python dependencies for hosts without internet: wheels resolved on the control machine for
+each host's interpreter (engine/wheels.py), one wheel store per host, venvs installed with uv.
 
-The venv on the host is keyed by a hash of the requirements and the target interpreter, so a
-code-only deploy reuses it, and a changed dependency set gets a new venv next to the old one.
+On the host, under /srv/djk/.kit/ (the filesystem the sites live on, so uv links files instead of
+copying them):
+  wheels/       every wheel any site needed, by file name: a wheel is sent once per host
+  uv-cache/     uv's unpacked wheels; each venv's files are hard links into it
+  uv-<version>  the installer, shipped once per host
+A site's venv is venvs/<key> (key: the pinned set and the target), so a code-only deploy reuses
+it and a changed dependency set gets a new venv next to the old one.
 """
 
 from __future__ import annotations
@@ -11,38 +17,20 @@ import io
 import os
 import re
 import shlex
-import subprocess
-import sys
 import tarfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
-from .facts import Fact, Text
+from .facts import Fact, Stat, Text
 from .steps import Action, Context, Plan, Step
+from .wheels import Target, Wheelhouse, key_of, resolve
 
 COMPLETE = ".djk-complete"
-
-
-@dataclass(frozen=True)
-class Target:
-    """The host interpreter the wheels are for (Debian 12: CPython 3.11 on x86_64)."""
-
-    python_version: str = "3.11"
-    platforms: tuple[str, ...] = (
-        "manylinux_2_36_x86_64",
-        "manylinux_2_28_x86_64",
-        "manylinux_2_17_x86_64",
-        "manylinux2014_x86_64",
-        "linux_x86_64",
-    )
-    interpreter: str = "/usr/bin/python3"
-
-
-def requirements_key(requirements: Path, target: Target = Target()) -> str:
-    digest = hashlib.sha256(requirements.read_bytes())
-    digest.update(repr(target).encode())
-    return digest.hexdigest()[:16]
+KIT_DIR = "/srv/djk/.kit"
+HOST_WHEELS = f"{KIT_DIR}/wheels"
+HOST_UV_CACHE = f"{KIT_DIR}/uv-cache"
 
 
 def cache_root() -> Path:
@@ -97,85 +85,161 @@ def materialize(requirements: bytes) -> Path:
     return path
 
 
-def wheelhouse(requirements: Path, target: Target = Target()) -> Path:
-    """Download every wheel the requirements need for the target, once per requirements key."""
-    key = requirements_key(requirements, target)
-    dest = cache_root() / key
-    with _build_lock:
-        if (dest / COMPLETE).exists():
-            return dest
-        tmp = dest.with_name(dest.name + ".tmp")
-        subprocess.run(["rm", "-rf", str(tmp)], check=True)
-        tmp.mkdir(parents=True)
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--only-binary=:all:",
-            "--implementation",
-            "cp",
-            "--python-version",
-            target.python_version,
-            "-d",
-            str(tmp),
-            "-r",
-            str(requirements),
-        ]
-        for platform in target.platforms:
-            command += ["--platform", platform]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"pip download failed for {requirements}: {done.stderr.strip()}")
-        (tmp / "requirements.txt").write_bytes(requirements.read_bytes())
-        (tmp / COMPLETE).write_text(key + "\n")
-        subprocess.run(["rm", "-rf", str(dest)], check=True)
-        tmp.rename(dest)
-    return dest
+def deps_key(requirements: Path, target: Target) -> str:
+    """The venv's name on a host: the requirements and the interpreter they are resolved for."""
+    return key_of(requirements.read_bytes(), target)
 
 
-_archives: dict[Path, bytes] = {}
+def wheelhouse_for(requirements: Path, target: Target) -> Wheelhouse:
+    return resolve(requirements.read_bytes(), target)
+
+
+def uv_version() -> str:
+    from importlib.metadata import version
+
+    return version("uv")
+
+
+def uv_path() -> str:
+    return f"{KIT_DIR}/uv-{uv_version()}"
+
+
+_archives: dict[tuple[str, ...], bytes] = {}
 _archive_lock = threading.Lock()
 
 
-def wheelhouse_archive(path: Path) -> bytes:
-    """One archive in memory however many hosts it goes to: the hosts run in parallel, and the
-    first of them builds it while the others wait."""
+def archive_of(paths: list[Path]) -> bytes:
+    """One tar in memory per set of files, however many hosts it goes to (they run in
+    parallel; the first builds it while the others wait)."""
+    key = tuple(str(p) for p in paths)
     with _archive_lock:
-        if path not in _archives:
-            _archives[path] = _build_archive(path)
-        return _archives[path]
+        if key not in _archives:
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as tar:
+                for path in paths:
+                    tar.add(path, arcname=path.name)
+            _archives[key] = buffer.getvalue()
+        return _archives[key]
 
 
-def _build_archive(path: Path) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for item in sorted(path.iterdir()):
-            if item.name != COMPLETE:
-                tar.add(item, arcname=item.name)
-    return buffer.getvalue()
+@dataclass(frozen=True)
+class WheelFiles(Fact[list]):
+    """The wheel files in the host's store."""
+
+    directory: str = HOST_WHEELS
+    default: ClassVar[Any] = []
+
+    def command(self) -> str:
+        return f"ls -1 -- {shlex.quote(self.directory)} 2>/dev/null || true"
+
+    def parse(self, rc: int, out: str) -> list[str]:
+        return sorted(line for line in out.split() if line.endswith(".whl"))
+
+
+class HostWheels(Step):
+    """The host's wheel store has every wheel this run's venvs install: only the missing ones
+    are sent, once for all the sites of the host."""
+
+    def __init__(self, houses: list[Wheelhouse]) -> None:
+        names: dict[str, Path] = {}
+        for house in houses:
+            names.update(zip(house.wheels, house.paths(), strict=True))
+        self.wanted = names
+        self.id = "wheels"
+        self.name = "wheels"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [WheelFiles()]
+
+    def plan(self, ctx: Context) -> Plan:
+        have = set(ctx.facts[WheelFiles()])
+        missing = sorted(n for n in self.wanted if n not in have)
+        if not missing:
+            return Plan(reason=f"{len(self.wanted)} on the host")
+        paths = [self.wanted[n] for n in missing]
+        q = shlex.quote
+        script = f"""set -e
+mkdir -p {q(HOST_WHEELS)}
+incoming=$(mktemp -d {q(HOST_WHEELS)}/.in.XXXXXX)
+trap 'rm -rf "$incoming"' EXIT
+tar -xf - -C "$incoming"
+chmod 0644 "$incoming"/*.whl
+mv -f "$incoming"/*.whl {q(HOST_WHEELS)}/
+"""
+        size = sum(p.stat().st_size for p in paths if p.exists())
+        return Plan(
+            [
+                Action(
+                    f"send {len(missing)} of {len(self.wanted)} ({size / 1e6:.1f} MB)",
+                    script,
+                    stdin=lambda: archive_of(paths),
+                    kind="wheels",
+                )
+            ]
+        )
+
+
+class UvTool(Step):
+    """uv, the installer the venvs are made with, on the host (sent once per host and version:
+    the wheel of uv for the host's platform, unpacked there)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.path = uv_path()
+        self.id = "uv"
+        self.name = "installer"
+        # Resolved when the plan is built (cached): a failure is the run's, before any host.
+        self.wheel = resolve(f"uv=={uv_version()}\n".encode(), target).paths()[0]
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [Stat(self.path)]
+
+    def plan(self, ctx: Context) -> Plan:
+        state = ctx.facts[Stat(self.path)]
+        if state is not None and state.kind == "file":
+            return Plan(reason=f"uv {uv_version()}")
+        wheel = self.wheel
+        q = shlex.quote
+        script = f"""set -e
+mkdir -p {q(KIT_DIR)}
+tmp=$(mktemp {q(self.path)}.XXXXXX)
+trap 'rm -f "$tmp"' EXIT
+python3 -c '
+import io, shutil, sys, zipfile
+with zipfile.ZipFile(io.BytesIO(sys.stdin.buffer.read())) as wheel:
+    member = next(n for n in wheel.namelist() if n.endswith(".data/scripts/uv"))
+    with wheel.open(member) as src, open(sys.argv[1], "wb") as dst:
+        shutil.copyfileobj(src, dst)
+' "$tmp"
+chmod 0755 "$tmp"
+mv -f "$tmp" {q(self.path)}
+"""
+        return Plan(
+            [
+                Action(
+                    f"install uv {uv_version()} ({wheel.stat().st_size / 1e6:.1f} MB)",
+                    script,
+                    stdin=lambda: wheel.read_bytes(),
+                    kind="uv",
+                )
+            ]
+        )
 
 
 class Venv(Step):
-    """A complete virtualenv at venvs/<key>, installed from the control machine's wheelhouse.
+    """A complete virtualenv at venvs/<key>, installed with uv from the host's wheel store
+    (no index, no network): the pinned set exactly. Not byte-compiled here (seconds of CPU
+    for thousands of modules a site never imports): the site's processes compile what they
+    import, once, into the site's pycache/ (PYTHONPYCACHEPREFIX).
 
     Releases link to it; the switch removes the ones no release uses any more.
     """
 
-    def __init__(
-        self, venvs: str, requirements: Path, group: str, target: Target = Target()
-    ) -> None:
-        self.venvs, self.requirements, self.group, self.target = venvs, requirements, group, target
-        self.key = requirements_key(requirements, target)
-        self.dest = f"{venvs}/{self.key}"
+    def __init__(self, venvs: str, house: Wheelhouse, key: str, group: str) -> None:
+        self.venvs, self.house, self.key, self.group = venvs, house, key, group
+        self.dest = f"{venvs}/{key}"
         self.id = f"venv:{self.dest}"
         self.name = f"virtualenv {self.dest}"
-
-    @staticmethod
-    def key_for(requirements: Path, target: Target = Target()) -> str:
-        return requirements_key(requirements, target)
 
     def facts(self, diff: bool) -> list[Fact]:
         return [Text(f"{self.dest}/{COMPLETE}")]
@@ -185,25 +249,36 @@ class Venv(Step):
             return Plan(reason=f"dependencies {self.key} installed")
         q = shlex.quote
         dest = q(self.dest)
+        uv = q(uv_path())
+        # The venv's files are hard links into uv's cache, shared with other venvs: they stay
+        # root's and world-readable (public packages); the venv's own directory keeps other
+        # sites out.
         script = f"""set -e
+export UV_CACHE_DIR={q(HOST_UV_CACHE)} UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1 NO_COLOR=1
+cd /
 rm -rf {dest}
-wheels=$(mktemp -d {q(self.venvs)}/.wheels.XXXXXX)
-trap 'rm -rf "$wheels"' EXIT
-tar -xf - -C "$wheels"
-{q(self.target.interpreter)} -m venv {dest}
-{dest}/bin/pip install --no-index --find-links "$wheels" --disable-pip-version-check \
-  --no-cache-dir --progress-bar off -r "$wheels/requirements.txt"
-chown -R root:{q(self.group)} {dest}
-chmod -R u=rwX,g=rX,o= {dest}
+pins=$(mktemp)
+trap 'rm -f "$pins"' EXIT
+cat > "$pins"
+{uv} venv --quiet --python /usr/bin/python3 {dest}
+{uv} pip install --quiet --offline --no-index --find-links {q(HOST_WHEELS)} --no-deps \\
+  --link-mode hardlink --python {dest}/bin/python -r "$pins"
+chown root:{q(self.group)} {dest}
+chmod 0750 {dest}
 printf '%s\\n' {self.key} > {dest}/{COMPLETE}
 """
         return Plan(
             [
                 Action(
-                    f"install dependencies {self.key} from the wheelhouse",
+                    f"install {len(self.house.pins)} packages ({self.key}) with uv",
                     script,
-                    stdin=lambda: wheelhouse_archive(wheelhouse(self.requirements, self.target)),
+                    stdin=self.house.requirements.encode(),
                     progress="installing dependencies",
                 )
             ]
         )
+
+
+def host_steps(houses: list[Wheelhouse], target: Target) -> list[Step]:
+    """What every venv of a host needs first: uv and the wheels."""
+    return [UvTool(target), HostWheels(houses)] if houses else []

@@ -218,6 +218,16 @@ def count(low: int, high: int):
     return check
 
 
+_PYTHON = re.compile(r"3\.\d{1,2}")
+
+
+def python_version(value: str) -> str:
+    """A Python minor version: "3.13"."""
+    if not _PYTHON.fullmatch(value):
+        raise ValueError(f"{show(value)} is not a Python version like \"3.13\"")
+    return value
+
+
 def choice(*allowed: str):
     def check(value: str) -> str:
         if value not in allowed:
