@@ -1,8 +1,12 @@
-"""Take a bare Debian 12 host to one the kit can deploy to: packages for its roles, the deploy
-user's sudo rule, nginx's base configuration, services running.
+"""Take a bare Debian 12 or 13 host to one the kit can deploy to: packages for its roles, the
+deploy user's sudo rule, nginx's base configuration, services running.
 
-Packages come from the host's apt sources, or, for hosts without internet, from .deb files on the
-control machine (`--packages-from DIR`), shipped over SSH and installed with apt.
+Packages: by default the control machine computes the closure of what the host's roles need
+for its release and architecture from Debian's archive (engine/debian.py), downloads and checks
+it, and ships it over SSH — the host needs no internet (`packages_from = "control"`). With
+`packages_from = "host"` the host's own apt sources are used. A fresh server reachable only as
+root is brought up with `--bootstrap`: as root, sudo and the deploy user (the key the kit logs
+in with, the sudo rule checked with visudo) first, then the rest as that user.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import paramiko
+
+from .engine import debian
 from .engine.cli import run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, components, register
-from .engine.facts import Fact
+from .engine.facts import Fact, Text
 from .engine.inventory import Host, Inventory
 from .engine.render import MANAGED
 from .engine.steps import Action, ConfigSet, Context, Directory, File, Plan, Step
@@ -33,73 +40,86 @@ def packages_for(inventory: Inventory, host: Host) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Installed(Fact[set]):
-    """Which of the named packages dpkg has installed."""
+class DpkgStatus(Fact[dict]):
+    """Every package dpkg has installed, with its version and what it provides."""
 
-    names: tuple[str, ...]
-    default: ClassVar[Any] = set()
+    default: ClassVar[Any] = {}
 
     def command(self) -> str:
-        query = " ".join(shlex.quote(n) for n in self.names)
-        return f"dpkg-query -W -f='${{Package}} ${{Status}}\\n' {query}"
+        return debian.STATUS_COMMAND
 
-    def parse(self, rc: int, out: str) -> set[str]:
-        return {
-            line.split()[0]
-            for line in out.splitlines()
-            if line.strip().endswith("install ok installed")
-        }
+    def parse(self, rc: int, out: str) -> dict[str, debian.Installed]:
+        return debian.parse_status(out)
+
+
+APT = (
+    "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+    "-o Dpkg::Options::=--force-confold"
+)
 
 
 class Packages(Step):
-    """Every package the host's roles need is installed (nothing is upgraded or removed)."""
+    """Every package the host's roles need is installed (nothing is upgraded or removed but
+    what a new package's dependencies need)."""
 
-    def __init__(self, names: list[str], debs: Path | None) -> None:
-        self.names, self.debs = names, debs
+    def __init__(self, names: list[str], host: Host) -> None:
+        self.names, self.host = names, host
         self.id = "packages"
         self.name = "packages"
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [Installed(tuple(self.names))]
+        return [DpkgStatus()]
 
     def plan(self, ctx: Context) -> Plan:
-        missing = [n for n in self.names if n not in ctx.facts[Installed(tuple(self.names))]]
+        installed = ctx.facts[DpkgStatus()]
+        missing = [n for n in self.names if n not in installed]
         if not missing:
             return Plan(reason=f"{len(self.names)} installed: {' '.join(self.names)}")
-        apt = "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends"
-        if self.debs is None:
-            script = f"set -e\napt-get update -q\n{apt} {' '.join(missing)}\n"
+        if self.host.packages_from == "host":
+            script = f"set -e\napt-get update -q\n{APT} {' '.join(missing)}\n"
             return Plan(
                 [Action(f"install {' '.join(missing)}", script, progress="installing packages")]
             )
+        info = self.host.platform
+        try:
+            archive = debian.archive(info.codename, info.arch)
+            found = archive.closure(missing, installed)
+            debs = archive.fetch(found.packages)
+        except debian.PackageError as exc:
+            return Plan(error=f"{exc} (hosts.{self.host.name}.packages_from = \"control\")")
+        except Exception as exc:  # the archive's network or data: one line, this host fails
+            return Plan(error=f"reading Debian's archive failed: {type(exc).__name__}: {exc}")
         check = " ".join(shlex.quote(n) for n in missing)
         script = f"""set -e
 debs=/var/lib/djk/debs
 rm -rf "$debs"; mkdir -p "$debs"
 tar -xf - -C "$debs"
-{apt} "$debs"/*.deb
+{APT} "$debs"/*.deb
 for p in {check}; do
   dpkg-query -W -f='${{Status}}\\n' "$p" 2>/dev/null | grep -q 'install ok installed' \\
-    || {{ echo "$p is not in the shipped packages and not installed" >&2; exit 1; }}
+    || {{ echo "$p is not installed after installing the shipped packages" >&2; exit 1; }}
 done
 rm -rf "$debs"
 """
+        size = sum(p.stat().st_size for p in debs)
         return Plan(
             [
                 Action(
-                    f"install {' '.join(missing)} from {self.debs}",
+                    f"install {' '.join(missing)} ({len(debs)} packages from "
+                    f"{archive.where}, {size / 1e6:.1f} MB)",
                     script,
-                    stdin=lambda: _debs_archive(self.debs),
+                    stdin=lambda: _debs_archive(debs),
                     progress="installing packages",
+                    kind="debs",
                 )
             ]
         )
 
 
-def _debs_archive(directory: Path) -> bytes:
+def _debs_archive(debs: list[Path]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for deb in sorted(directory.glob("*.deb")):
+        for deb in debs:
             tar.add(deb, arcname=deb.name)
     return buffer.getvalue()
 
@@ -123,10 +143,9 @@ class ProvisionComponent(Component):
     def steps(self, phase: str, run: HostRun) -> list[Step]:
         if phase != "provision":
             return []
-        debs = run.options.get("debs")
         return [
             Directory("/var/lib/djk"),
-            Packages(packages_for(run.inventory, run.host), debs),
+            Packages(packages_for(run.inventory, run.host), run.host),
             sudo_rule(run.host.user or "deploy"),
         ]
 
@@ -134,28 +153,122 @@ class ProvisionComponent(Component):
 register(ProvisionComponent())
 
 
-def host_steps(inventory: Inventory, host: Host, debs: Path | None) -> list[Step]:
-    run = HostRun(inventory, host, tuple(inventory.sites_on(host)), options={"debs": debs})
+def host_steps(inventory: Inventory, host: Host) -> list[Step]:
+    run = HostRun(inventory, host, tuple(inventory.sites_on(host)))
     return [step for component in components() for step in component.steps("provision", run)]
+
+
+# -- bootstrap: a server reachable only as root ---------------------------------------------------
+
+
+class LoginUser(Step):
+    """The deploy user: a login shell and a home (its key goes to ~/.ssh)."""
+
+    def __init__(self, name: str) -> None:
+        self.user = name
+        self.id = f"login-user:{name}"
+        self.name = f"user {name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        from .engine.facts import User
+
+        return [User(self.user)]
+
+    def plan(self, ctx: Context) -> Plan:
+        from .engine.facts import User
+
+        state = ctx.facts[User(self.user)]
+        if state is not None:
+            return Plan(reason=f"exists (uid {state.uid})")
+        q = shlex.quote(self.user)
+        return Plan([Action("create", f"useradd --create-home --shell /bin/bash {q}")])
+
+
+ROOT_KEYS = "/root/.ssh/authorized_keys"
+
+
+class AuthorizedKeys(File):
+    """~user/.ssh/authorized_keys: the public key of the kit's ssh_key, or — without one —
+    the keys root was reached with."""
+
+    def __init__(self, user: str, keys: str | None) -> None:
+        super().__init__(
+            f"/home/{user}/.ssh/authorized_keys", keys or "", user, user, "600",
+            name=f"authorized keys of {user}",
+        )  # fmt: skip
+        self.from_root = keys is None
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [*super().facts(diff), *([Text(ROOT_KEYS)] if self.from_root else [])]
+
+    def plan(self, ctx: Context) -> Plan:
+        if self.from_root:
+            keys = ctx.facts[Text(ROOT_KEYS)]
+            if not keys:
+                return Plan(error=f"no ssh_key in hosts.toml and no {ROOT_KEYS} to copy")
+            self.content = f"# {MANAGED}\n{keys}\n"
+        return super().plan(ctx)
+
+
+def public_key(path: Path | None) -> str | None:
+    """The public half of the kit's ssh_key (the .pub beside it, or derived), or None."""
+    if path is None:
+        return None
+    pub = path.with_name(path.name + ".pub")
+    if pub.is_file():
+        return f"# {MANAGED}\n{pub.read_text().strip()}\n"
+    try:
+        key = paramiko.PKey.from_path(path)
+    except (OSError, paramiko.SSHException) as exc:
+        raise user_error(f"ssh_key {path}: cannot read its public key: {exc}") from None
+    return f"# {MANAGED}\n{key.get_name()} {key.get_base64()}\n"
+
+
+def bootstrap_steps(inventory: Inventory, host: Host, user: str) -> list[Step]:
+    """As root: sudo, the deploy user with the kit's key, its sudo rule."""
+    home = f"/home/{user}"
+    return [
+        Directory("/var/lib/djk"),
+        Packages(["sudo"], host),
+        LoginUser(user),
+        Directory(f"{home}/.ssh", user, user, "700"),
+        AuthorizedKeys(user, public_key(host.ssh_key)),
+        sudo_rule(user),
+    ]
 
 
 @targets_task(
     help={
-        "packages_from": "install from the .deb files in this directory (hosts without internet)",
+        "bootstrap": "log in as root first to create the deploy user (its key, its sudo rule)",
         "json_": "print the report as JSON",
         "quiet": "print only changes, failures and the recap",
         "check": "change nothing; report what would change",
     }
 )
-def provision(c, packages_from=None, json_=False, quiet=False, check=False):
-    """Prepare Debian 12 hosts: packages for their roles, sudo rule, nginx base config.
+def provision(c, bootstrap=False, json_=False, quiet=False, check=False):
+    """Prepare Debian 12/13 hosts: packages for their roles, sudo rule, nginx base config.
 
-    --packages-from DIR installs from the .deb files in DIR (shipped over SSH) for hosts without
-    internet; otherwise the hosts' own apt sources are used.
+    Packages come from the control machine (Debian's archive, shipped over SSH: hosts need no
+    internet) unless the host says packages_from = "host". --bootstrap first logs in as root
+    (a fresh server) to create the deploy user with the kit's key and a sudo rule.
     """
-    debs = Path(packages_from).expanduser().resolve() if packages_from else None
-    if debs is not None and not any(debs.glob("*.deb")):
-        raise user_error(f"--packages-from {packages_from}: no .deb files there")
-    run_plans(
-        c, lambda inv, host: host_steps(inv, host, debs), check=check, json_=json_, quiet=quiet
-    )
+    if bootstrap:
+        run_plans(
+            c,
+            lambda inv, host: bootstrap_steps(inv, host, _deploy_user(inv, host)),
+            check=check,
+            json_=json_,
+            quiet=quiet,
+            as_user="root",
+            recap=not json_,
+        )
+    run_plans(c, host_steps, check=check, json_=json_, quiet=quiet)
+
+
+def _deploy_user(inventory: Inventory, host: Host) -> str:
+    """Who the run logs in as after the bootstrap (the host's user in hosts.toml)."""
+    listed = inventory.hosts.get(host.name)
+    user = (listed.user if listed else "") or "deploy"
+    if user == "root":
+        raise user_error(f"host {host.name}: --bootstrap makes a deploy user; user is root")
+    return user

@@ -30,11 +30,12 @@ from djk.tasks.celery import RedisAuth, RedisBind
 from djk.tasks.deploy import deploy_plan
 from djk.tasks.engine import facts as F
 from djk.tasks.engine import topology
+from djk.tasks.engine.debian import Installed
 from djk.tasks.engine.inventory import InventoryError, load
 from djk.tasks.engine.layout import app_of
 from djk.tasks.engine.secrets import Secret
 from djk.tasks.engine.steps import ConfigSet, Context, File, plan_phase
-from djk.tasks.provision import host_steps, packages_for
+from djk.tasks.provision import DpkgStatus, host_steps, packages_for
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "example"
 MARKER = "zqSECRETq"  # in every secret and every bad secrets line: must never be shown
@@ -304,7 +305,7 @@ def written(inventory) -> tuple[list[Written], list[str]]:
         if not sites:
             continue
         builds = {s.name: app.Build(s, "R1", "t1", "d1", "rev") for s in sites}
-        steps = list(host_steps(inventory, host, None))
+        steps = list(host_steps(inventory, host))
         for phase in deploy_plan(inventory, host, builds).phases:
             steps += phase.steps
         for step in steps:
@@ -314,8 +315,14 @@ def written(inventory) -> tuple[list[Written], list[str]]:
                     files.append(Written(host.name, "binary", f.path, "", f))
                 elif isinstance(f, File):
                     files.append(Written(host.name, classify(f.path), f.path, f.content, f))
-            # A fresh host (every fact at its default) with Debian's redis.conf.
-            given = {RedisBind(): "bind 127.0.0.1 -::1", RedisAuth(): None}
+            # A fresh host (every fact at its default) with Debian's redis.conf and the
+            # packages installed (their names are the kit's, not the user's; resolving them
+            # would read Debian's archive).
+            given = {
+                RedisBind(): "bind 127.0.0.1 -::1",
+                RedisAuth(): None,
+                DpkgStatus(): {n: Installed("1") for n in packages_for(inventory, host)},
+            }
             facts = F.Facts({f: given.get(f, f.default) for f in step.facts(True)})
             for _, plan in plan_phase([step], Context(facts, diff=True)):
                 for action in plan.actions:

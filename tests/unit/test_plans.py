@@ -14,11 +14,12 @@ from djk.tasks import app
 from djk.tasks.celery import RedisAuth, RedisBind, WorkingDirs
 from djk.tasks.deploy import deploy_plan, rollback_plan
 from djk.tasks.engine import facts as F
+from djk.tasks.engine.debian import Installed
 from djk.tasks.engine.inventory import parse
 from djk.tasks.engine.lock import Locks
 from djk.tasks.engine.releases import Release, Releases
 from djk.tasks.engine.steps import Context, plan_phase
-from djk.tasks.provision import Installed, host_steps
+from djk.tasks.provision import DpkgStatus, host_steps
 from djk.tasks.tls import AcmeInstalled, AcmeNames
 
 CASES = sorted((Path(__file__).parent / "plans").glob("*.toml"))
@@ -46,8 +47,8 @@ def _fact(spec: dict):
         return AcmeNames(spec["site"]), set(value)
     if kind == "AcmeInstalled":
         return AcmeInstalled(spec["site"], spec["tls_dir"]), value
-    if kind == "Installed":
-        return Installed(tuple(spec["names"])), set(value)
+    if kind == "DpkgStatus":
+        return DpkgStatus(), {name: Installed("1.0") for name in value}
     if kind == "Locks":
         return Locks(), value
     raise ValueError(f"unknown fact {kind}")
@@ -72,7 +73,7 @@ def _steps(case: dict, inventory):
     sites = tuple(inventory.sites_on(host))
     kind = case.get("run", "deploy")
     if kind == "provision":
-        return host_steps(inventory, host, None)
+        return host_steps(inventory, host)
     if kind == "rollback":
         plan = rollback_plan(inventory, host, None, case.get("to"))
     else:
