@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from testbed import Testbed  # noqa: E402
 
 SIZES = {"1x1": (1, 1), "1x3": (1, 3), "4x1": (4, 1), "8x1": (8, 1)}
-SCENARIOS = ("first", "noop", "code", "template", "rollback")
+SCENARIOS = ("cold", "first", "noop", "code", "deps", "template", "rollback")
 
 
 @dataclass
@@ -38,6 +38,9 @@ class Run:
     bytes_sent: float  # per host, mean
     peak_rss_kb: int
     ok: bool
+    uv_bytes: float = 0  # per host, mean: the one-time upload of the installer
+    install_s: float = 0  # the slowest host's virtualenv step
+    wheels: str = ""  # what the wheels step said on the first host
 
 
 @dataclass
@@ -48,6 +51,8 @@ class Figures:
 
     def summary(self) -> dict:
         secs = [r.seconds for r in self.runs]
+        if not secs:
+            return {}
         return {
             "size": self.size,
             "scenario": self.scenario,
@@ -58,6 +63,9 @@ class Figures:
             "commands_per_host": round(statistics.median(r.commands for r in self.runs), 1),
             "bytes_per_host": int(statistics.median(r.bytes_sent for r in self.runs)),
             "peak_rss_mb": round(max(r.peak_rss_kb for r in self.runs) / 1024, 1),
+            "uv_bytes_per_host": int(statistics.median(r.uv_bytes for r in self.runs)),
+            "install_s": round(statistics.median(r.install_s for r in self.runs), 2),
+            "wheels": self.runs[-1].wheels,
             "all_ok": all(r.ok for r in self.runs),
         }
 
@@ -65,6 +73,10 @@ class Figures:
 def fab(inventory: Path, *args: str) -> tuple[Run, dict]:
     """One `fab` process; its wall time, its peak memory (wait4), its JSON report."""
     env = dict(os.environ, DJK_INVENTORY=str(inventory))
+    if args and args[0] == "--cold-cache":
+        # The control machine's caches (wheels, pins, Debian indexes, host profiles) empty.
+        args = args[1:]
+        env["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="djk-bench-cache-")
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fabric", "--search-root", str(ROOT), *args],
@@ -85,6 +97,14 @@ def fab(inventory: Path, *args: str) -> tuple[Run, dict]:
         bytes_sent=statistics.mean(h["bytes_sent"] for h in hosts) if hosts else 0,
         peak_rss_kb=peak,
         ok=proc.returncode == 0,
+        uv_bytes=statistics.mean(h["bytes_by_kind"].get("uv", 0) for h in hosts) if hosts else 0,
+        install_s=max(
+            [s["seconds"] for h in hosts for s in h["steps"] if s["step"].startswith("virtualenv")]
+            or [0]
+        ),
+        wheels=next(
+            (s["detail"] for h in hosts[:1] for s in h["steps"] if s["step"] == "wheels"), ""
+        ),
     )
     if proc.returncode != 0:
         print(
@@ -143,7 +163,9 @@ def write_inventory(directory: Path, hosts, sites: int, source: Path, workers: i
     return path
 
 
-def bench_size(bed: Testbed, size: str, reps: int, first_reps: int) -> list[Figures]:
+def bench_size(
+    bed: Testbed, size: str, reps: int, first_reps: int, cold: bool = False
+) -> list[Figures]:
     n_hosts, n_sites = SIZES[size]
     names = [f"web{i}" for i in range(1, n_hosts + 1)]
     work = Path(tempfile.mkdtemp(prefix=f"djk-bench-{size}-"))
@@ -159,6 +181,12 @@ def bench_size(bed: Testbed, size: str, reps: int, first_reps: int) -> list[Figu
         (source / "VERSION").write_text(f"9.{version}.0\n")
 
     try:
+        if cold:
+            hosts = bed.up(names)
+            inventory = write_inventory(work, hosts, n_sites, source, workers)
+            run, _ = measure(inventory, "--cold-cache", "-H", "all", "deploy", "--json")
+            results["cold"].runs.append(run)
+            print(f"  {size} first, cold caches: {run.seconds:.2f}s", file=sys.stderr)
         for rep in range(first_reps):
             hosts = bed.up(names)  # fresh disks
             inventory = write_inventory(work, hosts, n_sites, source, workers)
@@ -178,6 +206,15 @@ def bench_size(bed: Testbed, size: str, reps: int, first_reps: int) -> list[Figu
             )
             run.ok = run.ok and not reinstalled
             results["code"].runs.append(run)
+        requirements = source / "requirements.txt"
+        pristine = requirements.read_text()
+        for rep in range(reps):
+            # One more package each time: only its wheel may travel.
+            extra = ("idna==3.10", "six==1.16.0", "idna==3.9")[rep % 3]
+            requirements.write_text(pristine + f"{extra}\n")
+            run, _ = measure(inventory, "-H", "all", "deploy", "--json")
+            results["deps"].runs.append(run)
+        requirements.write_text(pristine)
         for _ in range(reps):
             workers = 3 if workers == 2 else 2
             inventory = write_inventory(work, hosts, n_sites, source, workers)
@@ -191,7 +228,7 @@ def bench_size(bed: Testbed, size: str, reps: int, first_reps: int) -> list[Figu
     finally:
         bed.down(names)
         shutil.rmtree(work, ignore_errors=True)
-    return list(results.values())
+    return [f for f in results.values() if f.runs]
 
 
 def cli_startup(reps: int = 10) -> dict:
@@ -217,15 +254,18 @@ def cli_startup(reps: int = 10) -> dict:
 def table(rows: list[dict]) -> str:
     head = (
         f"{'size':<5} {'scenario':<9} {'median':>8} {'min':>7} {'max':>7} "
-        f"{'cmds/host':>9} {'sent/host':>11} {'peak MB':>8} ok"
+        f"{'cmds/host':>9} {'sent/host':>11} {'of it uv':>11} {'install':>8} {'peak MB':>8} ok"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['size']:<5} {r['scenario']:<9} {r['median_s']:>7.2f}s {r['min_s']:>6.2f}s "
             f"{r['max_s']:>6.2f}s {r['commands_per_host']:>9} {r['bytes_per_host']:>11,} "
+            f"{r['uv_bytes_per_host']:>11,} {r['install_s']:>7.2f}s "
             f"{r['peak_rss_mb']:>8} {'yes' if r['all_ok'] else 'NO'}"
         )
+        if r["wheels"] and r["scenario"] in ("cold", "first", "deps"):
+            lines.append(f"{'':<16}wheels: {r['wheels']}")
     return "\n".join(lines)
 
 
@@ -234,16 +274,23 @@ def main() -> int:
     parser.add_argument("--sizes", default=",".join(SIZES), help="e.g. 1x1,1x3,4x1,8x1")
     parser.add_argument("--reps", type=int, default=5, help="runs per scenario (median)")
     parser.add_argument("--first-reps", type=int, default=3, help="runs of the first deploy")
+    parser.add_argument("--image", default="bookworm", help="test host image (bookworm, trixie)")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="also a first deploy with the control machine's caches empty",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench: run as root (it boots systemd-nspawn test hosts)", file=sys.stderr)
         return 2
-    bed = Testbed(name="bench", subnet=2)
+    bed = Testbed(name="bench", subnet=2, image=args.image)
     bed.ensure_image()
     rows = []
     for size in args.sizes.split(","):
         print(f"bench: {size} ...", file=sys.stderr)
-        rows += [f.summary() for f in bench_size(bed, size, args.reps, args.first_reps)]
+        figures = bench_size(bed, size, args.reps, args.first_reps, args.cold)
+        rows += [f.summary() for f in figures]
     startup = cli_startup()
     print(table(rows))
     for name, fig in startup.items():
@@ -254,7 +301,9 @@ def main() -> int:
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / time.strftime("bench-%Y%m%dT%H%M%S.json")
-    path.write_text(json.dumps({"scenarios": rows, "startup": startup}, indent=2))
+    path.write_text(
+        json.dumps({"image": args.image, "scenarios": rows, "startup": startup}, indent=2)
+    )
     print(f"figures written to {path}")
     return 0 if all(r["all_ok"] for r in rows) else 1
 

@@ -187,27 +187,31 @@ class LoginUser(Step):
 ROOT_KEYS = "/root/.ssh/authorized_keys"
 
 
-class AuthorizedKeys(File):
+class AuthorizedKeys(Step):
     """~user/.ssh/authorized_keys: the public key of the kit's ssh_key, or — without one —
     the keys root was reached with."""
 
     def __init__(self, user: str, keys: str | None) -> None:
-        super().__init__(
-            f"/home/{user}/.ssh/authorized_keys", keys or "", user, user, "600",
-            name=f"authorized keys of {user}",
-        )  # fmt: skip
-        self.from_root = keys is None
+        self.user, self.keys = user, keys
+        self.path = f"/home/{user}/.ssh/authorized_keys"
+        self.id = f"file:{self.path}"
+        self.name = f"authorized keys of {user}"
+
+    def _file(self, keys: str) -> File:
+        return File(self.path, keys, self.user, self.user, "600", name=self.name)
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [*super().facts(diff), *([Text(ROOT_KEYS)] if self.from_root else [])]
+        found = self._file("").facts(diff)
+        return found if self.keys is not None else [*found, Text(ROOT_KEYS)]
 
     def plan(self, ctx: Context) -> Plan:
-        if self.from_root:
-            keys = ctx.facts[Text(ROOT_KEYS)]
-            if not keys:
+        keys = self.keys
+        if keys is None:
+            root = ctx.facts[Text(ROOT_KEYS)]
+            if not root:
                 return Plan(error=f"no ssh_key in hosts.toml and no {ROOT_KEYS} to copy")
-            self.content = f"# {MANAGED}\n{keys}\n"
-        return super().plan(ctx)
+            keys = f"# {MANAGED}\n{root}\n"
+        return self._file(keys).plan(ctx)
 
 
 def public_key(path: Path | None) -> str | None:

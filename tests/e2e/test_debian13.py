@@ -153,3 +153,20 @@ def test_the_django_6_site_is_refused_for_a_debian_12_host(testbed, tmp_path, sr
         assert run.code == 2 and "needs Python 3.13 (sites.example.python)" in run.err, run.err
     finally:
         testbed.down(["old12"])
+
+
+def test_one_more_package_sends_only_its_wheel(deployed, project, trixie, src6):
+    requirements = src6 / "requirements.txt"
+    before = requirements.read_text()
+    have = int(sh(trixie, "ls /srv/djk/.kit/wheels | wc -l"))
+    requirements.write_text(before + "idna==3.10\n")
+    try:
+        run = project.fab("-H", "d13", "deploy", "--json")
+    finally:
+        requirements.write_text(before)
+    assert run.code == 0, run.out + run.err
+    steps = {s["step"]: s for s in run.host("d13")["steps"]}
+    assert steps["wheels"]["detail"].startswith(f"send 1 of {have + 1} ")
+    assert run.host("d13")["bytes_by_kind"]["wheels"] < 200_000  # idna's wheel alone
+    assert "uv" not in run.host("d13")["bytes_by_kind"]
+    assert health(trixie)["status"] == "ok"
