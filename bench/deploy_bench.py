@@ -73,6 +73,9 @@ class Figures:
 def fab(inventory: Path, *args: str) -> tuple[Run, dict]:
     """One `fab` process; its wall time, its peak memory (wait4), its JSON report."""
     env = dict(os.environ, DJK_INVENTORY=str(inventory))
+    # As a user's shell runs it: the kit's modules load from their bytecode (a CI or sandbox
+    # environment may forbid writing it, which would add their compile time to every run).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if args and args[0] == "--cold-cache":
         # The control machine's caches (wheels, pins, Debian indexes, host profiles) empty.
         args = args[1:]

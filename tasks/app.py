@@ -24,7 +24,6 @@ from .engine.component import Component, HostRun, components, register
 from .engine.facts import Fact, Facts, Stat, Text, Unit
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SLOTS, App, SitePaths, app_of
-from .engine.python_env import Venv
 from .engine.render import render
 from .engine.schema import InventoryError, Table
 from .engine.secrets import Secret
@@ -330,7 +329,7 @@ printf 'APP_RELEASE=%s\\nDJANGO_STATIC_ROOT=%s\\n' {q(b.release_id)} \\
   {q(paths.release_static(b.release_id))} > {q(new)}/.djk-release.env
 printf '%s\\n' {q(manifest)} > {q(new)}/.djk-release.json
 echo staged > {q(new)}/.djk-status
-ln -sfn ../../venvs/{b.deps} {q(new)}/.venv
+ln -sfn {q(python_env.venv_path(b.deps))} {q(new)}/.venv
 chown -R root:{group} {q(new)}
 chmod -R u=rwX,g=rX,o= {q(new)}
 mv -T {q(new)} {q(target)}
@@ -708,8 +707,7 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
             [
                 Directory(paths.base, "root", site.user, "751"),
                 Directory(paths.shared, site.user, site.user, "700"),
-                Directory(paths.pycache, site.user, site.user, "700"),
-                Directory(paths.static, site.user, site.user, "755"),
+                        Directory(paths.static, site.user, site.user, "755"),
                 Directory(paths.releases, "root", site.user, "750"),
                 Directory(paths.venvs, "root", site.user, "750"),
                 Directory(paths.slots, "root", site.user, "750"),
@@ -724,7 +722,6 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
                 ),
             ],
         ),
-        *([Venv(paths.venvs, build.house, build.deps, site.user)] if build.house else []),
         env_file(inventory, site, host),
         Stage(build),
         ReleaseCommand(
@@ -885,9 +882,9 @@ class AppComponent(Component):
             "DJANGO_ALLOWED_HOSTS": ",".join(hosts),
             "DJANGO_CSRF_TRUSTED_ORIGINS": ",".join(origins),
             "DJANGO_DB_PATH": paths.db,
-            # Venvs and releases are read-only to the site user: the first process to import a
-            # module compiles it here, the others load it (engine/python_env.py).
-            "PYTHONPYCACHEPREFIX": paths.pycache,
+            # Releases and venvs are read-only to the site user (the venvs' bytecode is compiled
+            # when they are installed, engine/python_env.py).
+            "PYTHONDONTWRITEBYTECODE": "1",
         }
 
     def env_notify(self, site: Site, host: Host) -> tuple[str, ...]:
@@ -898,9 +895,9 @@ class AppComponent(Component):
         roles = topology.roles(host)
         if phase == "stage":
             builds = [run.builds[site.name] for site in run.sites]
-            houses = [b.house for b in builds if b.house is not None]
+            venvs = [(b.house, b.deps) for b in builds if b.house is not None]
             return [
-                *python_env.host_steps(houses, wheels.Target.of(host.platform)),
+                *python_env.host_steps(venvs, wheels.Target.of(host.platform)),
                 *(s for build in builds for s in stage_steps(build, inventory, host)),
             ]
         if phase == "migrate":

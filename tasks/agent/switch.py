@@ -267,7 +267,6 @@ def finish(site: Site, active: str | None, nxt: str, spec: dict) -> None:
     site.procs.load(site.units[idle], False)
     retire(site, site.live, spec)
     prune_venvs(site.base)
-    prune_pycache(site.base)
     say(f"release {site.want} is live in slot {nxt}")
 
 
@@ -309,22 +308,28 @@ def retire(site: Site, old: str | None, spec: dict) -> None:
             shutil.rmtree(site.static / release, ignore_errors=True)
 
 
+# A venv another site's deploy installed a moment ago may not be linked by a release yet (the
+# deploy lock is per site): venvs younger than this are kept.
+VENV_GRACE = 3600.0
+
+
 def prune_venvs(base: Path) -> None:
-    """Remove the virtualenvs no release links to any more."""
+    """Remove the virtualenvs no release links to any more: the site's own (kit versions
+    before host-wide venvs) and the host's shared ones no release of any site uses."""
     used = {read_link(link) for link in base.glob("releases/*/.venv")}
     for venv in sorted(base.glob("venvs/*")):
         if venv.is_dir() and f"../../venvs/{venv.name}" not in used:
             shutil.rmtree(venv, ignore_errors=True)
-
-
-def prune_pycache(base: Path) -> None:
-    """Remove the bytecode of releases and venvs that are gone (PYTHONPYCACHEPREFIX mirrors
-    their absolute paths under pycache/)."""
-    mirror = base / "pycache" / str(base).lstrip("/")
-    for kind in ("releases", "venvs"):
-        for compiled in sorted(mirror.glob(f"{kind}/*")):
-            if not (base / kind / compiled.name).exists():
-                shutil.rmtree(compiled, ignore_errors=True)
+    shared = base.parent / ".kit" / "venvs"
+    if not shared.is_dir():
+        return
+    used = {read_link(link) for link in base.parent.glob("*/releases/*/.venv")}
+    now = time.time()
+    for venv in sorted(shared.iterdir()):
+        marker = venv / ".djk-complete"
+        young = marker.exists() and now - marker.stat().st_mtime < VENV_GRACE
+        if venv.is_dir() and str(venv) not in used and not young:
+            shutil.rmtree(venv, ignore_errors=True)
 
 
 def verify(spec: dict) -> int:

@@ -1,10 +1,10 @@
 """Where a site lives on a host. One place, so templates, steps and tests agree.
 
 /srv/djk/<site>/
-  releases/<id>/     source, .venv -> ../../venvs/<deps>, .djk-release.{json,env}, .djk-status
-  venvs/<deps>/      virtualenvs, shared by the releases with the same dependency set
+  releases/<id>/     source, .venv -> /srv/djk/.kit/venvs/<deps>, .djk-release.{json,env},
+                     .djk-status (the venvs are the host's, shared by sites: engine/python_env.py)
+  venvs/<deps>/      virtualenvs of kit versions before the host-wide ones
   shared/            env (0600), db, anything that outlives a release
-  pycache/           bytecode of venvs and releases, written by the site's processes on import
   static/<id>/       each release's collected static files (its DJANGO_STATIC_ROOT)
   static/{current,next,previous} -> <id>: what nginx serves, in that order
   current            -> releases/<id>, renamed over atomically
@@ -114,11 +114,6 @@ class SitePaths:
     def shared(self) -> str:
         return f"{self.base}/shared"
 
-    @property
-    def pycache(self) -> str:
-        """Bytecode the site's processes compile as they import (PYTHONPYCACHEPREFIX): the
-        venvs and releases are read-only to them."""
-        return f"{self.base}/pycache"
 
     @property
     def env(self) -> str:

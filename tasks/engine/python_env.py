@@ -4,10 +4,12 @@ each host's interpreter (engine/wheels.py), one wheel store per host, venvs inst
 On the host, under /srv/djk/.kit/ (the filesystem the sites live on, so uv links files instead of
 copying them):
   wheels/       every wheel any site needed, by file name: a wheel is sent once per host
-  uv-cache/     uv's unpacked wheels; each venv's files are hard links into it
+  uv-cache/     uv's unpacked wheels, byte-compiled once; each venv's files are hard links into it
   uv-<version>  the installer, shipped once per host
-A site's venv is venvs/<key> (key: the pinned set and the target), so a code-only deploy reuses
-it and a changed dependency set gets a new venv next to the old one.
+  venvs/<key>   one venv per pinned set and interpreter, shared by every site and release that
+                needs exactly it (public packages: root's, world-readable)
+A code-only deploy reuses its venv; a changed dependency set gets a new one next to the old, whose
+files are mostly links to what the cache already holds.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .facts import Fact, Stat, Text
-from .steps import Action, Context, Plan, Step
+from .facts import Fact, Lines, Text
+from .steps import Action, Context, Directory, Plan, Step
 from .wheels import Target, Wheelhouse, key_of, resolve
 
 COMPLETE = ".djk-complete"
 KIT_DIR = "/srv/djk/.kit"
 HOST_WHEELS = f"{KIT_DIR}/wheels"
 HOST_UV_CACHE = f"{KIT_DIR}/uv-cache"
+HOST_VENVS = f"{KIT_DIR}/venvs"
+COMPILED = f"{KIT_DIR}/uv-cache-compiled"  # uv cache entries whose bytecode is there
 
 
 def cache_root() -> Path:
@@ -191,12 +195,15 @@ class UvTool(Step):
         # Resolved when the plan is built (cached): a failure is the run's, before any host.
         self.wheel = resolve(f"uv=={uv_version()}\n".encode(), target).paths()[0]
 
+    def _present(self) -> Lines:
+        # Not Stat: hashing a 37 MB binary on every run would cost a no-op deploy 0.17 s.
+        return Lines(f"test -x {shlex.quote(self.path)} && echo present || true")
+
     def facts(self, diff: bool) -> list[Fact]:
-        return [Stat(self.path)]
+        return [self._present()]
 
     def plan(self, ctx: Context) -> Plan:
-        state = ctx.facts[Stat(self.path)]
-        if state is not None and state.kind == "file":
+        if ctx.facts[self._present()] == ["present"]:
             return Plan(reason=f"uv {uv_version()}")
         wheel = self.wheel
         q = shlex.quote
@@ -226,20 +233,24 @@ mv -f "$tmp" {q(self.path)}
         )
 
 
-class Venv(Step):
-    """A complete virtualenv at venvs/<key>, installed with uv from the host's wheel store
-    (no index, no network): the pinned set exactly. Not byte-compiled here (seconds of CPU
-    for thousands of modules a site never imports): the site's processes compile what they
-    import, once, into the site's pycache/ (PYTHONPYCACHEPREFIX).
+def venv_path(key: str) -> str:
+    return f"{HOST_VENVS}/{key}"
 
-    Releases link to it; the switch removes the ones no release uses any more.
+
+class Venv(Step):
+    """A complete virtualenv at /srv/djk/.kit/venvs/<key>, installed with uv from the host's
+    wheel store (no index, no network): the pinned set exactly, with its bytecode.
+
+    Bytecode is compiled once per host, in uv's cache, and linked into the venv with the rest:
+    the sites' processes run with PYTHONDONTWRITEBYTECODE and every start loads compiled code.
+    Releases link to the venv; a switch removes venvs no release of any site links to.
     """
 
-    def __init__(self, venvs: str, house: Wheelhouse, key: str, group: str) -> None:
-        self.venvs, self.house, self.key, self.group = venvs, house, key, group
-        self.dest = f"{venvs}/{key}"
+    def __init__(self, house: Wheelhouse, key: str) -> None:
+        self.house, self.key = house, key
+        self.dest = venv_path(key)
         self.id = f"venv:{self.dest}"
-        self.name = f"virtualenv {self.dest}"
+        self.name = f"virtualenv {key}"
 
     def facts(self, diff: bool) -> list[Fact]:
         return [Text(f"{self.dest}/{COMPLETE}")]
@@ -250,27 +261,37 @@ class Venv(Step):
         q = shlex.quote
         dest = q(self.dest)
         uv = q(uv_path())
-        # The venv's files are hard links into uv's cache, shared with other venvs: they stay
-        # root's and world-readable (public packages); the venv's own directory keeps other
-        # sites out.
+        cache = q(HOST_UV_CACHE)
+        # Wheels new to uv's cache are unpacked by the first link; their bytecode is compiled
+        # there (only theirs: the list of compiled entries), then the venv is linked again.
         script = f"""set -e
-export UV_CACHE_DIR={q(HOST_UV_CACHE)} UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1 NO_COLOR=1
+export UV_CACHE_DIR={cache} UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1 NO_COLOR=1
 cd /
-rm -rf {dest}
 pins=$(mktemp)
 trap 'rm -f "$pins"' EXIT
 cat > "$pins"
-{uv} venv --quiet --python /usr/bin/python3 {dest}
-{uv} pip install --quiet --offline --no-index --find-links {q(HOST_WHEELS)} --no-deps \\
-  --link-mode hardlink --python {dest}/bin/python -r "$pins"
-chown root:{q(self.group)} {dest}
-chmod 0750 {dest}
+link() {{
+  rm -rf {dest}
+  {uv} venv --quiet --python /usr/bin/python3 {dest}
+  {uv} pip install --quiet --offline --no-index --find-links {q(HOST_WHEELS)} --no-deps \\
+    --link-mode hardlink --python {dest}/bin/python -r "$pins"
+}}
+link
+compiled={q(COMPILED)}
+touch "$compiled"
+new=$(ls -1 {cache}/archive-v0 | grep -vxF -f "$compiled" || true)
+if [ -n "$new" ]; then
+  python3 -m compileall -q -j0 {cache}/archive-v0 > /dev/null || true
+  printf '%s\\n' $new >> "$compiled"
+  link
+fi
+chmod 0755 {dest}
 printf '%s\\n' {self.key} > {dest}/{COMPLETE}
 """
         return Plan(
             [
                 Action(
-                    f"install {len(self.house.pins)} packages ({self.key}) with uv",
+                    f"install {len(self.house.pins)} packages with uv",
                     script,
                     stdin=self.house.requirements.encode(),
                     progress="installing dependencies",
@@ -279,6 +300,15 @@ printf '%s\\n' {self.key} > {dest}/{COMPLETE}
         )
 
 
-def host_steps(houses: list[Wheelhouse], target: Target) -> list[Step]:
-    """What every venv of a host needs first: uv and the wheels."""
-    return [UvTool(target), HostWheels(houses)] if houses else []
+def host_steps(builds: list[tuple[Wheelhouse, str]], target: Target) -> list[Step]:
+    """What the venvs of a host's sites need, each once however many sites share it: uv, the
+    wheels, the venvs ((wheelhouse, key) per site)."""
+    if not builds:
+        return []
+    venvs = {key: Venv(house, key) for house, key in builds}
+    return [
+        UvTool(target),
+        HostWheels([house for house, _ in builds]),
+        Directory(HOST_VENVS),
+        *venvs.values(),
+    ]

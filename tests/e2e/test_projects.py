@@ -159,7 +159,7 @@ def test_only_tracked_files_and_the_builds_outputs_reach_the_host(project, fresh
         assert never not in lines, (never, shipped)
     assert {"./manage.py", "./mysite/settings.py", "./.gitignore"} <= lines
     # .venv is the kit's link to the release's virtualenv, not the checkout's venv.
-    assert sh(fresh_host, "readlink /srv/djk/shop/current/.venv").startswith("../../venvs/")
+    assert sh(fresh_host, "readlink /srv/djk/shop/current/.venv").startswith("/srv/djk/.kit/venvs/")
     assert sh(fresh_host, "cat /srv/djk/shop/current/assets/dist/app.js") == "1\n"
     assert not (project / "assets" / "dist").exists()  # built in a copy, not here
 

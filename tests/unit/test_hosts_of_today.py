@@ -7,7 +7,7 @@ import pytest
 
 from djk.tasks.engine import debian as D
 from djk.tasks.engine import hostinfo, python_env, wheels
-from djk.tasks.engine.facts import Facts, PathState, Stat, Text
+from djk.tasks.engine.facts import Facts, Text
 from djk.tasks.engine.steps import Context
 
 BOOKWORM_PROBE = """os=debian|12|bookworm
@@ -262,8 +262,8 @@ def test_venv_installs_the_pins_offline_with_uv():
     house = wheels.Wheelhouse(
         wheels.Target(), ("django==5.2.19",), ("Django-5.2.19-py3-none-any.whl",)
     )
-    step = python_env.Venv("/srv/djk/shop/venvs", house, "k1", "djk-shop")
-    marker = Text("/srv/djk/shop/venvs/k1/.djk-complete")
+    step = python_env.Venv(house, "k1")
+    marker = Text("/srv/djk/.kit/venvs/k1/.djk-complete")
     assert step.plan(_ctx({marker: "k1"})).actions == []
     (action,) = step.plan(_ctx({marker: None})).actions
     assert action.payload() == b"django==5.2.19\n"
@@ -275,6 +275,21 @@ def test_venv_installs_the_pins_offline_with_uv():
     ):
         assert text in action.script
     assert "pip install" in action.script and "/bin/pip " not in action.script
+    # bytecode is compiled in uv's cache (once per host), then linked
+    assert "compileall" in action.script and "uv-cache/archive-v0" in action.script
+
+
+def test_sites_with_one_dependency_set_share_one_venv():
+    house = wheels.Wheelhouse(
+        wheels.Target(), ("django==5.2.19",), ("Django-5.2.19-py3-none-any.whl",)
+    )
+    other = wheels.Wheelhouse(
+        wheels.Target(), ("django==6.1.3",), ("Django-6.1.3-py3-none-any.whl",)
+    )
+    steps = python_env.host_steps([(house, "k1"), (house, "k1"), (other, "k2")], wheels.Target())
+    venvs = [s for s in steps if isinstance(s, python_env.Venv)]
+    assert [v.dest for v in venvs] == ["/srv/djk/.kit/venvs/k1", "/srv/djk/.kit/venvs/k2"]
+    assert len({s.id for s in steps}) == len(steps)
 
 
 def test_uv_goes_once_per_host_and_version(monkeypatch, tmp_path):
@@ -284,7 +299,7 @@ def test_uv_goes_once_per_host_and_version(monkeypatch, tmp_path):
     monkeypatch.setattr(python_env, "resolve", lambda req, target: fake)
     monkeypatch.setattr(wheels, "store", lambda: tmp_path)
     step = python_env.UvTool(wheels.Target())
-    there = PathState("file", "755", "root", "root", "x")
-    assert step.plan(_ctx({Stat(step.path): there})).actions == []
-    (action,) = step.plan(_ctx({Stat(step.path): None})).actions
+    (present,) = step.facts(False)
+    assert step.plan(_ctx({present: ["present"]})).actions == []
+    (action,) = step.plan(_ctx({present: []})).actions
     assert action.kind == "uv" and action.payload() == b"zip"

@@ -524,3 +524,28 @@ def test_an_old_process_on_the_new_slots_socket_is_not_taken_for_it(sup):
     assert done.returncode == 4, done.stdout + done.stderr
     assert "an old process answers there" in done.stderr
     assert host.live_slot() == "a.sock"
+
+
+def test_host_venvs_go_when_no_release_of_any_site_links_them(tmp_path):
+    import os
+    import time
+
+    from djk.tasks.agent import switch as S
+
+    root = tmp_path / "srv"
+    shared = root / ".kit" / "venvs"
+    for key in ("used", "other-site", "old", "young"):
+        (shared / key).mkdir(parents=True)
+        (shared / key / ".djk-complete").write_text(key + "\n")
+    old = time.time() - 2 * S.VENV_GRACE
+    for key in ("used", "other-site", "old"):
+        os.utime(shared / key / ".djk-complete", (old, old))
+    for site, key in (("shop", "used"), ("blog", "other-site")):
+        release = root / site / "releases" / "R1"
+        release.mkdir(parents=True)
+        (release / ".venv").symlink_to(shared / key)
+    (root / "shop" / "venvs" / "legacy").mkdir(parents=True)  # a kit before host venvs
+    S.prune_venvs(root / "shop")
+    # another site's venv stays; one installed a moment ago for a deploy not yet staged too
+    assert sorted(p.name for p in shared.iterdir()) == ["other-site", "used", "young"]
+    assert not (root / "shop" / "venvs" / "legacy").exists()
