@@ -378,7 +378,7 @@ class Archive:
             raise PackageError(f"{base}/dists/{suite}/{path}: checksum mismatch")
         packages = parse_packages(lzma.decompress(raw).decode("utf-8", "replace"), base)
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps({n: p.__dict__ for n, p in packages.items()}))
         tmp.replace(cached)
         return packages
@@ -401,7 +401,8 @@ class Archive:
                     raise PackageError(f"cannot download {pkg.name}: {exc}") from None
                 if hashlib.sha256(data).hexdigest() != pkg.sha256:
                     raise PackageError(f"{pkg.name} {pkg.version}: checksum mismatch")
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                # Hosts plan in parallel threads: a name of this thread's own.
+                tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
                 tmp.write_bytes(data)
                 tmp.replace(path)
             paths.append(path)

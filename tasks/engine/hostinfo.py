@@ -66,6 +66,8 @@ class HostInfo:
             return f"is {self.machine}; the kit supports x86_64 and aarch64"
         if not self.python:
             return "has no python3 (install Debian's python3 package)"
+        if not re.fullmatch(r"\d+\.\d+", self.glibc):
+            return "does not say its C library's version (getconf GNU_LIBC_VERSION)"
         return ""
 
 

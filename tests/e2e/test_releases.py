@@ -95,7 +95,7 @@ def test_code_only_deploy_reuses_the_venv_and_serves_new_code(first, project, fr
     assert (answer["release"], answer["version"]) == (new, version)
     statuses = status_of(project)
     assert statuses[new] == "live" and statuses[first] == "previous"
-    assert sh(fresh_host, "ls /srv/djk/example/venvs | wc -l").strip() == "1"
+    assert sh(fresh_host, "ls /srv/djk/.kit/venvs | wc -l").strip() == "1"
 
 
 def test_zero_downtime_under_load_through_deploy_and_rollback(first, project, fresh_host, src):

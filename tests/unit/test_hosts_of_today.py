@@ -45,6 +45,7 @@ def test_probe_of_debian_12_and_13():
         ("os=debian|12|bookworm\nmachine=riscv64\npython=Python 3.11.2\n", "is riscv64"),
         ("os=debian|12|bookworm\nmachine=x86_64\npython=\n", "has no python3"),
         ("", "runs an unknown system"),
+        ("os=debian|13|trixie\nmachine=x86_64\npython=Python 3.13.5\n", "C library's version"),
     ],
 )
 def test_unsupported_hosts_are_named(probe, problem):
