@@ -91,7 +91,6 @@ class _Session:
     pending: list[str] = field(default_factory=list)
     dirty: bool = False  # applied something since the facts were read
     replan: Callable[[Host, HostInfo], HostPlan] | None = None
-    found: HostInfo | None = None  # the host's profile, when it differed from the plan's
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -121,7 +120,6 @@ def _open(session: _Session) -> None:
             # The plan was built from what the host was last time (or a guess, for a host never
             # seen): build it again from what it is now, before anything is changed. Its holds
             # are the same sites' locks, already held.
-            session.found = found
             if not _replan(session, found):
                 return
             facts = _gather_all(session)

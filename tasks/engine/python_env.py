@@ -4,7 +4,7 @@ each host's interpreter (engine/wheels.py), one wheel store per host, venvs inst
 On the host, under /srv/djk/.kit/ (the filesystem the sites live on, so uv links files instead of
 copying them):
   wheels/       every wheel any site needed, by file name: a wheel is sent once per host
-  uv-cache/     uv's unpacked wheels, byte-compiled once; each venv's files are hard links into it
+  uv-cache/     uv's unpacked wheels; each venv's files are hard links into it
   uv-<version>  the installer, shipped once per host
   venvs/<key>   one venv per pinned set and interpreter, shared by every site and release that
                 needs exactly it (public packages: root's, world-readable)
@@ -34,7 +34,6 @@ KIT_DIR = "/srv/djk/.kit"
 HOST_WHEELS = f"{KIT_DIR}/wheels"
 HOST_UV_CACHE = f"{KIT_DIR}/uv-cache"
 HOST_VENVS = f"{KIT_DIR}/venvs"
-COMPILED = f"{KIT_DIR}/uv-cache-compiled"  # uv cache entries whose bytecode is there
 
 
 def cache_root() -> Path:
@@ -241,8 +240,8 @@ class Venv(Step):
     """A complete virtualenv at /srv/djk/.kit/venvs/<key>, installed with uv from the host's
     wheel store (no index, no network): the pinned set exactly, with its bytecode.
 
-    Bytecode is compiled once per host, in uv's cache, and linked into the venv with the rest:
-    the sites' processes run with PYTHONDONTWRITEBYTECODE and every start loads compiled code.
+    Its bytecode is compiled once, by root, in the background right after the install (the
+    sites' processes run with PYTHONDONTWRITEBYTECODE: every start after that loads it).
     Releases link to the venv; a switch removes venvs no release of any site links to.
     """
 
@@ -262,31 +261,25 @@ class Venv(Step):
         dest = q(self.dest)
         uv = q(uv_path())
         cache = q(HOST_UV_CACHE)
-        # Wheels new to uv's cache are unpacked by the first link; their bytecode is compiled
-        # there (only theirs: the list of compiled entries), then the venv is linked again.
+        # The bytecode is compiled after the venv is complete, in the background (a transient
+        # systemd unit): the deploy goes on meanwhile, and its first processes compile in memory
+        # what they import before the files are there. The venv never changes after this.
+        unit = f"djk-compile-{self.key}"
+        compile_ = f"/usr/bin/python3 -m compileall -q -j0 {dest}/lib"
         script = f"""set -e
 export UV_CACHE_DIR={cache} UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1 NO_COLOR=1
 cd /
 pins=$(mktemp)
 trap 'rm -f "$pins"' EXIT
 cat > "$pins"
-link() {{
-  rm -rf {dest}
-  {uv} venv --quiet --python /usr/bin/python3 {dest}
-  {uv} pip install --quiet --offline --no-index --find-links {q(HOST_WHEELS)} --no-deps \\
-    --link-mode hardlink --python {dest}/bin/python -r "$pins"
-}}
-link
-compiled={q(COMPILED)}
-touch "$compiled"
-new=$(ls -1 {cache}/archive-v0 | grep -vxF -f "$compiled" || true)
-if [ -n "$new" ]; then
-  python3 -m compileall -q -j0 {cache}/archive-v0 > /dev/null || true
-  printf '%s\\n' $new >> "$compiled"
-  link
-fi
+rm -rf {dest}
+{uv} venv --quiet --python /usr/bin/python3 {dest}
+{uv} pip install --quiet --offline --no-index --find-links {q(HOST_WHEELS)} --no-deps \\
+  --link-mode hardlink --python {dest}/bin/python -r "$pins"
 chmod 0755 {dest}
 printf '%s\\n' {self.key} > {dest}/{COMPLETE}
+systemd-run --quiet --collect --unit={unit} --description="djk: bytecode of venv {self.key}" \\
+  {compile_} 2>/dev/null || {compile_} > /dev/null || true
 """
         return Plan(
             [

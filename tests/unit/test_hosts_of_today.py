@@ -276,8 +276,11 @@ def test_venv_installs_the_pins_offline_with_uv():
     ):
         assert text in action.script
     assert "pip install" in action.script and "/bin/pip " not in action.script
-    # bytecode is compiled in uv's cache (once per host), then linked
-    assert "compileall" in action.script and "uv-cache/archive-v0" in action.script
+    # bytecode is compiled once, by root, in a transient unit after the venv is complete
+    assert (
+        "systemd-run" in action.script
+        and "compileall -q -j0 /srv/djk/.kit/venvs/k1/lib" in action.script
+    )
 
 
 def test_sites_with_one_dependency_set_share_one_venv():
