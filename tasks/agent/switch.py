@@ -98,6 +98,21 @@ class Site:
         self.point_static("next", None)
 
 
+def cause(log: str) -> str:
+    """The exception of the last traceback in the app's log (`RuntimeError: broken release`),
+    gunicorn's own HaltServer aside: the last lines of a failed start are gunicorn shutting
+    down, the cause is above them."""
+    found, inside = [], False
+    for line in log.splitlines():
+        if line.startswith("Traceback (most recent call last):"):
+            inside = True
+        elif inside and line.strip() and not line.startswith((" ", "\t")):
+            inside = False
+            if "HaltServer" not in line:
+                found.append(line.strip())
+    return found[-1][:300] if found else ""
+
+
 def switch(spec: dict) -> int:
     site = Site(spec)
     active = site.live_slot()
@@ -107,12 +122,14 @@ def switch(spec: dict) -> int:
     except Failed as exc:
         problem = str(exc)
     if problem:
-        print(site.procs.log_tail(site.units[nxt]), file=sys.stderr, end="")
+        log = site.procs.log_tail(site.units[nxt], 200)
+        print("".join(log.splitlines(keepends=True)[-20:]), file=sys.stderr, end="")
         site.procs.stop(site.units[nxt])
         site.mark_failed()
+        why = cause(log)
         print(
             f"release {site.want} failed its health check before the switch: {problem}; "
-            f"{site.live or 'nothing'} still serves",
+            f"{site.live or 'nothing'} still serves" + (f" (the app said: {why})" if why else ""),
             file=sys.stderr,
         )
         return 4

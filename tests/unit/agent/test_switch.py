@@ -549,3 +549,24 @@ def test_host_venvs_go_when_no_release_of_any_site_links_them(tmp_path):
     # another site's venv stays; one installed a moment ago for a deploy not yet staged too
     assert sorted(p.name for p in shared.iterdir()) == ["other-site", "used", "young"]
     assert not (root / "shop" / "venvs" / "legacy").exists()
+
+
+def test_the_cause_of_a_failed_start_is_named_from_the_log():
+    from djk.tasks.agent.switch import cause
+
+    log = """[INFO] Booting worker with pid: 41
+Traceback (most recent call last):
+  File "/srv/djk/example/releases/R2/exampleproject/asgi.py", line 20, in <module>
+    raise RuntimeError('broken release')
+RuntimeError: broken release
+[INFO] Worker exiting (pid: 41)
+Traceback (most recent call last):
+  File "/srv/djk/.kit/venvs/k/lib/python3.11/site-packages/gunicorn/arbiter.py", line 683
+    raise HaltServer(reason, self.WORKER_BOOT_ERROR)
+gunicorn.errors.HaltServer: <HaltServer 'Worker failed to boot.' 3>
+"""
+    assert cause(log) == "RuntimeError: broken release"
+    django = "Traceback (most recent call last):\n  File \"x.py\", line 1\n" \
+        "django.core.exceptions.ImproperlyConfigured: DATABASES is wrong\n[INFO] exiting\n"
+    assert cause(django) == "django.core.exceptions.ImproperlyConfigured: DATABASES is wrong"
+    assert cause("RuntimeError: not in a traceback\nall fine\n") == ""
