@@ -27,18 +27,13 @@ from typing import Any, ClassVar
 
 from .facts import Fact, Lines, Text
 from .steps import Action, Context, Directory, Plan, Step
-from .wheels import Target, Wheelhouse, key_of, resolve
+from .wheels import Target, Wheelhouse, cache_root, key_of, resolve
 
 COMPLETE = ".djk-complete"
 KIT_DIR = "/srv/djk/.kit"
 HOST_WHEELS = f"{KIT_DIR}/wheels"
 HOST_UV_CACHE = f"{KIT_DIR}/uv-cache"
 HOST_VENVS = f"{KIT_DIR}/venvs"
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "djk" / "wheelhouse"
 
 
 _build_lock = threading.Lock()
@@ -79,7 +74,7 @@ def materialize(requirements: bytes) -> Path:
     """The requirements a release is built from, as a file of the control machine's cache
     (named by content): what pip downloads for and what the venv's key is computed from."""
     digest = hashlib.sha256(requirements).hexdigest()[:16]
-    path = cache_root().parent / "requirements" / f"{digest}.txt"
+    path = cache_root() / "requirements" / f"{digest}.txt"
     if not path.is_file() or path.read_bytes() != requirements:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
