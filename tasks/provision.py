@@ -26,7 +26,16 @@ from .engine.component import Component, HostRun, components, register
 from .engine.facts import Fact, Text
 from .engine.inventory import Host, Inventory
 from .engine.render import MANAGED
-from .engine.steps import Action, ConfigSet, Context, Directory, File, Plan, Step
+from .engine.steps import (
+    Action,
+    ConfigSet,
+    Context,
+    Directory,
+    File,
+    Plan,
+    Step,
+    SystemUser,
+)
 
 BASE = ("sudo", "python3", "openssl", "curl", "ca-certificates")
 
@@ -161,29 +170,6 @@ def host_steps(inventory: Inventory, host: Host) -> list[Step]:
 # -- bootstrap: a server reachable only as root ---------------------------------------------------
 
 
-class LoginUser(Step):
-    """The deploy user: a login shell and a home (its key goes to ~/.ssh)."""
-
-    def __init__(self, name: str) -> None:
-        self.user = name
-        self.id = f"login-user:{name}"
-        self.name = f"user {name}"
-
-    def facts(self, diff: bool) -> list[Fact]:
-        from .engine.facts import User
-
-        return [User(self.user)]
-
-    def plan(self, ctx: Context) -> Plan:
-        from .engine.facts import User
-
-        state = ctx.facts[User(self.user)]
-        if state is not None:
-            return Plan(reason=f"exists (uid {state.uid})")
-        q = shlex.quote(self.user)
-        return Plan([Action("create", f"useradd --create-home --shell /bin/bash {q}")])
-
-
 ROOT_KEYS = "/root/.ssh/authorized_keys"
 
 
@@ -234,7 +220,7 @@ def bootstrap_steps(inventory: Inventory, host: Host, user: str) -> list[Step]:
     return [
         Directory("/var/lib/djk"),
         Packages(["sudo"], host),
-        LoginUser(user),
+        SystemUser(user, home, login=True),
         Directory(f"{home}/.ssh", user, user, "700"),
         AuthorizedKeys(user, public_key(host.ssh_key)),
         sudo_rule(user),

@@ -344,11 +344,12 @@ class Directories(Step):
 
 
 class SystemUser(Step):
-    """A locked system user with its own group, no login shell."""
+    """A locked system user with its own group, no login shell — or, with `login`, a user who
+    logs in (a home and bash: the deploy user a bootstrap makes)."""
 
-    def __init__(self, name: str, home: str):
-        self.user, self.home = name, home
-        self.id = f"user:{name}"
+    def __init__(self, name: str, home: str, login: bool = False):
+        self.user, self.home, self.login = name, home, login
+        self.id = f"{'login-' if login else ''}user:{name}"
         self.name = f"user {name}"
 
     def facts(self, diff: bool) -> list[Fact]:
@@ -358,15 +359,17 @@ class SystemUser(Step):
         state = ctx.facts[User(self.user)]
         if state is not None:
             return Plan(reason=f"exists (uid {state.uid})")
-        return Plan(
-            [
-                Action(
-                    "create",
-                    f"useradd --system --user-group --no-create-home --home-dir "
-                    f"{_q(self.home)} --shell /usr/sbin/nologin {_q(self.user)}",
-                )
-            ]
-        )
+        if self.login:
+            command = (
+                f"useradd --create-home --home-dir {_q(self.home)} --shell /bin/bash "
+                f"{_q(self.user)}"
+            )
+        else:
+            command = (
+                f"useradd --system --user-group --no-create-home --home-dir "
+                f"{_q(self.home)} --shell /usr/sbin/nologin {_q(self.user)}"
+            )
+        return Plan([Action("create", command)])
 
 
 class Service(Step):
