@@ -8,6 +8,9 @@ never leaves a lock behind. The holder's who / when / pid / command sit beside e
 the message a second deploy gets (`BUSY <site> <info>`), for `status` and for `clear`.
 
 Called as `agent.pyz lock-keep '<json>'`: its input is an argument, as stdin is the lifeline.
+With `"then": true` the lifeline starts with a script (`<length>\n<bytes>`) that the keeper runs
+as soon as the locks are taken and answers `LOCKED <rc> <stdout bytes> <stderr bytes>\n` with
+its output: the run's first reading of the host's state rides on the lock, one command less.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import fcntl
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -78,13 +82,32 @@ def keep(spec: dict) -> int:
         fds.append(fd)
         info.update(keeper_pid=os.getpid(), since=time.time())
         _write_info(site, info)
-    print("LOCKED", flush=True)
-    sys.stdin.read()
+    if spec.get("then"):
+        _run_first(run)
+    else:
+        print("LOCKED", flush=True)
+    sys.stdin.buffer.read()
     info["draining"] = True
     for site in sites:
         _write_info(site, info)
     _wait_for_run(run, LINGER)
     return 0
+
+
+def _run_first(run: str) -> None:
+    """The script at the head of stdin, run with the run's tag; its status and output follow
+    LOCKED (byte counts first: the output is any bytes)."""
+    size = int(sys.stdin.buffer.readline().strip() or 0)
+    script = sys.stdin.buffer.read(size)
+    done = subprocess.run(
+        ["/bin/sh", "-c", script.decode("utf-8", "replace")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env={**os.environ, "DJK_RUN": run},
+    )
+    head = f"LOCKED {done.returncode} {len(done.stdout)} {len(done.stderr)}\n".encode()
+    sys.stdout.buffer.write(head + done.stdout + done.stderr)
+    sys.stdout.buffer.flush()
 
 
 def _wait_for_run(run: str, seconds: float) -> None:

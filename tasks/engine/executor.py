@@ -25,10 +25,11 @@ from typing import Any, Protocol
 
 from fabric import Config
 
-from .facts import Facts, PendingHandlers
+from . import facts as F
+from .facts import Fact, Facts, PendingHandlers
 from .hostinfo import HostInfo, Profile
 from .inventory import Host
-from .remote import Remote, RemoteError
+from .remote import Remote, RemoteError, Result
 from .report import HostReport, Reporter, StepResult
 from .steps import Action, Context, Step, clear_pending, handler_order, handler_script, plan_phase
 
@@ -41,9 +42,11 @@ class Mode:
 
 
 class Hold(Protocol):
-    """Something a run holds on a host from connecting to closing (a deploy lock)."""
+    """Something a run holds on a host from connecting to closing (a deploy lock). Given
+    `then`, a script (the run's first reading of the host's state), it may run it once held and
+    return its result, sparing the run that command; None: the executor runs it itself."""
 
-    def acquire(self, remote: Remote) -> None: ...
+    def acquire(self, remote: Remote, then: str | None = None) -> Result | None: ...
 
 
 @dataclass
@@ -110,10 +113,14 @@ def _open(session: _Session) -> None:
     remote = session.remote
     try:
         remote.open()
+        wanted = _wanted_facts(session)
+        first: Result | None = None
         if not session.mode.check:
-            for hold in session.plan.holds:
-                hold.acquire(remote)
-        facts = _gather_all(session)
+            holds = session.plan.holds
+            for index, hold in enumerate(holds):
+                last = index == len(holds) - 1
+                first = hold.acquire(remote, F.build_script(wanted) if last else None)
+        facts = remote.gather(wanted, first)
         found = facts.get(Profile())
         session.report.host_info = found
         if found is not None and found != session.plan.host.info:
@@ -129,10 +136,13 @@ def _open(session: _Session) -> None:
         session.fail(str(exc))
 
 
-def _gather_all(session: _Session) -> Facts:
+def _wanted_facts(session: _Session) -> list[Fact]:
     steps = [step for phase in session.plan.phases for step in phase.steps]
-    facts = _facts_of(steps, session.mode.diff) + [PendingHandlers(), Profile()]
-    return session.remote.gather(facts)
+    return _facts_of(steps, session.mode.diff) + [PendingHandlers(), Profile()]
+
+
+def _gather_all(session: _Session) -> Facts:
+    return session.remote.gather(_wanted_facts(session))
 
 
 def _replan(session: _Session, found: HostInfo) -> bool:

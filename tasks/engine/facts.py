@@ -24,15 +24,22 @@ PENDING_FILE = "/var/lib/djk/pending-handlers"
 _START = "\x1edjk-fact "
 _END = "\x1fdjk-rc "
 
+# Every Stat of a round trip is one `stat` and one `sha256sum` over all the paths (Stats): a
+# process per path made the reading of a host with three sites 0.15 s. Paths the kit stats are
+# its own (no newlines); `%N` with literal quoting is "path -> target" for a link.
 PRELUDE = r"""
-export LC_ALL=C
-djk_stat() {
-  if [ -L "$1" ]; then printf 'link|%s\n' "$(readlink -- "$1")"
-  elif [ -d "$1" ]; then stat -c 'dir|%a|%U|%G' -- "$1"
-  elif [ -f "$1" ]; then printf 'file|%s|%s\n' "$(stat -c '%a|%U|%G' -- "$1")" \
-    "$(sha256sum -- "$1" | cut -c1-64)"
-  elif [ -e "$1" ]; then echo 'other'
-  else echo 'absent'; fi
+export LC_ALL=C QUOTING_STYLE=literal
+djk_stats() {
+  stat -c '%F|%a|%U|%G|%N' -- "$@"
+  files=
+  for p in "$@"; do
+    if [ -f "$p" ] && [ ! -L "$p" ]; then files="$files$p
+"; fi
+  done
+  [ -z "$files" ] && return 0
+  echo '--'
+  set -f; IFS='
+'; sha256sum -- $files
 }
 """
 
@@ -94,33 +101,62 @@ class PathState:
     target: str = ""  # for links
 
 
-def parse_stat(rc: int, out: str) -> PathState | None:
-    line = out.strip()
-    if rc != 0 or not line or line == "absent":
-        return None
-    kind, _, rest = line.partition("|")
-    if kind == "link":
-        return PathState("link", target=rest)
-    fields = rest.split("|")
-    if kind == "dir" and len(fields) == 3:
-        return PathState("dir", *fields)
-    if kind == "file" and len(fields) == 4:
-        return PathState("file", *fields)
-    return PathState("other")
-
-
 @dataclass(frozen=True)
 class Stat(Fact[PathState]):
     """Kind, mode, owner, group and content hash of a path (link target for links); None when
-    absent."""
+    absent. Read with every other Stat of the round trip in one Stats."""
 
     path: str
 
     def command(self) -> str:
-        return f"djk_stat {shlex.quote(self.path)}"
+        return Stats((self.path,)).command()
 
     def parse(self, rc: int, out: str) -> PathState | None:
-        return parse_stat(rc, out)
+        return parse_stats(out).get(self.path)
+
+
+_KINDS = {"directory": "dir", "regular file": "file", "regular empty file": "file"}
+
+
+def parse_stats(out: str) -> dict[str, PathState]:
+    """`stat -c '%F|%a|%U|%G|%N'` lines, then `--` and `sha256sum` lines: the paths that exist.
+    (A path stat cannot read is left out: absent.)"""
+    listed, _, sums = out.partition("\n--\n")
+    hashes = {}
+    for line in sums.splitlines():
+        digest, _, path = line.partition("  ")
+        if len(digest) == 64 and path:
+            hashes[path] = digest
+    found: dict[str, PathState] = {}
+    for line in listed.splitlines():
+        fields = line.split("|", 4)
+        if len(fields) != 5:
+            continue
+        kind, mode, owner, group, name = fields
+        if kind == "symbolic link":
+            path, _, target = name.partition(" -> ")
+            found[path] = PathState("link", target=target)
+        elif _KINDS.get(kind) == "dir":
+            found[name] = PathState("dir", mode, owner, group)
+        elif _KINDS.get(kind) == "file":
+            found[name] = PathState("file", mode, owner, group, hashes.get(name, ""))
+        else:
+            found[name] = PathState("other")
+    return found
+
+
+@dataclass(frozen=True)
+class Stats(Fact[dict]):
+    """Every Stat of a round trip (facts._plan_gather folds them in): path -> PathState."""
+
+    paths: tuple[str, ...]
+    default: ClassVar[Any] = {}
+
+    def command(self) -> str:
+        return "djk_stats " + " ".join(shlex.quote(p) for p in self.paths)
+
+    def parse(self, rc: int, out: str) -> dict[str, PathState]:
+        return parse_stats(out)
 
 
 def parse_text(rc: int, out: str) -> str | None:
@@ -339,15 +375,20 @@ class Lines(Fact[list]):
 
 def _plan_gather(facts: Iterable[Fact]) -> list[Fact]:
     """The facts to run: each once, every Unit folded into one Units (systemd) and one Programs
-    (supervisor) call."""
+    (supervisor) call, every Stat into one Stats."""
     found: dict[Fact, None] = {}
     units: set[str] = set()
+    paths: dict[str, None] = {}
     for fact in facts:
         if isinstance(fact, Unit):
             units.add(fact.name)
+        elif isinstance(fact, Stat):
+            paths.setdefault(fact.path)
         else:
             found.setdefault(fact)
     run = list(found)
+    if paths:
+        run.append(Stats(tuple(paths)))
     systemd = sorted(n for n in units if not is_program(n))
     programs = sorted(n for n in units if is_program(n))
     if systemd:
@@ -387,6 +428,9 @@ def parse_all(facts: Iterable[Fact], output: str) -> Facts:
             rc, body = sections[fact.label]
             value = fact.parse(rc, body)
         value = fact.default if value is None else value
+        if isinstance(fact, Stats):
+            values.update((Stat(path), value.get(path)) for path in fact.paths)
+            continue
         merged = {Units: _UNITS, Programs: _PROGRAMS}.get(type(fact))
         values[merged or fact] = value
     return Facts(values)

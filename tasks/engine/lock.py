@@ -21,11 +21,30 @@ from .facts import Fact
 
 BUSY_EXIT = 75
 
-def keeper_command(sites: list[str], wait: float, command: str, by: str, run_id: str) -> str:
-    """The agent's lock keeper (agent/lock.py), or agent.MISSING when it must be uploaded."""
+def keeper_command(
+    sites: list[str], wait: float, command: str, by: str, run_id: str, then: bool = False
+) -> str:
+    """The agent's lock keeper (agent/lock.py), or agent.MISSING when it must be uploaded. With
+    `then`, its stdin starts with a script it runs once the locks are taken (script_head)."""
     spec = {"sites": sites, "wait": wait, "run": run_id,
             "info": {"by": by, "pid": os.getpid(), "command": command}}  # fmt: skip
+    if then:
+        spec["then"] = True
     return agent.if_installed("lock-keep", json.dumps(spec, sort_keys=True))
+
+
+def script_head(script: str) -> bytes:
+    data = script.encode()
+    return f"{len(data)}\n".encode() + data
+
+
+def parse_locked(line: str) -> tuple[int, int, int] | None:
+    """`LOCKED <rc> <stdout bytes> <stderr bytes>` (a keeper that ran a script): the numbers;
+    None for anything else."""
+    parts = line.split()
+    if len(parts) == 4 and parts[0] == "LOCKED" and all(p.lstrip("-").isdigit() for p in parts[1:]):
+        return int(parts[1]), int(parts[2]), int(parts[3])
+    return None
 
 
 def status_command() -> str:

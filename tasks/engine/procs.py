@@ -126,12 +126,14 @@ SITE_ROLES = ("web-a", "web-b", "worker", "beat", "flower", "forward", "boot")
 
 
 def site_processes_command(site_name: str) -> str:
-    """Shell listing the site's units and programs that exist on the host, one per line."""
+    """Shell listing the site's units and programs that exist on the host, one per line: the
+    files the kit writes for them (tests of the shell's own: no systemctl round trip to PID 1
+    in every run's reading of the host)."""
     base = f"djk-{site_name}-"
-    units = [f"{base}{r}.service" for r in SITE_ROLES] + [f"{base}forward.socket"]
+    units = " ".join([f"{base}{r}.service" for r in SITE_ROLES] + [f"{base}forward.socket"])
     programs = " ".join(f"{base}{r}" for r in SITE_ROLES)
     return (
-        f"systemctl list-unit-files --no-legend --plain {' '.join(units)} | cut -d' ' -f1; "
+        f'for u in {units}; do [ ! -f {SYSTEMD_DIR}/"$u" ] || echo "$u"; done; '
         f'for p in {programs}; do [ ! -f {SUPERVISOR_DIR}/"$p".conf ] || echo "$p"; done'
     )
 

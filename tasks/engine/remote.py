@@ -83,14 +83,17 @@ class Remote:
             command = "sudo -n -- " + command
         return command
 
-    def hold(self, command: str, timeout: float) -> tuple[str, object]:
+    def hold(self, command: str, timeout: float, head: bytes = b"") -> tuple[str, object]:
         """Start a command that keeps running for the rest of the run (its stdin stays open
-        until close()); return its first output line and its channel. The command is not tagged
-        with the run id: it is the one that waits for the run's tagged commands to end."""
+        until close(), after `head`); return its first output line and its channel. The command
+        is not tagged with the run id: it is the one that waits for the run's tagged commands
+        to end."""
         with self._lock:
             self.commands += 1
         channel = self._transport().open_session()
         channel.exec_command(self._command(command, tag=False))
+        if head:
+            channel.sendall(head)
         channel.settimeout(timeout)
         line = b""
         try:
@@ -105,6 +108,16 @@ class Remote:
         self._held.append(channel)
         return line.decode("utf-8", "replace").strip(), channel
 
+    def read(self, channel, size: int) -> bytes:
+        """Exactly `size` more bytes of a held command's output (fewer if it ended)."""
+        data = b""
+        while len(data) < size:
+            chunk = channel.recv(min(65536, size - len(data)))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
     def release(self, channel) -> None:
         """Close a held command's stdin and channel: it sees end of input and ends."""
         try:
@@ -115,9 +128,10 @@ class Remote:
         if channel in self._held:
             self._held.remove(channel)
 
-    def gather(self, facts: list[Fact]) -> Facts:
-        """Every fact in one round trip."""
-        result = self.run(F.build_script(facts))
+    def gather(self, facts: list[Fact], result: Result | None = None) -> Facts:
+        """Every fact in one round trip (or from `result`: F.build_script(facts) run already,
+        e.g. by the deploy lock's keeper)."""
+        result = result or self.run(F.build_script(facts))
         if not result.ok:
             raise RemoteError(f"reading the host's state failed: {result.stderr.strip()[-500:]}")
         return F.parse_all(facts, result.stdout)

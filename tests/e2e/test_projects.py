@@ -263,7 +263,7 @@ def test_check_deploy_errors_stop_the_deploy_and_warnings_are_reported(
     report = json.loads(done.stdout)["hosts"][0]
     warnings = {w["id"] for w in report["extra"]["check_deploy"]["shop"]}
     assert "security.W004" in warnings  # no HSTS: the fragment leaves that to the team
-    step = next(s for s in report["steps"] if s["step"] == "check --deploy shop")
+    step = next(s for s in report["steps"] if s["step"] == "prepare shop")
     assert "security.W004" in step["detail"]
     assert health(fresh_host)["version"] == "4"
 

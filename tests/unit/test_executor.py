@@ -4,11 +4,12 @@ holds and handlers. No host: the fake records what would have run."""
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from djk.tasks.app import check_findings
 from djk.tasks.engine import facts as F
 from djk.tasks.engine.executor import HostPlan, Mode, Phase, converge
+from djk.tasks.engine.hostinfo import Profile
 from djk.tasks.engine.inventory import Host
 from djk.tasks.engine.remote import Result
 from djk.tasks.engine.report import Reporter
@@ -33,8 +34,12 @@ class FakeRemote:
     def close(self) -> None:
         self.log.append((self.host.name, "close"))
 
-    def gather(self, facts) -> F.Facts:
-        self.commands += 1
+    def gather(self, facts, result=None) -> F.Facts:
+        if result is None:  # else a hold ran the reading: no command of its own
+            self.commands += 1
+        else:
+            assert F.split_sections(result.stdout) is not None
+            self.carried = result
         self.gathers += 1
         self.log.append((self.host.name, "gather"))
         return F.Facts({f: self.state.get(f, f.default) for f in facts})
@@ -70,9 +75,16 @@ class Want(Step):
 @dataclass
 class Recorded:
     acquired: list
+    runs_first: bool = False  # like the deploy lock: runs the first reading once held
+    scripts: list = field(default_factory=list)
 
-    def acquire(self, remote) -> None:
+    def acquire(self, remote, then=None) -> Result | None:
         self.acquired.append(remote.host.name)
+        self.scripts.append(then)
+        if self.runs_first and then is not None:
+            remote.commands += 1  # the hold's own command
+            return Result(0, "", "")
+        return None
 
 
 def run(plans, mode=None, state=None):
@@ -145,6 +157,21 @@ def test_holds_are_taken_after_connecting_and_not_in_check_mode():
     run([HostPlan(Host("x", "1"), [Phase("p", [Want("a")])], holds=[Recorded(taken)])],
         Mode(check=True))  # fmt: skip
     assert taken == ["x"]
+
+
+def test_the_last_hold_carries_the_first_reading_of_the_host():
+    first, last = Recorded([]), Recorded([], runs_first=True)
+    plan = HostPlan(Host("x", "1"), [Phase("p", [Want("a")])], holds=[first, last])
+    reports, _, remotes = run([plan])
+    assert not reports["x"].failed, reports["x"].steps
+    assert first.scripts == [None]  # only the last one is asked
+    (script,) = last.scripts
+    # The whole first reading: the steps' facts and the run's own.
+    for fact in (F.Text(MARKER), F.PendingHandlers(), Profile()):
+        assert fact.command() in script
+    assert remotes["x"].carried is not None and remotes["x"].gathers == 1
+    # The hold's command and the step's action: no command of its own for the reading.
+    assert remotes["x"].commands == 2
 
 
 def test_handlers_run_once_after_the_steps_and_consumed_ones_not_at_all():

@@ -23,15 +23,56 @@ def test_parse_units_reads_each_block():
     assert (web.load, web.active, web.enabled, web.running) == ("not-found", "inactive", "", False)
 
 
-def test_parse_stat_kinds():
+def test_parse_stats_kinds():
     sha = "a" * 64
-    assert F.parse_stat(0, f"file|640|root|djk-x|{sha}\n") == F.PathState(
-        "file", "640", "root", "djk-x", sha
+    # Recorded on a Debian 12 test host (one path missing: stat says so on stderr).
+    out = (
+        "regular file|640|root|djk-x|/srv/djk/x/shared/env\n"
+        "directory|751|root|djk-x|/srv/djk/x\n"
+        "symbolic link|777|root|root|/srv/djk/x/current -> releases/R1\n"
+        "regular empty file|644|root|root|/srv/djk/x/.empty\n"
+        "fifo|600|root|root|/srv/djk/x/pipe\n"
+        "--\n"
+        f"{sha}  /srv/djk/x/shared/env\n"
+        f"{'e' * 64}  /srv/djk/x/.empty\n"
     )
-    assert F.parse_stat(0, "dir|751|root|djk-x\n") == F.PathState("dir", "751", "root", "djk-x")
-    assert F.parse_stat(0, "link|venvs/abc\n") == F.PathState("link", target="venvs/abc")
-    assert F.parse_stat(0, "absent\n") is None
-    assert F.parse_stat(0, "other\n") == F.PathState("other")
+    found = F.parse_stats(out)
+    assert found["/srv/djk/x/shared/env"] == F.PathState("file", "640", "root", "djk-x", sha)
+    assert found["/srv/djk/x"] == F.PathState("dir", "751", "root", "djk-x")
+    assert found["/srv/djk/x/current"] == F.PathState("link", target="releases/R1")
+    assert found["/srv/djk/x/.empty"].sha256 == "e" * 64
+    assert found["/srv/djk/x/pipe"] == F.PathState("other")
+    assert "/srv/djk/x/missing" not in found
+
+
+def test_every_stat_of_a_round_trip_is_one_stat_call_run_by_the_shell(tmp_path):
+    """The gather script itself (sh, coreutils) on a real directory: links, files, dirs, a
+    file named like a link's arrow, a missing path."""
+    import hashlib
+    import os
+    import subprocess
+
+    (tmp_path / "d").mkdir(mode=0o751)
+    (tmp_path / "f").write_text("hello\n")
+    os.chmod(tmp_path / "f", 0o640)
+    (tmp_path / "empty").write_text("")
+    os.symlink("releases/R1", tmp_path / "l")
+    os.symlink("d", tmp_path / "dl")
+    paths = [str(tmp_path / n) for n in ("d", "f", "empty", "l", "dl", "missing")]
+    facts = [F.Stat(p) for p in paths]
+    script = F.build_script(facts)
+    assert script.count("djk_stats ") == 1
+    done = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True)
+    values = F.parse_all(facts, done.stdout)
+    me = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    group = subprocess.run(["id", "-gn"], capture_output=True, text=True).stdout.strip()
+    digest = hashlib.sha256(b"hello\n").hexdigest()
+    assert values[F.Stat(paths[0])] == F.PathState("dir", "751", me, group)
+    assert values[F.Stat(paths[1])] == F.PathState("file", "640", me, group, digest)
+    assert values[F.Stat(paths[2])].sha256 == hashlib.sha256(b"").hexdigest()
+    assert values[F.Stat(paths[3])] == F.PathState("link", target="releases/R1")
+    assert values[F.Stat(paths[4])] == F.PathState("link", target="d")
+    assert values[F.Stat(paths[5])] is None
 
 
 def test_parse_passwd():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from djk.tasks.engine import agent
+from djk.tasks.engine import lock as L
 
 
 class Keepers:
@@ -25,16 +26,21 @@ class Keepers:
         self.procs: list[subprocess.Popen] = []
 
     def keep(self, sites: list[str], wait: float = 0.0, run: str = "run-1",
-             by: str = "alice") -> subprocess.Popen:  # fmt: skip
+             by: str = "alice", then: str | None = None) -> subprocess.Popen:  # fmt: skip
         spec = {"sites": sites, "wait": wait, "run": run,
                 "info": {"by": by, "pid": 4242, "command": "fab deploy"}}  # fmt: skip
+        if then is not None:
+            spec["then"] = True
         proc = subprocess.Popen(
             [sys.executable, str(self.pyz), "lock-keep", json.dumps(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            text=True,
+            text=then is None,
             env=self.env,
         )
+        if then is not None:
+            proc.stdin.write(L.script_head(then))
+            proc.stdin.flush()
         self.procs.append(proc)
         return proc
 
@@ -105,3 +111,31 @@ def test_status_lists_held_locks_and_clear_ends_the_keeper(keepers):
     assert keepers.run("lock-clear", json.dumps({"site": "shop"})).returncode == 0
     first.wait(timeout=10)
     assert keepers.run("lock-status").stdout == ""
+
+
+def test_a_keeper_runs_the_runs_first_script_once_it_holds_the_locks(keepers):
+    script = (
+        'echo "run=$DJK_RUN"; '
+        # The lock is held while it runs: a second keeper is turned away.
+        f"{sys.executable} {keepers.pyz} lock-status; "
+        "echo oops >&2; exit 3"
+    )
+    first = keepers.keep(["shop"], run="run-9", then=script)
+    counts = L.parse_locked(first.stdout.readline().decode())
+    assert counts is not None, "no LOCKED line with counts"
+    rc, out_size, err_size = counts
+    out, err = first.stdout.read(out_size).decode(), first.stdout.read(err_size).decode()
+    assert rc == 3 and err == "oops\n"
+    assert out.startswith("run=run-9\n")
+    assert json.loads(out.splitlines()[1])["site"] == "shop"
+    # Still holding: the script's end is not the run's end.
+    assert first.poll() is None
+    first.stdin.close()
+    assert first.wait(timeout=10) == 0
+
+
+def test_parse_locked():
+    assert L.parse_locked("LOCKED 0 12 0") == (0, 12, 0)
+    assert L.parse_locked("LOCKED") is None
+    assert L.parse_locked("BUSY shop {}") is None
+    assert L.parse_locked("LOCKED 0 x 1") is None
