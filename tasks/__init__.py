@@ -8,7 +8,7 @@ components).
 
 from invoke import Collection
 
-from . import app, celery, flower, lock, multidomain, nginx, supervisor, tls  # noqa: E402, F401
+from . import app, celery, flower, lock, maintenance, multidomain, nginx, supervisor, tls  # noqa: E402, F401, I001
 from . import provision as _provision  # noqa: E402, I001
 from .deploy import deploy, releases, rollback  # noqa: E402
 from .engine import cli
@@ -18,7 +18,10 @@ from .engine.component import Component, HostRun, NginxPart, components, order, 
 # provision's packages first (and supervisord where it runs the sites), then each site's app,
 # its workers, TLS and nginx in front, then the rules between sites. A team's components
 # come after these.
-order(["provision", "supervisor", "lock", "app", "celery", "flower", "tls", "nginx", "multidomain"])
+order(
+    ["provision", "supervisor", "lock", "app", "celery", "flower", "maintenance", "tls", "nginx",
+     "multidomain"]
+)  # fmt: skip
 cli.install()
 
 ns = Collection()
@@ -28,5 +31,7 @@ ns.add_task(releases)
 ns.add_task(_provision.provision)
 for module in (app, nginx, multidomain, lock, celery, flower):
     ns.add_collection(Collection.from_module(module))
+# The maintenance page is its own component; its task reads as one of the app's.
+ns.collections["app"].add_task(maintenance.maintenance)
 
 __all__ = ["Component", "HostRun", "NginxPart", "components", "ns", "register", "tls"]

@@ -132,6 +132,14 @@ def target_hosts(c, inventory: Inventory) -> list[Host]:
     return hosts
 
 
+def site_hosts(c, inventory: Inventory, hosts: list[Host]) -> list[Host]:
+    """A site's hosts for a task about that site: all of them, or those among -H when given."""
+    if not c.config.get(HOSTS_KEY):
+        return hosts
+    chosen = target_hosts(c, inventory)
+    return [h for h in hosts if h in chosen]
+
+
 def output_mode(json_: bool, quiet: bool) -> str:
     return "json" if json_ else "quiet" if quiet else "human"
 
@@ -147,6 +155,7 @@ def run_plans(
     inventory: Inventory | None = None,
     as_user: str | None = None,
     recap: bool = True,
+    hosts: list[Host] | None = None,
 ) -> list[HostReport]:
     """Build every host's plan first (user errors end here, before any host is touched), then
     converge them in parallel and close with a recap; exit 1 if any host failed.
@@ -155,7 +164,9 @@ def run_plans(
     last run, or, for a host never seen, read now over the connection the run then goes on
     with. A host that changed since is planned again when the first round trip shows it."""
     inventory = inventory or load_inventory(c)
-    hosts = target_hosts(c, inventory)
+    hosts = hosts if hosts is not None else target_hosts(c, inventory)
+    if not hosts:
+        raise Exit("error: no target hosts", code=2)
     if as_user:  # e.g. root, to bootstrap the deploy user
         hosts = [dataclasses.replace(h, user=as_user) for h in hosts]
     remotes: dict[str, Remote] = {}

@@ -320,6 +320,26 @@ class Directory(Step):
         return Plan(actions, reason="exists with owner and mode")
 
 
+class Absent(Step):
+    """A file that must not exist (a flag turned off): removed when it is there."""
+
+    def __init__(self, path: str, name: str | None = None, notify: tuple[str, ...] = ()) -> None:
+        self.path, self.notify = path, notify
+        self.id = f"file:{path}"
+        self.name = name or f"file {path}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [Stat(self.path)]
+
+    def plan(self, ctx: Context) -> Plan:
+        state = ctx.facts[Stat(self.path)]
+        if state is None:
+            return Plan(reason="absent")
+        if state.kind == "dir":
+            return Plan(error=f"{self.path} is a directory")
+        return Plan([Action("remove", f"rm -f -- {_q(self.path)}", notify=self.notify)])
+
+
 class Directories(Step):
     """Several directories as one step: what is missing or differs is fixed in one command
     (a site's tree on a fresh host is eight directories, eight round trips otherwise)."""

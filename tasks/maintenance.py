@@ -1,0 +1,126 @@
+"""The maintenance page: `fab app.maintenance on|off --site S [--message TEXT]`.
+
+While a site's page file exists on a web host (/var/lib/djk/maintenance/<site>.html, written
+by `on`, removed by `off`), nginx answers every request of the site with HTTP 503, a
+`Retry-After` header and that page — except requests from the host itself (the kit's checks
+through nginx: deploys and rollbacks still prove their release), the site's `health_path` (a
+monitor's), ACME challenges and the static files (the page may use them).
+nginx looks for the file on each request: turning it on or off reloads nothing, and deploys and
+rollbacks, which never touch the file, leave the state as it is. The page comes from the
+template `nginx/maintenance.html.j2` (a team's `templates/` overrides it).
+"""
+
+from __future__ import annotations
+
+from .engine import topology
+from .engine.cli import load_inventory, run_plans, site_hosts, targets_task, user_error
+from .engine.component import Component, NginxPart, register
+from .engine.inventory import Inventory, Site
+from .engine.layout import app_of
+from .engine.render import render
+from .engine.steps import Absent, Directory, File, Step
+
+PAGES = "/var/lib/djk/maintenance"
+RETRY_AFTER = 300  # seconds: what the 503's Retry-After header tells clients and crawlers
+STATES = ("on", "off")
+
+
+def page_path(site: Site) -> str:
+    return f"{PAGES}/{site.name}.html"
+
+
+# nginx `if` at server level with only `set`/`return` in it: the safe use of `if`.
+SNIPPET = """\
+# Maintenance (fab app.maintenance): while {page} exists, 503 and the page, except for this
+# host's own requests (the kit's checks), the health path, ACME challenges and static files.
+set $djk_maintenance "";
+if (-f {page}) {{ set $djk_maintenance "on"; }}
+if ($remote_addr ~ "^(127\\.|::1$)") {{ set $djk_maintenance ""; }}
+{health}if ($uri ~ "^/(\\.well-known/acme-challenge|static)/") {{ set $djk_maintenance ""; }}
+if ($djk_maintenance) {{ return 503; }}
+error_page 503 @djk_maintenance;
+location @djk_maintenance {{
+    root {pages};
+    try_files /{name}.html =503;
+    add_header Retry-After {retry} always;
+    add_header Cache-Control "no-store" always;
+}}
+"""
+
+
+class MaintenanceComponent(Component):
+    """No hosts.toml keys: every site's server block can show its maintenance page."""
+
+    name = "maintenance"
+    roles = ("web",)
+
+    def nginx(self, inventory: Inventory, site: Site) -> NginxPart:
+        path = app_of(site).health_path  # None: the kit probes / (from this host: it passes)
+        health = f'if ($uri = {path}) {{ set $djk_maintenance ""; }}\n' if path else ""
+        return NginxPart(
+            server=[
+                SNIPPET.format(
+                    page=page_path(site),
+                    health=health,
+                    pages=PAGES,
+                    name=site.name,
+                    retry=RETRY_AFTER,
+                )
+            ]
+        )
+
+
+register(MaintenanceComponent())
+
+
+def page(inventory: Inventory, site: Site, message: str) -> str:
+    return render(
+        "nginx/maintenance.html.j2",
+        inventory.templates,
+        site=site,
+        message=message,
+        retry_after=RETRY_AFTER,
+    )
+
+
+def steps(inventory: Inventory, site: Site, state: str, message: str) -> list[Step]:
+    if state == "off":
+        return [Absent(page_path(site), name=f"maintenance page {site.name}")]
+    return [
+        Directory(PAGES, "root", "root", "755"),
+        File(
+            page_path(site),
+            page(inventory, site, message),
+            name=f"maintenance page {site.name}",
+        ),
+    ]
+
+
+@targets_task(
+    help={
+        "state": "on (answer 503 with the maintenance page) or off",
+        "site": "the site (sites.<name> in hosts.toml)",
+        "message": "text shown on the page (default: the template's)",
+        "json_": "print the report as JSON",
+        "quiet": "print only changes, failures and the recap",
+    }
+)
+def maintenance(c, state, site=None, message="", json_=False, quiet=False):
+    """Turn a site's maintenance page on or off on its web hosts (no nginx reload)."""
+    inventory = load_inventory(c)
+    if state not in STATES:
+        raise user_error(f"maintenance takes `on` or `off`, not {state!r}")
+    if site is None:
+        raise user_error("which site? --site NAME (one of sites.<name> in hosts.toml)")
+    if site not in inventory.sites:
+        raise user_error(f"unknown site {site!r} (sites.{site} in {inventory.path.name})")
+    chosen = inventory.sites[site]
+    web = site_hosts(c, inventory, topology.hosts_with(inventory, chosen, "web"))
+    run_plans(
+        c,
+        lambda inv, host: steps(inv, chosen, state, message),
+        json_=json_,
+        quiet=quiet,
+        inventory=inventory,
+        hosts=web,
+    )
