@@ -1,6 +1,6 @@
 """nginx in front of every site: the catch-all default server, one server block per site built
 from every component's snippets, the base configuration `provision` writes, and the keys
-`max_body_size` and `redirect_to` of [sites.<name>]."""
+`max_body_size`, `redirect_to` and `read_timeout` of [sites.<name>]."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ VALIDATE = "nginx -t"
 class Nginx:
     max_body_size: str = "20m"  # client_max_body_size
     redirect_to: str | None = None  # the canonical domain; the others answer 301 to it
+    # proxy_read_timeout to the app: how long a response, or a WebSocket, may stay silent
+    read_timeout: str = "60s"
 
 
 def parts(inventory: Inventory, site: Site) -> list[NginxPart]:
@@ -152,6 +154,7 @@ class NginxComponent(Component):
         return Nginx(
             max_body_size=table.get("max_body_size", str, values.nginx_size, default="20m"),
             redirect_to=redirect_to,
+            read_timeout=table.get("read_timeout", str, values.nginx_time, default="60s"),
         )
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:

@@ -20,6 +20,7 @@ _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # No %: systemd expands specifiers on ExecStart= lines.
 _CLI_OPTION = re.compile(r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:/,@+-]+)?")
 _NGINX_SIZE = re.compile(r"[0-9]{1,6}[kKmMgG]?")
+_NGINX_TIME = re.compile(r"[1-9][0-9]{0,6}(ms|s|m|h|d)?")
 # C0 and C1 control characters and the Unicode line and paragraph separators: each of them
 # ends a line for some reader (Python's splitlines, a terminal, a log viewer).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -240,6 +241,12 @@ def choice(*allowed: str):
 def nginx_size(value: str) -> str:
     if not _NGINX_SIZE.fullmatch(value):
         raise ValueError(f"{show(value)} is not an nginx size (digits with an optional k, m or g)")
+    return value
+
+
+def nginx_time(value: str) -> str:
+    if not _NGINX_TIME.fullmatch(value):
+        raise ValueError(f"{show(value)} is not an nginx time (digits with ms, s, m, h or d)")
     return value
 
 

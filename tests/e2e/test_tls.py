@@ -1,10 +1,16 @@
-"""HTTPS with given certificate files, checked with a CA the test creates."""
+"""HTTPS with given certificate files, checked with a CA the test creates; a WebSocket over
+TLS through nginx, closed when idle for the site's read_timeout."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
+import time
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from .kit import make_certificate, sh
 
@@ -21,6 +27,7 @@ def ca(tmp_path_factory):
 @pytest.fixture(scope="module")
 def deployed(project, fresh_host, ca):
     project.site["tls"] = {"cert": str(ca / "site.pem"), "key": str(ca / "site.key"), "hsts": True}
+    project.site["read_timeout"] = "4s"
     project.write()
     run = project.fab("-H", "web1", "deploy", "--diff")
     assert run.code == 0, run.out + run.err
@@ -112,3 +119,26 @@ def test_an_app_redirecting_to_https_passes_the_gate(deployed, project, fresh_ho
     answer = https(fresh_host, ca)
     assert answer.stdout.startswith("HTTP/2 200") or " 200" in answer.stdout.split("\n")[0]
     assert "5.0.0" in answer.stdout
+
+
+def test_a_websocket_reaches_the_app_over_tls_and_idles_out_at_read_timeout(
+    deployed, fresh_host, ca
+):
+    """wss:// through nginx (TLS ends there, Upgrade passes on); an idle WebSocket is closed by
+    nginx after the site's read_timeout (4s here), not nginx's 60s default."""
+    context = ssl.create_default_context(cafile=str(ca / "ca.pem"))
+    sock = socket.create_connection((fresh_host.address, 443), timeout=10)
+    with connect(
+        "wss://example.test/ws/echo/",
+        sock=sock,
+        ssl=context,
+        server_hostname="example.test",
+        open_timeout=10,
+        ping_interval=None,  # an idle connection: no pings from this side
+    ) as ws:
+        ws.send("over tls")
+        assert ws.recv(timeout=10).endswith(": over tls")
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=30)
+        assert time.monotonic() - started < 20

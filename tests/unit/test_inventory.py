@@ -105,6 +105,8 @@ def test_resolve_accepts_address_alias_and_plain_host(tmp_path):
             "sites.shop.health_path:",
         ),
         (lambda d: d["sites"]["shop"].update(max_body_size="1m;"), "sites.shop.max_body_size:"),
+        (lambda d: d["sites"]["shop"].update(read_timeout="1h;"), "sites.shop.read_timeout:"),
+        (lambda d: d["sites"]["shop"].update(read_timeout="0"), "sites.shop.read_timeout:"),
         (lambda d: d["sites"]["shop"].update(migrate_on="all"), "sites.shop.migrate_on:"),
         (lambda d: d["sites"]["shop"].update(keep_releases=0), "sites.shop.keep_releases:"),
     ],

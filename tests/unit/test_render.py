@@ -68,6 +68,10 @@ def test_server_block_and_unit(inventory, site):
     assert f"root {paths.static};" in conf and "expires 30d;" in conf
     assert "try_files /current/$1 /next/$1 /previous/$1 =404;" in conf
     assert "client_max_body_size 20m;" in conf
+    # WebSockets: Upgrade passes through (the map is in the default server), and the read
+    # timeout is nginx's own until the site sets one.
+    assert "proxy_set_header Connection $djk_connection_upgrade;" in conf
+    assert "proxy_read_timeout 60s;" in conf
     unit = render(
         "systemd/web.service.j2",
         site=site,
