@@ -12,6 +12,7 @@ template `nginx/maintenance.html.j2` (a team's `templates/` overrides it).
 
 from __future__ import annotations
 
+from . import tls
 from .engine import topology
 from .engine.cli import load_inventory, run_plans, site_hosts, targets_task, user_error
 from .engine.component import Component, NginxPart, register
@@ -44,7 +45,7 @@ location @djk_maintenance {{
     try_files /{name}.html =503;
     add_header Retry-After {retry} always;
     add_header Cache-Control "no-store" always;
-}}
+{hsts}}}
 """
 
 
@@ -65,6 +66,7 @@ class MaintenanceComponent(Component):
                     pages=PAGES,
                     name=site.name,
                     retry=RETRY_AFTER,
+                    hsts=f"    {hsts}\n" if (hsts := tls.hsts_directive(site)) else "",
                 )
             ]
         )

@@ -264,3 +264,13 @@ class TlsComponent(Component):
 
 
 register(TlsComponent())
+
+
+def hsts_directive(site: Site) -> str:
+    """The HSTS header line for a location of the site that sets its own headers (nginx drops
+    the server's add_header lines in such a location), or nothing."""
+    tls = site.part(Tls)
+    if tls is None or not tls.hsts:
+        return ""
+    return 'add_header Strict-Transport-Security "max-age=31536000" always;'
+

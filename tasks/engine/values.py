@@ -147,6 +147,21 @@ def relative_path(value: str) -> str:
     return value.rstrip("/")
 
 
+def absolute_path(value: str) -> str:
+    """A directory on the hosts for config files (no spaces, quotes or .. components)."""
+    parts = value.rstrip("/").split("/")[1:]
+    if (
+        not value.startswith("/")
+        or not parts
+        or not all(_REL_PATH.fullmatch(p) for p in parts)
+        or any(p in (".", "..") for p in parts)
+    ):
+        raise ValueError(
+            f"{show(value)} is not an absolute path (letters, digits, ._@+- between /, no ..)"
+        )
+    return value.rstrip("/")
+
+
 def url_path(value: str) -> str:
     if not _URL_PATH.fullmatch(value):
         raise ValueError(f"{show(value)} is not a URL path (starts with /; letters, digits, ._~-/)")
