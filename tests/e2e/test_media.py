@@ -62,7 +62,7 @@ def post(host, name: str, data: str, tmp_path) -> dict:
 
 def fetch(host, url: str) -> tuple[str, str]:
     answer = curl(host, url).split("\n", 1)[1]
-    head, _, body = answer.partition("\r\n\r\n")
+    head, _, body = answer.partition("\n\n")  # (curl -i, read as text: \n line ends)
     return head, body
 
 
@@ -82,8 +82,8 @@ def test_an_upload_is_saved_in_media_root_and_served_by_nginx(project, fresh_hos
     on_disk = sh(fresh_host, "cat /srv/djk/example/media/uploads/hello.html")
     assert on_disk == SCRIPT
     env = sh(fresh_host, "cat /srv/djk/example/shared/env")
-    assert "DJANGO_MEDIA_ROOT=/srv/djk/example/media" in env
-    assert "DJANGO_MEDIA_URL=/uploads/" in env
+    assert "DJANGO_MEDIA_ROOT='/srv/djk/example/media'" in env
+    assert "DJANGO_MEDIA_URL='/uploads/'" in env
     # Python uploaded is a file like any other: nginx returns its bytes, nothing runs it.
     code = post(fresh_host, "x.py", "print('ran')\n", tmp_path)
     assert fetch(fresh_host, code["url"])[1] == "print('ran')\n"

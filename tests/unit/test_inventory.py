@@ -107,6 +107,14 @@ def test_resolve_accepts_address_alias_and_plain_host(tmp_path):
         (lambda d: d["sites"]["shop"].update(max_body_size="1m;"), "sites.shop.max_body_size:"),
         (lambda d: d["sites"]["shop"].update(read_timeout="1h;"), "sites.shop.read_timeout:"),
         (lambda d: d["sites"]["shop"].update(read_timeout="0"), "sites.shop.read_timeout:"),
+        # Two app hosts (the base site runs on web1 and web2) would keep half the uploads each.
+        (lambda d: d["sites"]["shop"].update(media={}), "sites.shop.media.path: uploads would"),
+        (
+            lambda d: d["sites"]["shop"].update(media={"path": "/mnt/x/../y"}),
+            "sites.shop.media.path:",
+        ),
+        (lambda d: d["sites"]["shop"].update(media={"url": "/"}), "sites.shop.media.url:"),
+        (lambda d: d["sites"]["shop"].update(media={"url": "/m"}), "sites.shop.media.url:"),
         (lambda d: d["sites"]["shop"].update(migrate_on="all"), "sites.shop.migrate_on:"),
         (lambda d: d["sites"]["shop"].update(keep_releases=0), "sites.shop.keep_releases:"),
     ],
@@ -296,3 +304,22 @@ def test_an_environment_names_its_own_inventory(tmp_path, monkeypatch):
     monkeypatch.setenv("DJK_ENV", "../etc")
     with pytest.raises(Exit, match="an environment name is"):
         inventory_path(start=tmp_path)
+
+
+def test_media_on_one_host_or_on_a_shared_path(tmp_path):
+    from djk.tasks import nginx
+    from djk.tasks.media import Media
+
+    data = base(tmp_path)
+    data["sites"]["shop"].update(hosts=["web1"], media={})
+    inv = parse(data, tmp_path / "hosts.toml")
+    shop = inv.sites["shop"]
+    assert shop.part(Media) == Media("/media/", "/srv/djk/shop/media", shared=False)
+    block = nginx.site_files(inv, shop)[0].content
+    assert "location ^~ /media/ {" in block and "alias /srv/djk/shop/media/;" in block
+    assert "add_header X-Content-Type-Options nosniff always;" in block
+    assert "proxy_pass" not in block.split("location ^~ /media/ {")[1].split("}")[0]
+    data = base(tmp_path)  # two app hosts: fine with a filesystem they share
+    data["sites"]["shop"].update(media={"path": "/mnt/shared/shop", "url": "/files/"})
+    shop = parse(data, tmp_path / "hosts.toml").sites["shop"]
+    assert shop.part(Media) == Media("/files/", "/mnt/shared/shop", shared=True)
