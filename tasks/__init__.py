@@ -8,7 +8,19 @@ components).
 
 from invoke import Collection
 
-from . import app, celery, flower, lock, maintenance, media, multidomain, nginx, supervisor, tls  # noqa: E402, F401, I001
+from . import (  # noqa: F401  (importing registers each component)
+    app,
+    celery,
+    database,
+    flower,
+    lock,
+    maintenance,
+    media,
+    multidomain,
+    nginx,
+    supervisor,
+    tls,
+)
 from . import provision as _provision  # noqa: E402, I001
 from .deploy import deploy, releases, rollback  # noqa: E402
 from .engine import cli
@@ -19,8 +31,8 @@ from .engine.component import Component, HostRun, NginxPart, components, order, 
 # its workers, TLS and nginx in front, then the rules between sites. A team's components
 # come after these.
 order(
-    ["provision", "supervisor", "lock", "app", "celery", "flower", "media", "maintenance", "tls",
-     "nginx", "multidomain"]
+    ["provision", "supervisor", "lock", "database", "app", "celery", "flower", "media",
+     "maintenance", "tls", "nginx", "multidomain"]
 )  # fmt: skip
 cli.install()
 

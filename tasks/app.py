@@ -900,6 +900,8 @@ class AppComponent(Component):
     def steps(self, phase: str, run: HostRun) -> list[Step]:
         inventory, host = run.inventory, run.host
         roles = topology.roles(host)
+        if not roles & {"app", "web", "worker"}:  # e.g. a host that only holds databases
+            return []
         if phase == "stage":
             builds = [run.builds[site.name] for site in run.sites]
             venvs = [(b.house, b.deps) for b in builds if b.house is not None]

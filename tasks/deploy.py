@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import time
 
-from . import app
+from . import app, database
 from .app import sites_or_exit
 from .engine import releases as R
+from .engine import topology
 from .engine.cli import load_inventory, run_plans, target_hosts, targets_task, user_error
 from .engine.component import HostRun, components
 from .engine.executor import HostPlan, Phase
 from .engine.facts import Fact, Facts, Stat
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
+from .engine.remote import Remote, RemoteError
 from .engine.source import SourceError
 from .engine.steps import Context, Plan, Step
 
@@ -106,17 +108,34 @@ def deploy(
     """
     inventory = load_inventory(c)
     now = time.time()
-    builds = new_builds(inventory, target_hosts(c, inventory), now, ref, allow_dirty)
+    targets = target_hosts(c, inventory)
+    builds = new_builds(inventory, targets, now, ref, allow_dirty)
+    reached = database.reached_db_hosts(inventory, targets)
+    inventory = database.with_generated_passwords(
+        inventory, lambda host: _opened(host, c.config), create=not check
+    )
     run_plans(
         c,
-        lambda inv, host: deploy_plan(inv, host, builds, wait),
+        lambda inv, host: deploy_plan(
+            inv, host, builds, wait, reached=host.name in {h.name for h in reached}
+        ),
         check=check,
         diff=diff,
         json_=json_,
         quiet=quiet,
         batch=batch,
         inventory=inventory,
+        hosts=targets + reached,
     )
+
+
+def _opened(host: Host, config) -> Remote:
+    remote = Remote(host, config)
+    try:
+        remote.open()
+    except RemoteError as exc:
+        raise user_error(f"{exc} (the database host of a site deployed here)") from None
+    return remote
 
 
 def new_builds(
@@ -144,18 +163,26 @@ def new_builds(
 
 
 def deploy_plan(
-    inventory: Inventory, host: Host, builds: dict[str, app.Build], wait: float | None = 0
+    inventory: Inventory,
+    host: Host,
+    builds: dict[str, app.Build],
+    wait: float | None = 0,
+    reached: bool = False,
 ) -> HostPlan:
     sites = tuple(sites_or_exit(inventory, host))
-    # Each site's build as this host installs it (its Python, its wheels).
-    here = {site.name: app.for_host(builds[site.name], host) for site in sites}
+    # Each site's build as this host installs it (its Python, its wheels); a host that only
+    # holds databases installs none.
+    installs = bool(topology.roles(host) & {"app", "web", "worker"})
+    here = {
+        s.name: app.for_host(builds[s.name], host) if installs else builds[s.name] for s in sites
+    }
     run = HostRun(
         inventory,
         host,
         sites,
         here,
         target=lambda site: app.Wanted(here[site.name]),
-        options={"lock_wait": wait},
+        options={"lock_wait": wait, "reached": reached},
     )
     return compose(run, DEPLOY_PHASES)
 

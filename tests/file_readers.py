@@ -207,7 +207,8 @@ def nginx_tokens(text: str) -> list[str]:
                 j += 1
             tokens.append("".join(word))
             i = j + 1
-            if i < n and text[i] not in " \t\r\n;{}":
+            # nginx also takes `)` there: the end of an `if ("...")` condition.
+            if i < n and text[i] not in " \t\r\n;{})":
                 raise Unparsable("unexpected character after a quoted string")
         else:
             j, word = i, []

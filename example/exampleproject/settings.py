@@ -63,6 +63,22 @@ DATABASES = {
     }
 }
 
+# PostgreSQL when the deploy kit's env file says so (DATABASE_URL), else the SQLite file above.
+if os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
+    from urllib.parse import unquote, urlsplit
+
+    _db = urlsplit(os.environ["DATABASE_URL"])
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": _db.path.lstrip("/"),
+            "USER": unquote(_db.username or ""),
+            "PASSWORD": unquote(_db.password or ""),
+            "HOST": _db.hostname or "",
+            "PORT": str(_db.port or 5432),
+        }
+    }
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"

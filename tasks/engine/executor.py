@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from fabric import Config
 
 from . import facts as F
-from .facts import Fact, Facts, PendingHandlers
+from .facts import Fact, Facts, On, PendingHandlers
 from .hostinfo import HostInfo, Profile
 from .inventory import Host
 from .remote import Remote, RemoteError, Result
@@ -95,6 +95,10 @@ class _Session:
     dirty: bool = False  # applied something since the facts were read
     replan: Callable[[Host, HostInfo], HostPlan] | None = None
     started: float = field(default_factory=time.monotonic)
+    # Facts other hosts' steps read from this one (facts.On), read in its first round trip.
+    asked: list[Fact] = field(default_factory=list)
+    # Values of the On facts this host's steps read from others, once every host was read.
+    shared: dict[On, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -138,7 +142,7 @@ def _open(session: _Session) -> None:
 
 def _wanted_facts(session: _Session) -> list[Fact]:
     steps = [step for phase in session.plan.phases for step in phase.steps]
-    return _facts_of(steps, session.mode.diff) + [PendingHandlers(), Profile()]
+    return _facts_of(steps, session.mode.diff) + session.asked + [PendingHandlers(), Profile()]
 
 
 def _gather_all(session: _Session) -> Facts:
@@ -157,7 +161,28 @@ def _replan(session: _Session, found: HostInfo) -> bool:
 
 
 def _facts_of(steps: list[Step], diff: bool) -> list:
-    return [fact for step in steps for fact in step.facts(diff)]
+    """The facts the steps read on their own host (facts.On ones are read on another)."""
+    return [fact for step in steps for fact in step.facts(diff) if not isinstance(fact, On)]
+
+
+def _on_facts(plan: HostPlan) -> list[On]:
+    steps = [step for phase in plan.phases for step in phase.steps]
+    return [fact for step in steps for fact in step.facts(False) if isinstance(fact, On)]
+
+
+def _share(sessions: list[_Session]) -> None:
+    """Each host's steps get the On facts they read from other hosts of the run (the default of
+    the fact where that host is not in the run or could not be read)."""
+    by_name = {s.name: s for s in sessions}
+    for session in sessions:
+        if session.facts is None:
+            continue
+        for on in _on_facts(session.plan):
+            other = by_name.get(on.host)
+            found = other.facts if other is not None else None
+            session.shared[on] = found[on.fact] if found is not None else on.fact.default
+        session.facts = session.facts.with_values(session.shared)
+        session.initial = session.facts
 
 
 def _run_phase(session: _Session, index: int) -> None:
@@ -169,7 +194,8 @@ def _run_phase(session: _Session, index: int) -> None:
             # Everything read before this host changed is stale: this phase's facts and every
             # later phase's are read again, in one round trip.
             rest = [step for later in session.plan.phases[index:] for step in later.steps]
-            session.facts = session.remote.gather(_facts_of(rest, session.mode.diff))
+            read = session.remote.gather(_facts_of(rest, session.mode.diff))
+            session.facts = read.with_values(session.shared)
             session.dirty = False
         _run_steps(session, phase.steps, session.facts)
     except RemoteError as exc:
@@ -328,8 +354,16 @@ def converge(
         )
         for plan in plans
     ]
+    asked: dict[str, list[Fact]] = {}
+    for plan in plans:
+        for on in _on_facts(plan):
+            if on.fact not in asked.setdefault(on.host, []):
+                asked[on.host].append(on.fact)
+    for session in sessions:
+        session.asked = asked.get(session.name, [])
     try:
         _parallel(sessions, _open)
+        _share(sessions)
         count = max(len(p.phases) for p in plans)
         for index in range(count + 1):
             broken = [s.name for s in sessions if s.failed]
@@ -384,7 +418,7 @@ def _revert(session: _Session) -> None:
     if not steps:
         return
     try:
-        facts = session.remote.gather(_facts_of(steps, False))
+        facts = session.remote.gather(_facts_of(steps, False)).with_values(session.shared)
         _run_steps(session, steps, facts)
     except RemoteError as exc:
         session.fail(str(exc), prefix="reverting: ")

@@ -88,6 +88,20 @@ class Facts(Mapping):
         return Facts({**self._values, **values})
 
 
+@dataclass(frozen=True)
+class On(Generic[T]):
+    """Fact `fact` of another host of the run (e.g. a site's database host): read there in that
+    host's first round trip and handed to the steps that ask for it here (engine/executor.py).
+    Its value is as read at the start of the run; None when that host is not in the run."""
+
+    host: str
+    fact: Fact[T]
+
+    @property
+    def label(self) -> str:
+        return f"On({self.host!r}, {self.fact.label})"
+
+
 # -- files ---------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from .secrets import Secret, load_env_file
 __all__ = ["DEFAULT_INVENTORY", "ROLES", "Host", "Inventory", "InventoryError", "Site", "load"]
 
 DEFAULT_INVENTORY = "hosts.toml"
-ROLES = ("web", "app", "worker", "broker")
+ROLES = ("web", "app", "worker", "broker", "db")
 PACKAGE_SOURCES = ("control", "host")
 
 T = TypeVar("T")

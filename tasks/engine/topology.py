@@ -1,4 +1,4 @@
-"""Which host does what for a site: roles (web, app, worker, broker), addresses and binds.
+"""Which host does what for a site: roles (web, app, worker, broker, db), addresses and binds.
 
 A host without `roles` in hosts.toml has them all. A site is *split* when some of its web hosts
 do not run its app (nginx proxies to app hosts over the network); otherwise every web host is

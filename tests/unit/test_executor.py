@@ -174,6 +174,39 @@ def test_the_last_hold_carries_the_first_reading_of_the_host():
     assert remotes["x"].commands == 2
 
 
+class Reads(Step):
+    """Reads a fact of another host of the run (facts.On) and says what it saw."""
+
+    def __init__(self, on: F.On) -> None:
+        self.on = on
+        self.id = self.name = "reads"
+        self.seen: list = []
+
+    def facts(self, diff: bool) -> list:
+        return [self.on]
+
+    def plan(self, ctx: Context) -> Plan:
+        self.seen.append(ctx.facts[self.on])
+        return Plan(reason="read")
+
+
+def test_a_step_reads_a_fact_of_another_host_in_that_hosts_first_round_trip():
+    on = F.On("db", F.Text("/var/lib/djk/secret"))
+    reads = Reads(on)
+    plans = [
+        HostPlan(Host("app", "1"), [Phase("p", [reads])]),
+        HostPlan(Host("db", "2"), [Phase("p", [Want("a")])]),
+    ]
+    reports, log, remotes = run(plans, state={"db": {on.fact: "from-db"}})
+    assert not any(r.failed for r in reports.values())
+    assert reads.seen == ["from-db"]
+    # One round trip each: the db host read the app's fact along with its own.
+    assert remotes["db"].gathers == 1 and remotes["app"].gathers == 1
+    alone = Reads(on)  # the db host not in the run: the fact's default
+    run([HostPlan(Host("app", "1"), [Phase("p", [alone])])])
+    assert alone.seen == [None]
+
+
 def test_handlers_run_once_after_the_steps_and_consumed_ones_not_at_all():
     steps = [
         Want("a", notify=("restart:x.service", "reload:nginx.service")),
@@ -202,9 +235,12 @@ def test_the_kits_components_run_in_their_declared_order():
         "provision",
         "supervisor",
         "lock",
+        "database",
         "app",
         "celery",
         "flower",
+        "media",
+        "maintenance",
         "tls",
         "nginx",
         "multidomain",

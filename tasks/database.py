@@ -1,0 +1,488 @@
+"""The site's database: `[sites.<name>.database]`.
+
+- `engine = "sqlite"` (the default): /srv/djk/<site>/shared/db.sqlite3 on each app host
+  (DJANGO_DB_PATH).
+- `engine = "postgresql"`: Debian's PostgreSQL (15 on Debian 12, 17 on Debian 13) on the site's
+  first host with the `db` role, installed by `provision`. One role and one database per site;
+  only that role may connect to it (PUBLIC's CONNECT is revoked). The server listens on loopback,
+  plus the db host's own address only when app or worker hosts of a site are elsewhere, and
+  pg_hba admits each site's role to its database from exactly those hosts, with scram. The role's
+  password is DATABASE_PASSWORD from the site's secrets, or one generated on the db host on the
+  first deploy and kept there in a root-only file (/var/lib/djk/secrets/<site>.db-password); the
+  server only ever gets its SCRAM verifier, computed here.
+- `engine = "external"`: DATABASE_URL from the site's secrets.
+
+The app reads DATABASE_URL and its parts (DATABASE_HOST, _PORT, _NAME, _USER, _PASSWORD) from
+its env file: secrets, masked in every output.
+
+    [sites.shop.database]
+    engine = "postgresql"
+    name = "shop"        # database; default: the site's name, - as _
+    user = "shop"        # role; default: the database's name
+    keep_backups = 7     # backups kept per site (taken before migrations)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import shlex
+from dataclasses import dataclass, replace
+from urllib.parse import quote
+
+from .engine import topology, values
+from .engine.component import Component, HostRun, register
+from .engine.facts import Fact
+from .engine.inventory import Host, Inventory, Site
+from .engine.remote import Remote, RemoteError
+from .engine.render import MANAGED
+from .engine.schema import InventoryError, Table
+from .engine.secrets import Secret
+from .engine.steps import Action, Context, File, Plan, Service, Step
+
+ENGINES = ("sqlite", "postgresql", "external")
+PG_PORT = 5432
+PG_UNIT = "postgresql.service"
+# Debian's PostgreSQL per Debian release.
+PG_VERSIONS = {"12": "15", "13": "17"}
+SECRETS_DIR = "/var/lib/djk/secrets"
+_IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+@dataclass(frozen=True)
+class Database:
+    engine: str = "sqlite"
+    name: str = ""  # PostgreSQL database
+    user: str = ""  # PostgreSQL role
+    keep_backups: int = 7
+
+
+def of(site: Site) -> Database:
+    return site.part(Database) or Database()
+
+
+def uses_postgresql(site: Site) -> bool:
+    return of(site).engine == "postgresql"
+
+
+def identifier(value: str) -> str:
+    if not _IDENT.fullmatch(value):
+        raise ValueError(
+            f"{values.show(value)} is not a PostgreSQL name the kit uses (a-z, 0-9, _; "
+            "not starting with a digit; up to 63)"
+        )
+    return value
+
+
+def db_host(inventory: Inventory, site: Site) -> Host | None:
+    found = topology.hosts_with(inventory, site, "db")
+    return found[0] if found else None
+
+
+def clients(inventory: Inventory, site: Site) -> list[Host]:
+    """The hosts whose processes use the site's database: its app and worker hosts."""
+    found = topology.hosts_with(inventory, site, "app")
+    found += [h for h in topology.hosts_with(inventory, site, "worker") if h not in found]
+    return found
+
+
+def remote_clients(inventory: Inventory, site: Site) -> list[Host]:
+    db = db_host(inventory, site)
+    return [h for h in clients(inventory, site) if db is None or h.name != db.name]
+
+
+def address(inventory: Inventory, site: Site) -> str:
+    """The database as the site's processes reach it: loopback unless some are elsewhere."""
+    db = db_host(inventory, site)
+    if db is None or not remote_clients(inventory, site):
+        return "127.0.0.1"
+    return db.address
+
+
+def password_file(site: Site) -> str:
+    return f"{SECRETS_DIR}/{site.name}.db-password"
+
+
+def password(site: Site) -> Secret | None:
+    return site.secrets.get("DATABASE_PASSWORD")
+
+
+def pg_version(host: Host) -> str:
+    return PG_VERSIONS.get(host.platform.version_id, PG_VERSIONS["12"])
+
+
+# -- SCRAM: the server gets the verifier, never the password -------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def scram_verifier(secret: str, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier of a password (RFC 5802/7677, as pg stores it)."""
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, iterations)
+    stored = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server = hmac.new(salted, b"Server Key", "sha256").digest()
+    return f"SCRAM-SHA-256${iterations}:{_b64(salt)}${_b64(stored)}:{_b64(server)}"
+
+
+def verifies(verifier: str, secret: str) -> bool:
+    """Whether a stored verifier is one of `secret` (same salt and iterations, recomputed)."""
+    match = re.fullmatch(r"SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)", verifier or "")
+    if not match:
+        return False
+    iterations, salt = int(match.group(1)), base64.b64decode(match.group(2))
+    return hmac.compare_digest(scram_verifier(secret, salt, iterations), verifier)
+
+
+# -- facts (on the db host) ------------------------------------------------------------------
+
+
+def _psql(sql: str) -> str:
+    return f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -c {shlex.quote(sql)}"
+
+
+@dataclass(frozen=True)
+class PgRole(Fact[str]):
+    """The role's stored password verifier ("" without one); None when there is no such role
+    or no server to ask. Compared here, never shown."""
+
+    user: str
+
+    def command(self) -> str:
+        return _psql(f"select 'role|' || coalesce(rolpassword, '') from pg_authid "
+                     f"where rolname = '{self.user}'")  # fmt: skip
+
+    def parse(self, rc: int, out: str) -> str | None:
+        line = out.strip()
+        return line.removeprefix("role|") if rc == 0 and line.startswith("role|") else None
+
+
+@dataclass(frozen=True)
+class PgDatabase(Fact[tuple]):
+    """(owner, whether PUBLIC may connect) of a database; None when it does not exist."""
+
+    name: str
+
+    def command(self) -> str:
+        return _psql(
+            "select pg_get_userbyid(datdba) || '|' || coalesce(datacl::text, 'default') "
+            f"from pg_database where datname = '{self.name}'"
+        )
+
+    def parse(self, rc: int, out: str) -> tuple[str, bool] | None:
+        line = out.strip()
+        if rc != 0 or "|" not in line:
+            return None
+        owner, _, acl = line.partition("|")
+        # No ACL: the defaults, PUBLIC may connect. Else PUBLIC's entries start with "=".
+        public = acl == "default" or any(
+            item.startswith("=") and "c" in item.partition("/")[0]
+            for item in acl.strip("{}").split(",")
+        )
+        return owner, public
+
+
+@dataclass(frozen=True)
+class PgOnline(Fact[bool]):
+    """Whether the host's PostgreSQL cluster is up (pg_lsclusters, Debian's postgresql-common);
+    None when PostgreSQL is not installed."""
+
+    def command(self) -> str:
+        return "pg_lsclusters -h"
+
+    def parse(self, rc: int, out: str) -> bool | None:
+        if rc == 127 or (rc != 0 and not out.strip()):
+            return None
+        return any(" online" in line for line in out.splitlines())
+
+
+# -- steps on the db host --------------------------------------------------------------------
+
+
+class RoleAndDatabase(Step):
+    """The site's role (with its password's verifier) and its database, owned by the role,
+    which alone may connect to it."""
+
+    def __init__(self, site: Site, secret: Secret) -> None:
+        self.site, self.secret = site, secret
+        self.db = of(site)
+        self.id = f"pg-site:{site.name}"
+        self.name = f"database {self.db.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [PgOnline(), PgRole(self.db.user), PgDatabase(self.db.name)]
+
+    def plan(self, ctx: Context) -> Plan:
+        online = ctx.facts[PgOnline()]
+        if online is None:
+            return Plan(error="PostgreSQL is not installed here: run `fab provision` first")
+        if not online:
+            return Plan(error="PostgreSQL is not running here (pg_lsclusters: down)")
+        user, name = self.db.user, self.db.name
+        role = ctx.facts[PgRole(user)]
+        found = ctx.facts[PgDatabase(name)]
+        sql: list[str] = []
+        said: list[str] = []
+        if role is None or not verifies(role, self.secret.reveal()):
+            verb = "CREATE" if role is None else "ALTER"
+            verifier = scram_verifier(self.secret.reveal())
+            sql.append(f"{verb} ROLE \"{user}\" LOGIN PASSWORD '{verifier}';")
+            said.append("create role" if role is None else "set the role's password")
+        if found is None:
+            sql.append(f'CREATE DATABASE "{name}" OWNER "{user}";')
+            said.append("create database")
+        elif found[0] != user:
+            sql.append(f'ALTER DATABASE "{name}" OWNER TO "{user}";')
+            said.append(f"owner {found[0]} -> {user}")
+        if found is None or found[1]:
+            sql.append(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC;')
+            said.append("only its role may connect")
+        if not sql:
+            return Plan(reason=f"role {user} with its password, owner, only it connects")
+        # On stdin, as postgres: the verifier is in no process's arguments; a failing statement
+        # would log only the verifier, never the password.
+        script = "runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -f -"
+        return Plan([Action(", ".join(said), script, stdin="\n".join(sql).encode() + b"\n")])
+
+
+def hba(inventory: Inventory, host: Host) -> str:
+    """pg_hba.conf: Debian's local rules, then each site's role from its remote app and worker
+    hosts to its database."""
+    lines = [
+        f"# {MANAGED}",
+        "# TYPE  DATABASE        USER            ADDRESS                 METHOD",
+        "local   all             postgres                                peer",
+        "local   all             all                                     peer",
+        "host    all             all             127.0.0.1/32            scram-sha-256",
+        "host    all             all             ::1/128                 scram-sha-256",
+    ]
+    for site in _sites_served(inventory, host):
+        db = of(site)
+        for client in remote_clients(inventory, site):
+            where = client.address
+            if re.fullmatch(r"[0-9.]+", where):
+                where += "/32"
+            elif ":" in where:
+                where += "/128"
+            lines.append(f'host    "{db.name}" "{db.user}" {where} scram-sha-256  # {site.name}')
+    return "\n".join(lines) + "\n"
+
+
+def listen(inventory: Inventory, host: Host) -> str:
+    remote = any(remote_clients(inventory, s) for s in _sites_served(inventory, host))
+    addresses = "localhost" + (f",{host.address}" if remote else "")
+    return (
+        f"# {MANAGED}\n"
+        "# Loopback, and this host's address only when app or worker hosts are elsewhere.\n"
+        f"listen_addresses = '{addresses}'\n"
+        "password_encryption = scram-sha-256\n"
+    )
+
+
+def _sites_served(inventory: Inventory, host: Host) -> list[Site]:
+    return [
+        s
+        for s in inventory.sites.values()
+        if uses_postgresql(s) and (db := db_host(inventory, s)) is not None and db.name == host.name
+    ]
+
+
+def server_steps(inventory: Inventory, host: Host) -> list[Step]:
+    version = pg_version(host)
+    conf = f"/etc/postgresql/{version}/main"
+    return [
+        File(
+            f"{conf}/conf.d/djk.conf",
+            listen(inventory, host),
+            owner="postgres",
+            group="postgres",
+            notify=(f"restart:{PG_UNIT}",),
+            name="postgresql listen",
+        ),
+        File(
+            f"{conf}/pg_hba.conf",
+            hba(inventory, host),
+            owner="postgres",
+            group="postgres",
+            mode="640",
+            notify=(f"reload:{PG_UNIT}",),
+            name="postgresql pg_hba",
+        ),
+        Service(PG_UNIT),
+    ]
+
+
+# -- generated passwords: read (or made) on the db host before anything is planned -----------
+
+
+GENERATE = """set -e
+install -d -m 700 {dir}
+f={file}
+if [ ! -s "$f" ]; then
+  {create}
+fi
+cat "$f" 2>/dev/null || true
+"""
+MAKE = (
+    'umask 077; head -c 24 /dev/urandom | base64 | tr "+/" "-_" | tr -d "=\\n" > "$f.new"; '
+    'mv "$f.new" "$f"'
+)
+
+
+def with_generated_passwords(inventory: Inventory, connect, create: bool) -> Inventory:
+    """The inventory with each PostgreSQL site's DATABASE_PASSWORD: its secret, or the one kept
+    on its db host (made there now when `create` and there is none; in check mode a stand-in).
+    `connect(host)` gives an open Remote."""
+    sites = dict(inventory.sites)
+    for site in inventory.sites.values():
+        host = db_host(inventory, site)
+        if not uses_postgresql(site) or password(site) is not None or host is None:
+            continue
+        if not site.secrets_loaded:
+            continue
+        remote: Remote = connect(host)
+        script = GENERATE.format(
+            dir=SECRETS_DIR,
+            file=shlex.quote(password_file(site)),
+            create=MAKE if create else "exit 0",
+        )
+        try:
+            done = remote.run(script)
+        finally:
+            remote.close()
+        if not done.ok:
+            raise RemoteError(
+                f"{host.name}: could not read {password_file(site)}: {done.stderr.strip()[-300:]}"
+            )
+        value = done.stdout.strip() or "(made on the first deploy)"
+        sites[site.name] = replace(
+            site, secrets={**site.secrets, "DATABASE_PASSWORD": Secret(value)}
+        )
+    return replace(inventory, sites=sites)
+
+
+def reached_db_hosts(inventory: Inventory, targets: list[Host]) -> list[Host]:
+    """The db hosts of the target hosts' PostgreSQL sites that are not targets themselves: a
+    deploy reaches them too (the role, its grants, the backup before migrating), as db hosts
+    only, whatever else they run."""
+    names = {h.name for h in targets}
+    found: list[Host] = []
+    for host in targets:
+        for site in inventory.sites_on(host):
+            db = db_host(inventory, site) if uses_postgresql(site) else None
+            if db is not None and db.name not in names and db.name not in {h.name for h in found}:
+                found.append(replace(db, roles=("db",)))
+    return found
+
+
+class Reached(Step):
+    """Says why a host that was not among the targets takes part in the run."""
+
+    def __init__(self, sites: list[str]) -> None:
+        self.sites = sites
+        self.id = "db-reached"
+        self.name = "database host"
+
+    def plan(self, ctx: Context) -> Plan:
+        return Plan(reason=f"not among the targets; reached for site(s) {', '.join(self.sites)}")
+
+
+# -- the component ---------------------------------------------------------------------------
+
+
+class DatabaseComponent(Component):
+    """`[sites.<name>.database]`: SQLite (default), PostgreSQL on the db host, or external."""
+
+    name = "database"
+    table = "database"
+    config = Database
+    roles = ("db",)
+
+    def parse(self, table: Table, site: Site) -> Database:
+        engine = table.get("engine", str, values.choice(*ENGINES), default="sqlite")
+        name = table.get("name", str, identifier, default=site.name.replace("-", "_"))
+        try:
+            identifier(name)
+        except ValueError as exc:
+            table.fail(table.path("name"), f"{exc} (the site's name does not make one: set it)")
+        db = Database(
+            engine=engine,
+            name=name,
+            user=table.get("user", str, identifier, default=name),
+            keep_backups=table.get("keep_backups", int, values.count(1, 1000), default=7),
+        )
+        if engine == "external" and site.needs_secret("DATABASE_URL"):
+            table.fail(table.path("engine"), 'is "external": put DATABASE_URL in the secrets')
+        return db
+
+    def check(self, inventory: Inventory) -> None:
+        for site in inventory.sites.values():
+            if uses_postgresql(site) and db_host(inventory, site) is None:
+                raise InventoryError(
+                    inventory.path,
+                    f"sites.{site.name}.hosts",
+                    'database engine "postgresql" needs a host with the db role',
+                )
+        owners: dict[tuple[str, str], str] = {}
+        for site in inventory.sites.values():
+            if not uses_postgresql(site):
+                continue
+            host = db_host(inventory, site)
+            for kind, value in (("database", of(site).name), ("role", of(site).user)):
+                other = owners.setdefault((host.name, f"{kind} {value}"), site.name)
+                if other != site.name:
+                    raise InventoryError(
+                        inventory.path,
+                        f"sites.{site.name}.database.{'name' if kind == 'database' else 'user'}",
+                        f"{kind} {value!r} on host {host.name!r} is already site {other!r}'s",
+                    )
+
+    def packages(self, inventory: Inventory, host: Host) -> list[str]:
+        return ["postgresql"] if _sites_served(inventory, host) else []
+
+    def python_packages(self, site: Site) -> list[str]:
+        return ["psycopg[binary]==3.2.10"] if uses_postgresql(site) else []
+
+    def host_ports(self, inventory: Inventory, host: Host) -> list[tuple[int, str]]:
+        return [(PG_PORT, "PostgreSQL")] if _sites_served(inventory, host) else []
+
+    def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
+        if not uses_postgresql(site):
+            return {}
+        db, secret = of(site), password(site)
+        if secret is None:  # not resolved (an inventory read without secrets)
+            return {}
+        where = address(inventory, site)
+        url = (
+            f"postgres://{quote(db.user, safe='')}:{quote(secret.reveal(), safe='')}@"
+            f"{values.url_host(where)}:{PG_PORT}/{db.name}"
+        )
+        # DATABASE_PASSWORD itself is one of the site's secrets (given, or made on the db host).
+        return {
+            "DATABASE_URL": Secret(url),
+            "DATABASE_HOST": where,
+            "DATABASE_PORT": str(PG_PORT),
+            "DATABASE_NAME": db.name,
+            "DATABASE_USER": db.user,
+        }
+
+    def steps(self, phase: str, run: HostRun) -> list[Step]:
+        served = [s for s in _sites_served(run.inventory, run.host) if s in run.sites]
+        if phase == "provision":
+            return [Service(PG_UNIT)] if _sites_served(run.inventory, run.host) else []
+        if phase != "stage" or not served:
+            return []
+        steps: list[Step] = []
+        if run.options.get("reached"):
+            steps.append(Reached([s.name for s in served]))
+        steps += server_steps(run.inventory, run.host)
+        steps += [RoleAndDatabase(s, password(s)) for s in served if password(s) is not None]
+        return steps
+
+
+register(DatabaseComponent())
