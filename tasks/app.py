@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from . import database
 from .engine import agent, locks, procs, python_env, topology, values, wheels
 from .engine import releases as R
 from .engine import source as shipping
@@ -357,9 +358,13 @@ class ReleaseCommand(MarkedCommand):
         marker: str,
         progress: str,
         mark_failed: bool = False,
+        scope: str = "",
     ) -> None:
-        super().__init__(step_id, name, "", marker, build.key, progress)
+        # `scope`: what else the command's result is for (migrate: the database it migrated).
+        key = f"{build.key}|{scope}" if scope else build.key
+        super().__init__(step_id, name, "", marker, key, progress)
         self.site, self.args, self.mark_failed = build.site, args, mark_failed
+        self.scope = scope
         self.target = Wanted(build)
         self.paths = SitePaths.of(build.site)
 
@@ -369,7 +374,9 @@ class ReleaseCommand(MarkedCommand):
     def plan(self, ctx: Context) -> Plan:
         release = self.target(ctx.facts)
         done = ctx.facts[Text(self.marker)]
-        if done is not None and done != self.key and release == live_release(ctx.facts, self.paths):
+        same_scope = (done or "").partition("|")[2] == self.scope
+        live = release == live_release(ctx.facts, self.paths)
+        if done is not None and done != self.key and same_scope and live:
             # The marker names another source (a rollback went back to this one since), but a
             # release only goes live once this command succeeded for it.
             return Plan(reason=f"done for {release} before it went live")
@@ -749,7 +756,7 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
     return steps
 
 
-def migrate_step(build: Build) -> Step:
+def migrate_step(build: Build, inventory: Inventory) -> Step:
     paths = SitePaths.of(build.site)
     return ReleaseCommand(
         build,
@@ -759,6 +766,8 @@ def migrate_step(build: Build) -> Step:
         f"{paths.shared}/.djk-migrated",
         "migrating",
         mark_failed=True,
+        # Another database (SQLite -> PostgreSQL, another db host) is migrated anew.
+        scope=database.identity(inventory, build.site),
     )
 
 
@@ -911,7 +920,7 @@ class AppComponent(Component):
             ]
         if phase == "migrate":
             return [
-                migrate_step(run.builds[s.name])
+                migrate_step(run.builds[s.name], inventory)
                 for s in run.sites
                 if migrates_here(inventory, s, host)
             ]

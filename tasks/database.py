@@ -102,6 +102,19 @@ def address(inventory: Inventory, site: Site) -> str:
     return db.address
 
 
+def identity(inventory: Inventory, site: Site) -> str:
+    """Which database the site's migrations went to ("" for the SQLite file, as before the kit
+    knew other engines): migrate runs again when it changes."""
+    db = of(site)
+    if db.engine == "postgresql":
+        return f"pg:{db.name}@{address(inventory, site)}"
+    if db.engine == "external":
+        url = site.secrets.get("DATABASE_URL")
+        digest = hashlib.sha256(url.reveal().encode()).hexdigest()[:12] if url else ""
+        return f"external:{digest}"
+    return ""
+
+
 def password_file(site: Site) -> str:
     return f"{SECRETS_DIR}/{site.name}.db-password"
 

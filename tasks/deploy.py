@@ -109,11 +109,12 @@ def deploy(
     inventory = load_inventory(c)
     now = time.time()
     targets = target_hosts(c, inventory)
-    builds = new_builds(inventory, targets, now, ref, allow_dirty)
     reached = database.reached_db_hosts(inventory, targets)
+    # Before the builds: they carry the sites as the plans see them.
     inventory = database.with_generated_passwords(
         inventory, lambda host: _opened(host, c.config), create=not check
     )
+    builds = new_builds(inventory, targets, now, ref, allow_dirty)
     run_plans(
         c,
         lambda inv, host: deploy_plan(

@@ -1,0 +1,140 @@
+"""PostgreSQL from Debian's archive, provisioned with no internet on the hosts: one site with its
+database on its own app host (loopback only), one on a separate db host that the deploy reaches
+without being a target. The generated password is in no output, process list, log or file but
+the site's env file and the db host's root-only file; the db port turns away a host that is not
+one of the site's app hosts."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+
+import pytest
+
+from .kit import Project, health, sh
+
+pytestmark = pytest.mark.e2e
+NAMES = ["web1", "db1"]
+
+
+@pytest.fixture(scope="module")
+def hosts(testbed):
+    return testbed.up(NAMES)
+
+
+@pytest.fixture(scope="module")
+def project(hosts, tmp_path_factory):
+    web1, _ = hosts
+    project = Project(tmp_path_factory.mktemp("project"), hosts)
+    project.host_keys["db1"] = {"roles": ["db"]}
+    project.site.update(hosts=["web1"], database={"engine": "postgresql"})
+    project.others["shop"] = {
+        "domains": ["shop.test"],
+        "hosts": ["db1", "web1"],  # the first host with the db role holds its database
+        "source": project.site["source"],
+        "asgi": "exampleproject.asgi:application",
+        "settings": "exampleproject.settings",
+        "port": 8002,
+        "env_file": "example.env",
+        "database": {"engine": "postgresql", "name": "shop_db", "user": "shop_app"},
+    }
+    project.write()
+    run = project.fab("-H", "web1,db1", "provision")
+    assert run.code == 0, run.out + run.err
+    run = project.fab("-H", "web1", "deploy")  # db1 is not a target
+    assert run.code == 0, run.out + run.err
+    project.first_run = run
+    return project
+
+
+def env_of(host, site: str) -> dict[str, str]:
+    text = sh(host, f"cat /srv/djk/{site}/shared/env")
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {k: v.strip("'") for k, v in pairs if not k.startswith("#")}
+
+
+def test_both_sites_run_on_postgresql_local_and_remote(project, hosts):
+    web1, db1 = hosts
+    assert health(web1)["db"] is True
+    assert health(web1, "shop.test")["db"] is True
+    local, remote = env_of(web1, "example"), env_of(web1, "shop")
+    assert local["DATABASE_HOST"] == "127.0.0.1" and local["DATABASE_NAME"] == "example"
+    assert remote["DATABASE_HOST"] == db1.address and remote["DATABASE_USER"] == "shop_app"
+    assert remote["DATABASE_URL"].startswith(f"postgres://shop_app:")
+    assert remote["DATABASE_URL"].endswith(f"@{db1.address}:5432/shop_db")
+    # The migrations went to PostgreSQL on db1, not to a SQLite file.
+    tables = sh(db1, "runuser -u postgres -- psql -d shop_db -Atc "
+                "\"select count(*) from django_migrations\"")  # fmt: skip
+    assert int(tables) > 0
+    said = [line for line in project.first_run.out.splitlines() if "database host" in line]
+    assert said and said[0].startswith("db1") and "not among the targets" in said[0], said
+    # Only the site's role may connect to its database.
+    acl = sh(db1, "runuser -u postgres -- psql -Atc "
+             "\"select datacl from pg_database where datname = 'shop_db'\"")  # fmt: skip
+    assert acl.strip() == "{shop_app=CTc/shop_app}"
+
+
+def test_the_password_is_only_in_the_env_file_and_the_root_only_file(project, hosts):
+    web1, db1 = hosts
+    kept = "/var/lib/djk/secrets/shop.db-password"
+    assert sh(db1, f"stat -c '%a %U' {kept} /var/lib/djk/secrets").split() == [
+        "600", "root", "700", "root"  # fmt: skip
+    ]
+    secret = sh(db1, f"cat {kept}").strip()
+    assert len(secret) >= 24 and env_of(web1, "shop")["DATABASE_PASSWORD"] == secret
+    again = project.fab("-H", "web1", "deploy", "--json", "--diff")
+    assert again.code == 0
+    for text in (project.first_run.out, project.first_run.err, again.out, again.err):
+        assert secret not in text
+    for host, allowed in ((web1, {"/srv/djk/shop/shared/env"}), (db1, {kept})):
+        # The secret goes to grep on stdin: not on a command line sudo or ps would show.
+        found = subprocess.run(
+            host.ssh_argv(
+                "sudo grep -rlF -f /dev/stdin /etc /srv /var /root /home /tmp 2>/dev/null; "
+                "sudo journalctl --no-pager -o cat | grep -cF -f /dev/stdin || true; "
+                "ps auxww | grep -cF -f /dev/stdin || true"
+            ),
+            input=f"{secret}\n" * 3,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert set(found[:-2]) == allowed, found
+        assert found[-2:] == ["0", "0"], found  # journal and process list
+
+
+def startup(address: str, user: str, database: str) -> bytes:
+    """PostgreSQL's first message (protocol 3.0) as a client sends it; the server's answer."""
+    params = b"user\0" + user.encode() + b"\0database\0" + database.encode() + b"\0\0"
+    packet = struct.pack("!ii", 8 + len(params), 196608) + params
+    with socket.create_connection((address, 5432), timeout=10) as sock:
+        sock.sendall(packet)
+        return sock.recv(4096)
+
+
+def test_the_db_port_admits_only_the_sites_app_hosts(project, hosts):
+    web1, db1 = hosts
+    # This machine is not one of shop's app hosts: the server answers with an error.
+    answer = startup(db1.address, "shop_app", "shop_db")
+    assert answer[:1] == b"E" and b"no pg_hba.conf entry" in answer, answer
+    # web1 is: it is asked for its scram proof (R = authentication request, 10 = SASL).
+    probe = (
+        "python3 -c 'import socket,struct,sys; p=b\"user\\0shop_app\\0database\\0shop_db\\0\\0\"; "
+        f"s=socket.create_connection((\"{db1.address}\",5432),5); "
+        "s.sendall(struct.pack(\"!ii\",8+len(p),196608)+p); r=s.recv(64); "
+        "print(r[:1].decode(), struct.unpack(\"!i\", r[5:9])[0])'"
+    )
+    assert sh(web1, probe).split() == ["R", "10"]
+    # The app host's own PostgreSQL (site example) listens on loopback only.
+    with pytest.raises(OSError):
+        startup(web1.address, "example", "example")
+    listening = sh(db1, "ss -Hltn 'sport = :5432'")
+    assert db1.address in listening
+
+
+def test_a_second_deploy_changes_nothing_on_either_host(project, hosts):
+    run = project.fab("-H", "web1", "deploy", "--json")
+    assert run.code == 0, run.out + run.err
+    for host in run.report["hosts"]:
+        changed = [s for s in host["steps"] if s["status"] == "changed"]
+        assert changed == [], (host["host"], changed)
