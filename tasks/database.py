@@ -41,7 +41,7 @@ from .engine.remote import Remote, RemoteError
 from .engine.render import MANAGED
 from .engine.schema import InventoryError, Table
 from .engine.secrets import Secret
-from .engine.steps import Action, Context, File, Plan, Service, Step
+from .engine.steps import Action, ApplyNow, Context, File, Plan, Service, Step
 
 ENGINES = ("sqlite", "postgresql", "external")
 PG_PORT = 5432
@@ -327,6 +327,8 @@ def server_steps(inventory: Inventory, host: Host) -> list[Step]:
             name="postgresql pg_hba",
         ),
         Service(PG_UNIT),
+        # Now, not after the run: the app hosts migrate through it in the next phase.
+        ApplyNow(PG_UNIT),
     ]
 
 

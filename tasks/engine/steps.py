@@ -425,6 +425,25 @@ class Service(Step):
         return Plan([Action(" and ".join(parts), "\n".join(["set -e", *script]), consumes=started)])
 
 
+class ApplyNow(Step):
+    """A service's pending restart or reload done here rather than after the run's steps: for
+    a server later steps of the run already talk to (PostgreSQL before migrations)."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self.id = f"apply:{unit}"
+        self.name = f"apply {unit}"
+
+    def plan(self, ctx: Context) -> Plan:
+        restart, reload = f"restart:{self.unit}", f"reload:{self.unit}"
+        if restart in ctx.pending:
+            script = f"systemctl restart {_q(self.unit)}"
+            return Plan([Action("restart", script, consumes=(restart, reload))])
+        if reload in ctx.pending:
+            return Plan([Action("reload", f"systemctl reload {_q(self.unit)}", consumes=(reload,))])
+        return Plan(reason="no change to apply")
+
+
 # `systemctl reload nginx` only signals the master; until every old worker has handled its QUIT
 # (and closed its listening sockets) new connections can still get the old configuration.
 NGINX_RELOAD = r"""set -e

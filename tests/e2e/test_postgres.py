@@ -61,7 +61,7 @@ def test_both_sites_run_on_postgresql_local_and_remote(project, hosts):
     local, remote = env_of(web1, "example"), env_of(web1, "shop")
     assert local["DATABASE_HOST"] == "127.0.0.1" and local["DATABASE_NAME"] == "example"
     assert remote["DATABASE_HOST"] == db1.address and remote["DATABASE_USER"] == "shop_app"
-    assert remote["DATABASE_URL"].startswith(f"postgres://shop_app:")
+    assert remote["DATABASE_URL"].startswith("postgres://shop_app:")
     assert remote["DATABASE_URL"].endswith(f"@{db1.address}:5432/shop_db")
     # The migrations went to PostgreSQL on db1, not to a SQLite file.
     tables = sh(db1, "runuser -u postgres -- psql -d shop_db -Atc "
