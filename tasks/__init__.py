@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (importing registers each component)
     app,
     celery,
     database,
+    db,
     flower,
     lock,
     maintenance,
@@ -31,7 +32,7 @@ from .engine.component import Component, HostRun, NginxPart, components, order, 
 # its workers, TLS and nginx in front, then the rules between sites. A team's components
 # come after these.
 order(
-    ["provision", "supervisor", "lock", "database", "app", "celery", "flower", "media",
+    ["provision", "supervisor", "lock", "database", "backups", "app", "celery", "flower", "media",
      "maintenance", "tls", "nginx", "multidomain"]
 )  # fmt: skip
 cli.install()
@@ -41,7 +42,7 @@ ns.add_task(deploy)
 ns.add_task(rollback)
 ns.add_task(releases)
 ns.add_task(_provision.provision)
-for module in (app, nginx, multidomain, lock, celery, flower):
+for module in (app, nginx, multidomain, lock, celery, flower, db):
     ns.add_collection(Collection.from_module(module))
 # The maintenance page is its own component; its task reads as one of the app's.
 ns.collections["app"].add_task(maintenance.maintenance)

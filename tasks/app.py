@@ -60,6 +60,8 @@ class Build:
     # The pinned set and its wheels for one host's interpreter (for_host); `deps` is then the
     # venv key on that host.
     house: Wheelhouse | None = None
+    # The project's own migrations in the shipped files, as "<app label>.<name>".
+    migrations: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -92,7 +94,20 @@ def new_build(
     requirements = python_env.materialize(python_env.with_server(locks.pinned(files, rel), pins))
     deps = python_env.deps_key(requirements, wheels.Target())
     release = R.new_release_id(snap.revision, now)
-    return Build(site, release, snap.tree, deps, snap.revision, snap.archive, requirements)
+    return Build(
+        site, release, snap.tree, deps, snap.revision, snap.archive, requirements,
+        migrations=migrations_in(files),
+    )  # fmt: skip
+
+
+_MIGRATION = re.compile(r"(?:.*/)?([A-Za-z_][A-Za-z0-9_]*)/migrations/([0-9][A-Za-z0-9_]*)\.py")
+
+
+def migrations_in(paths) -> tuple[str, ...]:
+    """"<app label>.<name>" of each migration file among `paths` (the label being, as Django's
+    default, the app package's last name)."""
+    found = {f"{m.group(1)}.{m.group(2)}" for p in paths if (m := _MIGRATION.fullmatch(p))}
+    return tuple(sorted(found))
 
 
 def for_host(build: Build, host: Host) -> Build:

@@ -23,7 +23,8 @@ from .engine.remote import Remote, RemoteError
 from .engine.source import SourceError
 from .engine.steps import Context, Plan, Step
 
-DEPLOY_PHASES = ("stage", "migrate", "switch", "verify")
+# backup: where the database is, before the migrations (db.py).
+DEPLOY_PHASES = ("stage", "backup", "migrate", "switch", "verify")
 ROLLING = "switch"
 
 
@@ -172,11 +173,11 @@ def deploy_plan(
 ) -> HostPlan:
     sites = tuple(sites_or_exit(inventory, host))
     # Each site's build as this host installs it (its Python, its wheels); a host that only
-    # holds databases installs none.
+    # holds databases installs none: its builds are the site's first app host's (what the
+    # migrations to back up before come from).
     installs = bool(topology.roles(host) & {"app", "web", "worker"})
-    here = {
-        s.name: app.for_host(builds[s.name], host) if installs else builds[s.name] for s in sites
-    }
+    here = {s.name: app.for_host(builds[s.name], host if installs else _first_app(inventory, s))
+            for s in sites}  # fmt: skip
     run = HostRun(
         inventory,
         host,
@@ -186,6 +187,11 @@ def deploy_plan(
         options={"lock_wait": wait, "reached": reached},
     )
     return compose(run, DEPLOY_PHASES)
+
+
+def _first_app(inventory: Inventory, site: Site) -> Host:
+    found = topology.hosts_with(inventory, site, "app")
+    return found[0] if found else inventory.hosts[site.hosts[0]]
 
 
 def rollback_plan(

@@ -382,3 +382,37 @@ def team_fab(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
         stdin=subprocess.DEVNULL,
         timeout=600,
     )
+
+
+MIGRATION = '''from django.db import migrations, models
+
+
+def fill(apps, schema_editor):
+    Visit = apps.get_model("pages", "Visit")
+    for visit in Visit.objects.all():
+        visit.{field} = "filled-" + visit.path
+        visit.save(update_fields=["{field}"])
+
+
+class Migration(migrations.Migration):
+    dependencies = [("pages", "{previous}")]
+    operations = [
+        migrations.AddField("visit", "{field}", models.CharField(max_length=60, default="")),
+        migrations.RunPython(fill, migrations.RunPython.noop),
+    ]
+'''
+
+
+def add_migration(src: Path, number: int, field: str) -> str:
+    """A migration in the example's `pages` app that adds a column to Visit and fills it (and
+    the model's field): its name, e.g. pages.0002_note."""
+    folder = src / "pages/migrations"
+    previous = sorted(p.stem for p in folder.glob("0*.py"))[-1]
+    name = f"{number:04d}_{field}"
+    (folder / f"{name}.py").write_text(MIGRATION.format(field=field, previous=previous))
+    models = src / "pages/models.py"
+    text = models.read_text()
+    anchor = "    path = models.CharField(max_length=255)\n"
+    line = f'    {field} = models.CharField(max_length=60, default="")\n'
+    models.write_text(text.replace(anchor, anchor + line))
+    return f"pages.{name}"

@@ -236,6 +236,7 @@ def test_the_kits_components_run_in_their_declared_order():
         "supervisor",
         "lock",
         "database",
+        "backups",
         "app",
         "celery",
         "flower",

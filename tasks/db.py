@@ -1,0 +1,354 @@
+"""Backups of a site's database: taken before a deploy migrates, on demand, listed, restored.
+
+Before the `migrate` phase of a deploy, the host that holds the site's database (the db host
+for PostgreSQL, each migrating app host for SQLite) compares the migrations the new release
+brings (the project's own, from the shipped files, and its packages', from the wheels) with
+the ones the database has applied. When one is not applied yet, it takes a backup with the
+server's own tools (`pg_dump -Fc`; SQLite's online backup API) into
+/var/backups/djk/<site>/<release>.{pgdump,sqlite3} (root-only), with <release>.json beside it,
+and keeps the newest `keep_backups`. A backup that fails stops the deploy before it migrates.
+
+Tasks: `db.backup` (now), `db.backups` (a table or --json), `db.restore --from ID`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+import zipfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+from . import database as D
+from .app import Build, migrates_here
+from .engine.cli import load_inventory, run_plans, site_hosts, targets_task, user_error
+from .engine.component import Component, HostRun, register
+from .engine.facts import Fact
+from .engine.inventory import Host, Inventory, Site
+from .engine.layout import SitePaths
+from .engine.steps import Action, Context, Plan, Step
+
+BACKUPS = "/var/backups/djk"
+NO_TABLE = "no-table"
+
+
+def backup_dir(site: Site) -> str:
+    return f"{BACKUPS}/{site.name}"
+
+
+def holds_database(inventory: Inventory, site: Site, host: Host) -> bool:
+    """Whether this host holds (a copy of) the site's database: the db host for PostgreSQL,
+    a migrating app host for SQLite."""
+    engine = D.of(site).engine
+    if engine == "postgresql":
+        db = D.db_host(inventory, site)
+        return db is not None and db.name == host.name
+    return engine == "sqlite" and migrates_here(inventory, site, host)
+
+
+# -- facts -------------------------------------------------------------------------------------
+
+
+_SQLITE_APPLIED = (
+    "import os, sqlite3, sys\n"
+    "p = sys.argv[1]\n"
+    "if not os.path.exists(p): print('no-table'); sys.exit(0)\n"
+    "c = sqlite3.connect('file:' + p + '?mode=ro', uri=True)\n"
+    "t = c.execute(\"select 1 from sqlite_master where name = 'django_migrations'\").fetchone()\n"
+    "rows = c.execute('select app, name from django_migrations') if t else []\n"
+    "print('\\n'.join(a + '.' + n for a, n in rows) if t else 'no-table')\n"
+)
+
+
+@dataclass(frozen=True)
+class Applied(Fact[frozenset]):
+    """The migrations a site's database has applied ("<app>.<name>"); an empty set marked by
+    NO_TABLE in `missing` when it has none yet; None when it could not be read."""
+
+    engine: str
+    where: str  # the PostgreSQL database, or the SQLite file
+
+    def command(self) -> str:
+        if self.engine == "postgresql":
+            db = shlex.quote(self.where)
+            psql = f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {db}"
+            exists = "select to_regclass('django_migrations') is not null"
+            rows = "select app || '.' || name from django_migrations"
+            return (
+                f't=$({psql} -c "{exists}") || exit 3\n'
+                f'if [ "$t" = t ]; then {psql} -c "{rows}"; else echo {NO_TABLE}; fi'
+            )
+        return f"python3 -c {shlex.quote(_SQLITE_APPLIED)} {shlex.quote(self.where)}"
+
+    def parse(self, rc: int, out: str) -> frozenset[str] | None:
+        if rc != 0:
+            return None
+        lines = {line.strip() for line in out.splitlines() if line.strip()}
+        return frozenset({NO_TABLE}) if NO_TABLE in lines else frozenset(lines)
+
+
+def applied_fact(site: Site) -> Applied:
+    db = D.of(site)
+    if db.engine == "postgresql":
+        return Applied("postgresql", db.name)
+    return Applied("sqlite", SitePaths.of(site).db)
+
+
+@dataclass(frozen=True)
+class Backups(Fact[list]):
+    """The site's backups: the metadata (<id>.json) of each, oldest first."""
+
+    site: str
+    default: ClassVar[Any] = []
+
+    def command(self) -> str:
+        where = shlex.quote(f"{BACKUPS}/{self.site}")
+        return f'for f in {where}/*.json; do [ -f "$f" ] && cat "$f" && echo; done; true'
+
+    def parse(self, rc: int, out: str) -> list[dict]:
+        found = []
+        for line in out.splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict) and "id" in item:
+                found.append(item)
+        return sorted(found, key=lambda b: b["id"])
+
+
+# -- what a release brings ----------------------------------------------------------------------
+
+
+@cache
+def _wheel_migrations(path: Path) -> tuple[str, ...]:
+    from .app import migrations_in
+
+    with zipfile.ZipFile(path) as wheel:
+        return migrations_in(wheel.namelist())
+
+
+def brought(build: Build, applied: frozenset[str]) -> set[str]:
+    """The migrations of the release: the project's own, and those of its packages for the
+    apps the database already knows (a package's app that is not installed is no reason)."""
+    known = {m.split(".", 1)[0] for m in applied}
+    found = set(build.migrations)
+    if build.house is not None:
+        for path in build.house.paths():
+            found |= {m for m in _wheel_migrations(path) if m.split(".", 1)[0] in known}
+    return found
+
+
+# -- the backup itself --------------------------------------------------------------------------
+
+
+def backup_script(site: Site, backup_id: str, meta: dict) -> str:
+    """Take the backup (atomically: a temp file renamed), write its metadata, keep the newest
+    keep_backups. Root-only directory and files."""
+    db = D.of(site)
+    where = backup_dir(site)
+    q = shlex.quote
+    ext = "pgdump" if db.engine == "postgresql" else "sqlite3"
+    target, tmp = f"{where}/{backup_id}.{ext}", f"{where}/.{backup_id}.{ext}.tmp"
+    if db.engine == "postgresql":
+        take = f"runuser -u postgres -- pg_dump -Fc -d {q(db.name)} > {q(tmp)}"
+    else:
+        code = (
+            "import sqlite3, sys\n"
+            "src = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n"
+            "dst = sqlite3.connect(sys.argv[2])\n"
+            "src.backup(dst)\n"
+            "dst.close()\n"
+        )
+        take = f"python3 -c {q(code)} {q(SitePaths.of(site).db)} {q(tmp)}"
+    keep = db.keep_backups
+    about = q(json.dumps({**meta, "file": target}, sort_keys=True))
+    return f"""set -e
+umask 077
+install -d -m 700 {BACKUPS} {q(where)}
+trap 'rm -f {q(tmp)}' EXIT
+{take}
+mv -f {q(tmp)} {q(target)}
+printf '%s\\n' {about} > {q(where)}/{q(backup_id)}.json
+# The newest {keep} stay.
+ls -1 {q(where)}/*.json | sort | head -n -{keep} | while read -r old; do
+  rm -f "${{old%.json}}".pgdump "${{old%.json}}".sqlite3 "$old"
+done
+du -h {q(target)} | cut -f1
+"""
+
+
+def metadata(site: Site, backup_id: str, reason: str, pending: list[str]) -> dict:
+    return {
+        "id": backup_id,
+        "site": site.name,
+        "engine": D.of(site).engine,
+        "database": D.of(site).name if D.uses_postgresql(site) else SitePaths.of(site).db,
+        "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "reason": reason,
+        "migrations": pending,
+    }
+
+
+class BeforeMigrate(Step):
+    """A backup before the deploy migrates, when the release brings a migration the database
+    has not applied; the deploy stops here if it fails."""
+
+    def __init__(self, site: Site, build: Build) -> None:
+        self.site, self.build = site, build
+        self.fact = applied_fact(site)
+        self.id = f"backup:{site.name}"
+        self.name = f"backup {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [self.fact]
+
+    def plan(self, ctx: Context) -> Plan:
+        applied = ctx.facts[self.fact]
+        if applied is None:
+            return Plan(
+                error=f"cannot read the migrations applied to {self.fact.where}: "
+                "is the database up? (no backup: not migrating)"
+            )
+        if NO_TABLE in applied:
+            return Plan(reason="no migrations applied yet: nothing to back up")
+        pending = sorted(brought(self.build, applied) - applied)
+        if not pending:
+            return Plan(reason="no unapplied migrations")
+        backup_id = self.build.release_id
+        meta = metadata(self.site, backup_id, "before migrate", pending)
+        return Plan(
+            [
+                Action(
+                    f"{backup_id} before {len(pending)} migration(s): {', '.join(pending[:3])}"
+                    + (" ..." if len(pending) > 3 else ""),
+                    backup_script(self.site, backup_id, meta),
+                    progress="backing up the database",
+                )
+            ]
+        )
+
+
+class DbComponent(Component):
+    """Backups before migrations (the deploy's `backup` phase)."""
+
+    name = "backups"
+
+    def steps(self, phase: str, run: HostRun) -> list[Step]:
+        if phase != "backup" or not run.builds:
+            return []
+        return [
+            BeforeMigrate(site, run.builds[site.name])
+            for site in run.sites
+            if site.name in run.builds and holds_database(run.inventory, site, run.host)
+        ]
+
+
+register(DbComponent())
+
+
+# -- tasks ------------------------------------------------------------------------------------
+
+
+class TakeBackup(Step):
+    """A backup now (`fab db.backup`)."""
+
+    def __init__(self, site: Site, backup_id: str) -> None:
+        self.site, self.backup_id = site, backup_id
+        self.id = f"backup-now:{site.name}"
+        self.name = f"backup {site.name}"
+
+    def plan(self, ctx: Context) -> Plan:
+        meta = metadata(self.site, self.backup_id, "on demand", [])
+        script = backup_script(self.site, self.backup_id, meta)
+        return Plan([Action(self.backup_id, script, progress="backing up the database")])
+
+
+class ListBackups(Step):
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.id = f"backups:{site.name}"
+        self.name = f"backups {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [Backups(self.site.name)]
+
+    def plan(self, ctx: Context) -> Plan:
+        rows = ctx.facts[Backups(self.site.name)]
+        newest = rows[-1]["id"] if rows else "none"
+        return Plan(
+            reason=f"{len(rows)} backup(s), newest: {newest}",
+            report={"backup_table": {self.site.name: rows}},
+        )
+
+
+def _site(inventory: Inventory, name: str | None) -> Site:
+    if name is None:
+        raise user_error("which site? --site NAME (one of sites.<name> in hosts.toml)")
+    if name not in inventory.sites:
+        raise user_error(f"unknown site {name!r} (sites.{name} in {inventory.path.name})")
+    site = inventory.sites[name]
+    if D.of(site).engine == "external":
+        raise user_error(
+            f"site {name}: its database is external (sites.{name}.database.engine): "
+            "back it up where it runs"
+        )
+    return site
+
+
+def database_hosts(c, inventory: Inventory, site: Site) -> list[Host]:
+    """The hosts that hold the site's database (narrowed to -H when given)."""
+    found = [h for h in inventory.hosts.values() if holds_database(inventory, site, h)]
+    chosen = site_hosts(c, inventory, found)
+    if not chosen:
+        raise user_error(f"site {site.name}: no host holds its database among the targets")
+    return chosen
+
+
+@targets_task(
+    help={
+        "site": "the site (sites.<name> in hosts.toml)",
+        "json_": "print the report as JSON",
+        "quiet": "print only changes, failures and the recap",
+    }
+)
+def backup(c, site=None, json_=False, quiet=False):
+    """Back up a site's database now, where it is (kept with the deploys' backups)."""
+    inventory = load_inventory(c)
+    chosen = _site(inventory, site)
+    backup_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-manual"
+    run_plans(
+        c,
+        lambda inv, host: [TakeBackup(chosen, backup_id)],
+        json_=json_,
+        quiet=quiet,
+        inventory=inventory,
+        hosts=database_hosts(c, inventory, chosen),
+    )
+
+
+@targets_task(help={"site": "the site (sites.<name> in hosts.toml)", "json_": "print JSON"})
+def backups(c, site=None, json_=False):
+    """List a site's database backups: id, when, why, the migrations it preceded."""
+    inventory = load_inventory(c)
+    chosen = _site(inventory, site)
+    reports = run_plans(
+        c,
+        lambda inv, host: [ListBackups(chosen)],
+        json_=json_,
+        quiet=True,
+        inventory=inventory,
+        hosts=database_hosts(c, inventory, chosen),
+    )
+    if json_:
+        return
+    for report in reports:
+        for name, rows in report.extra.get("backup_table", {}).items():
+            print(f"\n{report.host} / {name}")
+            print(f"  {'backup':<34} {'taken':<21} {'reason':<14} migrations")
+            for row in reversed(rows):
+                what = ", ".join(row.get("migrations", [])) or "-"
+                print(f"  {row['id']:<34} {row['taken']:<21} {row['reason']:<14} {what}")

@@ -1,0 +1,99 @@
+"""Backups before migrations on SQLite (the PostgreSQL ones: test_postgres.py): a release with a
+migration that adds a column and fills it gets a backup of the database first, with the rows of
+before; a release without a new migration gets none; the backups are listed; a failing backup
+stops the deploy before it migrates, and the release before keeps serving."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .kit import Project, add_migration, curl, health, sh
+
+pytestmark = pytest.mark.e2e
+DB = "/srv/djk/example/shared/db.sqlite3"
+
+
+@pytest.fixture(scope="module")
+def project(fresh_host, tmp_path_factory, src):
+    project = Project(tmp_path_factory.mktemp("project"), [fresh_host])
+    project.site.update(source=str(src), database={"keep_backups": 2})
+    project.write()
+    run = project.fab("-H", "web1", "deploy")
+    assert run.code == 0, run.out + run.err
+    for _ in range(3):
+        curl(fresh_host, "/")  # a visit each: rows to keep
+    return project
+
+
+def query(host, db: str, sql: str) -> list:
+    code = f"import sqlite3; print([r[0] for r in sqlite3.connect('{db}').execute('{sql}')])"
+    return json.loads(sh(host, f'python3 -c "{code}"').replace("'", '"'))
+
+
+def count(host, db: str, where: str = "") -> int:
+    return query(host, db, f"select count(*) from pages_visit {where}")[0]
+
+
+def step_line(run, step: str) -> str:
+    return next(line for line in run.out.splitlines() if step in line)
+
+
+def deploy(project, *args: str):
+    run = project.fab("-H", "web1", "deploy", *args)
+    assert run.code == 0, run.out + run.err
+    return run
+
+
+def test_a_release_with_a_migration_is_preceded_by_a_backup(project, fresh_host, src):
+    rows = count(fresh_host, DB)
+    assert rows >= 3
+    name = add_migration(src, 2, "note")
+    run = deploy(project)
+    line = step_line(run, "backup example")
+    assert "changed" in line and f"before 1 migration(s): {name}" in line, line
+    release = health(fresh_host)["release"]
+    backup = f"/var/backups/djk/example/{release}.sqlite3"
+    assert sh(fresh_host, f"stat -c '%a %U' {backup} /var/backups/djk/example").split() == [
+        "600", "root", "700", "root"  # fmt: skip
+    ]
+    assert count(fresh_host, backup) == rows  # the rows of before, in the schema of before
+    assert count(fresh_host, DB, "where note like 'filled-%'") == rows  # migrated after
+    about = json.loads(sh(fresh_host, f"cat /var/backups/djk/example/{release}.json"))
+    assert about["migrations"] == [name] and about["reason"] == "before migrate"
+    listed = project.fab("db.backups", "--site", "example", "--json")
+    assert listed.code == 0, listed.err
+    (host,) = listed.report["hosts"]
+    assert [b["id"] for b in host["extra"]["backup_table"]["example"]] == [release]
+
+
+def test_a_release_without_a_new_migration_takes_no_backup(project, fresh_host, src):
+    (src / "VERSION").write_text("5.0.0\n")
+    run = deploy(project)
+    line = step_line(run, "backup example")
+    assert "ok" in line and "no unapplied migrations" in line, line
+    assert len(sh(fresh_host, "ls /var/backups/djk/example/*.json").split()) == 1
+
+
+def test_a_failing_backup_stops_the_deploy_before_it_migrates(project, fresh_host, src):
+    before = health(fresh_host)["release"]
+    name = add_migration(src, 3, "extra")
+    # The backup cannot be written: its directory is a file now.
+    sh(fresh_host, "mv /var/backups/djk/example /var/backups/djk/kept && "
+       "touch /var/backups/djk/example")  # fmt: skip
+    try:
+        run = project.fab("-H", "web1", "deploy")
+    finally:
+        sh(fresh_host, "rm /var/backups/djk/example && "
+           "mv /var/backups/djk/kept /var/backups/djk/example")  # fmt: skip
+    assert run.code == 1
+    assert "failed  | backup example" in run.out, run.out
+    assert "migrate example" in run.out and "skipped | migrate example" in run.out
+    assert health(fresh_host)["release"] == before  # the release before still serves
+    assert name.split(".")[1] not in query(fresh_host, DB, "select name from django_migrations")
+    run = deploy(project)  # with the backup directory back: backed up, migrated, live
+    assert f"before 1 migration(s): {name}" in run.out
+    assert health(fresh_host)["release"] != before
+    # keep_backups = 2: the oldest went.
+    assert len(sh(fresh_host, "ls /var/backups/djk/example/*.json").split()) == 2
