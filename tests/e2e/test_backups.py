@@ -6,6 +6,7 @@ stops the deploy before it migrates, and the release before keeps serving."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
@@ -28,8 +29,11 @@ def project(fresh_host, tmp_path_factory, src):
 
 
 def query(host, db: str, sql: str) -> list:
-    code = f"import sqlite3; print([r[0] for r in sqlite3.connect('{db}').execute('{sql}')])"
-    return json.loads(sh(host, f'python3 -c "{code}"').replace("'", '"'))
+    code = (
+        "import json, sqlite3; "
+        f"print(json.dumps([r[0] for r in sqlite3.connect({db!r}).execute({sql!r})]))"
+    )
+    return json.loads(sh(host, f"python3 -c {shlex.quote(code)}"))
 
 
 def count(host, db: str, where: str = "") -> int:

@@ -6,13 +6,14 @@ one of the site's app hosts."""
 
 from __future__ import annotations
 
+import shlex
 import socket
 import struct
 import subprocess
 
 import pytest
 
-from .kit import Project, health, sh
+from .kit import Project, add_migration, curl, health, sh
 
 pytestmark = pytest.mark.e2e
 NAMES = ["web1", "db1"]
@@ -24,11 +25,11 @@ def hosts(testbed):
 
 
 @pytest.fixture(scope="module")
-def project(hosts, tmp_path_factory):
+def project(hosts, tmp_path_factory, src):
     web1, _ = hosts
     project = Project(tmp_path_factory.mktemp("project"), hosts)
     project.host_keys["db1"] = {"roles": ["db"]}
-    project.site.update(hosts=["web1"], database={"engine": "postgresql"})
+    project.site.update(hosts=["web1"], source=str(src), database={"engine": "postgresql"})
     project.others["shop"] = {
         "domains": ["shop.test"],
         "hosts": ["db1", "web1"],  # the first host with the db role holds its database
@@ -138,3 +139,33 @@ def test_a_second_deploy_changes_nothing_on_either_host(project, hosts):
     for host in run.report["hosts"]:
         changed = [s for s in host["steps"] if s["status"] == "changed"]
         assert changed == [], (host["host"], changed)
+
+
+def psql(host, sql: str, db: str = "shop_db") -> str:
+    return sh(host, f"runuser -u postgres -- psql -XAtq -d {db} -c {shlex.quote(sql)}").strip()
+
+
+def test_a_migration_is_preceded_by_pg_dump_on_the_db_host(project, hosts, src):
+    web1, db1 = hosts
+    for _ in range(3):
+        curl(web1, "/", host_header="shop.test")  # rows to keep
+    rows = int(psql(db1, "select count(*) from pages_visit"))
+    assert rows >= 3
+    name = add_migration(src, 2, "note")
+    run = project.fab("-H", "web1", "deploy")
+    assert run.code == 0, run.out + run.err
+    lines = [line for line in run.out.splitlines() if "| backup " in line]
+    release = health(web1, "shop.test")["release"]
+    assert any(line.startswith("db1") and "changed | backup shop" in line
+               and f"{release} before 1 migration(s): {name}" in line for line in lines), lines
+    assert any(line.startswith("web1") and "backup example" in line for line in lines), lines
+    dump = f"/var/backups/djk/shop/{release}.pgdump"
+    assert sh(db1, f"stat -c '%a %U' {dump}").split() == ["600", "root"]
+    # What it holds: the rows of before, without the column the migration added.
+    sh(db1, "runuser -u postgres -- createdb scratch")
+    sh(db1, f"runuser -u postgres -- pg_restore --no-owner -d scratch < {dump}")
+    assert int(psql(db1, "select count(*) from pages_visit", "scratch")) == rows
+    columns = psql(db1, "select column_name from information_schema.columns "
+                   "where table_name = 'pages_visit'", "scratch")  # fmt: skip
+    assert "note" not in columns.split()
+    assert int(psql(db1, "select count(*) from pages_visit where note like 'filled-%'")) >= rows
