@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 import time
 import zipfile
 from dataclasses import dataclass
@@ -22,14 +23,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
+from . import celery, maintenance
 from . import database as D
-from .app import Build, migrates_here
+from .app import Build, Previous, live_release, migrates_here
+from .engine import facts as F
+from .engine import procs, topology
 from .engine.cli import load_inventory, run_plans, site_hosts, targets_task, user_error
 from .engine.component import Component, HostRun, register
+from .engine.executor import HostPlan, Phase
 from .engine.facts import Fact
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
-from .engine.steps import Action, Context, Plan, Step
+from .engine.steps import Action, Context, Plan, Run, Service, Step
+from .lock import DeployLock
 
 BACKUPS = "/var/backups/djk"
 NO_TABLE = "no-table"
@@ -233,18 +239,30 @@ class BeforeMigrate(Step):
 
 
 class DbComponent(Component):
-    """Backups before migrations (the deploy's `backup` phase)."""
+    """Backups before migrations (the deploy's `backup` phase); a rollback's guard against an
+    older release on a newer schema, and its --restore-db (the `restore` phase)."""
 
     name = "backups"
 
     def steps(self, phase: str, run: HostRun) -> list[Step]:
-        if phase != "backup" or not run.builds:
+        inventory, host = run.inventory, run.host
+        if phase == "backup" and run.builds:
+            return [
+                BeforeMigrate(site, run.builds[site.name])
+                for site in run.sites
+                if site.name in run.builds and holds_database(inventory, site, host)
+            ]
+        rollback = run.options.get("rollback")
+        if rollback is None:
             return []
-        return [
-            BeforeMigrate(site, run.builds[site.name])
-            for site in run.sites
-            if site.name in run.builds and holds_database(run.inventory, site, run.host)
-        ]
+        policy, to = rollback
+        sites = [s for s in run.sites if D.of(s).engine != "external"]
+        if phase == "restore" and policy == "restore":
+            return [RestoreForRollback(inventory, s, host, to) for s in sites
+                    if holds_database(inventory, s, host)]  # fmt: skip
+        if phase == "switch" and "app" in topology.roles(host):
+            return [SchemaGuard(inventory, s, host, to, policy) for s in sites]
+        return []
 
 
 register(DbComponent())
@@ -352,3 +370,228 @@ def backups(c, site=None, json_=False):
             for row in reversed(rows):
                 what = ", ".join(row.get("migrations", [])) or "-"
                 print(f"  {row['id']:<34} {row['taken']:<21} {row['reason']:<14} {what}")
+
+
+# -- restore ------------------------------------------------------------------------------------
+
+
+def restore_script(site: Site, backup: dict) -> str:
+    """Put a backup's data back, all or nothing: PostgreSQL in one transaction (the schema
+    dropped and made again, then the dump's SQL), SQLite by an atomic rename of a copy."""
+    q = shlex.quote
+    db = D.of(site)
+    file = backup.get("file") or ""
+    if db.engine == "postgresql":
+        fresh = f'drop schema public cascade; create schema public authorization "{db.user}";'
+        sql = f"{BACKUPS}/{site.name}/.restore.sql"
+        psql = (
+            "runuser -u postgres -- psql -XAtq --single-transaction -v ON_ERROR_STOP=1 "
+            f"-d {q(db.name)}"
+        )
+        # The dump's SQL is written out whole first (a damaged dump fails here, before anything
+        # changed), then run in one transaction after the schema is made anew.
+        return f"""set -e
+umask 077
+trap 'rm -f {q(sql)}' EXIT
+printf '%s\\n' {q(fresh)} > {q(sql)}
+pg_restore --no-acl -f - {q(file)} >> {q(sql)}
+{psql} < {q(sql)} > /dev/null
+"""
+    target = SitePaths.of(site).db
+    user = q(site.user)
+    return f"""set -e
+test -f {q(file)}
+install -o {user} -g {user} -m 600 {q(file)} {q(target + ".restoring")}
+rm -f {q(target + "-wal")} {q(target + "-shm")}
+mv -f {q(target + ".restoring")} {q(target)}
+"""
+
+
+class Restore(Step):
+    """The site's database from one of its backups (`fab db.restore`)."""
+
+    def __init__(self, site: Site, backup_id: str) -> None:
+        self.site, self.backup_id = site, backup_id
+        self.id = f"restore:{site.name}"
+        self.name = f"restore {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [Backups(self.site.name)]
+
+    def plan(self, ctx: Context) -> Plan:
+        found = {b["id"]: b for b in ctx.facts[Backups(self.site.name)]}
+        if self.backup_id not in found:
+            return Plan(
+                error=f"no backup {self.backup_id} of site {self.site.name} here "
+                f"(fab db.backups --site {self.site.name})"
+            )
+        script = restore_script(self.site, found[self.backup_id])
+        return Plan([Action(f"from {self.backup_id}", script, progress="restoring the database")])
+
+
+def migrated_since(backups: list[dict], target: str, live: str | None) -> list[dict]:
+    """The backups taken before a release newer than `target` (and not newer than the live
+    one) migrated: the schema went past `target`'s there. Oldest first."""
+    return [
+        b for b in backups
+        if b.get("reason") == "before migrate" and b["id"] > target
+        and (live is None or b["id"] <= live)
+    ]  # fmt: skip
+
+
+PHASES = ("maintenance-on", "stop", "restore", "start", "maintenance-off")
+
+
+def restore_plan(
+    inventory: Inventory, host: Host, site: Site, backup_id: str, message: str
+) -> HostPlan:
+    """One host's part of a restore, phase by phase across the site's hosts: the page on (web
+    hosts), the workers stopped, the data back (where the database is), workers started, page
+    off."""
+    mine = topology.roles(host) if host.name in site.hosts else set()
+    workers = [u for _, u, _ in celery.units(site, host)] if "worker" in mine else []
+    by_phase: dict[str, list[Step]] = {name: [] for name in PHASES}
+    if "web" in mine:
+        by_phase["maintenance-on"] = maintenance.steps(inventory, site, "on", message)
+        by_phase["maintenance-off"] = maintenance.steps(inventory, site, "off", "")
+    if workers:
+        stop = "\n".join(
+            f"{procs.SUPERVISORCTL} stop {shlex.quote(u)}" if procs.is_program(u)
+            else f"systemctl stop {shlex.quote(u)}"
+            for u in workers
+        )  # fmt: skip
+        by_phase["stop"] = [Run(f"stop-workers:{site.name}", f"workers {site.name}", "stop", stop)]
+        by_phase["start"] = [Service(u) for u in workers]
+    if holds_database(inventory, site, host):
+        by_phase["restore"] = [Restore(site, backup_id)]
+    return HostPlan(
+        host,
+        [Phase(name, steps) for name, steps in by_phase.items()],
+        holds=[DeployLock((site.name,), 0.0)],
+    )
+
+
+@targets_task(
+    help={
+        "site": "the site (sites.<name> in hosts.toml)",
+        "from_": "the backup's id (fab db.backups --site S)",
+        "yes": "do it without asking (needed when stdin is not a terminal)",
+        "message": "text of the maintenance page meanwhile",
+        "json_": "print the report as JSON",
+        "quiet": "print only changes, failures and the recap",
+    }
+)
+def restore(c, site=None, from_=None, yes=False, message="", json_=False, quiet=False):
+    """Restore a site's database from a backup: maintenance page on, workers stopped, restore,
+    workers started, page off (under the deploy lock)."""
+    inventory = load_inventory(c)
+    chosen = _site(inventory, site)
+    if not from_:
+        raise user_error(f"which backup? --from ID (fab db.backups --site {chosen.name})")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise user_error(
+                f"restoring replaces the data of site {chosen.name}: pass --yes "
+                "(stdin is not a terminal, nothing to ask)"
+            )
+        answer = input(f"Replace the data of site {chosen.name} with backup {from_}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise user_error("not restored")
+    involved = [inventory.hosts[n] for n in chosen.hosts]
+    involved += [h for h in database_hosts(c, inventory, chosen) if h not in involved]
+    run_plans(
+        c,
+        lambda inv, host: restore_plan(inv, host, chosen, from_, message),
+        json_=json_,
+        quiet=quiet,
+        inventory=inventory,
+        hosts=involved,
+    )
+
+
+# -- rollback across migrations -------------------------------------------------------------------
+
+
+def _on(inventory: Inventory, site: Site, host: Host, fact: Fact):
+    """`fact` of the host that keeps the site's backups, as seen from `host`."""
+    keeper = next((h for h in inventory.hosts.values() if holds_database(inventory, site, h)), None)
+    if keeper is None or keeper.name == host.name:
+        return fact
+    return F.On(keeper.name, fact)
+
+
+def _app_host(inventory: Inventory, site: Site) -> Host:
+    found = topology.hosts_with(inventory, site, "app")
+    return found[0] if found else inventory.hosts[site.hosts[0]]
+
+
+class SchemaGuard(Step):
+    """A rollback to a release older than migrations applied since refuses, unless told to
+    restore the backup taken before them (--restore-db) or to keep today's schema
+    (--keep-db)."""
+
+    def __init__(self, inventory: Inventory, site: Site, host: Host, to: str | None, policy: str):
+        self.site, self.policy = site, policy
+        self.target = Previous(site, to)
+        self.backups = _on(inventory, site, host, Backups(site.name))
+        self.id = f"schema-guard:{site.name}"
+        self.name = f"database of {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [*self.target.facts(), self.backups]
+
+    def plan(self, ctx: Context) -> Plan:
+        try:
+            target = self.target(ctx.facts)
+        except LookupError:
+            return Plan(reason="no rollback target (the switch says why)")
+        live = live_release(ctx.facts, SitePaths.of(self.site))
+        since = migrated_since(ctx.facts[self.backups] or [], target, live)
+        if not since:
+            return Plan(reason=f"no migration applied since {target}")
+        names = sorted({m for b in since for m in b.get("migrations", [])})
+        if self.policy == "keep":
+            return Plan(reason=f"keeping today's schema (--keep-db): {', '.join(names)}")
+        if self.policy == "restore":
+            return Plan(reason=f"restored from {since[0]['id']} before the switch (--restore-db)")
+        return Plan(
+            error=(
+                f"{target} is older than migrations applied since ({', '.join(names)}): "
+                f"--restore-db puts back the backup taken before them ({since[0]['id']}), "
+                "--keep-db keeps today's schema"
+            )
+        )
+
+
+class RestoreForRollback(Step):
+    """With --restore-db, where the database is: the backup taken before the first migration
+    applied after the rollback's target, put back before the switch."""
+
+    def __init__(self, inventory: Inventory, site: Site, host: Host, to: str | None) -> None:
+        self.site = site
+        self.target = Previous(site, to)
+        app_host = _app_host(inventory, site)
+        remote = app_host.name != host.name
+        self.reads = {
+            fact: F.On(app_host.name, fact) if remote else fact for fact in self.target.facts()
+        }
+        self.id = f"restore-for-rollback:{site.name}"
+        self.name = f"restore {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [*self.reads.values(), Backups(self.site.name)]
+
+    def plan(self, ctx: Context) -> Plan:
+        seen = F.Facts({fact: ctx.facts[read] for fact, read in self.reads.items()})
+        try:
+            target = self.target(seen)
+        except LookupError:
+            return Plan(reason="no rollback target")
+        live = live_release(seen, SitePaths.of(self.site))
+        since = migrated_since(ctx.facts[Backups(self.site.name)], target, live)
+        if not since:
+            return Plan(reason=f"no migration applied since {target}: nothing to restore")
+        backup = since[0]
+        script = restore_script(self.site, backup)
+        return Plan([Action(f"from {backup['id']} (before it migrated)", script,
+                            progress="restoring the database")])  # fmt: skip

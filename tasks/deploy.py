@@ -195,8 +195,15 @@ def _first_app(inventory: Inventory, site: Site) -> Host:
 
 
 def rollback_plan(
-    inventory: Inventory, host: Host, site: str | None, to: str | None, wait: float | None = 0
+    inventory: Inventory,
+    host: Host,
+    site: str | None,
+    to: str | None,
+    wait: float | None = 0,
+    db: str = "",
 ) -> HostPlan:
+    """`db`: what to do when migrations were applied since the target ("" refuse, "restore",
+    "keep"; db.py)."""
     sites = [s for s in sites_or_exit(inventory, host) if site is None or s.name == site]
     run = HostRun(
         inventory,
@@ -204,11 +211,12 @@ def rollback_plan(
         tuple(sites),
         target=lambda s: app.Previous(s, to),
         mark_old="rolled-back",
-        options={"lock_wait": wait},
+        options={"lock_wait": wait, "rollback": (db, to)},
     )
-    # verify: on the web host of a split site, the release answers through nginx and that
-    # host's `current` and static files follow.
-    plan = compose(run, (ROLLING, "verify"))
+    # restore: with --restore-db, where the database is, before any switch. verify: on the web
+    # host of a split site, the release answers through nginx and that host's `current` and
+    # static files follow.
+    plan = compose(run, ("restore", ROLLING, "verify"))
     plan.revert = None  # a rollback is not rolled back again
     return plan
 
@@ -221,24 +229,38 @@ def rollback_plan(
         "json_": "print only a JSON report",
         "quiet": "print only changes, failures and the recap",
         "wait": "seconds to wait for another run's deploy lock",
+        "restore_db": "migrations applied since the target: restore the backup taken before "
+        "them first",
+        "keep_db": "migrations applied since the target: keep today's schema",
     },
 )
-def rollback(c, to=None, site=None, json_=False, quiet=False, wait=0):
+def rollback(
+    c, to=None, site=None, json_=False, quiet=False, wait=0, restore_db=False, keep_db=False
+):
     """Switch the target hosts back to the previous good release (--to ID picks one).
 
     Health-checked like a deploy; the release rolled back from is marked rolled-back. Without
-    -H the inventory's defaults.target is used. --site limits it to one site.
+    -H the inventory's defaults.target is used. --site limits it to one site. A release older
+    than migrations applied since is refused unless --restore-db (the backup taken before
+    them is restored first) or --keep-db.
     """
     inventory = load_inventory(c)
     if site is not None and site not in inventory.sites:
         raise user_error(f"unknown site {site!r} (sites.{site} in {inventory.path.name})")
-
+    if restore_db and keep_db:
+        raise user_error("--restore-db or --keep-db, not both")
+    db = "restore" if restore_db else "keep" if keep_db else ""
+    targets = target_hosts(c, inventory)
+    # A db host that is not a target is reached too: its backups decide the guard, and with
+    # --restore-db it restores.
+    reached = database.reached_db_hosts(inventory, targets)
     run_plans(
         c,
-        lambda inv, host: rollback_plan(inv, host, site, to, wait),
+        lambda inv, host: rollback_plan(inv, host, site, to, wait, db),
         json_=json_,
         quiet=quiet,
         inventory=inventory,
+        hosts=targets + reached,
     )
 
 

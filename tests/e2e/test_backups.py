@@ -101,3 +101,48 @@ def test_a_failing_backup_stops_the_deploy_before_it_migrates(project, fresh_hos
     assert health(fresh_host)["release"] != before
     # keep_backups = 2: the oldest went.
     assert len(sh(fresh_host, "ls /var/backups/djk/example/*.json").split()) == 2
+
+
+def columns(host) -> list[str]:
+    return query(host, DB, "select name from pragma_table_info('pages_visit')")
+
+
+def test_a_rollback_across_a_migration_refuses_then_restores_with_restore_db(
+    project, fresh_host
+):
+    live = health(fresh_host)["release"]
+    assert "extra" in columns(fresh_host)  # 0003 applied by the live release
+    refused = project.fab("-H", "web1", "rollback")
+    assert refused.code == 1
+    assert "--restore-db" in refused.out and "pages.0003_extra" in refused.out, refused.out
+    assert health(fresh_host)["release"] == live  # nothing switched
+    run = project.fab("-H", "web1", "rollback", "--restore-db")
+    assert run.code == 0, run.out + run.err
+    assert f"restore example: from {live} (before it migrated)" in run.out, run.out
+    back = health(fresh_host)["release"]
+    assert back != live and back < live
+    assert "extra" not in columns(fresh_host) and "note" in columns(fresh_host)
+    applied = query(fresh_host, DB, "select name from django_migrations")
+    assert "0003_extra" not in applied and "0002_note" in applied
+
+
+def test_db_restore_puts_back_the_rows_of_a_backup(project, fresh_host):
+    taken = project.fab("db.backup", "--site", "example", "--json")
+    assert taken.code == 0, taken.out + taken.err
+    (step,) = [s for s in taken.report["hosts"][0]["steps"] if s["step"] == "backup example"]
+    backup_id = step["detail"]
+    rows = count(fresh_host, DB)
+    for _ in range(4):
+        curl(fresh_host, "/")
+    assert count(fresh_host, DB) == rows + 4
+    asked = project.fab("db.restore", "--site", "example", "--from", backup_id)
+    assert asked.code == 2 and "--yes" in asked.err  # stdin is not a terminal: nothing asked
+    run = project.fab("db.restore", "--site", "example", "--from", backup_id, "--yes", "--json")
+    assert run.code == 0, run.out + run.err
+    steps = [(s["step"], s["status"]) for s in run.report["hosts"][0]["steps"]]
+    assert steps.count(("maintenance page example", "changed")) == 2  # on, then off
+    assert ("restore example", "changed") in steps
+    assert count(fresh_host, DB) == rows
+    assert curl(fresh_host, "/").split("\n")[1].split(" ")[1] == "200"  # page off
+    unknown = project.fab("db.restore", "--site", "example", "--from", "nope", "--yes")
+    assert unknown.code == 1 and "no backup nope" in unknown.out
