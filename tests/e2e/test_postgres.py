@@ -169,3 +169,23 @@ def test_a_migration_is_preceded_by_pg_dump_on_the_db_host(project, hosts, src):
                    "where table_name = 'pages_visit'", "scratch")  # fmt: skip
     assert "note" not in columns.split()
     assert int(psql(db1, "select count(*) from pages_visit where note like 'filled-%'")) >= rows
+
+
+def test_a_rollback_across_the_migration_restores_the_dump_on_the_db_host(project, hosts):
+    web1, db1 = hosts
+    live = health(web1, "shop.test")["release"]
+    refused = project.fab("-H", "web1", "rollback", "--site", "shop")
+    assert refused.code == 1 and "--restore-db" in refused.out, refused.out
+    assert health(web1, "shop.test")["release"] == live
+    run = project.fab("-H", "web1", "rollback", "--site", "shop", "--restore-db")
+    assert run.code == 0, run.out + run.err
+    restored = [line for line in run.out.splitlines() if "restore shop" in line]
+    assert restored and restored[0].startswith("db1") and f"from {live}" in restored[0], restored
+    assert health(web1, "shop.test")["release"] < live
+    columns = psql(db1, "select column_name from information_schema.columns "
+                   "where table_name = 'pages_visit'")  # fmt: skip
+    assert "note" not in columns.split()
+    # The restored tables are the site role's again: the app writes (a visit) and reads.
+    assert curl(web1, "/", host_header="shop.test").split("\n")[1].split(" ")[1] == "200"
+    owner = psql(db1, "select tableowner from pg_tables where tablename = 'pages_visit'")
+    assert owner == "shop_app"
