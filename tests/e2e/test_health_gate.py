@@ -42,8 +42,9 @@ def live(host) -> str:
 
 
 def upstream(host) -> str:
-    """What nginx connects to: the site's server block (its upstream) and the live link."""
-    return sh(host, "cat /etc/nginx/sites-enabled/djk-site-example.conf; "
+    """What nginx connects to: the site's upstream block and the live link. (The rest of the
+    server block may follow hosts.toml: a changed health_path is in the maintenance rule.)"""
+    return sh(host, "sed -n '/^upstream /,/^}/p' /etc/nginx/sites-enabled/djk-site-example.conf; "
               "readlink /srv/djk/example/sockets/live.sock")  # fmt: skip
 
 
