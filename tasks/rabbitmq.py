@@ -11,9 +11,9 @@ recomputing it.
 Listening: AMQP on 127.0.0.1:5672, plus the broker host's own address only when the site's
 workers or app hosts are elsewhere; the Erlang distribution port (25672) and epmd (4369) on
 loopback only — one node (rabbit@localhost), nothing to cluster with. The kit owns the broker
-host's RabbitMQ: the node is renamed on the first deploy (a node's data is per name). The app gets CELERY_BROKER_URL
-(`amqp://site:password@host:5672/site`, a secret) and CELERY_RESULT_BACKEND (`rpc://`: results
-come back to the caller over the broker).
+host's RabbitMQ: the node is renamed on the first deploy (a node's data is per name). The app
+gets CELERY_BROKER_URL (`amqp://site:password@host:5672/site`, a secret) and
+CELERY_RESULT_BACKEND (`rpc://`: results come back to the caller over the broker).
 """
 
 from __future__ import annotations
