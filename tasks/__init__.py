@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (importing registers each component)
     media,
     multidomain,
     nginx,
+    rabbitmq,
     supervisor,
     tls,
 )
@@ -32,8 +33,8 @@ from .engine.component import Component, HostRun, NginxPart, components, order, 
 # its workers, TLS and nginx in front, then the rules between sites. A team's components
 # come after these.
 order(
-    ["provision", "supervisor", "lock", "database", "backups", "app", "celery", "flower", "media",
-     "maintenance", "tls", "nginx", "multidomain"]
+    ["provision", "supervisor", "lock", "database", "backups", "app", "celery", "rabbitmq",
+     "flower", "media", "maintenance", "tls", "nginx", "multidomain"]
 )  # fmt: skip
 cli.install()
 

@@ -305,7 +305,9 @@ class CeleryComponent(Component):
             queues=table.get_list("queues", values.celery_queue, default=("celery",)),
             options=table.get_list("options", values.cli_option, default=(), empty=True),
             beat=table.get("beat", bool, default=False),
-            broker=table.get("broker", str, values.choice("local", "external"), default="local"),
+            broker=table.get(
+                "broker", str, values.choice("local", "rabbitmq", "external"), default="local"
+            ),
             redis_db=table.get("redis_db", int, values.count(0, 15), default=0),
             stop_timeout=table.get("stop_timeout", int, values.count(10, 3600), default=300),
         )
@@ -326,7 +328,7 @@ class CeleryComponent(Component):
             having = {r: topology.hosts_with(inventory, site, r) for r in topology.ROLES}
             if not having["worker"]:
                 raise InventoryError(path, key, "[celery] needs a host with the worker role")
-            if conf.broker != "local":
+            if conf.broker != "local":  # RabbitMQ: rabbitmq.py
                 continue
             if not having["broker"]:
                 raise InventoryError(

@@ -7,9 +7,10 @@
   only that role may connect to it (PUBLIC's CONNECT is revoked). The server listens on loopback,
   plus the db host's own address only when app or worker hosts of a site are elsewhere, and
   pg_hba admits each site's role to its database from exactly those hosts, with scram. The role's
-  password is DATABASE_PASSWORD from the site's secrets, or one generated on the db host on the
-  first deploy and kept there in a root-only file (/var/lib/djk/secrets/<site>.db-password); the
-  server only ever gets its SCRAM verifier, computed here.
+  password is DATABASE_PASSWORD from the site's secrets, or one made on the db host on the
+  first deploy and kept there in a root-only file (engine/kept.py:
+  /var/lib/djk/secrets/<site>.db-password); the server only ever gets its SCRAM verifier,
+  computed here.
 - `engine = "external"`: DATABASE_URL from the site's secrets.
 
 The app reads DATABASE_URL and its parts (DATABASE_HOST, _PORT, _NAME, _USER, _PASSWORD) from
@@ -37,7 +38,7 @@ from .engine import topology, values
 from .engine.component import Component, HostRun, register
 from .engine.facts import Fact
 from .engine.inventory import Host, Inventory, Site
-from .engine.remote import Remote, RemoteError
+from .engine.kept import Kept
 from .engine.render import MANAGED
 from .engine.schema import InventoryError, Table
 from .engine.secrets import Secret
@@ -48,7 +49,6 @@ PG_PORT = 5432
 PG_UNIT = "postgresql.service"
 # Debian's PostgreSQL per Debian release.
 PG_VERSIONS = {"12": "15", "13": "17"}
-SECRETS_DIR = "/var/lib/djk/secrets"
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -113,10 +113,6 @@ def identity(inventory: Inventory, site: Site) -> str:
         digest = hashlib.sha256(url.reveal().encode()).hexdigest()[:12] if url else ""
         return f"external:{digest}"
     return ""
-
-
-def password_file(site: Site) -> str:
-    return f"{SECRETS_DIR}/{site.name}.db-password"
 
 
 def password(site: Site) -> Secret | None:
@@ -332,55 +328,6 @@ def server_steps(inventory: Inventory, host: Host) -> list[Step]:
     ]
 
 
-# -- generated passwords: read (or made) on the db host before anything is planned -----------
-
-
-GENERATE = """set -e
-install -d -m 700 {dir}
-f={file}
-if [ ! -s "$f" ]; then
-  {create}
-fi
-cat "$f" 2>/dev/null || true
-"""
-MAKE = (
-    'umask 077; head -c 24 /dev/urandom | base64 | tr "+/" "-_" | tr -d "=\\n" > "$f.new"; '
-    'mv "$f.new" "$f"'
-)
-
-
-def with_generated_passwords(inventory: Inventory, connect, create: bool) -> Inventory:
-    """The inventory with each PostgreSQL site's DATABASE_PASSWORD: its secret, or the one kept
-    on its db host (made there now when `create` and there is none; in check mode a stand-in).
-    `connect(host)` gives an open Remote."""
-    sites = dict(inventory.sites)
-    for site in inventory.sites.values():
-        host = db_host(inventory, site)
-        if not uses_postgresql(site) or password(site) is not None or host is None:
-            continue
-        if not site.secrets_loaded:
-            continue
-        remote: Remote = connect(host)
-        script = GENERATE.format(
-            dir=SECRETS_DIR,
-            file=shlex.quote(password_file(site)),
-            create=MAKE if create else "exit 0",
-        )
-        try:
-            done = remote.run(script)
-        finally:
-            remote.close()
-        if not done.ok:
-            raise RemoteError(
-                f"{host.name}: could not read {password_file(site)}: {done.stderr.strip()[-300:]}"
-            )
-        value = done.stdout.strip() or "(made on the first deploy)"
-        sites[site.name] = replace(
-            site, secrets={**site.secrets, "DATABASE_PASSWORD": Secret(value)}
-        )
-    return replace(inventory, sites=sites)
-
-
 def reached_db_hosts(inventory: Inventory, targets: list[Host]) -> list[Host]:
     """The db hosts of the target hosts' PostgreSQL sites that are not targets themselves: a
     deploy reaches them too (the role, its grants, the backup before migrating), as db hosts
@@ -459,6 +406,10 @@ class DatabaseComponent(Component):
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
         return ["postgresql"] if _sites_served(inventory, host) else []
+
+    def kept_secrets(self, inventory: Inventory, site: Site) -> list[Kept]:
+        host = db_host(inventory, site) if uses_postgresql(site) else None
+        return [Kept(site.name, "DATABASE_PASSWORD", host, "db-password")] if host else []
 
     def python_packages(self, site: Site) -> list[str]:
         return ["psycopg[binary]==3.2.10"] if uses_postgresql(site) else []

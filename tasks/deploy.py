@@ -11,8 +11,8 @@ import time
 
 from . import app, database
 from .app import sites_or_exit
+from .engine import kept, topology
 from .engine import releases as R
-from .engine import topology
 from .engine.cli import load_inventory, run_plans, target_hosts, targets_task, user_error
 from .engine.component import HostRun, components
 from .engine.executor import HostPlan, Phase
@@ -112,9 +112,7 @@ def deploy(
     targets = target_hosts(c, inventory)
     reached = database.reached_db_hosts(inventory, targets)
     # Before the builds: they carry the sites as the plans see them.
-    inventory = database.with_generated_passwords(
-        inventory, lambda host: _opened(host, c.config), create=not check
-    )
+    inventory = with_kept_secrets(c, inventory, targets, create=not check)
     builds = new_builds(inventory, targets, now, ref, allow_dirty)
     run_plans(
         c,
@@ -129,6 +127,21 @@ def deploy(
         inventory=inventory,
         hosts=targets + reached,
     )
+
+
+def with_kept_secrets(c, inventory: Inventory, targets: list[Host], create: bool) -> Inventory:
+    """The secrets the target hosts' sites keep on a host (engine/kept.py), read (or made)
+    there before anything is planned."""
+    sites = {s.name: s for h in targets for s in inventory.sites_on(h)}
+    wanted = [
+        item
+        for site in sites.values()
+        for component in components()
+        for item in component.kept_secrets(inventory, site)
+    ]
+    if not wanted:
+        return inventory
+    return kept.resolve(inventory, wanted, lambda host: _opened(host, c.config), create)
 
 
 def _opened(host: Host, config) -> Remote:

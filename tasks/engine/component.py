@@ -97,6 +97,11 @@ class Component:
         site on that host may use them."""
         return []
 
+    def kept_secrets(self, inventory: Inventory, site: Site) -> list:
+        """engine.kept.Kept: site secrets this component needs that, when the secrets file
+        gives none, are made on a host and kept there (a database's password)."""
+        return []
+
     def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
         return {}
 

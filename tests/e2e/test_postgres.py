@@ -189,3 +189,37 @@ def test_a_rollback_across_the_migration_restores_the_dump_on_the_db_host(projec
     assert curl(web1, "/", host_header="shop.test").split("\n")[1].split(" ")[1] == "200"
     owner = psql(db1, "select tableowner from pg_tables where tablename = 'pages_visit'")
     assert owner == "shop_app"
+
+
+def test_db_restore_brings_back_exactly_the_rows_of_before(project, hosts):
+    web1, db1 = hosts
+    taken = project.fab("db.backup", "--site", "shop", "--json")
+    assert taken.code == 0, taken.out + taken.err
+    (host,) = taken.report["hosts"]
+    assert host["host"] == "db1"  # where the database is, whatever -H says
+    backup_id = next(s["detail"] for s in host["steps"] if s["step"] == "backup shop")
+    before = psql(db1, "select id, path from pages_visit order by id")
+    for _ in range(3):
+        curl(web1, "/", host_header="shop.test")
+    assert psql(db1, "select id, path from pages_visit order by id") != before
+    run = project.fab("db.restore", "--site", "shop", "--from", backup_id, "--yes")
+    assert run.code == 0, run.out + run.err
+    assert psql(db1, "select id, path from pages_visit order by id") == before
+    assert health(web1, "shop.test")["db"] is True
+
+
+def test_a_failing_pg_dump_stops_the_deploy_before_it_migrates(project, hosts, src):
+    web1, db1 = hosts
+    live = health(web1, "shop.test")["release"]
+    name = add_migration(src, 3, "extra")
+    sh(db1, "mv /usr/bin/pg_dump /usr/bin/pg_dump.off")
+    try:
+        run = project.fab("-H", "web1", "deploy")
+    finally:
+        sh(db1, "mv /usr/bin/pg_dump.off /usr/bin/pg_dump")
+    assert run.code == 1
+    failed = [line for line in run.out.splitlines() if "failed  | backup shop" in line]
+    assert failed and failed[0].startswith("db1"), run.out
+    assert health(web1, "shop.test")["release"] == live
+    applied = psql(db1, "select name from django_migrations where app = 'pages'").split()
+    assert name.split(".")[1] not in applied

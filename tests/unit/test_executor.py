@@ -239,6 +239,7 @@ def test_the_kits_components_run_in_their_declared_order():
         "backups",
         "app",
         "celery",
+        "rabbitmq",
         "flower",
         "media",
         "maintenance",
