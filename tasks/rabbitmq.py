@@ -5,8 +5,8 @@ installed by `provision`. Each site gets its own vhost and user (both named afte
 all rights on that vhost only; the password is BROKER_PASSWORD from the site's secrets, or one
 made on the broker host on the first deploy and kept there root-only (engine/kept.py). The
 server gets only RabbitMQ's salted hash of it, in a definitions file it imports (never on a
-command line); the kit keeps that hash in a root-only marker and compares a wanted password by
-recomputing it.
+command line; readable by the rabbitmq user alone, removed after); the kit keeps that hash in
+a root-only marker and compares a wanted password by recomputing it.
 
 Listening: AMQP on 127.0.0.1:5672, plus the broker host's own address only when the site's
 workers or app hosts are elsewhere; the Erlang distribution port (25672) and epmd (4369) on
@@ -207,11 +207,16 @@ class SiteBroker(Step):
                              "read": ".*"}],
         }  # fmt: skip
         q = shlex.quote
-        # The definitions on stdin: the hash is in no file and no process's arguments.
+        # rabbitmqctl runs as the rabbitmq user (Debian's wrapper), and RabbitMQ 4's does not
+        # read stdin: the definitions (the hash, never the password) go to a file only that user
+        # and root can read, removed after. Bounded: a node that does not answer fails the step.
+        tmp = f"/var/lib/rabbitmq/.djk-{name}-definitions.json"
         script = f"""set -e
 umask 077
 install -d -m 700 {MARKERS}
-rabbitmqctl --quiet import_definitions --format json >/dev/null
+trap 'rm -f {q(tmp)}' EXIT
+install -m 600 -o rabbitmq -g rabbitmq /dev/stdin {q(tmp)}
+timeout 120 rabbitmqctl --quiet import_definitions {q(tmp)} >/dev/null
 printf '%s\\n' {q(json.dumps({"user": name, "hash": digest}))} > {q(marker(self.site))}
 """
         summary = "create vhost and user" if not stored else "set the user's password"
