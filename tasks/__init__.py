@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (importing registers each component)
     flower,
     lock,
     maintenance,
+    manage,
     media,
     multidomain,
     nginx,
@@ -47,5 +48,7 @@ for module in (app, nginx, multidomain, lock, celery, flower, db):
     ns.add_collection(Collection.from_module(module))
 # The maintenance page is its own component; its task reads as one of the app's.
 ns.collections["app"].add_task(maintenance.maintenance)
+ns.collections["app"].add_task(manage.manage)
+ns.collections["app"].add_task(manage.shell)
 
 __all__ = ["Component", "HostRun", "NginxPart", "components", "ns", "register", "tls"]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,6 +34,7 @@ from .steps import Step
 from .values import escape
 
 HOSTS_KEY = "djk_hosts"
+REMAINDER_KEY = "djk_remainder"
 INVENTORY_ENV = "DJK_INVENTORY"
 ENVIRONMENT_ENV = "DJK_ENV"  # staging -> hosts.staging.toml
 _ENVIRONMENT = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -59,21 +62,46 @@ def _expand_calls(self, calls, apply_hosts=True):
         return _stock_expand_calls(self, calls, apply_hosts)
     host_str = self.core[0].args.hosts.value if apply_hosts else None
     setattr(self.config, HOSTS_KEY, host_str or "")
+    # What follows `--` is our task's (app.manage's arguments), not a command Fabric runs on
+    # every host: kept here, word by word, and hidden from the stock expansion.
+    setattr(self.config, REMAINDER_KEY, _remainder_words(self.core.remainder))
+    remainder, self.core.remainder = self.core.remainder, ""
     expanded = []
-    for call in calls:
-        if call in ours:
-            if isinstance(call, Task):
-                call = Call(task=call)
-            expanded += _stock_expand_calls(self, call.pre, apply_hosts=False)
-            expanded.append(call)
-            expanded += _stock_expand_calls(self, call.post, apply_hosts=False)
-        else:
-            expanded += _stock_expand_calls(self, [call], apply_hosts)
+    try:
+        for call in calls:
+            if call in ours:
+                if isinstance(call, Task):
+                    call = Call(task=call)
+                expanded += _stock_expand_calls(self, call.pre, apply_hosts=False)
+                expanded.append(call)
+                expanded += _stock_expand_calls(self, call.post, apply_hosts=False)
+            else:
+                expanded += _stock_expand_calls(self, [call], apply_hosts)
+    finally:
+        self.core.remainder = remainder
     return expanded
 
 
+def _remainder_words(joined: str) -> list[str]:
+    """Invoke joins the words after `--` with spaces; the shell's words are in sys.argv (when
+    fab runs from a shell: a word may hold spaces), else they are split again."""
+    if not joined:
+        return []
+    if "--" in sys.argv:
+        words = sys.argv[sys.argv.index("--") + 1 :]
+        if " ".join(words) == joined:
+            return words
+    return shlex.split(joined)
+
+
+def remainder(c) -> list[str]:
+    """The words after `--` on the command line (for a target-aware task)."""
+    return list(c.config.get(REMAINDER_KEY) or [])
+
+
 def install() -> None:
-    """Make Fabric's executor run target-aware tasks once for all hosts (idempotent)."""
+    """Make Fabric's executor run target-aware tasks once for all hosts, and keep what follows
+    `--` word by word (idempotent)."""
     fabric.executor.Executor.expand_calls = _expand_calls
 
 

@@ -128,6 +128,17 @@ class Remote:
         if channel in self._held:
             self._held.remove(channel)
 
+    def interactive(self, script: str) -> int:
+        """Run a shell script as root on a pseudo-terminal wired to this terminal (a person at
+        the keyboard: `fab app.shell`); its exit status."""
+        with self._lock:
+            self.commands += 1
+        try:
+            done = self.conn.run(self._command(script), pty=True, warn=True, hide=False)
+        except Exception as exc:  # paramiko: SSHException, EOFError, socket errors
+            raise RemoteError(f"connection to {self.host.name} lost: {exc}") from None
+        return done.exited
+
     def gather(self, facts: list[Fact], result: Result | None = None) -> Facts:
         """Every fact in one round trip (or from `result`: F.build_script(facts) run already,
         e.g. by the deploy lock's keeper)."""
