@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +39,16 @@ def fab(inventory: Path, *args: str) -> FabRun:
     old = os.environ.get("DJK_INVENTORY")
     os.environ["DJK_INVENTORY"] = str(inventory)
     code = 0
+    argv = ["fab", "--search-root", str(ROOT), *args]
+    # As from a shell: sys.argv is fab's (what follows `--` is read from it word by word).
+    saved_argv, sys.argv = sys.argv, argv
     try:
         with redirect_stdout(out), redirect_stderr(err):
-            make_program().run(["fab", "--search-root", str(ROOT), *args])
+            make_program().run(argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
+        sys.argv = saved_argv
         if old is None:
             os.environ.pop("DJK_INVENTORY", None)
         else:

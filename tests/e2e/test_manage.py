@@ -21,8 +21,13 @@ PASSWORD = "Adm1n-pa55 word!"
 
 
 @pytest.fixture(scope="module")
-def project(fresh_host, tmp_path_factory):
+def project(fresh_host, tmp_path_factory, src):
+    settings = src / "exampleproject/settings.py"  # users, for createsuperuser
+    text = settings.read_text()
+    apps = '    "django.contrib.contenttypes",\n'
+    settings.write_text(text.replace(apps, '    "django.contrib.auth",\n' + apps))
     project = Project(tmp_path_factory.mktemp("project"), [fresh_host])
+    project.site["source"] = str(src)
     project.write()
     run = project.fab("-H", "web1", "deploy")
     assert run.code == 0, run.out + run.err
