@@ -10,6 +10,7 @@ from invoke import Collection
 
 from . import (  # noqa: F401  (importing registers each component)
     app,
+    audit,
     celery,
     database,
     db,
@@ -44,6 +45,7 @@ ns.add_task(deploy)
 ns.add_task(rollback)
 ns.add_task(releases)
 ns.add_task(_provision.provision)
+ns.add_task(audit.audit)
 for module in (app, nginx, multidomain, lock, celery, flower, db):
     ns.add_collection(Collection.from_module(module))
 # The maintenance page is its own component; its task reads as one of the app's.

@@ -468,6 +468,7 @@ def restore_plan(
         host,
         [Phase(name, steps) for name, steps in by_phase.items()],
         holds=[DeployLock((site.name,), 0.0)],
+        audit=lambda facts, report: {site.name: {"restored": backup_id}},
     )
 
 

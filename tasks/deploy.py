@@ -68,7 +68,27 @@ def compose(run: HostRun, phases: tuple[str, ...]) -> HostPlan:
         [Phase(name, phase_steps(name, run), rolling=name == ROLLING) for name in phases],
         holds=holds(run),
         revert=revert if ROLLING in phases else None,
+        audit=releases_audit(run.sites),
     )
+
+
+def releases_audit(sites: tuple[Site, ...]):
+    """A deploy's or rollback's audit line: each site's live release before the run and the
+    one it serves after (the same when the run failed)."""
+
+    def entry(facts: Facts | None, report) -> dict:
+        wanted = report.extra.get("releases", {})
+        found = {}
+        for site in sites:
+            try:
+                before = app.live_release(facts, SitePaths.of(site)) if facts else None
+            except KeyError:  # no release here (a host that only holds databases)
+                before = None
+            after = before if report.failed else wanted.get(site.name, before)
+            found[site.name] = {"before": before, "after": after}
+        return found
+
+    return entry
 
 
 @targets_task(

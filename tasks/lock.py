@@ -107,4 +107,10 @@ def clear(c, site, json_=False):
     inventory = load_inventory(c)
     if site not in inventory.sites:
         raise user_error(f"unknown site {site!r} (sites.{site} in {inventory.path.name})")
-    run_plans(c, lambda inv, host: [clear_step(site)], json_=json_, inventory=inventory)
+    run_plans(
+        c,
+        lambda inv, host: [clear_step(site)],
+        json_=json_,
+        inventory=inventory,
+        audit=lambda facts, report: {site: {"lock": "cleared"}},
+    )

@@ -125,4 +125,5 @@ def maintenance(c, state, site=None, message="", json_=False, quiet=False):
         quiet=quiet,
         inventory=inventory,
         hosts=web,
+        audit=lambda facts, report: {chosen.name: {"maintenance": state}},
     )

@@ -86,12 +86,31 @@ def keep(spec: dict) -> int:
         _run_first(run)
     else:
         print("LOCKED", flush=True)
-    sys.stdin.buffer.read()
+    rest = sys.stdin.buffer.read()
+    _append_audit(rest)
     info["draining"] = True
     for site in sites:
         _write_info(site, info)
     _wait_for_run(run, LINGER)
     return 0
+
+
+AUDIT_FILE = Path(os.environ.get("DJK_AGENT_AUDIT", "/var/log/djk/audit.jsonl"))
+
+
+def _append_audit(data: bytes) -> None:
+    """The run's audit lines (`AUDIT <json>`), handed over as it lets go: appended to the audit
+    log (root-only, under an flock: other hosts' keepers write their own files)."""
+    lines = [ln[6:] for ln in data.splitlines() if ln.startswith(b"AUDIT ")]
+    if not lines:
+        return
+    AUDIT_FILE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(AUDIT_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"".join(line + b"\n" for line in lines))
+    finally:
+        os.close(fd)
 
 
 def _run_first(run: str) -> None:

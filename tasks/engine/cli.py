@@ -184,13 +184,15 @@ def run_plans(
     as_user: str | None = None,
     recap: bool = True,
     hosts: list[Host] | None = None,
+    audit: Callable | None = None,
 ) -> list[HostReport]:
     """Build every host's plan first (user errors end here, before any host is touched), then
     converge them in parallel and close with a recap; exit 1 if any host failed.
 
     Plans are built for what each host is (engine/hostinfo.py): the profile remembered from the
     last run, or, for a host never seen, read now over the connection the run then goes on
-    with. A host that changed since is planned again when the first round trip shows it."""
+    with. A host that changed since is planned again when the first round trip shows it.
+    `audit(facts, report) -> {site: {...}}`: the run leaves an audit line on each host."""
     inventory = inventory or load_inventory(c)
     hosts = hosts if hosts is not None else target_hosts(c, inventory)
     if not hosts:
@@ -205,7 +207,10 @@ def run_plans(
         if problem:
             raise user_error(f"host {host.name} ({host.platform.describe()}) {problem}")
         built = build(inventory, host)
-        return built if isinstance(built, HostPlan) else HostPlan(host, [Phase("", built)])
+        plan = built if isinstance(built, HostPlan) else HostPlan(host, [Phase("", built)])
+        if audit is not None and plan.audit is None:
+            plan.audit = audit  # engine/audit.py: this run leaves a line on the host
+        return plan
 
     def replan(host: Host, info: HostInfo) -> HostPlan:
         try:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from fabric import Config
 
+from . import audit
 from . import facts as F
 from .facts import Fact, Facts, On, PendingHandlers
 from .hostinfo import HostInfo, Profile
@@ -63,6 +64,9 @@ class HostPlan:
     holds: list[Hold] = field(default_factory=list)
     # The steps that undo this host's rolling phase, from the facts read at the start.
     revert: Callable[[Facts], list[Step]] | None = None
+    # What the run's audit line says of the sites here (release before and after), from the
+    # facts read at the start and the report; None: the run is not audited (a reading).
+    audit: Callable[[Facts | None, HostReport], dict] | None = None
 
 
 def batches(count: int, spec: str | None) -> list[list[int]]:
@@ -426,9 +430,34 @@ def _revert(session: _Session) -> None:
 
 def _close(session: _Session) -> None:
     remote = session.remote
+    last = b""
+    try:
+        last = _audit(session)
+    except Exception as exc:  # the audit line must not turn a run's result around
+        session.reporter.line(session.name, "...", f"audit log not written: {exc}")
     session.report.commands, session.report.bytes_sent = remote.commands, remote.bytes_sent
     session.report.seconds = time.monotonic() - session.started
     try:
-        remote.close()
+        remote.close(last)
     except Exception:  # the connection may already be gone; nothing left to release
         pass
+
+
+def _audit(session: _Session) -> bytes:
+    """The host's audit line: handed to the lock's keeper as it lets go (returned), or, for a
+    run that holds nothing here, appended now with one command."""
+    plan, report = session.plan, session.report
+    if plan.audit is None or session.mode.check or session.facts is None:
+        return b""
+    result = "failed" if report.failed else "ok"
+    entry = audit.record(
+        session.name,
+        audit.key_fingerprint(session.remote.conn),
+        result,
+        plan.audit(session.initial, report),
+        report.error or "",
+    )
+    if session.remote.holding:
+        return b"AUDIT " + audit.line(entry)
+    session.remote.run(audit.APPEND, stdin=audit.line(entry))
+    return b""

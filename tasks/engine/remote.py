@@ -70,10 +70,21 @@ class Remote:
                 f"cannot connect to {self.conn.user}@{self.conn.host}: {exc}"
             ) from None
 
-    def close(self) -> None:
+    def close(self, last: bytes = b"") -> None:
+        """Let go of held commands (`last` is written to each one's stdin first: the audit
+        line for the lock's keeper) and close the connection."""
         for channel in list(self._held):
+            if last:
+                try:
+                    channel.sendall(last)
+                except OSError:
+                    pass
             self.release(channel)
         self.conn.close()
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
 
     def _command(self, script: str, sudo: bool = True, tag: bool = True) -> str:
         command = "/bin/sh -c " + shlex.quote(script)

@@ -139,3 +139,15 @@ def test_parse_locked():
     assert L.parse_locked("LOCKED") is None
     assert L.parse_locked("BUSY shop {}") is None
     assert L.parse_locked("LOCKED 0 x 1") is None
+
+
+def test_a_keeper_appends_the_audit_line_it_is_handed_as_the_run_lets_go(keepers, tmp_path):
+    keepers.env["DJK_AGENT_AUDIT"] = str(tmp_path / "log" / "audit.jsonl")
+    first = keepers.keep(["shop"])
+    assert first.stdout.readline().strip() == "LOCKED"
+    first.stdin.write('AUDIT {"result": "ok"}\nnot an audit line\n')
+    first.stdin.close()
+    assert first.wait(timeout=10) == 0
+    log = tmp_path / "log" / "audit.jsonl"
+    assert log.read_text() == '{"result": "ok"}\n'
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
