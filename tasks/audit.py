@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .engine.audit import AuditLog
-from .engine.cli import load_inventory, run_plans, targets_task, user_error
+from .engine.cli import load_inventory, run_plans, site_named, targets_task
 from .engine.facts import Fact
 from .engine.steps import Context, Plan, Step
 
@@ -36,8 +36,8 @@ class ReadAudit(Step):
 def audit(c, site=None, lines=50, json_=False):
     """Who deployed, rolled back, restored or switched what on each host, newest first."""
     inventory = load_inventory(c)
-    if site is not None and site not in inventory.sites:
-        raise user_error(f"unknown site {site!r} (sites.{site} in {inventory.path.name})")
+    if site is not None:
+        site_named(inventory, site)
     reports = run_plans(
         c, lambda inv, host: [ReadAudit(site, int(lines))], json_=json_, quiet=True,
         inventory=inventory,

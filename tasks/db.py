@@ -28,7 +28,14 @@ from . import database as D
 from .app import Build, Previous, live_release, migrates_here
 from .engine import facts as F
 from .engine import procs, topology
-from .engine.cli import load_inventory, run_plans, site_hosts, targets_task, user_error
+from .engine.cli import (
+    load_inventory,
+    run_plans,
+    site_hosts,
+    site_named,
+    targets_task,
+    user_error,
+)
 from .engine.component import Component, HostRun, register
 from .engine.executor import HostPlan, Phase
 from .engine.facts import Fact
@@ -304,11 +311,7 @@ class ListBackups(Step):
 
 
 def _site(inventory: Inventory, name: str | None) -> Site:
-    if name is None:
-        raise user_error("which site? --site NAME (one of sites.<name> in hosts.toml)")
-    if name not in inventory.sites:
-        raise user_error(f"unknown site {name!r} (sites.{name} in {inventory.path.name})")
-    site = inventory.sites[name]
+    site = site_named(inventory, name)
     if D.of(site).engine == "external":
         raise user_error(
             f"site {name}: its database is external (sites.{name}.database.engine): "

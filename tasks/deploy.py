@@ -13,7 +13,14 @@ from . import app, database
 from .app import sites_or_exit
 from .engine import kept, topology
 from .engine import releases as R
-from .engine.cli import load_inventory, run_plans, target_hosts, targets_task, user_error
+from .engine.cli import (
+    load_inventory,
+    run_plans,
+    site_named,
+    target_hosts,
+    targets_task,
+    user_error,
+)
 from .engine.component import HostRun, components
 from .engine.executor import HostPlan, Phase
 from .engine.facts import Fact, Facts, Stat
@@ -278,8 +285,8 @@ def rollback(
     them is restored first) or --keep-db.
     """
     inventory = load_inventory(c)
-    if site is not None and site not in inventory.sites:
-        raise user_error(f"unknown site {site!r} (sites.{site} in {inventory.path.name})")
+    if site is not None:
+        site_named(inventory, site)
     if restore_db and keep_db:
         raise user_error("--restore-db or --keep-db, not both")
     db = "restore" if restore_db else "keep" if keep_db else ""

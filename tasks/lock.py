@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .engine import agent
 from .engine import lock as L
-from .engine.cli import load_inventory, run_plans, targets_task, user_error
+from .engine.cli import load_inventory, run_plans, site_named, targets_task
 from .engine.component import Component, HostRun, register
 from .engine.facts import Fact
 from .engine.releases import deployer
@@ -105,8 +105,7 @@ def status(c, json_=False):
 def clear(c, site, json_=False):
     """End the run holding SITE's deploy lock on the target hosts (for a hung run)."""
     inventory = load_inventory(c)
-    if site not in inventory.sites:
-        raise user_error(f"unknown site {site!r} (sites.{site} in {inventory.path.name})")
+    site_named(inventory, site)
     run_plans(
         c,
         lambda inv, host: [clear_step(site)],

@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from . import tls
 from .engine import topology
-from .engine.cli import load_inventory, run_plans, site_hosts, targets_task, user_error
+from .engine.cli import (
+    load_inventory,
+    run_plans,
+    site_hosts,
+    site_named,
+    targets_task,
+    user_error,
+)
 from .engine.component import Component, NginxPart, register
 from .engine.inventory import Inventory, Site
 from .engine.layout import app_of
@@ -112,11 +119,7 @@ def maintenance(c, state, site=None, message="", json_=False, quiet=False):
     inventory = load_inventory(c)
     if state not in STATES:
         raise user_error(f"maintenance takes `on` or `off`, not {state!r}")
-    if site is None:
-        raise user_error("which site? --site NAME (one of sites.<name> in hosts.toml)")
-    if site not in inventory.sites:
-        raise user_error(f"unknown site {site!r} (sites.{site} in {inventory.path.name})")
-    chosen = inventory.sites[site]
+    chosen = site_named(inventory, site)
     web = site_hosts(c, inventory, topology.hosts_with(inventory, chosen, "web"))
     run_plans(
         c,

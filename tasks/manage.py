@@ -19,7 +19,14 @@ import sys
 from invoke import Exit
 
 from .engine import topology, values
-from .engine.cli import load_inventory, remainder, site_hosts, targets_task, user_error
+from .engine.cli import (
+    load_inventory,
+    remainder,
+    site_hosts,
+    site_named,
+    targets_task,
+    user_error,
+)
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
 from .engine.remote import Remote, RemoteError
@@ -64,14 +71,6 @@ def command(site: Site, args: list[str], with_env: bool = False) -> str:
     )
 
 
-def _site(inventory: Inventory, name: str | None) -> Site:
-    if name is None:
-        raise user_error("which site? --site NAME (one of sites.<name> in hosts.toml)")
-    if name not in inventory.sites:
-        raise user_error(f"unknown site {name!r} (sites.{name} in {inventory.path.name})")
-    return inventory.sites[name]
-
-
 def _hosts(c, inventory: Inventory, site: Site) -> list[Host]:
     found = site_hosts(c, inventory, topology.hosts_with(inventory, site, "app"))
     if not found:
@@ -83,7 +82,7 @@ def run_manage(
     c, site_name: str | None, args: list[str], all_hosts: bool, tty: bool, env: list[str]
 ) -> int:
     inventory = load_inventory(c)
-    site = _site(inventory, site_name)
+    site = site_named(inventory, site_name)
     if not args:
         raise user_error("what to run? fab app.manage --site S -- COMMAND [ARGS...]")
     hosts = _hosts(c, inventory, site)

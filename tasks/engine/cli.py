@@ -27,7 +27,7 @@ from invoke import Call, Exit, Task, task
 from . import hostinfo
 from .executor import HostPlan, Mode, Phase, batches, converge
 from .hostinfo import HostInfo, Profile
-from .inventory import DEFAULT_INVENTORY, Host, Inventory, InventoryError, load
+from .inventory import DEFAULT_INVENTORY, Host, Inventory, InventoryError, Site, load
 from .remote import Remote, RemoteError
 from .report import HostReport, Reporter
 from .steps import Step
@@ -158,6 +158,15 @@ def target_hosts(c, inventory: Inventory) -> list[Host]:
     if not hosts:
         raise Exit("error: no target hosts", code=2)
     return hosts
+
+
+def site_named(inventory: Inventory, name: str | None) -> Site:
+    """The site a task's --site names; a user error when it is missing or unknown."""
+    if name is None:
+        raise user_error("which site? --site NAME (one of sites.<name> in hosts.toml)")
+    if name not in inventory.sites:
+        raise user_error(f"unknown site {name!r} (sites.{name} in {inventory.path.name})")
+    return inventory.sites[name]
 
 
 def site_hosts(c, inventory: Inventory, hosts: list[Host]) -> list[Host]:
