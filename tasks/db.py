@@ -458,11 +458,7 @@ def restore_plan(
         by_phase["maintenance-on"] = maintenance.steps(inventory, site, "on", message)
         by_phase["maintenance-off"] = maintenance.steps(inventory, site, "off", "")
     if workers:
-        stop = "\n".join(
-            f"{procs.SUPERVISORCTL} stop {shlex.quote(u)}" if procs.is_program(u)
-            else f"systemctl stop {shlex.quote(u)}"
-            for u in workers
-        )  # fmt: skip
+        stop = "\n".join(line for u in workers for line in procs.stop(u))
         by_phase["stop"] = [Run(f"stop-workers:{site.name}", f"workers {site.name}", "stop", stop)]
         by_phase["start"] = [Service(u) for u in workers]
     if holds_database(inventory, site, host):

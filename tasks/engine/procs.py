@@ -90,11 +90,18 @@ def start(name: str) -> list[str]:
     return [f"systemctl start {_q(name)}"]
 
 
+def stop(name: str) -> list[str]:
+    """Stop (gracefully: Celery's warm shutdown); its file stays."""
+    if is_program(name):
+        return [f"{SUPERVISORCTL} stop {_q(name)} >/dev/null"]
+    return [f"systemctl stop {_q(name)}"]
+
+
 def restart(name: str) -> list[str]:
     """Stop (gracefully: Celery's warm shutdown) and start with its current file."""
     if is_program(name):
         # Stopped first: `update` of a changed program that runs would restart it once more.
-        return [f"{SUPERVISORCTL} stop {_q(name)} >/dev/null", *start(name)]
+        return [*stop(name), *start(name)]
     return [f"systemctl restart {_q(name)}"]
 
 
