@@ -87,7 +87,13 @@ def keep(spec: dict) -> int:
     else:
         print("LOCKED", flush=True)
     rest = sys.stdin.buffer.read()
-    _append_audit(rest)
+    if _append_audit(rest):
+        # The run waits for this before it closes its connection: sshd drops what it has not
+        # yet passed on when the connection goes, and the audit lines would go with it.
+        try:
+            print("AUDITED", flush=True)
+        except OSError:
+            pass  # the run did not wait; the lines are written all the same
     info["draining"] = True
     for site in sites:
         _write_info(site, info)
@@ -98,12 +104,13 @@ def keep(spec: dict) -> int:
 AUDIT_FILE = Path(os.environ.get("DJK_AGENT_AUDIT", "/var/log/djk/audit.jsonl"))
 
 
-def _append_audit(data: bytes) -> None:
+def _append_audit(data: bytes) -> bool:
     """The run's audit lines (`AUDIT <json>`), handed over as it lets go: appended to the audit
-    log (root-only, under an flock: other hosts' keepers write their own files)."""
+    log (root-only, under an flock: other hosts' keepers write their own files). Whether there
+    were any."""
     lines = [ln[6:] for ln in data.splitlines() if ln.startswith(b"AUDIT ")]
     if not lines:
-        return
+        return False
     AUDIT_FILE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(AUDIT_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
@@ -111,6 +118,7 @@ def _append_audit(data: bytes) -> None:
         os.write(fd, b"".join(line + b"\n" for line in lines))
     finally:
         os.close(fd)
+    return True
 
 
 def _run_first(run: str) -> None:

@@ -31,6 +31,10 @@ class Result:
         return self.rc == 0
 
 
+# How long a run's end waits for the lock's keeper to write its audit lines.
+AUDIT_WAIT = 10.0
+
+
 class RemoteError(Exception):
     pass
 
@@ -77,6 +81,10 @@ class Remote:
             if last:
                 try:
                     channel.sendall(last)
+                    channel.shutdown_write()
+                    # Wait for the keeper to say the lines are written: closing the connection
+                    # at once can lose them (sshd drops input it has not passed on yet).
+                    _await_line(channel, b"AUDITED", AUDIT_WAIT)
                 except OSError:
                     pass
             self.release(channel)
@@ -198,6 +206,22 @@ class Remote:
         finally:
             channel.close()
         return Result(rc, out, b"".join(err_chunks).decode("utf-8", "replace"))
+
+
+def _await_line(channel, want: bytes, seconds: float) -> bool:
+    """Read a held command's output until a line `want` (True), its end or `seconds` pass."""
+    channel.settimeout(seconds)
+    seen = b""
+    try:
+        while True:
+            chunk = channel.recv(4096)
+            if not chunk:
+                return False
+            seen += chunk
+            if want in seen.splitlines():
+                return True
+    except TimeoutError:
+        return False
 
 
 def _send(channel, data: bytes) -> None:

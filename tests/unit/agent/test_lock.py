@@ -147,7 +147,9 @@ def test_a_keeper_appends_the_audit_line_it_is_handed_as_the_run_lets_go(keepers
     assert first.stdout.readline().strip() == "LOCKED"
     first.stdin.write('AUDIT {"result": "ok"}\nnot an audit line\n')
     first.stdin.close()
-    assert first.wait(timeout=10) == 0
+    # The run waits for this before closing its connection; the line is on disk by then.
+    assert first.stdout.readline().strip() == "AUDITED"
     log = tmp_path / "log" / "audit.jsonl"
     assert log.read_text() == '{"result": "ok"}\n'
+    assert first.wait(timeout=10) == 0
     assert oct(log.stat().st_mode & 0o777) == "0o600"
