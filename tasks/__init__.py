@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (importing registers each component)
     db,
     flower,
     lock,
+    logs,
     maintenance,
     manage,
     media,
@@ -52,5 +53,6 @@ for module in (app, nginx, multidomain, lock, celery, flower, db):
 ns.collections["app"].add_task(maintenance.maintenance)
 ns.collections["app"].add_task(manage.manage)
 ns.collections["app"].add_task(manage.shell)
+ns.collections["app"].add_task(logs.logs)
 
 __all__ = ["Component", "HostRun", "NginxPart", "components", "ns", "register", "tls"]

@@ -158,7 +158,9 @@ class NginxComponent(Component):
         )
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
-        return ["nginx"] if self.runs_on(host) else []
+        # logrotate: Debian's nginx package ships its rules (/var/log/nginx/*.log, each site's
+        # own files included) but does not depend on it; a bare host lacks it.
+        return ["nginx", "logrotate"] if self.runs_on(host) else []
 
     def steps(self, phase: str, run: HostRun) -> list[Step]:
         if not self.runs_on(run.host):

@@ -180,6 +180,15 @@ class SitePaths:
         return f"/etc/nginx/sites-enabled/djk-site-{self.name}.conf"
 
     @property
+    def nginx_access_log(self) -> str:
+        """The site's own nginx logs; Debian's logrotate rotates /var/log/nginx/*.log."""
+        return f"/var/log/nginx/djk-{self.name}.access.log"
+
+    @property
+    def nginx_error_log(self) -> str:
+        return f"/var/log/nginx/djk-{self.name}.error.log"
+
+    @property
     def old_upstream_conf(self) -> str:
         """Where kit versions before the socket switch kept the upstream (removed on sight)."""
         return f"{UPSTREAM_DIR}/{self.name}.upstream"

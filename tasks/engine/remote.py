@@ -147,6 +147,42 @@ class Remote:
         if channel in self._held:
             self._held.remove(channel)
 
+    def stream(
+        self, script: str, on_line: Callable[[str], None], stop: threading.Event
+    ) -> int | None:
+        """Run a script as root whose stdin stays open until `stop` is set (its lifeline:
+        `fab app.logs --follow`), each output line to `on_line`; its exit status (None when it
+        was still running as it was let go)."""
+        with self._lock:
+            self.commands += 1
+        try:
+            channel = self._transport().open_session()
+            channel.exec_command(self._command(script))
+        except RemoteError:
+            raise
+        except Exception as exc:  # paramiko: SSHException, EOFError, socket errors
+            raise RemoteError(f"connection to {self.host.name} lost: {exc}") from None
+        ended = threading.Event()
+
+        def read() -> None:
+            try:
+                _read_stdout(channel, on_line)
+            finally:
+                ended.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            while not stop.is_set() and not ended.is_set():
+                stop.wait(0.2)
+            if not ended.is_set():
+                channel.shutdown_write()  # the script sees end of input and ends
+                ended.wait(5)
+            return channel.recv_exit_status() if channel.exit_status_ready() else None
+        except OSError:
+            return None
+        finally:
+            channel.close()
+
     def interactive(self, script: str) -> int:
         """Run a shell script as root on a pseudo-terminal wired to this terminal (a person at
         the keyboard: `fab app.shell`); its exit status."""

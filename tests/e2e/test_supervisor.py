@@ -143,6 +143,21 @@ def test_deploy_and_rollback_under_load_fail_nothing(deployed, project, fresh_ho
     assert [p for p, s in states.items() if "-web-" in p and s == "RUNNING"] == [web(fresh_host)]
 
 
+def test_logs_come_from_the_programs_log_files(deployed, project, fresh_host):
+    mark = f"probe-{time.time_ns()}"
+    assert "200 OK" in curl(fresh_host, f"/health/?{mark}")
+    out = project.fab("app.logs", "--site", "example", "--unit", "web", "--lines", "5")
+    assert out.code == 0, out.err
+    assert [ln for ln in out.out.splitlines() if mark in ln][0].startswith("web1     | example web")
+    both = ("--unit", "worker", "--unit", "nginx")
+    read = project.fab("app.logs", "--site", "example", *both, "--json")
+    rows = [json.loads(ln) for ln in read.out.splitlines()]
+    sources = {r["source"] for r in rows}
+    assert "/var/log/supervisor/djk-example-worker.log" in sources
+    assert "/var/log/nginx/djk-example.access.log" in sources
+    assert any(mark in r["message"] for r in rows if r["unit"] == "nginx")
+
+
 def test_a_killed_process_is_restarted_by_supervisord(deployed, fresh_host):
     for program in (web(fresh_host), f"{SITE}-worker"):
         pid = program_pid(fresh_host, program)
