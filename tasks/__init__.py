@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (importing registers each component)
     database,
     db,
     flower,
+    hooks,
     lock,
     logs,
     maintenance,
@@ -22,6 +23,7 @@ from . import (  # noqa: F401  (importing registers each component)
     media,
     multidomain,
     nginx,
+    notify,
     rabbitmq,
     supervisor,
     tls,
@@ -33,11 +35,13 @@ from .engine.component import Component, HostRun, NginxPart, components, order, 
 
 # The order the kit's components run in, whatever order their modules were imported in:
 # provision's packages first (and supervisord where it runs the sites), then each site's app,
-# its workers, TLS and nginx in front, then the rules between sites. A team's components
-# come after these.
+# its workers, TLS and nginx in front, then the rules between sites; last the team's hooks and
+# the notifications (hooks first: a local hook that refuses a deploy stops it before the webhook
+# hears of it). A team's components come after these.
 order(
     ["provision", "supervisor", "lock", "database", "backups", "app", "celery", "rabbitmq",
-     "flower", "media", "maintenance", "tls", "nginx", "multidomain"]
+     "flower", "media", "maintenance", "tls", "nginx", "multidomain", "hooks",
+     "notify"]
 )  # fmt: skip
 cli.install()
 

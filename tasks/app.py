@@ -229,7 +229,8 @@ def env_entries(inventory: Inventory, site: Site) -> list[tuple[str, str | Secre
     for component in components():
         entries.update(component.env(inventory, site))
     entries.update(site.env)
-    entries.update(site.secrets)
+    local = {key for component in components() for key in component.control_secrets(site)}
+    entries.update((k, v) for k, v in site.secrets.items() if k not in local)
     return list(entries.items())
 
 

@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 from . import celery, maintenance
 from . import database as D
 from .app import Build, Previous, live_release, migrates_here
+from .engine import events, procs, topology
 from .engine import facts as F
-from .engine import procs, topology
 from .engine.cli import (
     load_inventory,
     run_plans,
@@ -499,13 +499,20 @@ def restore(c, site=None, from_=None, yes=False, message="", json_=False, quiet=
             raise user_error("not restored")
     involved = [inventory.hosts[n] for n in chosen.hosts]
     involved += [h for h in database_hosts(c, inventory, chosen) if h not in involved]
-    run_plans(
-        c,
-        lambda inv, host: restore_plan(inv, host, chosen, from_, message),
-        json_=json_,
-        quiet=quiet,
-        inventory=inventory,
-        hosts=involved,
+    announced = events.announcer(
+        "restore", inventory, involved, json_, False, only=chosen.name, detail=from_
+    )
+    events.announced_run(
+        announced,
+        lambda collect: run_plans(
+            c,
+            lambda inv, host: restore_plan(inv, host, chosen, from_, message),
+            json_=json_,
+            quiet=quiet,
+            inventory=inventory,
+            hosts=involved,
+            collect=collect,
+        ),
     )
 
 

@@ -11,7 +11,7 @@ import time
 
 from . import app, database
 from .app import sites_or_exit
-from .engine import kept, topology
+from .engine import events, kept, topology
 from .engine import releases as R
 from .engine.cli import (
     load_inventory,
@@ -141,18 +141,27 @@ def deploy(
     # Before the builds: they carry the sites as the plans see them.
     inventory = with_kept_secrets(c, inventory, targets, create=not check)
     builds = new_builds(inventory, targets, now, ref, allow_dirty)
-    run_plans(
-        c,
-        lambda inv, host: deploy_plan(
-            inv, host, builds, wait, reached=host.name in {h.name for h in reached}
+    names = [h.name for h in targets]
+    announced = events.announcer("deploy", inventory, targets, json_, check)
+    announced.releases = {name: b.release_id for name, b in builds.items()}
+    announced.revisions = {name: b.revision for name, b in builds.items()}
+    events.announced_run(
+        announced,
+        lambda collect: run_plans(
+            c,
+            lambda inv, host: deploy_plan(
+                inv, host, builds, wait, reached=host.name in {h.name for h in reached},
+                targets=names,
+            ),
+            check=check,
+            diff=diff,
+            json_=json_,
+            quiet=quiet,
+            batch=batch,
+            inventory=inventory,
+            hosts=targets + reached,
+            collect=collect,
         ),
-        check=check,
-        diff=diff,
-        json_=json_,
-        quiet=quiet,
-        batch=batch,
-        inventory=inventory,
-        hosts=targets + reached,
     )
 
 
@@ -210,6 +219,7 @@ def deploy_plan(
     builds: dict[str, app.Build],
     wait: float | None = 0,
     reached: bool = False,
+    targets: list[str] | tuple[str, ...] = (),
 ) -> HostPlan:
     sites = tuple(sites_or_exit(inventory, host))
     # Each site's build as this host installs it (its Python, its wheels); a host that only
@@ -224,7 +234,7 @@ def deploy_plan(
         sites,
         here,
         target=lambda site: app.Wanted(here[site.name]),
-        options={"lock_wait": wait, "reached": reached},
+        options={"lock_wait": wait, "reached": reached, "targets": tuple(targets)},
     )
     return compose(run, DEPLOY_PHASES)
 
@@ -294,13 +304,18 @@ def rollback(
     # A db host that is not a target is reached too: its backups decide the guard, and with
     # --restore-db it restores.
     reached = database.reached_db_hosts(inventory, targets)
-    run_plans(
-        c,
-        lambda inv, host: rollback_plan(inv, host, site, to, wait, db),
-        json_=json_,
-        quiet=quiet,
-        inventory=inventory,
-        hosts=targets + reached,
+    announced = events.announcer("rollback", inventory, targets, json_, False, only=site)
+    events.announced_run(
+        announced,
+        lambda collect: run_plans(
+            c,
+            lambda inv, host: rollback_plan(inv, host, site, to, wait, db),
+            json_=json_,
+            quiet=quiet,
+            inventory=inventory,
+            hosts=targets + reached,
+            collect=collect,
+        ),
     )
 
 

@@ -194,6 +194,7 @@ def run_plans(
     recap: bool = True,
     hosts: list[Host] | None = None,
     audit: Callable | None = None,
+    collect: list[HostReport] | None = None,
 ) -> list[HostReport]:
     """Build every host's plan first (user errors end here, before any host is touched), then
     converge them in parallel and close with a recap; exit 1 if any host failed.
@@ -201,7 +202,8 @@ def run_plans(
     Plans are built for what each host is (engine/hostinfo.py): the profile remembered from the
     last run, or, for a host never seen, read now over the connection the run then goes on
     with. A host that changed since is planned again when the first round trip shows it.
-    `audit(facts, report) -> {site: {...}}`: the run leaves an audit line on each host."""
+    `audit(facts, report) -> {site: {...}}`: the run leaves an audit line on each host.
+    `collect` gets the reports, also when the run failed (an Exit follows)."""
     inventory = inventory or load_inventory(c)
     hosts = hosts if hosts is not None else target_hosts(c, inventory)
     if not hosts:
@@ -253,6 +255,8 @@ def run_plans(
     for host, report in zip(hosts, reports, strict=True):
         if report.host_info is not None:
             hostinfo.remember(host.login, report.host_info)
+    if collect is not None:
+        collect.extend(reports)
     if recap:
         reporter.recap(reports)
     if any(r.failed for r in reports):

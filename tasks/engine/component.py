@@ -14,7 +14,10 @@ A component declares
 - `nginx`: snippets for the site's server block, files validated with nginx's configuration and
   steps around it;
 - `steps`: its steps for a phase of a run on one host ("provision", "stage", "migrate",
-  "switch", "verify"), and `holds`: what the run holds there meanwhile (the deploy lock).
+  "switch", "verify"), and `holds`: what the run holds there meanwhile (the deploy lock);
+- `on_event`: what it does on the control machine as a deploy, rollback or restore starts and
+  ends (engine/events.py: local hooks, notifications), and `control_secrets`: secrets it uses
+  there that never go to a host (a webhook's URL).
 
 Register one with `register(component)`, in the kit (`tasks/__init__.py`) or from a team's
 fabfile. Components run in registration order.
@@ -29,6 +32,9 @@ from typing import TYPE_CHECKING, Any
 from .facts import Facts
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from .events import RunEvent, Say
     from .inventory import Host, Inventory, Site
     from .schema import Table
     from .secrets import Secret
@@ -119,6 +125,17 @@ class Component:
     def holds(self, run: HostRun) -> list:
         """What a run must hold on the host from connecting to closing (executor.Hold)."""
         return []
+
+    def on_event(self, event: RunEvent, say: Say) -> Future | None:
+        """A run's start or end, per site (engine/events.py). Raise events.Refused at a start
+        to stop the run before any host is touched; return a Future for work that may go on
+        during the run (waited for before its end is announced)."""
+        return None
+
+    def control_secrets(self, site: Site) -> tuple[str, ...]:
+        """Keys of the site's secrets this component uses on the control machine only: left
+        out of the env file the hosts get."""
+        return ()
 
     def runs_on(self, host: Host) -> bool:
         from .topology import roles

@@ -457,6 +457,7 @@ def _audit(session: _Session) -> bytes:
         plan.audit(session.initial, report),
         report.error or "",
     )
+    report.extra["audit_line"] = entry  # what the run's end tells (engine/events.py)
     if session.remote.holding:
         return b"AUDIT " + audit.line(entry)
     session.remote.run(audit.APPEND, stdin=audit.line(entry))

@@ -1,16 +1,22 @@
 """Operating a live site on a real host (systemd, Celery, Flower): `fab app.logs` with its units,
---lines, --follow, --since and --json, each site's own nginx logs rotated by logrotate."""
+--lines, --follow, --since and --json, each site's own nginx logs rotated by logrotate; hooks on
+the host and on the control machine; a webhook that hears deploys succeed and fail, and one that
+never answers."""
 
 from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .kit import Project, curl, sh, spawn_fab, wait_for, wait_for_line
+from testbed import net
+
+from .kit import Project, curl, health, sh, snapshot, spawn_fab, wait_for, wait_for_line
 
 pytestmark = pytest.mark.e2e
 FLOWER_PASSWORD = "flower-Pw-0p3r8"
@@ -115,3 +121,191 @@ def test_logs_follow_shows_a_later_request_and_stops_with_the_run(project, deplo
 def test_logs_need_a_known_site(project, deployed):
     run = project.fab("app.logs", "--site", "nope")
     assert run.code == 2 and "unknown site 'nope'" in run.err
+
+
+# -- hooks and notifications ---------------------------------------------------------------------
+
+
+class Webhook:
+    """An HTTP server on the control machine's side of the test network, recording what it is
+    sent; `hang`: it accepts and never answers."""
+
+    def __init__(self, address: str, hang: bool = False) -> None:
+        self.received: list[dict] = []
+        self.release = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                outer.received.append(
+                    json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                )
+                if hang:
+                    outer.release.wait(60)
+                    return
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((address, 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://{address}:{self.server.server_port}/hooks/s3cret-t0ken"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def configured(project, src):
+    """Change the site's hooks.toml keys and secrets for one test; put them back after."""
+    saved_site, saved_secrets = dict(project.site), dict(project.secrets)
+
+    def configure(**keys) -> None:
+        project.site.update(keys)
+        project.write()
+
+    yield configure
+    project.site.clear()
+    project.site.update(saved_site)
+    project.secrets.clear()
+    project.secrets.update(saved_secrets)
+    project.write()
+
+
+def new_version(src) -> str:
+    version = uuid.uuid4().hex[:6]
+    (src / "VERSION").write_text(version + "\n")
+    return version
+
+
+def test_a_failing_before_switch_hook_stops_the_deploy(
+    project, deployed, fresh_host, src, configured
+):
+    live = health(fresh_host)["release"]
+    configured(hooks={"before_switch": ["echo checking $DJK_RELEASE", "exit 1"]})
+    new_version(src)
+    run = project.fab("-H", "web1", "deploy")
+    assert run.code == 1, run.out
+    assert "hook before_switch example" in run.out and "checking 2" in run.out
+    assert health(fresh_host)["release"] == live  # nothing switched
+    assert "switch example" not in [
+        ln.split("|")[2].strip()
+        for ln in run.out.splitlines()
+        if ln.count("|") >= 2 and "changed" in ln
+    ]
+
+
+def test_host_hooks_run_as_the_site_user_in_the_new_release(
+    project, deployed, fresh_host, src, configured
+):
+    before = health(fresh_host)["release"]
+    record = (
+        "env | grep ^DJK_ | sort > /tmp/hook-{0}.txt; id -un >> /tmp/hook-{0}.txt; "
+        "pwd >> /tmp/hook-{0}.txt; command -v python >> /tmp/hook-{0}.txt"
+    )
+    configured(
+        hooks={
+            "before_switch": record.format("before"),
+            "after_switch": [record.format("after"), "echo after failed; exit 4"],
+        }
+    )
+    new_version(src)
+    run = project.fab("-H", "web1", "deploy", "--json")
+    assert run.code == 1  # the after-switch hook failed: reported, the release stays
+    now = health(fresh_host)["release"]
+    assert now != before
+    failed = [s for s in run.host("web1")["steps"] if s["status"] == "failed"]
+    assert [s["step"] for s in failed] == ["hook after_switch example"], failed
+    for when, status in (("before", "switching"), ("after", "switched")):
+        lines = sh(fresh_host, f"cat /tmp/hook-{when}.txt").splitlines()
+        assert f"DJK_RELEASE={now}" in lines and f"DJK_PREVIOUS={before}" in lines
+        assert f"DJK_STATUS={status}" in lines and "DJK_SITE=example" in lines
+        assert "DJK_HOSTS=web1" in lines and any(ln.startswith("DJK_REVISION=") for ln in lines)
+        assert lines[-3:] == [
+            "djk-example",
+            f"/srv/djk/example/releases/{now}",
+            f"/srv/djk/example/releases/{now}/.venv/bin/python",
+        ]
+    # Nothing new: no hook runs, nothing changes.
+    again = project.fab("-H", "web1", "deploy", "--json")
+    assert again.code == 0 and again.host("web1")["changed"] == 0
+
+
+def test_local_hooks_see_the_documented_variables(project, deployed, fresh_host, src, configured):
+    record = "env | grep ^DJK_ | sort > local-{0}.txt"
+    configured(
+        hooks={
+            "local_before": record.format("before"),
+            "local_after": record.format("after"),
+            "local_failure": record.format("failure"),
+        }
+    )
+    before = health(fresh_host)["release"]
+    new_version(src)
+    run = fab(project, "-H", "web1", "deploy")
+    now = health(fresh_host)["release"]
+    start = (project.dir / "local-before.txt").read_text().splitlines()
+    assert f"DJK_RELEASE={now}" in start and "DJK_STATUS=started" in start
+    end = (project.dir / "local-after.txt").read_text().splitlines()
+    assert f"DJK_PREVIOUS={before}" in end and "DJK_STATUS=succeeded" in end
+    assert "DJK_HOSTS=web1" in end and "DJK_ACTION=deploy" in end
+    assert any(ln.startswith("DJK_USER=") and "@" in ln for ln in end)
+    assert not (project.dir / "local-failure.txt").exists()
+    assert "local    | ..." in run.out
+    # A local before-hook that fails: nothing is touched.
+    configured(hooks={"local_before": "exit 9"})
+    marker = snapshot(fresh_host)
+    new_version(src)
+    refused = project.fab("-H", "web1", "deploy")
+    assert refused.code == 1 and "exited 9; nothing was changed" in refused.err
+    assert snapshot(fresh_host) == marker and health(fresh_host)["release"] == now
+
+
+def test_a_webhook_hears_deploys_that_succeed_and_fail(
+    project, deployed, fresh_host, src, configured, testbed
+):
+    hook = Webhook(net.gateway(testbed.subnet))
+    try:
+        project.secrets["DEPLOY_WEBHOOK_URL"] = hook.url
+        configured(notify={})
+        new_version(src)
+        run = fab(project, "-H", "web1", "deploy")
+        now = health(fresh_host)["release"]
+        assert [m["status"] for m in hook.received] == ["started", "succeeded"]
+        done = hook.received[1]
+        assert done["release"] == now and done["site"] == "example" and done["hosts"] == ["web1"]
+        assert done["action"] == "deploy" and "@" in done["by"] and done["changed"] is True
+        assert "delivered" in run.out and "s3cret-t0ken" not in run.out
+        # The URL stays on this machine: not in the host's env file.
+        assert "s3cret-t0ken" not in sh(fresh_host, "cat /srv/djk/example/shared/env")
+        configured(notify={}, hooks={"before_switch": "exit 1"})
+        new_version(src)
+        assert project.fab("-H", "web1", "deploy").code == 1
+        failed = hook.received[-1]
+        assert failed["status"] == "failed" and "hook before_switch example" in failed["error"]
+    finally:
+        hook.close()
+
+
+def test_a_webhook_that_never_answers_does_not_fail_the_deploy(
+    project, deployed, fresh_host, src, configured, testbed
+):
+    hook = Webhook(net.gateway(testbed.subnet), hang=True)
+    try:
+        project.secrets["DEPLOY_WEBHOOK_URL"] = hook.url
+        configured(notify={"timeout": 2})
+        new_version(src)
+        began = time.monotonic()
+        run = project.fab("-H", "web1", "deploy")
+        assert run.code == 0, run.out + run.err
+        lines = [ln for ln in run.out.splitlines() if "webhook" in ln]
+        assert len(lines) == 2 and all("no answer within 2 s" in ln for ln in lines), lines
+        assert time.monotonic() - began < 60
+        assert len(hook.received) == 2
+    finally:
+        hook.close()

@@ -79,7 +79,7 @@ def _steps(case: dict, inventory):
     else:
         release, tree = case["build"]["release"], case["build"]["tree"]
         builds = {s.name: app.Build(s, release, tree, "d1", "rev") for s in sites}
-        plan = deploy_plan(inventory, host, builds)
+        plan = deploy_plan(inventory, host, builds, targets=[host.name])
     (phase,) = [p for p in plan.phases if p.name == case["phase"]]
     return phase.steps
 
