@@ -26,6 +26,7 @@ from . import (  # noqa: F401  (importing registers each component)
     notify,
     rabbitmq,
     supervisor,
+    timers,
     tls,
 )
 from . import provision as _provision  # noqa: E402, I001
@@ -40,7 +41,7 @@ from .engine.component import Component, HostRun, NginxPart, components, order, 
 # hears of it). A team's components come after these.
 order(
     ["provision", "supervisor", "lock", "database", "backups", "app", "celery", "rabbitmq",
-     "flower", "media", "maintenance", "tls", "nginx", "multidomain", "hooks",
+     "flower", "timers", "media", "maintenance", "tls", "nginx", "multidomain", "hooks",
      "notify"]
 )  # fmt: skip
 cli.install()

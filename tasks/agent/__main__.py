@@ -13,7 +13,8 @@ import sys
 # run, and the switch's modules (http.client, ssl) would double its start-up.
 COMMANDS = {"switch": ("switch", "switch"), "verify": ("switch", "verify")}
 ARGUMENT_COMMANDS = {"lock-keep": ("lock", "keep"), "lock-status": ("lock", "status"),
-                     "lock-clear": ("lock", "clear"), "logs": ("logs", "logs")}  # fmt: skip
+                     "lock-clear": ("lock", "clear"), "logs": ("logs", "logs"),
+                     "timer": ("timer", "timer")}  # fmt: skip
 
 
 def _function(where: tuple[str, str]):

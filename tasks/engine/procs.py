@@ -139,9 +139,14 @@ def site_processes_command(site_name: str) -> str:
     base = f"djk-{site_name}-"
     units = " ".join([f"{base}{r}.service" for r in SITE_ROLES] + [f"{base}forward.socket"])
     programs = " ".join(f"{base}{r}" for r in SITE_ROLES)
+    # Timers (tasks/timers.py): djk-<site>-timer_<job>; no site name holds "_".
+    timers = f"{base}timer_*"
     return (
         f'for u in {units}; do [ ! -f {SYSTEMD_DIR}/"$u" ] || echo "$u"; done; '
-        f'for p in {programs}; do [ ! -f {SUPERVISOR_DIR}/"$p".conf ] || echo "$p"; done'
+        f'for p in {programs}; do [ ! -f {SUPERVISOR_DIR}/"$p".conf ] || echo "$p"; done; '
+        f"for f in {SYSTEMD_DIR}/{timers}.timer {SYSTEMD_DIR}/{timers}.service; do "
+        '[ ! -f "$f" ] || echo "${f##*/}"; done; '
+        f'for f in {SUPERVISOR_DIR}/{timers}.conf; do [ ! -f "$f" ] || basename "$f" .conf; done'
     )
 
 

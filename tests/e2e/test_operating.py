@@ -309,3 +309,44 @@ def test_a_webhook_that_never_answers_does_not_fail_the_deploy(
         assert len(hook.received) == 2
     finally:
         hook.close()
+
+
+# -- timers --------------------------------------------------------------------------------------
+
+# The job proves where and as whom it ran; `%` and `$` reach Python as typed (systemd's own
+# specifiers and variables are escaped).
+PROBE_JOB = (
+    "shell -c \"import os, pathlib; pathlib.Path('/srv/djk/example/shared/timer-ran')"
+    ".write_text('%s %d $HOME' % (os.getcwd(), os.getuid()))\""
+)
+
+
+def test_a_timer_fires_in_the_live_release_as_the_site_user_and_goes_when_dropped(
+    project, deployed, fresh_host, configured
+):
+    configured(timers={"probe": {"schedule": "*:*:0/2", "command": PROBE_JOB}})
+    run = fab(project, "-H", "web1", "deploy", "--json")
+    names = [s["step"] for s in run.host("web1")["steps"] if s["status"] == "changed"]
+    assert "unit djk-example-timer_probe.timer" in names, names
+    live = health(fresh_host)["release"]
+    ran = wait_for(
+        lambda: sh(fresh_host, "cat /srv/djk/example/shared/timer-ran 2>/dev/null || true"), 20
+    )
+    uid = sh(fresh_host, "id -u djk-example").strip()
+    assert ran == f"/srv/djk/example/releases/{live} {uid} $HOME", ran
+    assert sh(fresh_host, "systemctl is-enabled djk-example-timer_probe.timer").strip() == "enabled"
+    # Nothing new: nothing changes.
+    again = fab(project, "-H", "web1", "deploy", "--json").host("web1")
+    assert again["changed"] == 0, [s for s in again["steps"] if s["status"] == "changed"]
+    # A schedule systemd does not read stops before any file changes.
+    configured(timers={"probe": {"schedule": "every tuesday", "command": PROBE_JOB}})
+    bad = project.fab("-H", "web1", "deploy")
+    assert bad.code == 1 and "timers.probe.schedule: systemd on this host does not read" in bad.out
+    # Taken out of hosts.toml: stopped and deleted.
+    configured(timers={})
+    project.site.pop("timers")
+    project.write()
+    fab(project, "-H", "web1", "deploy")
+    left = sh(fresh_host, "ls /etc/systemd/system | grep timer_ || true; systemctl list-timers "
+                          "--all --no-legend | grep djk-example || true")  # fmt: skip
+    assert left.strip() == ""

@@ -3,9 +3,11 @@ failing batch that sends the already switched hosts back."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from .kit import Load, Project, health
+from .kit import Load, Project, health, sh, wait_for
 
 pytestmark = pytest.mark.e2e
 NAMES = ["web1", "web2", "web3"]
@@ -22,12 +24,16 @@ def project(hosts, tmp_path_factory, src):
     project.site["source"] = str(src)
     project.site["migrate_on"] = "every"  # sqlite: one database per host
     project.site["hosts"] = ["prod"]
+    write(project)
+    return project
+
+
+def write(project) -> None:
     project.write()
     text = project.inventory.read_text().replace(
         "[sites.example]", '[groups]\nprod = ["web1", "web2", "web3"]\n[sites.example]'
     )
     project.inventory.write_text(text)
-    return project
 
 
 def releases(run) -> dict[str, str]:
@@ -87,3 +93,26 @@ def test_failed_batch_stops_and_switched_hosts_go_back(project, hosts, src):
     assert fixed.code == 0, fixed.out + fixed.err
     assert len({health(h)["release"] for h in hosts}) == 1
     assert health(hosts[1])["version"] == "3.0.0"
+
+
+def test_a_timer_runs_on_one_host_of_the_site_or_on_every_one(project, hosts):
+    job = "shell -c \"open('/srv/djk/example/shared/timer-ran', 'a').write('x')\""
+    ran = "cat /srv/djk/example/shared/timer-ran 2>/dev/null || true"
+    for run_on, expected in (("one", [True, False, False]), ("every", [True, True, True])):
+        for h in hosts:
+            sh(h, "rm -f /srv/djk/example/shared/timer-ran 2>/dev/null || true")
+        project.site["timers"] = {"tick": {"schedule": "*:*:0/2", "command": job,
+                                           "run_on": run_on}}  # fmt: skip
+        write(project)
+        run = project.fab("-H", "prod", "deploy")
+        assert run.code == 0, run.out + run.err
+        assert wait_for(lambda: sh(hosts[0], ran), 20)
+        time.sleep(5)  # others would have fired by now
+        assert [bool(sh(h, ran)) for h in hosts] == expected, run_on
+        units = [sh(h, "ls /etc/systemd/system | grep -c timer_ || true").strip() for h in hosts]
+        assert units == [("2" if e else "0") for e in expected]
+    project.site.pop("timers")
+    write(project)
+    assert project.fab("-H", "prod", "deploy").code == 0
+    assert [sh(h, "ls /etc/systemd/system | grep -c timer_ || true").strip() for h in hosts] == [
+        "0", "0", "0"]  # fmt: skip

@@ -158,6 +158,33 @@ def test_logs_come_from_the_programs_log_files(deployed, project, fresh_host):
     assert any(mark in r["message"] for r in rows if r["unit"] == "nginx")
 
 
+def test_a_timer_is_a_program_that_runs_its_job_on_schedule(deployed, project, fresh_host):
+    job = ("shell -c \"import os, pathlib; pathlib.Path('/srv/djk/example/shared/timer-ran')"
+           ".write_text(os.getcwd() + ' ' + os.environ['USER'])\"")  # fmt: skip
+    project.site["timers"] = {"probe": {"schedule": "*:*:0/2", "command": job}}
+    project.write()
+    try:
+        run = project.fab("-H", "web1", "deploy")
+        assert run.code == 0, run.out + run.err
+        up = wait_for(lambda: status(fresh_host).get("djk-example-timer_probe") == "RUNNING", 10)
+        assert up, status(fresh_host)
+        live = health(fresh_host)["release"]
+        ran = wait_for(lambda: sh(fresh_host, "cat /srv/djk/example/shared/timer-ran "
+                                              "2>/dev/null || true"), 20)  # fmt: skip
+        assert ran == f"/srv/djk/example/releases/{live} djk-example"
+        assert "timer probe: exit 0" in sh(
+            fresh_host, "cat /var/log/supervisor/djk-example-timer_probe.log"
+        )
+        assert "timer_" not in sh(fresh_host, "ls /etc/systemd/system")  # no systemd timer
+    finally:
+        project.site.pop("timers")
+        project.write()
+    run = project.fab("-H", "web1", "deploy")
+    assert run.code == 0, run.out + run.err
+    assert "djk-example-timer_probe" not in status(fresh_host)
+    assert "timer_" not in sh(fresh_host, "ls /etc/supervisor/conf.d")
+
+
 def test_a_killed_process_is_restarted_by_supervisord(deployed, fresh_host):
     for program in (web(fresh_host), f"{SITE}-worker"):
         pid = program_pid(fresh_host, program)

@@ -1,0 +1,274 @@
+"""Periodic jobs: `[sites.<name>.timers.<job>]`.
+
+    [sites.shop.timers.clearsessions]
+    schedule = "*-*-* 03:00:00"        # systemd's OnCalendar syntax (man systemd.time)
+    command = "clearsessions"          # manage.py's arguments ...
+    # program = "bin/nightly --all"    # ... or a program in the release (path, arguments)
+    run_on = "one"                     # the site's first app host (default), or "every"
+    timeout = 3600                     # seconds a run may take (default: no limit)
+
+A job runs in the release `current` points to when it starts, as the site user, with the
+site's env file and the release's venv first on PATH. On systemd hosts it is a oneshot service
+`djk-<site>-timer_<job>.service` started by a timer unit of the same name (Persistent: a run
+missed while the host was down happens at boot); on supervisor hosts a program of that name
+in which the host agent waits for each time the schedule names (agent/timer.py). A schedule
+is checked by the host's own `systemd-analyze calendar` before any file is written; a job taken
+out of hosts.toml (or moved to another host by run_on) is stopped and its files deleted.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .engine import agent, procs, topology, values
+from .engine.component import Component, HostRun, register
+from .engine.facts import Fact, Lines
+from .engine.inventory import Host, Inventory, Site
+from .engine.layout import SitePaths
+from .engine.render import render
+from .engine.schema import Table
+from .engine.steps import Action, Context, File, Plan, Service, Step
+
+_JOB = re.compile(r"[a-z][a-z0-9-]{0,31}")
+# OnCalendar's alphabet: weekdays and month names, digits, * , . / ~ : - and spaces; systemd on
+# the host has the last word on what it means.
+_SCHEDULE = re.compile(r"[A-Za-z0-9*,./~: +-]{1,100}")
+INFIX = "-timer_"  # djk-<site>-timer_<job>: no site name holds "_", so no other site's match
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    schedule: str
+    argv: tuple[str, ...]  # relative to the release: ("manage.py", ...) or ("bin/x", ...)
+    manage: bool
+    run_on: str = "one"
+    timeout: int | None = None
+
+
+@dataclass(frozen=True)
+class Timers:
+    jobs: tuple[Job, ...]
+
+
+def job_name(value: str) -> str:
+    if not _JOB.fullmatch(value):
+        raise ValueError(
+            f"{values.show(value)} is not a job name (a-z, digits, -; starts with a letter; ≤ 32)"
+        )
+    return value
+
+
+def schedule(value: str) -> str:
+    if not _SCHEDULE.fullmatch(value) or not value.strip():
+        raise ValueError(f"{values.show(value)} is not an OnCalendar schedule (man systemd.time)")
+    return value.strip()
+
+
+def _words(value: str) -> tuple[str, ...]:
+    try:
+        words = tuple(shlex.split(value))
+    except ValueError as exc:
+        raise ValueError(f"{values.show(value)}: {exc}") from None
+    if not words:
+        raise ValueError("is empty")
+    return words
+
+
+def base_name(site: Site, job: str) -> str:
+    return f"djk-{site.name}{INFIX}{job}"
+
+
+def systemd_quote(word: str) -> str:
+    """One word of ExecStart=: double-quoted, with systemd's escapes (\\, ", % and $ taken
+    literally)."""
+    escaped = word.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("%", "%%").replace("$", "$$") + '"'
+
+
+def exec_argv(site: Site, job: Job) -> list[str]:
+    """The job's command line, absolute (in the release `current` points to)."""
+    current = SitePaths.of(site).current
+    if job.manage:
+        return [f"{current}/.venv/bin/python", *job.argv]
+    return [f"{current}/{job.argv[0]}", *job.argv[1:]]
+
+
+def wanted_here(inventory: Inventory, site: Site, host: Host) -> list[Job]:
+    timers = site.part(Timers)
+    if timers is None:
+        return []
+    apps = [h.name for h in topology.hosts_with(inventory, site, "app")]
+    if host.name not in apps:
+        return []
+    return [j for j in timers.jobs if j.run_on == "every" or apps[0] == host.name]
+
+
+@dataclass(frozen=True)
+class Calendar(Fact[str]):
+    """The schedule as the host's systemd reads it: its next elapse, or why it cannot."""
+
+    schedule: str
+    default: ClassVar[Any] = ""
+
+    def command(self) -> str:
+        return (
+            f"TZ=UTC systemd-analyze calendar --iterations=1 {shlex.quote(self.schedule)} "
+            "2>&1 | sed -n 's/^ *Next elapse: //p; s/^Failed to parse/&/p' || true"
+        )
+
+    def parse(self, rc: int, out: str) -> str:
+        return out.strip()
+
+
+class ScheduleCheck(Step):
+    """A job's schedule, as the host's systemd reads it, before its files are written."""
+
+    def __init__(self, site: Site, job: Job) -> None:
+        self.site, self.job = site, job
+        self.id = f"timer-schedule:{site.name}:{job.name}"
+        self.name = f"timer {site.name}.{job.name} schedule"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [Calendar(self.job.schedule)]
+
+    def plan(self, ctx: Context) -> Plan:
+        found = ctx.facts[Calendar(self.job.schedule)]
+        key = f"sites.{self.site.name}.timers.{self.job.name}.schedule"
+        if not found or found.startswith("Failed"):
+            return Plan(error=f"{key}: systemd on this host does not read {self.job.schedule!r}")
+        return Plan(reason=f"next {found}")
+
+
+def job_files(inventory: Inventory, site: Site, host: Host, job: Job) -> list[Step]:
+    paths = SitePaths.of(site, host)
+    base = base_name(site, job.name)
+    if procs.of(host).kind == procs.SUPERVISOR:
+        spec = {
+            "job": job.name,
+            "schedule": job.schedule,
+            "argv": exec_argv(site, job),
+            "current": paths.current,
+            "env": paths.env,
+            "timeout": job.timeout,
+        }
+        command = f"python3 {shlex.quote(agent.path())} timer {shlex.quote(_json(spec))}"
+        conf = render("supervisor/timer.conf.j2", inventory.templates, site=site, job=job,
+                      paths=paths, program=base, command=command)  # fmt: skip
+        return [
+            agent.installed(),
+            File(
+                procs.Manager(procs.SUPERVISOR).config_path(base),
+                conf,
+                notify=(f"restart:{base}",),
+                name=f"program {base}",
+            ),  # fmt: skip
+            Service(base),
+        ]
+    service, timer = f"{base}.service", f"{base}.timer"
+    exec_start = " ".join(systemd_quote(w) for w in exec_argv(site, job))
+    values_ = dict(site=site, job=job, paths=paths, unit_timer=timer, unit_service=service)
+    return [
+        File(f"{procs.SYSTEMD_DIR}/{service}",
+             render("systemd/timer-job.service.j2", inventory.templates, exec_start=exec_start,
+                    **values_),
+             notify=("daemon-reload",), name=f"unit {service}"),
+        File(f"{procs.SYSTEMD_DIR}/{timer}",
+             render("systemd/timer.timer.j2", inventory.templates, **values_),
+             notify=("daemon-reload", f"restart:{timer}"), name=f"unit {timer}"),
+        Service(timer),
+    ]  # fmt: skip
+
+
+def _json(spec: dict) -> str:
+    import json
+
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+class Unwanted(Step):
+    """Timers of the site the host has and should not (taken out of hosts.toml, moved to
+    another host, or of the other process manager): stopped, their files deleted."""
+
+    def __init__(self, site: Site, host: Host, wanted: list[str]) -> None:
+        self.site, self.wanted = site, set(wanted)
+        self.id = f"timers-unwanted:{site.name}"
+        self.name = f"timers {site.name}"
+
+    @property
+    def _found(self) -> Lines:
+        # The same reading as the site's other processes (supervisor.Leftovers): one fact.
+        return Lines(procs.site_processes_command(self.site.name))
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [self._found]
+
+    def plan(self, ctx: Context) -> Plan:
+        mine = [n for n in ctx.facts[self._found] if INFIX in n]
+        extra = [n for n in mine if n not in self.wanted]
+        if not extra:
+            return Plan(reason=f"{len(self.wanted)} wanted here, no other")
+        # A timer first: it must not start its job while the job's unit goes.
+        extra.sort(key=lambda n: (not n.endswith(".timer"), n))
+        script = "\n".join(["set -e", *procs.stop_and_remove(extra)])
+        return Plan([Action(f"stop and delete {', '.join(extra)}", script)])
+
+
+class TimersComponent(Component):
+    name = "timers"
+    table = "timers"
+    config = Timers
+    roles = ("app",)
+
+    def parse(self, table: Table, site: Site) -> Timers:
+        jobs = []
+        for name in table.names(job_name):
+            sub = table.sub(name)
+            command = sub.get("command", str, _words, default=None)
+            program = sub.get("program", str, _words, default=None)
+            if (command is None) == (program is None):
+                sub.fail(sub.path("command"), "give a manage.py `command` or a `program`, one")
+            if program is not None:
+                try:
+                    values.relative_path(program[0])
+                except ValueError as exc:
+                    sub.fail(sub.path("program"), f"{exc} (a path in the release)")
+            jobs.append(
+                Job(
+                    name=name,
+                    schedule=sub.get("schedule", str, schedule),
+                    argv=("manage.py", *command) if command else program,
+                    manage=command is not None,
+                    run_on=sub.get("run_on", str, values.choice("one", "every"), default="one"),
+                    timeout=sub.get("timeout", int, values.count(1, 7 * 86400), default=None),
+                )
+            )
+            sub.done()
+        return Timers(tuple(jobs))
+
+    def steps(self, phase: str, run: HostRun) -> list[Step]:
+        # After the switch, in a deploy: a job's new command fires only against the release
+        # that has it.
+        if phase != "verify" or not run.builds or not self.runs_on(run.host):
+            return []
+        found: list[Step] = []
+        for site in run.sites:
+            if site.name not in run.builds:
+                continue
+            jobs = wanted_here(run.inventory, site, run.host)
+            names: list[str] = []
+            for job in jobs:
+                base = base_name(site, job.name)
+                if procs.of(run.host).kind == procs.SUPERVISOR:
+                    names.append(base)
+                else:
+                    names += [f"{base}.service", f"{base}.timer"]
+                found += [ScheduleCheck(site, job), *job_files(run.inventory, site, run.host, job)]
+            found.append(Unwanted(site, run.host, names))
+        return found
+
+
+register(TimersComponent())
