@@ -25,6 +25,7 @@ from . import (  # noqa: F401  (importing registers each component)
     nginx,
     notify,
     rabbitmq,
+    status,
     supervisor,
     timers,
     tls,
@@ -52,6 +53,7 @@ ns.add_task(rollback)
 ns.add_task(releases)
 ns.add_task(_provision.provision)
 ns.add_task(audit.audit)
+ns.add_task(status.status)
 for module in (app, nginx, multidomain, lock, celery, flower, db):
     ns.add_collection(Collection.from_module(module))
 # The maintenance page is its own component; its task reads as one of the app's.

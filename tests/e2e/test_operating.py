@@ -6,6 +6,7 @@ never answers."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -16,7 +17,18 @@ import pytest
 
 from testbed import net
 
-from .kit import Project, curl, health, sh, snapshot, spawn_fab, wait_for, wait_for_line
+from .kit import (
+    Project,
+    curl,
+    health,
+    live_slot,
+    live_unit,
+    sh,
+    snapshot,
+    spawn_fab,
+    wait_for,
+    wait_for_line,
+)
 
 pytestmark = pytest.mark.e2e
 FLOWER_PASSWORD = "flower-Pw-0p3r8"
@@ -350,3 +362,55 @@ def test_a_timer_fires_in_the_live_release_as_the_site_user_and_goes_when_droppe
     left = sh(fresh_host, "ls /etc/systemd/system | grep timer_ || true; systemctl list-timers "
                           "--all --no-legend | grep djk-example || true")  # fmt: skip
     assert left.strip() == ""
+
+
+# -- fab status ----------------------------------------------------------------------------------
+
+
+def status_table(out: str) -> dict[str, str]:
+    """`fab status`' lines for one host and site: label -> text."""
+    found = {}
+    for line in out.splitlines():
+        match = re.match(r"^  (\S.*?)\s{2,}(.*)$", line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def test_status_shows_each_part_and_fails_when_a_worker_is_down(
+    project, deployed, fresh_host, configured
+):
+    configured(timers={"tick": {"schedule": "*:*:0/2", "command": "check"}})
+    fab(project, "-H", "web1", "deploy")
+    live = health(fresh_host)["release"]
+    wait_for(lambda: "timer_tick" in sh(fresh_host, "systemctl list-timers --all --no-legend"))
+    time.sleep(3)  # the timer ran once
+    out = fab(project, "-H", "web1", "status").out
+    table = status_table(out)
+    assert table["release"].startswith(live), out
+    assert table["health"].startswith("200 in ") and table["health"].endswith(" s (/)")
+    pid = int(sh(fresh_host, f"systemctl show -p MainPID --value {live_unit(fresh_host)}"))
+    assert table["web"] == f"slot {live_slot(fresh_host)}, pid {pid}, running"
+    for unit in (
+        "djk-example-worker.service",
+        "djk-example-beat.service",
+        "djk-example-flower.service",
+    ):
+        assert table[unit].endswith(", running"), out
+    assert table["timer tick"].startswith("*:*:0/2: active, next ")
+    assert table["maintenance"] == "off"
+    assert "by " in table["last deploy"] and table["last deploy"].endswith(f"ok -> {live}")
+    data = fab(project, "-H", "web1", "status", "--json").report
+    (row,) = data["hosts"][0]["extra"]["status"]
+    assert row["release"] == live and row["health"]["status"] == 200 and row["down"] == []
+    assert row["web"]["pid"] == pid and row["processes"]["djk-example-worker.service"]["running"]
+    assert row["timers"]["tick"]["active"] and row["timers"]["tick"]["last_result"] == "success"
+    assert row["maintenance"] is False and row["last_deploy"]["release"] == live
+    sh(fresh_host, "systemctl stop djk-example-worker.service")
+    try:
+        down = project.fab("-H", "web1", "status")
+        assert down.code == 1
+        assert status_table(down.out)["DOWN"] == "djk-example-worker.service not running"
+    finally:
+        sh(fresh_host, "systemctl start djk-example-worker.service")
+    assert project.fab("-H", "web1", "status").code == 0

@@ -185,6 +185,22 @@ def test_a_timer_is_a_program_that_runs_its_job_on_schedule(deployed, project, f
     assert "timer_" not in sh(fresh_host, "ls /etc/supervisor/conf.d")
 
 
+def test_status_reads_the_programs(deployed, project, fresh_host):
+    run = project.fab("-H", "web1", "status", "--json")
+    assert run.code == 0, run.out + run.err
+    (row,) = run.report["hosts"][0]["extra"]["status"]
+    assert row["web"]["running"] and row["web"]["pid"] == program_pid(
+        fresh_host, f"{SITE}-web-{live_slot(fresh_host)}"
+    )
+    assert set(row["processes"]) == set(WORKERS) and row["health"]["status"] == 200
+    sh(fresh_host, f"supervisorctl stop {SITE}-beat")
+    try:
+        down = project.fab("-H", "web1", "status")
+        assert down.code == 1 and f"{SITE}-beat not running" in down.out, down.out
+    finally:
+        sh(fresh_host, f"supervisorctl start {SITE}-beat")
+
+
 def test_a_killed_process_is_restarted_by_supervisord(deployed, fresh_host):
     for program in (web(fresh_host), f"{SITE}-worker"):
         pid = program_pid(fresh_host, program)

@@ -1,0 +1,371 @@
+"""`fab status`: what each site is doing on each target host, read in one round trip per host.
+
+Per host and site: the live release and its age, the health answer (through the live slot's
+socket on an app host, through nginx on a web host without the app), the live web slot and
+its PID, the Celery worker and beat, Flower, the timers (next and last run), the maintenance
+page, the certificate's expiry for TLS sites and the last deploy or rollback from the audit
+log. `--json` gives the same as data. Exit 1 when something is down: no live release, the live
+slot or a worker, beat, Flower or timer not running, a health answer that is not 2xx/3xx, an
+expired certificate.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from invoke import Exit
+
+from . import app, celery, flower, maintenance, timers, tls
+from .app import sites_or_exit
+from .engine import procs, topology
+from .engine import releases as R
+from .engine.audit import AuditLog
+from .engine.cli import run_plans, targets_task
+from .engine.facts import Fact, Stat, Unit
+from .engine.inventory import Host, Inventory, Site
+from .engine.layout import SLOTS, SitePaths
+from .engine.steps import Context, Plan, Step
+
+CERT_SOON = 14 * 86400  # a certificate expiring sooner is a warning
+
+
+@dataclass(frozen=True)
+class Health(Fact[dict]):
+    """The site's health path as the host answers it: HTTP status and seconds."""
+
+    url: str
+    host_header: str
+    socket: str = ""  # through this unix socket (the live slot) instead of the network
+    https: bool = False
+    default: ClassVar[Any] = {}
+
+    def command(self) -> str:
+        q = shlex.quote
+        args = [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "5",
+            "-k",
+            "-w",
+            q("%{http_code} %{time_total}"),
+            "-H",
+            q(f"Host: {self.host_header}"),
+        ]
+        if self.https:
+            args += ["-H", q("X-Forwarded-Proto: https")]
+        if self.socket:
+            args += ["--unix-socket", q(self.socket)]
+        return " ".join([*args, q(self.url)]) + " || true"
+
+    def parse(self, rc: int, out: str) -> dict:
+        parts = out.split()
+        try:
+            return {"status": int(parts[0]), "seconds": float(parts[1])}
+        except (IndexError, ValueError):
+            return {"status": 0, "seconds": 0.0}
+
+
+@dataclass(frozen=True)
+class CertExpiry(Fact[float]):
+    """When the certificate at `path` expires (epoch seconds; 0 when there is none)."""
+
+    path: str
+    default: ClassVar[Any] = 0.0
+
+    def command(self) -> str:
+        return f"openssl x509 -enddate -noout -in {shlex.quote(self.path)} 2>/dev/null || true"
+
+    def parse(self, rc: int, out: str) -> float:
+        text = out.strip().removeprefix("notAfter=")
+        try:
+            found = datetime.strptime(text, "%b %d %H:%M:%S %Y %Z")
+        except ValueError:
+            return 0.0
+        return found.replace(tzinfo=UTC).timestamp()
+
+
+@dataclass(frozen=True)
+class TimerUnits(Fact[dict]):
+    """Timer units: active state, next and last elapse, the last run's result."""
+
+    names: tuple[str, ...]
+    default: ClassVar[Any] = {}
+
+    def command(self) -> str:
+        units = " ".join(shlex.quote(n) for n in self.names)
+        services = " ".join(shlex.quote(n.removesuffix(".timer") + ".service") for n in self.names)
+        return (
+            "systemctl show -p Id,ActiveState,NextElapseUSecRealtime,LastTriggerUSec,Result "
+            f"{units} {services} 2>/dev/null || true"
+        )
+
+    def parse(self, rc: int, out: str) -> dict[str, dict]:
+        found = {}
+        for block in out.strip().split("\n\n"):
+            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            if "Id" in props:
+                found[props["Id"]] = props
+        return found
+
+
+def _age(seconds: float) -> str:
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _release_time(release: str) -> float | None:
+    try:
+        return datetime.strptime(release[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+class SiteStatus(Step):
+    """Read-only: the site's state on this host; an error when something is down."""
+
+    def __init__(self, inventory: Inventory, host: Host, site: Site, now: float) -> None:
+        self.inventory, self.host, self.site, self.now = inventory, host, site, now
+        self.paths = SitePaths.of(site, host)
+        roles = topology.roles(host)
+        self.app = "app" in roles
+        self.web = "web" in roles
+        self.workers = [u for _, u, _ in celery.units(site, host)] if "worker" in roles else []
+        self.flower = [u for _, u, _ in flower.units(site, host)] if "worker" in roles else []
+        self.jobs = timers.wanted_here(inventory, site, host)
+        self.tls = site.part(tls.Tls)
+        self.id = f"status:{site.name}"
+        self.name = f"status {site.name}"
+
+    # -- what is read --------------------------------------------------------------------------
+
+    def _health(self) -> Health | None:
+        gate = app.gate(self.site)
+        if self.app:
+            return Health(
+                f"http://localhost{gate['path']}",
+                gate["host"],
+                socket=self.paths.live_socket,
+                https=gate["https"],
+            )
+        if self.web:
+            base = app.front(self.site)
+            return Health(f"{base}{gate['path']}", gate["host"], https=gate["https"])
+        return None
+
+    def _timer_fact(self) -> TimerUnits | None:
+        if procs.of(self.host).kind == procs.SUPERVISOR or not self.jobs:
+            return None
+        return TimerUnits(tuple(f"{timers.base_name(self.site, j.name)}.timer" for j in self.jobs))
+
+    def _programs(self) -> list[str]:
+        units = [*self.workers, *self.flower]
+        if self.app:
+            units += [self.paths.web_unit(s) for s in SLOTS]
+        if procs.of(self.host).kind == procs.SUPERVISOR:
+            units += [timers.base_name(self.site, j.name) for j in self.jobs]
+        return units
+
+    def facts(self, diff: bool) -> list[Fact]:
+        found: list[Fact] = [
+            Stat(self.paths.current),
+            R.Releases(self.paths.base),
+            Stat(self.paths.live_socket),
+            AuditLog(200),
+            *(Unit(u) for u in self._programs()),
+        ]
+        if self.web:
+            found.append(Stat(maintenance.page_path(self.site)))
+        if self.tls and self.web:
+            found.append(CertExpiry(f"{self.paths.tls_dir}/fullchain.pem"))
+        for fact in (self._health(), self._timer_fact()):
+            if fact is not None:
+                found.append(fact)
+        found += [timers.Calendar(j.schedule) for j in self.jobs]
+        return found
+
+    # -- what it says --------------------------------------------------------------------------
+
+    def plan(self, ctx: Context) -> Plan:
+        facts, down, warn = ctx.facts, [], []
+        row: dict[str, Any] = {"host": self.host.name, "site": self.site.name}
+        live = app.live_release(facts, self.paths)
+        row["release"] = live
+        made = _release_time(live) if live else None
+        row["release_age"] = round(self.now - made) if made else None
+        if live is None and (self.app or self.web):
+            down.append("no live release")
+        if self.app:
+            slot = app.current_slot(facts, self.paths)
+            state = facts[Unit(self.paths.web_unit(slot))] if slot else None
+            row["web"] = {
+                "slot": slot,
+                "pid": state.main_pid if state else 0,
+                "running": bool(state and state.running),
+            }
+            if live is not None and not row["web"]["running"]:
+                down.append(f"web slot {slot or '?'} not running")
+        health = self._health()
+        if health is not None:
+            answer = facts[health]
+            row["health"] = {"path": app.gate(self.site)["path"], **answer}
+            if live is not None and not 200 <= answer.get("status", 0) < 400:
+                down.append(f"health answered {answer.get('status') or 'nothing'}")
+        processes = {}
+        for name in [*self.workers, *self.flower]:
+            state = facts[Unit(name)]
+            running = bool(state and state.running)
+            processes[name] = {"running": running, "pid": state.main_pid if state else 0}
+            if not running:
+                down.append(f"{name} not running")
+        row["processes"] = processes
+        row["timers"] = self._timers(facts, down, warn)
+        if self.web:
+            row["maintenance"] = facts[Stat(maintenance.page_path(self.site))] is not None
+        if self.tls and self.web:
+            expiry = facts[CertExpiry(f"{self.paths.tls_dir}/fullchain.pem")]
+            row["certificate_expires"] = expiry or None
+            if not expiry or expiry <= self.now:
+                down.append("certificate missing or expired")
+            elif expiry - self.now < CERT_SOON:
+                warn.append(f"certificate expires in {_age(expiry - self.now)}")
+        row["last_deploy"] = self._last_deploy(facts)
+        row["down"], row["warnings"] = down, warn
+        report = {"status": [row]}
+        if down:
+            return Plan(error="; ".join(down), report=report)
+        return Plan(reason="up" + (f" ({'; '.join(warn)})" if warn else ""), report=report)
+
+    def _timers(self, facts, down: list, warn: list) -> dict:
+        found = {}
+        units = facts[self._timer_fact()] if self._timer_fact() else {}
+        for job in self.jobs:
+            base = timers.base_name(self.site, job.name)
+            entry: dict[str, Any] = {
+                "schedule": job.schedule,
+                "next": facts[timers.Calendar(job.schedule)] or None,
+            }
+            if procs.of(self.host).kind == procs.SUPERVISOR:
+                state = facts[Unit(base)]
+                entry["active"] = bool(state and state.running)
+            else:
+                unit = units.get(f"{base}.timer", {})
+                service = units.get(f"{base}.service", {})
+                entry["active"] = unit.get("ActiveState") == "active"
+                entry["next"] = unit.get("NextElapseUSecRealtime") or entry["next"]
+                entry["last"] = unit.get("LastTriggerUSec") or None
+                entry["last_result"] = service.get("Result") or None
+                if entry["last_result"] not in (None, "success"):
+                    warn.append(f"timer {job.name}: last run {entry['last_result']}")
+            if not entry["active"]:
+                down.append(f"timer {job.name} not active")
+            found[job.name] = entry
+        return found
+
+    def _last_deploy(self, facts) -> dict | None:
+        for entry in reversed(facts[AuditLog(200)]):
+            mine = (entry.get("sites") or {}).get(self.site.name)
+            if isinstance(mine, dict) and "after" in mine:
+                return {
+                    "time": entry.get("time"),
+                    "by": entry.get("by"),
+                    "result": entry.get("result"),
+                    "release": mine.get("after"),
+                    "command": entry.get("command"),
+                }
+        return None
+
+
+def _lines(row: dict, now: float) -> list[tuple[str, str]]:
+    """The table of one host and site: (label, text)."""
+    rows = []
+    release = row.get("release")
+    age = f" (made {_age(row['release_age'])} ago)" if row.get("release_age") is not None else ""
+    rows.append(("release", f"{release}{age}" if release else "none"))
+    if "health" in row:
+        h = row["health"]
+        rows.append(
+            (
+                "health",
+                f"{h.get('status') or 'no answer'} in {h.get('seconds', 0):.2f} s ({h['path']})",
+            )
+        )
+    if "web" in row:
+        w = row["web"]
+        state = "running" if w["running"] else "NOT RUNNING"
+        rows.append(("web", f"slot {w['slot'] or '-'}, pid {w['pid']}, {state}"))
+    for name, p in row.get("processes", {}).items():
+        rows.append((name, f"pid {p['pid']}, running" if p["running"] else "NOT RUNNING"))
+    for name, t in row.get("timers", {}).items():
+        text = f"{t['schedule']}: {'active' if t['active'] else 'NOT ACTIVE'}, next {t['next']}"
+        if t.get("last"):
+            text += f", last {t['last']} ({t.get('last_result')})"
+        rows.append((f"timer {name}", text))
+    if "maintenance" in row:
+        rows.append(("maintenance", "ON" if row["maintenance"] else "off"))
+    if "certificate_expires" in row:
+        expires = row["certificate_expires"]
+        rows.append(
+            (
+                "certificate",
+                "none"
+                if not expires
+                else time.strftime("expires %Y-%m-%d", time.gmtime(expires))
+                + f" (in {_age(max(0, expires - now))})",
+            )
+        )
+    last = row.get("last_deploy")
+    rows.append(
+        (
+            "last deploy",
+            "none recorded"
+            if not last
+            else f"{last['time']} by {last['by']}: {last['result']} -> {last['release']}",
+        )
+    )
+    for text in row.get("down", []):
+        rows.append(("DOWN", text))
+    for text in row.get("warnings", []):
+        rows.append(("warning", text))
+    return rows
+
+
+@targets_task(help={"json_": "print the state as JSON (the run's report, status under extra)"})
+def status(c, json_=False):
+    """Show each site's state per host: release, health, processes, timers, TLS, last deploy."""
+    now = time.time()
+    reports: list = []
+    failed = False
+    try:
+        run_plans(
+            c,
+            lambda inv, host: [SiteStatus(inv, host, s, now) for s in sites_or_exit(inv, host)],
+            json_=json_,
+            quiet=True,
+            recap=json_,
+            collect=reports,
+        )
+    except Exit as exc:
+        if not reports:  # a user error before any host was read
+            raise
+        failed = bool(exc.code)
+    if not json_:
+        for report in reports:
+            for row in report.extra.get("status", []):
+                print(f"\n{row['host']} / {row['site']}")
+                lines = _lines(row, now)
+                width = max(len(label) for label, _ in lines)
+                for label, text in lines:
+                    print(f"  {label:<{width}}  {text}")
+            if report.error:
+                print(f"\n{report.host}: {report.error}")
+    if failed:
+        raise Exit(code=1)
