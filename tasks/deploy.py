@@ -143,8 +143,9 @@ def deploy(
     builds = new_builds(inventory, targets, now, ref, allow_dirty)
     names = [h.name for h in targets]
     announced = events.announcer("deploy", inventory, targets, json_, check)
-    announced.releases = {name: b.release_id for name, b in builds.items()}
-    announced.revisions = {name: b.revision for name, b in builds.items()}
+    if announced is not None:
+        announced.releases = {name: b.release_id for name, b in builds.items()}
+        announced.revisions = {name: b.revision for name, b in builds.items()}
     events.announced_run(
         announced,
         lambda collect: run_plans(

@@ -138,23 +138,23 @@ class Announcer:
         for site in self.sites:
             mine = [r for r in reports if r.host in self.hosts.get(site.name, ())]
             failed = bool(error) or any(r.failed for r in mine) or not mine
-            found = _releases(site.name, mine)
+            known = _releases(site.name, mine)
             if failed:  # the release it tried stays named; what it served before is known
-                found = {"previous": found["previous"]} if found else {}
+                known = {"previous": known["previous"]} if known else {}
             event = replace(
                 self.event(site, FAILED if failed else SUCCEEDED),
                 seconds=seconds,
                 error=(error or _errors(mine)) if failed else "",
-                **found,
+                **known,
             )
             for component in components():
                 try:
-                    found = component.on_event(event, self.say)
+                    work = component.on_event(event, self.say)
                 except Failed as exc:
                     problems.append(str(exc))
                     continue
-                if found is not None:
-                    found.result()
+                if work is not None:
+                    work.result()
         return problems
 
 
