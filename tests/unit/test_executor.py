@@ -241,11 +241,14 @@ def test_the_kits_components_run_in_their_declared_order():
         "celery",
         "rabbitmq",
         "flower",
+        "timers",
         "media",
         "maintenance",
         "tls",
         "nginx",
         "multidomain",
+        "hooks",
+        "notify",
     ]
     assert names[: len(kit)] == kit
 
