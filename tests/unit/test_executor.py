@@ -233,19 +233,24 @@ def test_the_kits_components_run_in_their_declared_order():
     names = [c.name for c in components()]
     kit = [
         "provision",
+        "firewall",
         "supervisor",
         "lock",
         "database",
         "backups",
+        "broker-check",
         "app",
         "celery",
         "rabbitmq",
         "flower",
+        "timers",
         "media",
         "maintenance",
         "tls",
         "nginx",
         "multidomain",
+        "hooks",
+        "notify",
     ]
     assert names[: len(kit)] == kit
 
