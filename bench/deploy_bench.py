@@ -163,6 +163,8 @@ def write_inventory(directory: Path, hosts, sites: int, source: Path, workers: i
     (directory / "secrets.env").write_text("DJANGO_SECRET_KEY=bench-secret-key-0123456789\n")
     path = directory / "hosts.toml"
     path.write_text("\n".join(lines))
+    # The hosts' own keys (the kit checks every host key).
+    (directory / "known_hosts").write_text("".join(h.known_hosts_line() + "\n" for h in hosts))
     return path
 
 

@@ -14,8 +14,10 @@ from . import (  # noqa: F401  (importing registers each component)
     celery,
     database,
     db,
+    firewall,
     flower,
     hooks,
+    hosts,
     lock,
     logs,
     maintenance,
@@ -41,9 +43,9 @@ from .engine.component import Component, HostRun, NginxPart, components, order, 
 # the notifications (hooks first: a local hook that refuses a deploy stops it before the webhook
 # hears of it). A team's components come after these.
 order(
-    ["provision", "supervisor", "lock", "database", "backups", "app", "celery", "rabbitmq",
-     "flower", "timers", "media", "maintenance", "tls", "nginx", "multidomain", "hooks",
-     "notify"]
+    ["provision", "firewall", "supervisor", "lock", "database", "backups", "broker-check",
+     "app", "celery", "rabbitmq", "flower", "timers", "media", "maintenance", "tls", "nginx",
+     "multidomain", "hooks", "notify"]
 )  # fmt: skip
 cli.install()
 
@@ -54,7 +56,7 @@ ns.add_task(releases)
 ns.add_task(_provision.provision)
 ns.add_task(audit.audit)
 ns.add_task(status.status)
-for module in (app, nginx, multidomain, lock, celery, flower, db):
+for module in (app, nginx, multidomain, lock, celery, flower, db, hosts):
     ns.add_collection(Collection.from_module(module))
 # The maintenance page is its own component; its task reads as one of the app's.
 ns.collections["app"].add_task(maintenance.maintenance)

@@ -21,7 +21,7 @@ from .engine import agent, locks, procs, python_env, topology, values, wheels
 from .engine import releases as R
 from .engine import source as shipping
 from .engine.cli import run_plans, targets_task, user_error
-from .engine.component import Component, HostRun, components, register
+from .engine.component import Component, HostRun, Opening, components, register
 from .engine.facts import Fact, Facts, Stat, Text, Unit
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SLOTS, App, SitePaths, app_of
@@ -312,6 +312,20 @@ def manage(site: Site, paths: SitePaths, release_dir: str, args: str) -> str:
 # -- steps ---------------------------------------------------------------------------------------
 
 
+# awk: the filesystem a directory is on, and its free space.
+_DF_AWK = 'NR == 2 { printf "%s is on %s (%s), %d MB free: disk full?\\n", d, $6, $1, $4 / 1024 }'
+
+
+def disk_full(directory: str, partial: str) -> str:
+    """Shell for a failed write under `directory`: the partial copy removed, and the filesystem
+    it is on named with what it has left, on stderr; exits 1."""
+    q = shlex.quote
+    return (
+        f"rm -rf {q(partial)}; df -Pk {q(directory)} | awk -v d={q(directory)} {q(_DF_AWK)} >&2; "
+        "exit 1"
+    )
+
+
 class Stage(Step):
     """A release directory for this deploy's source, unless the live release already has it."""
 
@@ -337,10 +351,11 @@ class Stage(Step):
         new = f"{target}.djk-new"
         group = q(b.site.user)
         manifest = R.manifest(b.release_id, b.revision, b.tree, b.deps)
+        full = disk_full(paths.releases, new)
         script = f"""set -e
 rm -rf {q(new)}
 install -d -m 750 -o root -g {group} {q(new)}
-tar -xzf - -C {q(new)} --no-same-owner --no-same-permissions
+tar -xzf - -C {q(new)} --no-same-owner --no-same-permissions || {{ {full}; }}
 printf '%s\\n' {b.tree} > {q(new)}/.djk-tree
 printf 'APP_RELEASE=%s\\nDJANGO_STATIC_ROOT=%s\\n' {q(b.release_id)} \\
   {q(paths.release_static(b.release_id))} > {q(new)}/.djk-release.env
@@ -375,11 +390,13 @@ class ReleaseCommand(MarkedCommand):
         progress: str,
         mark_failed: bool = False,
         scope: str = "",
+        failure_note: str = "",
     ) -> None:
         # `scope`: what else the command's result is for (migrate: the database it migrated).
         key = f"{build.key}|{scope}" if scope else build.key
         super().__init__(step_id, name, "", marker, key, progress)
         self.site, self.args, self.mark_failed = build.site, args, mark_failed
+        self.failure_note = failure_note  # said last when it fails (what it needed)
         self.scope = scope
         self.target = Wanted(build)
         self.paths = SitePaths.of(build.site)
@@ -410,9 +427,10 @@ class ReleaseCommand(MarkedCommand):
             return command
         # A failed migration marks the release failed: it never goes live.
         status = shlex.quote(f"{release_dir}/.djk-status")
+        note = f"  echo {shlex.quote(self.failure_note)} >&2\n" if self.failure_note else ""
         return (
             f'if ! ( {command} ); then\n  [ "$(cat {status})" = staged ] && '
-            f"echo failed > {status}\n  exit 1\nfi"
+            f"echo failed > {status}\n{note}  exit 1\nfi"
         )
 
 
@@ -784,6 +802,8 @@ def migrate_step(build: Build, inventory: Inventory) -> Step:
         mark_failed=True,
         # Another database (SQLite -> PostgreSQL, another db host) is migrated anew.
         scope=database.identity(inventory, build.site),
+        failure_note=f"migrations of {build.site.name} failed; the database: "
+        f"{database.describe(inventory, build.site)}; nothing was switched",
     )
 
 
@@ -895,6 +915,16 @@ class AppComponent(Component):
     def python_packages(self, site: Site) -> list[str]:
         app = app_of(site)
         return [*SERVER, *(ASGI_SERVER if app.asgi else ())]
+
+    def openings(self, inventory: Inventory, host: Host) -> list[Opening]:
+        """The forwarder of a split site on its app hosts, for the site's web hosts."""
+        found = []
+        for site in inventory.sites_on(host):
+            if "app" in topology.roles(host) and topology.split(inventory, site):
+                web = topology.peers(topology.hosts_with(inventory, site, "web"), host)
+                if web:
+                    found.append(Opening(app_of(site).port, f"{site.name}: app", web))
+        return found
 
     def ports(self, site: Site) -> list[tuple[int, str]]:
         port = app_of(site).port

@@ -7,13 +7,14 @@ import hashlib
 import re
 import shlex
 from dataclasses import dataclass
+from typing import Any, ClassVar
 from urllib.parse import quote
 
-from .app import Target
+from .app import Target, live_release
 from .engine import procs, topology, values
 from .engine.cli import run_plans, targets_task, user_error
-from .engine.component import Component, HostRun, register
-from .engine.facts import Fact, Unit
+from .engine.component import Component, HostRun, Opening, register
+from .engine.facts import Fact, Stat, Unit
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
 from .engine.render import render
@@ -371,6 +372,16 @@ class CeleryComponent(Component):
     def host_ports(self, inventory: Inventory, host: Host) -> list[tuple[int, str]]:
         return [(REDIS_PORT, "Redis")] if _runs_redis(inventory, host) else []
 
+    def openings(self, inventory: Inventory, host: Host) -> list[Opening]:
+        """Redis on the broker host, for the app and worker hosts of the sites using it."""
+        users: list[Host] = []
+        for site in _local_broker_sites(inventory):
+            if topology.broker_host(inventory, site) == host:
+                users += topology.hosts_with(inventory, site, "app")
+                users += topology.hosts_with(inventory, site, "worker")
+        sources = topology.peers(users, host)
+        return [Opening(REDIS_PORT, "Redis", sources)] if sources else []
+
     def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
         url = broker_url(site, topology.broker_address(inventory, site))
         if url is None:
@@ -467,3 +478,86 @@ def restart(c, site=None, json_=False, quiet=False):
         ]
 
     run_plans(c, build, json_=json_, quiet=quiet)
+
+
+# -- the broker, checked before a switch -----------------------------------------------------------
+
+BROKER_PORTS = {"local": (REDIS_PORT, "Redis"), "rabbitmq": (5672, "RabbitMQ")}
+
+
+@dataclass(frozen=True)
+class BrokerUp(Fact[bool]):
+    """Whether a TCP connection to the broker opens from this host (within 2 s)."""
+
+    address: str
+    port: int
+    default: ClassVar[Any] = False
+
+    def command(self) -> str:
+        target = f"/dev/tcp/{self.address}/{self.port}"
+        return f"timeout 2 bash -c ': < {target}' 2>/dev/null && echo up || echo down"
+
+    def parse(self, rc: int, out: str) -> bool:
+        return out.strip() == "up"
+
+
+class BrokerCheck(Step):
+    """Before this host switches a site with Celery to a new release: the site's broker
+    answers from here. A broker that is down fails the deploy before the switch, naming it;
+    the old release keeps serving."""
+
+    def __init__(self, inventory: Inventory, site: Site, run: HostRun) -> None:
+        conf = site.part(Celery)
+        self.site, self.run = site, run
+        self.port, self.kind = BROKER_PORTS[conf.broker]
+        self.address = topology.broker_address(inventory, site)
+        self.broker = topology.broker_host(inventory, site)
+        self.id = f"broker-check:{site.name}"
+        self.name = f"broker of {site.name}"
+
+    @property
+    def _up(self) -> BrokerUp:
+        return BrokerUp(self.address, self.port)
+
+    def facts(self, diff: bool) -> list[Fact]:
+        current = Stat(SitePaths.of(self.site).current)
+        return [self._up, *self.run.target(self.site).facts(), current]
+
+    def plan(self, ctx: Context) -> Plan:
+        where = f"{self.kind} at {values.url_host(self.address)}:{self.port}"
+        if self.broker is not None and self.address != "127.0.0.1":
+            where += f" on {self.broker.name}"
+        try:
+            wanted = self.run.target(self.site)(ctx.facts)
+        except LookupError:
+            return Plan(reason="no release to switch to")
+        if wanted == live_release(ctx.facts, SitePaths.of(self.site)):
+            return Plan(reason=f"nothing to switch; {where}")
+        if not ctx.facts[self._up]:
+            return Plan(
+                error=f"the broker of site {self.site.name} ({where}) does not answer from this "
+                "host: nothing was switched, the live release keeps serving; start it, then "
+                "deploy again"
+            )
+        return Plan(reason=f"{where} answers")
+
+
+class BrokerCheckComponent(Component):
+    """Runs before the app's switch (its own component, ordered before `app`)."""
+
+    name = "broker-check"
+
+    def steps(self, phase: str, run: HostRun) -> list[Step]:
+        if phase != "switch" or run.target is None:
+            return []
+        roles = topology.roles(run.host)
+        if not roles & {"app", "worker"}:
+            return []
+        return [
+            BrokerCheck(run.inventory, site, run)
+            for site in run.sites
+            if (conf := site.part(Celery)) is not None and conf.broker in BROKER_PORTS
+        ]
+
+
+register(BrokerCheckComponent())

@@ -35,10 +35,11 @@ from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 from .engine import topology, values
-from .engine.component import Component, HostRun, register
+from .engine.component import Component, HostRun, Opening, register
 from .engine.facts import Fact
 from .engine.inventory import Host, Inventory, Site
 from .engine.kept import Kept
+from .engine.layout import SitePaths
 from .engine.render import MANAGED
 from .engine.schema import InventoryError, Table
 from .engine.secrets import Secret
@@ -113,6 +114,18 @@ def identity(inventory: Inventory, site: Site) -> str:
         digest = hashlib.sha256(url.reveal().encode()).hexdigest()[:12] if url else ""
         return f"external:{digest}"
     return ""
+
+
+def describe(inventory: Inventory, site: Site) -> str:
+    """The site's database in a message: engine, name and where."""
+    db = of(site)
+    if db.engine == "postgresql":
+        host = db_host(inventory, site)
+        where = f" on {host.name}" if host is not None else ""
+        return f"PostgreSQL database {db.name}{where} ({address(inventory, site)}:{PG_PORT})"
+    if db.engine == "external":
+        return "the external database of DATABASE_URL"
+    return f"SQLite {SitePaths.of(site).db}"
 
 
 def password(site: Site) -> Secret | None:
@@ -416,6 +429,12 @@ class DatabaseComponent(Component):
 
     def host_ports(self, inventory: Inventory, host: Host) -> list[tuple[int, str]]:
         return [(PG_PORT, "PostgreSQL")] if _sites_served(inventory, host) else []
+
+    def openings(self, inventory: Inventory, host: Host) -> list[Opening]:
+        """PostgreSQL on the db host, for the sites' app and worker hosts elsewhere."""
+        users = [h for s in _sites_served(inventory, host) for h in remote_clients(inventory, s)]
+        sources = topology.peers(users, host)
+        return [Opening(PG_PORT, "PostgreSQL", sources)] if sources else []
 
     def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
         if not uses_postgresql(site):

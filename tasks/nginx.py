@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from . import tls as tls_component
 from .engine import topology, values
 from .engine.cli import run_plans, targets_task
-from .engine.component import Component, HostRun, NginxPart, components, register
+from .engine.component import Component, HostRun, NginxPart, Opening, components, register
 from .engine.hostinfo import DEFAULT as DEFAULT_HOST
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, SitePaths, app_of
@@ -156,6 +156,12 @@ class NginxComponent(Component):
             redirect_to=redirect_to,
             read_timeout=table.get("read_timeout", str, values.nginx_time, default="60s"),
         )
+
+    def openings(self, inventory: Inventory, host: Host) -> list[Opening]:
+        """HTTP and HTTPS on web hosts, for everyone."""
+        if not self.runs_on(host) or not inventory.sites_on(host):
+            return []
+        return [Opening(80, "HTTP"), Opening(443, "HTTPS")]
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
         # logrotate: Debian's nginx package ships its rules (/var/log/nginx/*.log, each site's

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from . import celery
 from .engine import topology, values
-from .engine.component import Component, HostRun, register
+from .engine.component import Component, HostRun, Opening, register
 from .engine.facts import Fact, Text
 from .engine.inventory import Host, Inventory, Site
 from .engine.kept import Kept
@@ -240,6 +240,15 @@ class RabbitMQComponent(Component):
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
         return ["rabbitmq-server"] if served(inventory, host) else []
+
+    def openings(self, inventory: Inventory, host: Host) -> list[Opening]:
+        """AMQP on the broker host, for the app and worker hosts of the sites it serves."""
+        users: list[Host] = []
+        for site in served(inventory, host):
+            users += topology.hosts_with(inventory, site, "app")
+            users += topology.hosts_with(inventory, site, "worker")
+        sources = topology.peers(users, host)
+        return [Opening(AMQP_PORT, "RabbitMQ", sources)] if sources else []
 
     def host_ports(self, inventory: Inventory, host: Host) -> list[tuple[int, str]]:
         if not served(inventory, host):

@@ -1,4 +1,4 @@
-"""CLI: python -m testbed deps | image | up | down | status."""
+"""CLI: python -m testbed deps | image | up | down | status | known-hosts."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("hosts", nargs="*", metavar="HOST")
     status = named("status", "list the testbed's hosts")
     status.add_argument("--json", action="store_true")
+    known = named("known-hosts", "print known_hosts lines for the hosts' own SSH keys")
+    known.add_argument("hosts", nargs="*", metavar="HOST")
     return p
 
 
@@ -67,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "down":
             tb = Testbed(name=args.name, subnet=_subnet_of(args.name))
             tb.down(args.hosts or None)
+        elif args.cmd == "known-hosts":
+            tb = Testbed(name=args.name)
+            for row in tb.status():
+                if not args.hosts or row["name"] in args.hosts:
+                    print(tb.host(str(row["name"])).known_hosts_line())
         elif args.cmd == "status":
             rows = Testbed(name=args.name).status()
             if args.json:

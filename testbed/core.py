@@ -124,6 +124,13 @@ class TestHost:
     user: str = "deploy"
     port: int = 22
     key_path: Path = field(default=KEY_PATH)
+    # Its own SSH host key ("ssh-ed25519 AAAA…"), made when it booted: what a client that
+    # checks host keys must know (known_hosts_line).
+    host_key: str = ""
+
+    def known_hosts_line(self) -> str:
+        name = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        return f"{name} {self.host_key}"
 
     def ssh_argv(self, cmd: str, *, connect_timeout: int = 5) -> list[str]:
         return [
@@ -131,14 +138,23 @@ class TestHost:
             "-F", "/dev/null",  # a user's ~/.ssh/config must not reroute test traffic
             "-i", str(self.key_path),
             "-p", str(self.port),
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null",
+            *self._host_key_options(),
             "-o", "BatchMode=yes",
             "-o", "LogLevel=ERROR",
             "-o", "IdentitiesOnly=yes",
             "-o", f"ConnectTimeout={connect_timeout}",
             f"{self.user}@{self.address}",
             cmd,
+        ]  # fmt: skip
+
+    def _host_key_options(self) -> list[str]:
+        """The host's own key is the one accepted (no known_hosts file is read or written)."""
+        if not self.host_key:  # a host booted by an older testbed: nothing to check against
+            return ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        return [
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "UserKnownHostsFile=/dev/null",
+            "-o", f"KnownHostsCommand=/bin/echo {self.known_hosts_line()}",
         ]  # fmt: skip
 
     def ssh(
@@ -325,7 +341,11 @@ class Testbed:
         return "root" if self.bare else "deploy"
 
     def _testhost(self, host: str, address: str) -> TestHost:
-        return TestHost(name=host, address=address, user=self.login, key_path=self.key_path)
+        pub = self.state_dir / host / HOST_KEY_FILE
+        host_key = pub.read_text().strip() if pub.is_file() else ""
+        return TestHost(
+            name=host, address=address, user=self.login, key_path=self.key_path, host_key=host_key
+        )
 
     def _machine(self, host: str) -> str:
         return f"{self.name}-{host}"
@@ -390,6 +410,7 @@ class Testbed:
         merged = disk / "merged"
         overlay_mount(img, disk / "upper", disk / "work", merged)
         _write_host_files(merged, host, address, _pub(key).read_text(), self.login)
+        (hdir / HOST_KEY_FILE).write_text(_new_host_key(merged) + "\n")
 
         cgroups = cgroup_dirs(self.cgroup_prefix, host)
         for d in cgroups:
@@ -541,6 +562,26 @@ def _lookup_ids(root: Path, user: str) -> tuple[int, int]:
         if parts[0] == user:
             return int(parts[2]), int(parts[3])
     raise TestbedError(f"user {user} missing in image {root}")
+
+
+HOST_KEY_FILE = "host_key.pub"
+
+
+def _new_host_key(root: Path) -> str:
+    """A host key of the host's own (the image's are shared by every host booted from it, and
+    a real server has its own): one ed25519 key, the image's keys removed. Its public line."""
+    ssh = root / "etc/ssh"
+    for old in ssh.glob("ssh_host_*_key*"):
+        old.unlink()
+    key = ssh / "ssh_host_ed25519_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)],
+        check=True,
+        capture_output=True,
+    )
+    key.chmod(0o600)
+    words = key.with_name(key.name + ".pub").read_text().split()
+    return f"{words[0]} {words[1]}"
 
 
 def _write_host_files(

@@ -8,7 +8,8 @@ A component declares
 - `roles`: the host roles it runs on (() = every host of the site);
 - `packages`: the Debian packages `provision` installs for it on a host; `python_packages`:
   pinned requirements its processes need in the site's venv (unless the project pins its own);
-- `ports`: the ports it listens on (unique per host, across every component);
+- `ports`: the ports it listens on (unique per host, across every component); `openings`:
+  which of them other machines must reach on a host, and from where (the firewall's rules);
 - `env`: the entries it adds to a site's env file, and `env_notify`: the handlers due when that
   file changes;
 - `nginx`: snippets for the site's server block, files validated with nginx's configuration and
@@ -49,6 +50,16 @@ class NginxPart:
     files: list[File] = field(default_factory=list)  # validated with the configuration
     before: list[Step] = field(default_factory=list)  # steps before the configuration is written
     after: list[Step] = field(default_factory=list)  # steps once nginx runs with it
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A TCP port of a host others must reach: from anywhere (sources None), or only from these
+    hosts' addresses (the firewall drops the rest)."""
+
+    port: int
+    what: str
+    sources: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,11 @@ class Component:
     def host_ports(self, inventory: Inventory, host: Host) -> list[tuple[int, str]]:
         """(port, what) a host-wide service of this component listens on (e.g. Redis): no
         site on that host may use them."""
+        return []
+
+    def openings(self, inventory: Inventory, host: Host) -> list[Opening]:
+        """The ports of this component's processes on `host` that other machines reach, and
+        from which hosts' addresses (tasks/firewall.py opens those and nothing else)."""
         return []
 
     def kept_secrets(self, inventory: Inventory, site: Site) -> list:

@@ -21,6 +21,8 @@ from .procs import MANAGERS
 from .schema import FileProblem, InventoryError, Table, read_text
 from .secrets import Secret, load_env_file
 
+KNOWN_HOSTS = "known_hosts"  # the team's pinned host keys, beside hosts.toml
+
 __all__ = ["DEFAULT_INVENTORY", "ROLES", "Host", "Inventory", "InventoryError", "Site", "load"]
 
 DEFAULT_INVENTORY = "hosts.toml"
@@ -44,9 +46,16 @@ class Host:
     # Where `provision` gets Debian packages: "control" (the control machine computes and
     # ships them: hosts need no internet) or "host" (the host's own apt sources).
     packages_from: str = "control"
+    # provision: the kit's nftables ruleset (tasks/firewall.py), and Debian's unattended
+    # security upgrades (None: on when the host uses its own apt sources).
+    firewall: bool = True
+    unattended_upgrades: bool | None = None
     # What the host was found to be (engine/hostinfo.py): set by the run before plans are
     # built, None in plans built without a host (tests, --check of pure logic).
     info: HostInfo | None = field(default=None, compare=False)
+    # The team's known_hosts (beside hosts.toml): the host keys the kit trusts, with the user's
+    # ~/.ssh/known_hosts (engine/hostkeys.py).
+    known_hosts: Path | None = field(default=None, compare=False)
 
     @property
     def platform(self) -> HostInfo:
@@ -153,6 +162,7 @@ class Inventory:
                 port=int(port) if port.isdigit() else 0,
                 ssh_alias=name,
                 in_inventory=False,
+                known_hosts=self.path.parent / KNOWN_HOSTS,
             )
         ]
 
@@ -188,6 +198,8 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
     d_manager = defaults.get(
         "process_manager", str, values.choice(*MANAGERS), default="systemd"
     )
+    d_firewall = defaults.get("firewall", bool, default=True)
+    d_upgrades = defaults.get("unattended_upgrades", bool, default=None)
     d_packages = defaults.get(
         "packages_from", str, values.choice(*PACKAGE_SOURCES), default="control"
     )
@@ -220,6 +232,9 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
             packages_from=r.get(
                 "packages_from", str, values.choice(*PACKAGE_SOURCES), default=d_packages
             ),
+            firewall=r.get("firewall", bool, default=d_firewall),
+            unattended_upgrades=r.get("unattended_upgrades", bool, default=d_upgrades),
+            known_hosts=path.parent / KNOWN_HOSTS,
         )
         r.done()
     raw_hosts.done()

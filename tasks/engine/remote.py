@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fabric import Config, Connection
 
 from . import facts as F
+from . import hostkeys
 from .facts import Fact, Facts
 from .inventory import Host
 
@@ -54,6 +55,8 @@ class Remote:
             connect_kwargs=kwargs,
             config=config or Config(),
         )
+        # Only hosts whose key is known: never Fabric's trust-on-first-sight.
+        hostkeys.pin(self.conn.client, host.known_hosts)
         self.commands = 0
         self.bytes_sent = 0
         self._lock = threading.Lock()
@@ -70,6 +73,9 @@ class Remote:
         try:
             self.conn.open()
         except Exception as exc:  # paramiko raises many unrelated types
+            refused = hostkeys.refusal(exc, self.host.name, self.host.known_hosts)
+            if refused:
+                raise RemoteError(refused) from None
             raise RemoteError(
                 f"cannot connect to {self.conn.user}@{self.conn.host}: {exc}"
             ) from None

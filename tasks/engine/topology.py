@@ -18,6 +18,16 @@ def hosts_with(inventory: Inventory, site: Site, role: str) -> list[Host]:
     return [inventory.hosts[n] for n in site.hosts if role in roles(inventory.hosts[n])]
 
 
+def peers(hosts: list[Host], host: Host) -> tuple[str, ...]:
+    """The addresses of `hosts` other than `host`, each once (who reaches `host` over the
+    network: the firewall's sources)."""
+    found: list[str] = []
+    for h in hosts:
+        if h.name != host.name and h.address not in found:
+            found.append(h.address)
+    return tuple(found)
+
+
 def split(inventory: Inventory, site: Site) -> bool:
     web = {h.name for h in hosts_with(inventory, site, "web")}
     app = {h.name for h in hosts_with(inventory, site, "app")}

@@ -113,6 +113,11 @@ class Project:
             for key, value in site.items():
                 lines.append(f"{key} = {_toml(value)}")
         self.inventory.write_text("\n".join(lines) + "\n")
+        # The hosts' own keys, as the testbed made them: trusted explicitly, checked on
+        # every connection (engine/hostkeys.py).
+        (self.dir / "known_hosts").write_text(
+            "".join(h.known_hosts_line() + "\n" for h in self.hosts)
+        )
         (self.dir / "example.env").write_text(
             "".join(f"{k}={v}\n" for k, v in self.secrets.items())
         )

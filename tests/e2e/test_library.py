@@ -87,6 +87,7 @@ def team(fresh_host, tmp_path_factory) -> Path:
     (directory / "fabfile.py").write_text(TEAM_FABFILE)
     (directory / "secrets").mkdir(mode=0o700)
     (directory / "secrets/example.env").write_text(f"DJANGO_SECRET_KEY={SECRET}\n")
+    (directory / "known_hosts").write_text(fresh_host.known_hosts_line() + "\n")
     (directory / "hosts.toml").write_text(
         textwrap.dedent(
             f"""\

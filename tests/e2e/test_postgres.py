@@ -1,8 +1,10 @@
 """PostgreSQL from Debian's archive, provisioned with no internet on the hosts: one site with its
 database on its own app host (loopback only), one on a separate db host that the deploy reaches
-without being a target. The generated password is in no output, process list, log or file but
-the site's env file and the db host's root-only file; the db port turns away a host that is not
-one of the site's app hosts."""
+without being a target (its firewall admitting the app host alone). The generated password is
+in no output, process list, log or file but the site's env file and the db host's root-only
+file; the db port turns away a host that is not one of the site's app hosts, at the firewall
+and at pg_hba. PostgreSQL stopped during migrate: no switch, the backup intact, the message
+names the database host."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import subprocess
 
 import pytest
 
-from .kit import Project, add_migration, curl, health, sh
+from .kit import Project, add_migration, curl, health, sh, spawn_fab, wait_for_line
 
 pytestmark = pytest.mark.e2e
 NAMES = ["web1", "db1"]
@@ -80,7 +82,10 @@ def test_the_password_is_only_in_the_env_file_and_the_root_only_file(project, ho
     web1, db1 = hosts
     kept = "/var/lib/djk/secrets/shop.db-password"
     assert sh(db1, f"stat -c '%a %U' {kept} /var/lib/djk/secrets").split() == [
-        "600", "root", "700", "root"  # fmt: skip
+        "600",
+        "root",
+        "700",
+        "root",  # fmt: skip
     ]
     secret = sh(db1, f"cat {kept}").strip()
     assert len(secret) >= 24 and env_of(web1, "shop")["DATABASE_PASSWORD"] == secret
@@ -104,26 +109,33 @@ def test_the_password_is_only_in_the_env_file_and_the_root_only_file(project, ho
         assert found[-2:] == ["0", "0"], found  # journal and process list
 
 
-def startup(address: str, user: str, database: str) -> bytes:
+def startup(address: str, user: str, database: str, timeout: float = 10) -> bytes:
     """PostgreSQL's first message (protocol 3.0) as a client sends it; the server's answer."""
     params = b"user\0" + user.encode() + b"\0database\0" + database.encode() + b"\0\0"
     packet = struct.pack("!ii", 8 + len(params), 196608) + params
-    with socket.create_connection((address, 5432), timeout=10) as sock:
+    with socket.create_connection((address, 5432), timeout=timeout) as sock:
         sock.sendall(packet)
         return sock.recv(4096)
 
 
 def test_the_db_port_admits_only_the_sites_app_hosts(project, hosts):
     web1, db1 = hosts
-    # This machine is not one of shop's app hosts: the server answers with an error.
-    answer = startup(db1.address, "shop_app", "shop_db")
+    # This machine is not one of shop's app hosts: the firewall drops it ...
+    with pytest.raises(OSError):
+        startup(db1.address, "shop_app", "shop_db", timeout=3)
+    # ... and without the firewall the server answers with an error (pg_hba).
+    sh(db1, "nft delete table inet djk")
+    try:
+        answer = startup(db1.address, "shop_app", "shop_db")
+    finally:
+        sh(db1, "systemctl restart djk-firewall")
     assert answer[:1] == b"E" and b"no pg_hba.conf entry" in answer, answer
     # web1 is: it is asked for its scram proof (R = authentication request, 10 = SASL).
     probe = (
-        "python3 -c 'import socket,struct,sys; p=b\"user\\0shop_app\\0database\\0shop_db\\0\\0\"; "
-        f"s=socket.create_connection((\"{db1.address}\",5432),5); "
-        "s.sendall(struct.pack(\"!ii\",8+len(p),196608)+p); r=s.recv(64); "
-        "print(r[:1].decode(), struct.unpack(\"!i\", r[5:9])[0])'"
+        'python3 -c \'import socket,struct,sys; p=b"user\\0shop_app\\0database\\0shop_db\\0\\0"; '
+        f's=socket.create_connection(("{db1.address}",5432),5); '
+        's.sendall(struct.pack("!ii",8+len(p),196608)+p); r=s.recv(64); '
+        'print(r[:1].decode(), struct.unpack("!i", r[5:9])[0])\''
     )
     assert sh(web1, probe).split() == ["R", "10"]
     # The app host's own PostgreSQL (site example) listens on loopback only.
@@ -156,8 +168,12 @@ def test_a_migration_is_preceded_by_pg_dump_on_the_db_host(project, hosts, src):
     assert run.code == 0, run.out + run.err
     lines = [line for line in run.out.splitlines() if "| backup " in line]
     release = health(web1, "shop.test")["release"]
-    assert any(line.startswith("db1") and "changed | backup shop" in line
-               and f"{release} before 1 migration(s): {name}" in line for line in lines), lines
+    assert any(
+        line.startswith("db1")
+        and "changed | backup shop" in line
+        and f"{release} before 1 migration(s): {name}" in line
+        for line in lines
+    ), lines
     assert any(line.startswith("web1") and "backup example" in line for line in lines), lines
     dump = f"/var/backups/djk/shop/{release}.pgdump"
     assert sh(db1, f"stat -c '%a %U' {dump}").split() == ["600", "root"]
@@ -223,3 +239,43 @@ def test_a_failing_pg_dump_stops_the_deploy_before_it_migrates(project, hosts, s
     assert health(web1, "shop.test")["release"] == live
     applied = psql(db1, "select name from django_migrations where app = 'pages'").split()
     assert name.split(".")[1] not in applied
+
+
+def test_postgresql_stopped_during_migrate_switches_nothing_and_keeps_the_backup(
+    project, hosts, src
+):
+    web1, db1 = hosts
+    live = health(web1, "shop.test")["release"]
+    name = add_migration(src, 4, "late")
+    path = src / "pages/migrations" / f"{name.split('.')[1]}.py"
+    # The migration waits before it alters the table: PostgreSQL goes away meanwhile.
+    path.write_text(path.read_text().replace(
+        "    operations = [\n",
+        "    operations = [\n        migrations.RunPython(lambda apps, editor: "
+        "__import__('time').sleep(8), migrations.RunPython.noop),\n",
+    ))  # fmt: skip
+    proc = spawn_fab(project.inventory, "-H", "web1", "deploy")
+    try:
+        wait_for_line(proc, "migrating", timeout=180)
+        sh(db1, "systemctl stop postgresql")
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.returncode != 1:
+            sh(db1, "systemctl start postgresql")
+    assert proc.returncode == 1, out
+    failed = [ln for ln in out.splitlines() if "| failed" in ln and "migrate shop" in ln]
+    assert failed, out
+    assert "PostgreSQL database shop_db on db1" in failed[0] and "nothing was switched" in failed[0]
+    sh(db1, "systemctl start postgresql")
+    assert health(web1, "shop.test")["release"] == live  # no switch
+    # The backup taken before the migration is whole: pg_restore reads its table of contents.
+    backups = project.fab("db.backups", "--site", "shop", "--json")
+    newest = backups.report["hosts"][0]["extra"]["backup_table"]["shop"][-1]
+    assert newest["reason"] == "before migrate" and newest["id"] > live
+    toc = sh(db1, f"pg_restore -l {newest['file']}")
+    assert "TABLE DATA public pages_visit" in toc
+    run = project.fab("-H", "web1", "deploy")
+    assert run.code == 0, run.out + run.err
+    assert health(web1, "shop.test")["release"] != live

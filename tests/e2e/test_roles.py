@@ -175,9 +175,7 @@ def test_a_websocket_through_the_web_host_outlives_the_app_hosts_switch(project,
 
 
 @pytest.mark.parametrize("index", [1, 2], ids=["systemd", "supervisor"])
-def test_a_rebooted_app_host_is_reached_through_its_forwarder_again(
-    project, hosts, testbed, index
-):
+def test_a_rebooted_app_host_is_reached_through_its_forwarder_again(project, hosts, testbed, index):
     release = sh(hosts[index], "readlink /srv/djk/example/current").strip()
     release = release.removeprefix("releases/")
     app = testbed.reboot(hosts[index].name)
@@ -192,5 +190,49 @@ def test_a_rebooted_app_host_is_reached_through_its_forwarder_again(
         assert "RUNNING" in sh(app, "supervisorctl status djk-example-forward || true")
     else:
         assert sh(app, "systemctl is-active djk-example-forward.socket").strip() == "active"
+    run = project.fab("deploy", "-H", ",".join(NAMES), "--json")
+    assert run.code == 0 and all(h["changed"] == 0 for h in run.report["hosts"]), run.out
+
+
+def reaches(source, host, port: int) -> bool:
+    """Whether `source` (a test host, or None: the control machine) opens a TCP connection to
+    host:port within 3 s."""
+    probe = f"timeout 3 bash -c '</dev/tcp/{host.address}/{port}' 2>/dev/null && echo open || true"
+    if source is None:
+        try:
+            socket.create_connection((host.address, port), timeout=3).close()
+            return True
+        except OSError:
+            return False
+    return sh(source, probe).strip() == "open"
+
+
+def test_the_firewall_opens_each_port_to_its_peers_only(project, hosts, testbed):
+    web, app1, app2, worker = hosts
+    before = {(s, h, p): reaches(s, h, p) for s, h, p in ((None, app1, 8001), (web, worker, 6379))}
+    assert all(before.values()), before  # open to anyone before the firewall
+    run = project.fab("provision", "-H", ",".join(NAMES))
+    assert run.code == 0, run.out + run.err  # applied over the run's own connections
+    for host in hosts:
+        rules = sh(host, "nft list table inet djk")
+        assert "policy drop;" in rules and 'tcp dport 22 accept comment "SSH"' in rules
+    assert "tcp dport 80 accept" in sh(web, "nft list table inet djk")
+    for app_host in (app1, app2):
+        rules = sh(app_host, "nft list table inet djk")
+        assert f"ip saddr {web.address} tcp dport 8001 accept" in rules, rules
+        assert "dport 80 " not in rules and "6379" not in rules
+    rules = sh(worker, "nft list table inet djk")
+    assert f"ip saddr {{ {app1.address}, {app2.address} }} tcp dport 6379 accept" in rules
+    # The web host reaches the app hosts' forwarders; the control machine (no peer) does not.
+    assert reaches(web, app1, 8001) and reaches(web, app2, 8001)
+    assert not reaches(None, app1, 8001) and not reaches(worker, app1, 8001)
+    # The broker: for the app hosts and its own workers; not for the web host.
+    assert reaches(app1, worker, 6379) and not reaches(web, worker, 6379)
+    assert reaches(None, web, 80) and health(web)["status"] == "ok"
+    # Loaded at boot; the next runs change nothing.
+    rebooted = testbed.reboot(app1.name)
+    assert "policy drop;" in sh(rebooted, "nft list table inet djk")
+    again = project.fab("provision", "-H", ",".join(NAMES), "--json")
+    assert again.code == 0 and all(h["changed"] == 0 for h in again.report["hosts"]), again.out
     run = project.fab("deploy", "-H", ",".join(NAMES), "--json")
     assert run.code == 0 and all(h["changed"] == 0 for h in run.report["hosts"]), run.out

@@ -77,14 +77,17 @@ def test_render_networkd() -> None:
     assert "DHCP" not in text
 
 
-def test_ssh_argv() -> None:
-    h = TestHost(name="web1", address="10.213.0.11", key_path=Path("/k"))
+def test_ssh_argv_accepts_the_hosts_own_key_only() -> None:
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhostkeyhostkeyhostkeyhostkeyhostkeyhostkey"
+    h = TestHost(name="web1", address="10.213.0.11", key_path=Path("/k"), host_key=key)
     argv = h.ssh_argv("uptime")
     assert argv[0] == "ssh"
     assert argv[-2:] == ["deploy@10.213.0.11", "uptime"]
-    for opt in ("StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes"):
+    for opt in ("StrictHostKeyChecking=yes", "UserKnownHostsFile=/dev/null", "BatchMode=yes",
+                f"KnownHostsCommand=/bin/echo 10.213.0.11 {key}"):  # fmt: skip
         assert opt in argv
     assert argv[argv.index("-i") + 1] == "/k"
+    assert h.known_hosts_line() == f"10.213.0.11 {key}"
 
 
 def test_mountinfo_unescape() -> None:
@@ -150,6 +153,10 @@ def test_hosts_are_real_and_distinct(booted: tuple[Testbed, list[TestHost]]) -> 
         assert f"inet {h.address}/24" in h.ssh("ip -4 -o addr show dev host0").stdout
     assert names == {"web1", "web2"}
     assert {h.name for h in tb.running()} == {"web1", "web2"}
+    # Each its own host key, the one it shows (ssh checked it: StrictHostKeyChecking=yes).
+    assert web1.host_key.startswith("ssh-ed25519 ") and web1.host_key != web2.host_key
+    shown = web1.ssh("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
+    assert " ".join(shown) == web1.host_key
 
 
 @pytest.mark.e2e

@@ -233,10 +233,12 @@ def test_the_kits_components_run_in_their_declared_order():
     names = [c.name for c in components()]
     kit = [
         "provision",
+        "firewall",
         "supervisor",
         "lock",
         "database",
         "backups",
+        "broker-check",
         "app",
         "celery",
         "rabbitmq",
