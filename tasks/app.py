@@ -316,13 +316,14 @@ def manage(site: Site, paths: SitePaths, release_dir: str, args: str) -> str:
 _DF_AWK = 'NR == 2 { printf "%s is on %s (%s), %d MB free: disk full?\\n", d, $6, $1, $4 / 1024 }'
 
 
-def disk_full(directory: str, partial: str) -> str:
-    """Shell for a failed write under `directory`: the partial copy removed, and the filesystem
-    it is on named with what it has left, on stderr; exits 1."""
+def disk_full(directory: str, partial: str, errors: str) -> str:
+    """Shell for a failed write under `directory`: the partial copy removed; the first "No space
+    left" of the command's `errors` file (else its last lines) and the filesystem `directory`
+    is on, with what it has left, on stderr; exits 1."""
     q = shlex.quote
     return (
-        f"rm -rf {q(partial)}; df -Pk {q(directory)} | awk -v d={q(directory)} {q(_DF_AWK)} >&2; "
-        "exit 1"
+        f"rm -rf {q(partial)}; grep -m 1 'No space left' {errors} >&2 || tail -n 3 {errors} >&2; "
+        f"df -Pk {q(directory)} | awk -v d={q(directory)} {q(_DF_AWK)} >&2; exit 1"
     )
 
 
@@ -351,11 +352,13 @@ class Stage(Step):
         new = f"{target}.djk-new"
         group = q(b.site.user)
         manifest = R.manifest(b.release_id, b.revision, b.tree, b.deps)
-        full = disk_full(paths.releases, new)
+        full = disk_full(paths.releases, new, '"$errors"')
         script = f"""set -e
 rm -rf {q(new)}
 install -d -m 750 -o root -g {group} {q(new)}
-tar -xzf - -C {q(new)} --no-same-owner --no-same-permissions || {{ {full}; }}
+errors=$(mktemp)
+trap 'rm -f "$errors"' EXIT
+tar -xzf - -C {q(new)} --no-same-owner --no-same-permissions 2>"$errors" || {{ {full}; }}
 printf '%s\\n' {b.tree} > {q(new)}/.djk-tree
 printf 'APP_RELEASE=%s\\nDJANGO_STATIC_ROOT=%s\\n' {q(b.release_id)} \\
   {q(paths.release_static(b.release_id))} > {q(new)}/.djk-release.env

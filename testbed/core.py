@@ -405,12 +405,14 @@ class Testbed:
         self, host: str, address: str, img: Path, key: Path, disk: Path | None = None
     ) -> None:
         hdir = self.state_dir / host
+        reboot = disk is not None
         disk = disk or self._disk_dir(host)
         hdir.mkdir(parents=True, exist_ok=True)
         merged = disk / "merged"
         overlay_mount(img, disk / "upper", disk / "work", merged)
         _write_host_files(merged, host, address, _pub(key).read_text(), self.login)
-        (hdir / HOST_KEY_FILE).write_text(_new_host_key(merged) + "\n")
+        # A reboot (same disk) keeps the host's key; a fresh disk gets a key of its own.
+        (hdir / HOST_KEY_FILE).write_text(_host_key(merged, keep=reboot) + "\n")
 
         cgroups = cgroup_dirs(self.cgroup_prefix, host)
         for d in cgroups:
@@ -567,10 +569,15 @@ def _lookup_ids(root: Path, user: str) -> tuple[int, int]:
 HOST_KEY_FILE = "host_key.pub"
 
 
-def _new_host_key(root: Path) -> str:
+def _host_key(root: Path, keep: bool = False) -> str:
     """A host key of the host's own (the image's are shared by every host booted from it, and
-    a real server has its own): one ed25519 key, the image's keys removed. Its public line."""
+    a real server has its own): one ed25519 key, the image's keys removed; with `keep`, the
+    one it has. Its public line."""
     ssh = root / "etc/ssh"
+    pub = ssh / "ssh_host_ed25519_key.pub"
+    if keep and pub.is_file():
+        words = pub.read_text().split()
+        return f"{words[0]} {words[1]}"
     for old in ssh.glob("ssh_host_*_key*"):
         old.unlink()
     key = ssh / "ssh_host_ed25519_key"
