@@ -20,7 +20,17 @@ from .engine.layout import SitePaths
 from .engine.render import render
 from .engine.schema import InventoryError, Table
 from .engine.secrets import Secret
-from .engine.steps import Action, Context, File, Plan, Run, Service, Step, UnitStatus
+from .engine.steps import (
+    Action,
+    ApplyNow,
+    Context,
+    File,
+    Plan,
+    Run,
+    Service,
+    Step,
+    UnitStatus,
+)
 
 REDIS_CONF = "/etc/redis/redis.conf"
 REDIS_UNIT = "redis-server.service"
@@ -157,7 +167,13 @@ def broker_steps(sites: list[Site], address: str | None = None) -> list[Step]:
     password = next(
         (s.secrets["BROKER_PASSWORD"] for s in sites if "BROKER_PASSWORD" in s.secrets), None
     )
-    return [RedisLoopback(address, password if address else None), Service(REDIS_UNIT)]
+    # A new bind or password is applied here, not after the run: the app and worker hosts'
+    # broker check before the switch (BrokerCheck) must find Redis where they will reach it.
+    return [
+        RedisLoopback(address, password if address else None),
+        Service(REDIS_UNIT),
+        ApplyNow(REDIS_UNIT),
+    ]
 
 
 class Restart(Step):
