@@ -428,13 +428,19 @@ class ReleaseCommand(MarkedCommand):
     def wrap(self, command: str, release_dir: str) -> str:
         if not self.mark_failed:
             return command
-        # A failed migration marks the release failed: it never goes live.
+        # A failed migration marks the release failed: it never goes live. Its output streams
+        # (progress); on failure the message is its last lines (a traceback's exception) and
+        # the note, not the middle of a traceback.
         status = shlex.quote(f"{release_dir}/.djk-status")
-        note = f"  echo {shlex.quote(self.failure_note)} >&2\n" if self.failure_note else ""
-        return (
-            f'if ! ( {command} ); then\n  [ "$(cat {status})" = staged ] && '
-            f"echo failed > {status}\n{note}  exit 1\nfi"
-        )
+        note = f"echo {shlex.quote(self.failure_note)} >&2\n  " if self.failure_note else ""
+        return f"""log=$(mktemp); rc=$(mktemp)
+trap 'rm -f "$log" "$rc"' EXIT
+( ( {command} ) 2>&1; echo $? > "$rc" ) | tee "$log"
+if [ "$(cat "$rc")" != 0 ]; then
+  [ "$(cat {status})" = staged ] && echo failed > {status}
+  tail -n 3 "$log" >&2
+  {note}exit 1
+fi"""
 
 
 _CHECK_LINE = re.compile(r"^(\S+): \(([\w.]+\.([WE])\d+)\) (.*)$")
