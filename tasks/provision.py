@@ -233,10 +233,11 @@ def bootstrap_steps(inventory: Inventory, host: Host, user: str) -> list[Step]:
         "json_": "print the report as JSON",
         "quiet": "print only changes, failures and the recap",
         "check": "change nothing; report what would change",
+        "diff": "show a unified diff of every file that changes (the firewall's rules too)",
     }
 )
-def provision(c, bootstrap=False, json_=False, quiet=False, check=False):
-    """Prepare Debian 12/13 hosts: packages for their roles, sudo rule, nginx base config.
+def provision(c, bootstrap=False, json_=False, quiet=False, check=False, diff=False):
+    """Prepare Debian 12/13 hosts: packages, firewall, sudo rule, nginx base config.
 
     Packages come from the control machine (Debian's archive, shipped over SSH: hosts need no
     internet) unless the host says packages_from = "host". --bootstrap first logs in as root
@@ -252,7 +253,7 @@ def provision(c, bootstrap=False, json_=False, quiet=False, check=False):
             as_user="root",
             recap=not json_,
         )
-    run_plans(c, host_steps, check=check, json_=json_, quiet=quiet)
+    run_plans(c, host_steps, check=check, diff=diff, json_=json_, quiet=quiet)
 
 
 def _deploy_user(inventory: Inventory, host: Host) -> str:

@@ -5,7 +5,6 @@ is a supervisor program), and nginx on web1 cannot tell."""
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 
@@ -33,15 +32,18 @@ def project(hosts, tmp_path_factory, src):
     project.site["migrate_on"] = "every"  # sqlite: one database per app host
     project.site["celery"] = {"app": "exampleproject"}
     project.secrets["BROKER_PASSWORD"] = "broker-Pw-8812/+x"
-    project.write()
-    text = project.inventory.read_text()
-    for name, roles in ROLES.items():
-        text = text.replace(f"[hosts.{name}]\n", f"[hosts.{name}]\nroles = {json.dumps(roles)}\n")
-    project.inventory.write_text(text)
+    write(project)
     run = project.fab("deploy", "-H", ",".join(NAMES))
     assert run.code == 0, run.out + run.err
     project.first_run = run
     return project
+
+
+def write(project) -> None:
+    """hosts.toml with each host's roles."""
+    for name, roles in ROLES.items():
+        project.host_keys.setdefault(name, {})["roles"] = roles
+    project.write()
 
 
 def listening(host, port: int) -> set[str]:
@@ -211,8 +213,16 @@ def test_the_firewall_opens_each_port_to_its_peers_only(project, hosts, testbed)
     web, app1, app2, worker = hosts
     # Open to anyone before the firewall.
     assert reaches(None, app1, 8001) and reaches(web, worker, 6379)
-    run = project.fab("provision", "-H", ",".join(NAMES))
+    # Security updates asked for on the web host (the others: their own setting, untouched).
+    project.host_keys["web1"] = {"unattended_upgrades": True}
+    write(project)
+    run = project.fab("provision", "-H", ",".join(NAMES), "--diff")
     assert run.code == 0, run.out + run.err  # applied over the run's own connections
+    assert 'tcp dport 6379 accept comment "Redis"' in run.out  # --diff shows the rules
+    auto = "/etc/apt/apt.conf.d/20auto-upgrades"
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in sh(web, f"cat {auto}")
+    assert "install ok installed" in sh(web, "dpkg-query -W -f='${Status}' unattended-upgrades")
+    assert "Unattended-Upgrade" not in sh(app1, f"cat {auto} 2>/dev/null || true")
     for host in hosts:
         rules = sh(host, "nft list table inet djk")
         assert "policy drop;" in rules and 'tcp dport 22 accept comment "SSH"' in rules
