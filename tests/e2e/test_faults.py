@@ -107,6 +107,11 @@ def test_redis_stopped_during_a_deploy_fails_before_the_switch_naming_it(
     project, deployed, fresh_host, src
 ):
     live = health(fresh_host)["release"]
+    # A task waiting in the queue (no worker meanwhile) must survive Redis going away.
+    sh(fresh_host, "systemctl stop djk-example-worker")
+    enqueue = "from pages.tasks import add; print('task', add.delay(20, 22).id)"
+    queued = fab(project, "app.manage", "--site", "example", "--", "shell", "-c", enqueue).out
+    task = queued.split("task ")[-1].split()[0]
     folder = src / "pages/migrations"
     previous = sorted(p.stem for p in folder.glob("0*.py"))[-1]
     (folder / "0900_slow.py").write_text(SLOW_MIGRATION.format(previous=previous))
@@ -123,8 +128,12 @@ def test_redis_stopped_during_a_deploy_fails_before_the_switch_naming_it(
         if proc.poll() is None:
             proc.kill()
         sh(fresh_host, "systemctl start redis-server")
-    fab(project, "-H", "web1", "deploy")
+    fab(project, "-H", "web1", "deploy")  # starts the worker again (it runs the new release)
     assert health(fresh_host)["release"] != live
+    result = fab(project, "app.manage", "--site", "example", "--", "shell", "-c",
+                 f"from celery.result import AsyncResult; "
+                 f"print('result', AsyncResult('{task}').get(timeout=30))").out  # fmt: skip
+    assert "result 42" in result, result
 
 
 def test_a_host_rebooted_mid_deploy_comes_back_serving_and_the_next_deploy_finishes(
