@@ -150,8 +150,9 @@ def ruleset(ssh_ports: list[int], opened: list[Opening], resolved: dict[str, lis
         "ct state established,related accept",
         "ct state invalid drop",
         'iif "lo" accept',
-        'meta l4proto icmp accept comment "ping, errors, path MTU"',
-        'meta l4proto ipv6-icmp accept comment "ping, errors, neighbour discovery"',
+        # By number: a minimal host has no /etc/protocols to name them (1 icmp, 58 ipv6-icmp).
+        'meta l4proto 1 accept comment "ICMP: ping, errors, path MTU"',
+        'meta l4proto 58 accept comment "ICMPv6: ping, errors, neighbour discovery"',
         'udp dport 68 accept comment "DHCP replies"',
         'udp dport 546 accept comment "DHCPv6 replies"',
         f'tcp dport {{ {", ".join(map(str, sorted(set(ssh_ports))))} }} accept comment "SSH"',
