@@ -69,11 +69,11 @@ def timed(lines: list[str]) -> list[tuple[float | None, str]]:
     return found
 
 
-def tail(path: Path, count: int, block: int = 65536) -> list[str]:
-    """The last `count` lines of a file, read from its end."""
+def tail(path: Path, count: int, block: int = 65536, end: int | None = None) -> list[str]:
+    """The last `count` lines of a file (of its first `end` bytes), read from the end."""
     with path.open("rb") as f:
         f.seek(0, os.SEEK_END)
-        position = f.tell()
+        position = f.tell() if end is None else min(end, f.tell())
         data = b""
         while position > 0 and data.count(b"\n") <= count:
             step = min(block, position)
@@ -144,20 +144,24 @@ def read_file(source: dict, path: Path, spec: dict, out: Output, stop: threading
     if not path.is_file():
         return
     since = spec.get("since")
-    rows = timed(tail(path, int(spec["lines"]) if since is None else 100000))
+    # Where the newest lines end and following begins: a line written meanwhile is followed.
+    end = path.stat().st_size
+    rows = timed(tail(path, int(spec["lines"]) if since is None else 100000, end=end))
     if since is not None:
         rows = [r for r in rows if r[0] is not None and r[0] >= since][-int(spec["lines"]) :]
     for when, text in rows:
         out.emit(source["unit"], when, text, str(path))
     if spec.get("follow"):
-        _follow_file(source["unit"], path, out, stop, rows[-1][0] if rows else None)
+        _follow_file(source["unit"], path, out, stop, rows[-1][0] if rows else None, end)
 
 
-def _follow_file(unit: str, path: Path, out: Output, stop: threading.Event, last) -> None:
-    """New lines as they are written; a file rotated away (a new inode, or truncated) is
-    read again from its start."""
+def _follow_file(
+    unit: str, path: Path, out: Output, stop: threading.Event, last, start: int
+) -> None:
+    """New lines as they are written after `start`; a file rotated away (a new inode, or
+    truncated) is read again from its start."""
     f = path.open("rb")
-    f.seek(0, os.SEEK_END)
+    f.seek(min(start, os.fstat(f.fileno()).st_size))
     inode, pending = os.fstat(f.fileno()).st_ino, b""
     try:
         while not stop.is_set():

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from calendar import timegm
 from pathlib import Path
@@ -107,6 +108,16 @@ class Host:
         return subprocess.Popen(command, env=self.env, stdin=pipe, stdout=pipe, text=True)
 
 
+def line_of(proc: subprocess.Popen, seconds: float = 15) -> str:
+    """The process's next output line; fails (rather than hangs) when none comes."""
+    found: list[str] = []
+    reader = threading.Thread(target=lambda: found.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    assert found and found[0], f"no line within {seconds} s"
+    return found[0]
+
+
 @pytest.fixture
 def host(tmp_path):
     return Host(tmp_path)
@@ -148,13 +159,13 @@ def test_follow_prints_new_and_rotated_lines_and_ends_with_its_stdin(host, tmp_p
     log.write_text(CELERY + "\n")
     proc = host.popen(host.spec([{"unit": "worker", "files": [str(log)]}], follow=True))
     try:
-        assert json.loads(proc.stdout.readline())["message"] == CELERY
+        assert json.loads(line_of(proc))["message"] == CELERY
         with log.open("a") as f:
             f.write("after start\n")
-        assert json.loads(proc.stdout.readline())["message"] == "after start"
+        assert json.loads(line_of(proc))["message"] == "after start"
         log.rename(tmp_path / "djk-shop-worker.log.1")  # logrotate's move, then a new file
         log.write_text("in the new file\n")
-        assert json.loads(proc.stdout.readline())["message"] == "in the new file"
+        assert json.loads(line_of(proc))["message"] == "in the new file"
         proc.stdin.close()  # the run lets go
         assert proc.wait(timeout=10) == 0
     finally:
@@ -166,7 +177,7 @@ def test_a_followed_journal_is_stopped_with_the_run(host):
     web = {"unit": "web", "journal": ["djk-shop-web-a.service"]}
     proc = host.popen(host.spec([web], follow=True))
     try:
-        assert json.loads(proc.stdout.readline())["message"] == "GET / 200"
+        assert json.loads(line_of(proc))["message"] == "GET / 200"
         proc.stdin.close()
         assert proc.wait(timeout=10) == 0
     finally:
