@@ -94,7 +94,7 @@ def readme_commands(venv: Path) -> list[list[str]]:
         if command.startswith(".venv/bin/") and "pip install" not in command:
             words = command.split()
             found.append([str(venv / "bin" / words[0].removeprefix(".venv/bin/")), *words[1:]])
-    assert [c[0].rsplit("/", 1)[1] for c in found] == ["djk", "fab"], found
+    assert [c[0].rsplit("/", 1)[1] for c in found] == ["djk", "fab", "fab"], found
     return found
 
 
@@ -114,7 +114,7 @@ def project(tmp_path_factory, fresh_host, kit_venv):
                  "db.sqlite3"):  # fmt: skip
         (root / junk).parent.mkdir(parents=True, exist_ok=True)
         (root / junk).write_text("local only\n")
-    djk, fab = readme_commands(kit_venv)
+    djk, trust, fab = readme_commands(kit_venv)
     done = run(djk, root)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "wrote hosts.toml" in done.stdout
@@ -122,6 +122,15 @@ def project(tmp_path_factory, fresh_host, kit_venv):
     text = (root / "hosts.toml").read_text().replace("203.0.113.10", fresh_host.address)
     text = text.replace('user = "deploy"', f'user = "deploy"\nssh_key = "{fresh_host.key_path}"')
     (root / "hosts.toml").write_text(text)
+    # hosts.trust shows the key's fingerprint; a person compares it with the server's own and
+    # says yes (no terminal here: it asks for --yes instead).
+    assert trust[-1] == "hosts.trust"
+    shown = run(trust, root)
+    assert shown.returncode == 2 and "needs --yes" in shown.stderr, shown.stdout + shown.stderr
+    own = subprocess.run(["ssh-keygen", "-lf", "-"], input=fresh_host.host_key, text=True,
+                         capture_output=True, check=True).stdout.split()[1]  # fmt: skip
+    assert f"ssh-ed25519 {own}; not recorded yet" in shown.stdout
+    assert run([*trust, "--yes"], root).returncode == 0
     deployed = run(fab, root)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     return root

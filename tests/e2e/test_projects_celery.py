@@ -88,6 +88,8 @@ def blog(tmp_path_factory, fresh_host, kit_venv):
     text = (root / "hosts.toml").read_text().replace("203.0.113.10", fresh_host.address)
     text = text.replace('user = "deploy"', f'user = "deploy"\nssh_key = "{fresh_host.key_path}"')
     (root / "hosts.toml").write_text(text)
+    # The host's own key, trusted explicitly (what `fab hosts.trust` records).
+    (root / "known_hosts").write_text(fresh_host.known_hosts_line() + "\n")
     return root
 
 
