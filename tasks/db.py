@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 import time
 import zipfile
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from .app import Build, Previous, live_release, migrates_here
 from .engine import events, procs, topology
 from .engine import facts as F
 from .engine.cli import (
+    confirm,
     load_inventory,
     run_plans,
     site_hosts,
@@ -488,15 +488,10 @@ def restore(c, site=None, from_=None, yes=False, message="", json_=False, quiet=
     chosen = _site(inventory, site)
     if not from_:
         raise user_error(f"which backup? --from ID (fab db.backups --site {chosen.name})")
-    if not yes:
-        if not sys.stdin.isatty():
-            raise user_error(
-                f"restoring replaces the data of site {chosen.name}: pass --yes "
-                "(stdin is not a terminal, nothing to ask)"
-            )
-        answer = input(f"Replace the data of site {chosen.name} with backup {from_}? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            raise user_error("not restored")
+    question = f"Replace the data of site {chosen.name} with backup {from_}?"
+    refusal = f"restoring replaces the data of site {chosen.name}: pass --yes"
+    if not confirm(question, yes, refusal):
+        raise user_error("not restored")
     involved = [inventory.hosts[n] for n in chosen.hosts]
     involved += [h for h in database_hosts(c, inventory, chosen) if h not in involved]
     announced = events.announcer(

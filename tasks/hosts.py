@@ -14,7 +14,7 @@ import sys
 from invoke import Exit
 
 from .engine import hostkeys
-from .engine.cli import load_inventory, target_hosts, targets_task, user_error
+from .engine.cli import confirm, load_inventory, target_hosts, targets_task
 from .engine.remote import Remote
 
 
@@ -48,16 +48,10 @@ def trust(c, yes=False):
         else:
             what = f"{name} shows {key.get_name()} {seen}; not recorded yet"
         print(f"{host.name:<{width}} | ...     | {what}")
-        if not yes:
-            if not sys.stdin.isatty():
-                raise user_error(
-                    f"host {host.name}: trusting a key needs --yes (stdin is not a terminal, "
-                    "nothing to ask)"
-                )
-            answer = input(f"Trust {seen} for {host.name} ({name})? [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                print(f"{host.name:<{width}} | skipped | not recorded")
-                continue
+        question = f"Trust {seen} for {host.name} ({name})?"
+        if not confirm(question, yes, f"host {host.name}: trusting a key needs --yes"):
+            print(f"{host.name:<{width}} | skipped | not recorded")
+            continue
         hostkeys.record(team_file, name, key)
         print(f"{host.name:<{width}} | changed | recorded in {team_file}")
     if failed:

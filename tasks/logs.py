@@ -97,8 +97,6 @@ class Printer:
         self.lock = threading.Lock()
 
     def line(self, host: str, site: str, raw: str) -> None:
-        if raw == agent.MISSING:
-            return
         try:
             entry = json.loads(raw)
         except ValueError:

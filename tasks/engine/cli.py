@@ -294,6 +294,17 @@ def _close_all(remotes: dict[str, Remote]) -> None:
             pass
 
 
+def confirm(question: str, yes: bool, refusal: str) -> bool:
+    """Whether to go on: `--yes` given, or a person at the terminal answers y. Without a
+    terminal and without --yes there is nobody to ask: a user error saying `refusal` (which
+    should name the --yes it needs)."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise user_error(f"{refusal} (stdin is not a terminal, nothing to ask)")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
 def user_error(message: str) -> Exit:
     """The one-line error of a user's mistake, exit code 2; what it quotes is escaped."""
     return Exit(f"error: {escape(message)}", code=2)
