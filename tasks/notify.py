@@ -23,9 +23,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -90,6 +88,9 @@ def summary(event: RunEvent) -> str:
 def send(url: Secret, data: bytes, timeout: float) -> str:
     """POST the body; "" when the webhook took it (2xx), else what went wrong (the URL masked:
     it is a secret)."""
+    import urllib.error  # http.client, ssl and email: only when a webhook is called
+    import urllib.request
+
     request = urllib.request.Request(
         url.reveal(),
         data=data,

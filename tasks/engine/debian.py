@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,6 +295,8 @@ def cache_dir() -> Path:
 
 
 def _get(url: str, timeout: float = 60) -> bytes:
+    import urllib.request  # only when an index or a package is fetched
+
     request = urllib.request.Request(url, headers={"User-Agent": "djk"})
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (https)
         return response.read()

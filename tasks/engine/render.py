@@ -9,17 +9,21 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from . import values
 from .secrets import MASK, Secret
+
+if TYPE_CHECKING:
+    import jinja2
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 MANAGED = "Managed by djk (the deploy kit); local changes are overwritten on the next deploy."
 
 
 def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    import jinja2
+
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     directory = Path(base) / "djk" / "jinja"
     try:
@@ -31,6 +35,10 @@ def _bytecode_cache() -> jinja2.BytecodeCache | None:
 
 @lru_cache(maxsize=8)
 def environment(overrides: Path | None = None) -> jinja2.Environment:
+    # Imported here: `fab --list` and `--help` need no templates (jinja2 is a fifth of the
+    # kit's import time).
+    import jinja2
+
     loaders: list[jinja2.BaseLoader] = []
     if overrides is not None and overrides.is_dir():
         loaders.append(jinja2.FileSystemLoader(str(overrides)))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from dotenv.parser import parse_stream
-
 from . import values
 
 MASK = "********"
@@ -48,6 +46,8 @@ def load_env_file(text: str) -> dict[str, Secret]:
     a ValueError naming the line number, never the line (it may hold half a secret)."""
     result: dict[str, Secret] = {}
     lines: dict[str, int] = {}
+    from dotenv.parser import parse_stream  # only when a secrets file is read
+
     for binding in parse_stream(io.StringIO(text)):
         line = binding.original.line
         if binding.error:

@@ -22,11 +22,14 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-from packaging.tags import Tag, compatible_tags, cpython_tags
-from packaging.utils import canonicalize_name, parse_wheel_filename
+from typing import TYPE_CHECKING
 
 from .hostinfo import HostInfo
+
+if TYPE_CHECKING:
+    from packaging.tags import Tag
+
+# packaging is imported where it is used: a run whose wheels are cached never needs it.
 
 # The manylinux levels uv knows (`--python-platform x86_64-manylinux_2_NN`).
 UV_MANYLINUX = (17, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)
@@ -71,6 +74,8 @@ class Target:
         return [*tags, f"manylinux2014_{self.machine}", f"linux_{self.machine}"]
 
     def tags(self) -> list[Tag]:
+        from packaging.tags import compatible_tags, cpython_tags
+
         abis = [self.abi, "abi3", "none"]
         platforms = self.platforms()
         return [
@@ -244,6 +249,8 @@ def _pip() -> list[str]:
 
 def best_wheel(candidates: list[str], target: Target) -> str | None:
     """The candidate file whose tags rank best for the target, or None."""
+    from packaging.utils import parse_wheel_filename
+
     rank = {tag: i for i, tag in enumerate(target.tags())}
     scored = []
     for name in candidates:
@@ -258,11 +265,15 @@ def best_wheel(candidates: list[str], target: Target) -> str | None:
 
 
 def _name_version(pin: str) -> tuple[str, str]:
+    from packaging.utils import canonicalize_name
+
     name, _, version = pin.partition("==")
     return canonicalize_name(name.split("[", 1)[0]), version.strip()
 
 
 def _in_store(pin: str, target: Target) -> str | None:
+    from packaging.utils import parse_wheel_filename
+
     name, version = _name_version(pin)
     found = []
     for path in store().glob("*.whl"):
@@ -325,6 +336,8 @@ def _download(pins: list[str], target: Target) -> None:
 
 def _build_pure(pin: str, target: Target) -> str:
     """Build the pin's sdist into a wheel here; only a pure-Python one can go to the host."""
+    from packaging.utils import parse_wheel_filename
+
     name, _ = _name_version(pin)
     where = f"no wheel of {pin} for {target.describe()}"
     with tempfile.TemporaryDirectory(prefix="djk-build-", dir=store()) as tmp:
