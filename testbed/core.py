@@ -30,6 +30,7 @@ from ._sys import (
     overlay_mount,
     pid_alive,
     proc_starttime,
+    ram_disk,
     remove_cgroups,
     require_root,
     run,
@@ -43,8 +44,11 @@ from ._sys import (
 STATE_ROOT = Path("/run/djk-testbed")
 FALLBACK_DISK_ROOT = Path("/var/tmp/djk-testbed")
 KEY_PATH = Path("/var/lib/djk-testbed/ssh/id_ed25519")
-# Overlay upper dirs grow with whatever a deploy installs; /run is often a
-# small tmpfs, so below this much free space host disks go to /var/tmp.
+# Overlay upper dirs grow with whatever a deploy installs. They go to a tmpfs of the testbed's
+# own when the machine has this much memory free (DJK_TESTBED_DISK=disk: never); else to /run
+# when it has MIN_RUN_FREE free, else to /var/tmp.
+RAM_DISK_ROOT = STATE_ROOT / ".disks"
+RAM_DISK_NEED = 8 << 30
 MIN_RUN_FREE = 4 << 30
 BOOT_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
@@ -397,6 +401,9 @@ class Testbed:
 
     def _disk_dir(self, host: str) -> Path:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        ram = ram_disk(RAM_DISK_ROOT, RAM_DISK_NEED)
+        if ram is not None:
+            return ram / self.name / host
         if free_bytes(self.state_dir) >= MIN_RUN_FREE:
             return self.state_dir / host
         return FALLBACK_DISK_ROOT / self.name / host
@@ -533,7 +540,11 @@ class Testbed:
             proc.wait()
         # Leftovers: the container's own processes if nspawn got SIGKILLed.
         kill_cgroups(cgroups)
-        disks = {self.state_dir / host, FALLBACK_DISK_ROOT / self.name / host}
+        disks = {
+            self.state_dir / host,
+            FALLBACK_DISK_ROOT / self.name / host,
+            RAM_DISK_ROOT / self.name / host,
+        }
         if st is not None:
             disks.add(Path(st.disk))
         for disk in disks:
@@ -545,8 +556,9 @@ class Testbed:
         for disk in disks:
             safe_rmtree(disk)
         safe_rmtree(self.state_dir / host)
-        with suppress(OSError):
-            (FALLBACK_DISK_ROOT / self.name).rmdir()
+        for root in (FALLBACK_DISK_ROOT, RAM_DISK_ROOT):
+            with suppress(OSError):
+                (root / self.name).rmdir()
         self.boot_seconds.pop(host, None)
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed import Testbed, TestHost, image
-from testbed._sys import _unescape_mount, cgroup_roots, cmdline, mounts_under
+from testbed import Testbed, TestHost, _sys, image
+from testbed._sys import _unescape_mount, cgroup_roots, cmdline, is_tmpfs, mounts_under
+from testbed.core import RAM_DISK_NEED, RAM_DISK_ROOT
 from testbed.net import assign_address, bridge_name, render_networkd
 
 # --- pure helpers -------------------------------------------------------------
@@ -105,6 +106,15 @@ def test_bad_names_rejected() -> None:
         tb._check_hosts("web1")
 
 
+def test_host_disks_stay_on_disk_when_told_or_short_of_memory(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DJK_TESTBED_DISK", "disk")
+    assert _sys.ram_disk(tmp_path / "ram", 0) is None
+    monkeypatch.delenv("DJK_TESTBED_DISK")
+    monkeypatch.setattr(_sys, "mem_available", lambda: 1 << 30)
+    assert _sys.ram_disk(tmp_path / "ram", 8 << 30) is None
+    assert not (tmp_path / "ram").exists()  # nothing mounted or made
+
+
 # --- e2e: real hosts --------------------------------------------------------
 
 NAME, SUBNET = "tbtest", 9
@@ -152,6 +162,10 @@ def test_hosts_are_real_and_distinct(booted: tuple[Testbed, list[TestHost]]) -> 
         names.add(hostname)
         assert f"inet {h.address}/24" in h.ssh("ip -4 -o addr show dev host0").stdout
     assert names == {"web1", "web2"}
+    # Their disks in the testbed's own tmpfs when the machine has the memory for it.
+    disk = Path(tb._read_state("web1").disk)
+    if os.environ.get("DJK_TESTBED_DISK") != "disk" and _sys.mem_available() >= RAM_DISK_NEED:
+        assert disk.is_relative_to(RAM_DISK_ROOT) and is_tmpfs(RAM_DISK_ROOT)
     assert {h.name for h in tb.running()} == {"web1", "web2"}
     # Each its own host key, the one it shows (ssh checked it: StrictHostKeyChecking=yes).
     assert web1.host_key.startswith("ssh-ed25519 ") and web1.host_key != web2.host_key
@@ -177,6 +191,7 @@ def test_down_leaves_nothing(booted: tuple[Testbed, list[TestHost]]) -> None:
     assert mounts_under(tb.state_dir) == []
     assert not Path("/sys/class/net", tb.bridge).exists()
     assert not tb.state_dir.exists()
+    assert not (RAM_DISK_ROOT / tb.name).exists()
     for root in cgroup_roots():
         assert not (root / tb.cgroup_prefix).exists()
 
