@@ -3,6 +3,10 @@ steps that ship wheels and uv — pure logic on recorded output, no network, no 
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
+
 import pytest
 
 from djk.tasks.engine import debian as D
@@ -276,11 +280,26 @@ def test_venv_installs_the_pins_offline_with_uv():
     ):
         assert text in action.script
     assert "pip install" in action.script and "/bin/pip " not in action.script
-    # bytecode is compiled once, by root, in a transient unit after the venv is complete
-    assert (
-        "systemd-run" in action.script
-        and "compileall -q -j0 /srv/djk/.kit/venvs/k1/lib" in action.script
-    )
+    # bytecode is compiled once, by root, niced, in a transient unit after the venv is complete,
+    # what a Django process imports first before the rest
+    assert "systemd-run" in action.script and "--nice=10" in action.script
+    assert "/srv/djk/.kit/venvs/k1 django/__init__.py django/utils" in action.script
+
+
+def test_the_background_compile_covers_every_module_of_the_venv(tmp_path):
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    sources = ["django/__init__.py", "django/core/management/base.py", "zzz/deep/mod.py",
+               "aaa.py", "gunicorn/app/base.py"]  # fmt: skip
+    for name in sources:
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text("X = 1\n")
+    (site / "broken.py").write_text("def (:\n")  # a file that is no Python: skipped
+    subprocess.run([sys.executable, "-c", python_env.COMPILE, str(tmp_path),
+                    *python_env.FIRST_COMPILED], check=True)  # fmt: skip
+    for name in sources:
+        assert importlib.util.cache_from_source(str(site / name)) in {
+            str(p) for p in site.rglob("*.pyc")
+        }, name
 
 
 def test_sites_with_one_dependency_set_share_one_venv():
