@@ -37,12 +37,17 @@ class DeployLock:
     def acquire(self, remote: Remote, then: str | None = None) -> Result | None:
         """Takes the locks; with `then` (a script), the keeper runs it as soon as they are
         taken and its result comes back here: one command less in every run."""
+        # A host not known to have this agent gets it with the keeper's own command.
+        carry = not agent.known_on(remote.identity())
         keeper = L.keeper_command(
             list(self.sites), self.wait, L.command_line(), deployer(), remote.run_id,
-            then=then is not None,
+            then=then is not None, carry=carry,
         )  # fmt: skip
         head = L.script_head(then) if then is not None else b""
-        line, channel = remote.hold(keeper, timeout=self.wait + 60, head=head)
+        line, channel = remote.hold(
+            keeper, timeout=self.wait + 60, head=head,
+            payload=agent.carried_head() if carry else b"",
+        )  # fmt: skip
         if line == agent.MISSING:
             # The keeper is agent code: this version of the agent goes up first (once).
             remote.release(channel)
@@ -50,6 +55,8 @@ class DeployLock:
             if not done.ok:
                 raise RemoteError(f"could not install the host agent: {done.stderr.strip()}")
             line, channel = remote.hold(keeper, timeout=self.wait + 60, head=head)
+        if line == "LOCKED" or line.startswith(("LOCKED ", "BUSY ")):
+            agent.seen_on(remote.identity())  # the keeper ran: the agent is there
         if line == "LOCKED" and then is None:
             return None
         counts = L.parse_locked(line) if then is not None else None

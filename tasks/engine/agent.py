@@ -58,14 +58,68 @@ def upload_command() -> str:
     )
 
 
+def _exec(name: str, argument: str = "") -> str:
+    arg = f" {shlex.quote(argument)}" if argument else ""
+    return f"exec python3 {shlex.quote(path())} {shlex.quote(name)}{arg}"
+
+
 def if_installed(name: str, argument: str = "", otherwise: str | None = None) -> str:
     """Runs an agent command taking its input as an argument, or prints MISSING (or runs
     `otherwise`) when this agent version is not on the host."""
     quoted = shlex.quote(path())
     fallback = otherwise if otherwise is not None else f"echo {MISSING}"
-    arg = f" {shlex.quote(argument)}" if argument else ""
-    run = f"exec python3 {quoted} {shlex.quote(name)}{arg}"
-    return f"if [ -f {quoted} ]; then {run}; fi; {fallback}"
+    return f"if [ -f {quoted} ]; then {_exec(name, argument)}; fi; {fallback}"
+
+
+def carried(name: str, argument: str = "") -> str:
+    """Runs an agent command whose stdin starts with carried_head(): the zipapp it carries is
+    put in place first when this version is not on the host (else read and dropped). For a
+    host the kit has not seen yet: no MISSING answer, no upload command and no second start."""
+    quoted = shlex.quote(path())
+    digest = hashlib.sha256(archive()).hexdigest()
+    # `read` takes the size line byte by byte and `head -c` reads no further than the zipapp
+    # (coreutils), so the command's own stdin follows untouched. A stream cut short leaves
+    # nothing (the digest is checked before the file takes the agent's name).
+    return (
+        f'read n || exit 1; if [ -f {quoted} ]; then head -c "$n" > /dev/null; else '
+        f"install -d -m 755 {AGENT_DIR} && t=$(mktemp {AGENT_DIR}/.agent.XXXXXX) && "
+        f'head -c "$n" > "$t" && [ "$(sha256sum < "$t")" = "{digest}  -" ] && '
+        f'chmod 644 "$t" && mv -f "$t" {quoted} || {{ rm -f "$t"; exit 1; }}; fi; '
+        f"{_exec(name, argument)}"
+    )
+
+
+def carried_head() -> bytes:
+    data = archive()
+    return f"{len(data)}\n".encode() + data
+
+
+# The control machine remembers which agent it last found on each host (by Remote.identity():
+# login and host key): a host not seen with this version gets it carried by its first command.
+
+
+def _seen_file(identity: str) -> Path:
+    from .hostinfo import cache_dir
+
+    return cache_dir() / (hashlib.sha256(identity.encode()).hexdigest()[:24] + ".agent")
+
+
+def known_on(identity: str) -> bool:
+    try:
+        return _seen_file(identity).read_text().strip() == path()
+    except OSError:
+        return False
+
+
+def seen_on(identity: str) -> None:
+    if known_on(identity):
+        return
+    target = _seen_file(identity)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path() + "\n")
+    except OSError:
+        pass  # only a cache: the next run asks the host again
 
 
 def any_installed(name: str, argument: str = "") -> str:

@@ -22,15 +22,23 @@ from .facts import Fact
 BUSY_EXIT = 75
 
 def keeper_command(
-    sites: list[str], wait: float, command: str, by: str, run_id: str, then: bool = False
+    sites: list[str],
+    wait: float,
+    command: str,
+    by: str,
+    run_id: str,
+    then: bool = False,
+    carry: bool = False,
 ) -> str:
     """The agent's lock keeper (agent/lock.py), or agent.MISSING when it must be uploaded. With
-    `then`, its stdin starts with a script it runs once the locks are taken (script_head)."""
+    `then`, its stdin starts with a script it runs once the locks are taken (script_head); with
+    `carry`, before that with the agent itself (agent.carried_head)."""
     spec = {"sites": sites, "wait": wait, "run": run_id,
             "info": {"by": by, "pid": os.getpid(), "command": command}}  # fmt: skip
     if then:
         spec["then"] = True
-    return agent.if_installed("lock-keep", json.dumps(spec, sort_keys=True))
+    text = json.dumps(spec, sort_keys=True)
+    return agent.carried("lock-keep", text) if carry else agent.if_installed("lock-keep", text)
 
 
 def script_head(script: str) -> bytes:

@@ -96,6 +96,12 @@ class Remote:
             self.release(channel)
         self.conn.close()
 
+    def identity(self) -> str:
+        """The login and the host key's fingerprint: a server reinstalled at the same address
+        is another host to what the control machine remembers."""
+        key = self._transport().get_remote_server_key()
+        return f"{self.host.login} {key.get_name()} {key.get_fingerprint().hex()}"
+
     @property
     def holding(self) -> bool:
         return bool(self._held)
@@ -108,17 +114,20 @@ class Remote:
             command = "sudo -n -- " + command
         return command
 
-    def hold(self, command: str, timeout: float, head: bytes = b"") -> tuple[str, object]:
+    def hold(
+        self, command: str, timeout: float, head: bytes = b"", payload: bytes = b""
+    ) -> tuple[str, object]:
         """Start a command that keeps running for the rest of the run (its stdin stays open
-        until close(), after `head`); return its first output line and its channel. The command
-        is not tagged with the run id: it is the one that waits for the run's tagged commands
-        to end."""
+        until close(), after `payload` (counted as sent, like any upload) and `head`); return
+        its first output line and its channel. The command is not tagged with the run id: it
+        is the one that waits for the run's tagged commands to end."""
         with self._lock:
             self.commands += 1
+            self.bytes_sent += len(payload)
         channel = self._transport().open_session()
         channel.exec_command(self._command(command, tag=False))
-        if head:
-            channel.sendall(head)
+        if payload or head:
+            channel.sendall(payload + head)
         channel.settimeout(timeout)
         line = b""
         try:
