@@ -269,15 +269,17 @@ def is_tmpfs(path: Path) -> bool:
 
 
 def ram_disk(path: Path, need: int) -> Path | None:
-    """A tmpfs at ``path`` for the hosts' disks (mounted here once, half of the memory at most,
-    used as filled), or None: DJK_TESTBED_DISK=disk, less than ``need`` bytes available, or
-    the mount refused.
+    """With DJK_TESTBED_DISK=ram (the bench sets it): a tmpfs at ``path`` for the hosts' disks
+    (mounted here once, half of the memory at most, used as filled); None otherwise, with less
+    than ``need`` bytes available, or when the mount is refused.
 
     Why: an overlay upper dir on a VM's virtual disk made small-file work in the hosts slow
     and erratic (uv unpacking the same 31 wheels: 0.7-0.9 s on tmpfs, 1.2-4.8 s on the
-    disk, nearly all of it kernel time), which is the machine's, not what a test measures.
+    disk, nearly all of it kernel time), which is the machine's, not what the bench measures.
+    Not the default: hosts on it sometimes took over 30 s to power off after a few deploys
+    (2 of 3 reboots in one full test run, cause not found); on disk they never did.
     """
-    if os.environ.get("DJK_TESTBED_DISK", "ram") == "disk":
+    if os.environ.get("DJK_TESTBED_DISK", "disk") != "ram":
         return None
     if is_tmpfs(path):
         return path

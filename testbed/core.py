@@ -22,7 +22,9 @@ from . import net
 from ._sys import (
     TestbedError,
     cgroup_dirs,
+    cgroup_pids,
     cgroup_roots,
+    cmdline,
     find_nspawn,
     free_bytes,
     kill_cgroups,
@@ -44,9 +46,9 @@ from ._sys import (
 STATE_ROOT = Path("/run/djk-testbed")
 FALLBACK_DISK_ROOT = Path("/var/tmp/djk-testbed")
 KEY_PATH = Path("/var/lib/djk-testbed/ssh/id_ed25519")
-# Overlay upper dirs grow with whatever a deploy installs. They go to a tmpfs of the testbed's
-# own when the machine has this much memory free (DJK_TESTBED_DISK=disk: never); else to /run
-# when it has MIN_RUN_FREE free, else to /var/tmp.
+# Overlay upper dirs grow with whatever a deploy installs. With DJK_TESTBED_DISK=ram (the
+# bench) they go to a tmpfs of the testbed's own when the machine has this much memory free;
+# else to /run when it has MIN_RUN_FREE free, else to /var/tmp.
 RAM_DISK_ROOT = STATE_ROOT / ".disks"
 RAM_DISK_NEED = 8 << 30
 MIN_RUN_FREE = 4 << 30
@@ -297,7 +299,11 @@ class Testbed:
         with self._lock():
             signal_pid(st.pid, signal.SIGTERM)  # nspawn: a clean poweroff of the container
             if not wait_gone(st.pid, st.starttime, STOP_TIMEOUT):
-                raise TestbedError(f"{host}: no clean shutdown in {STOP_TIMEOUT:.0f}s")
+                left = sorted(cgroup_pids(cgroup_dirs(self.cgroup_prefix, host)))
+                what = "; ".join(" ".join(cmdline(p))[:80] for p in left[:12])
+                raise TestbedError(
+                    f"{host}: no clean shutdown in {STOP_TIMEOUT:.0f}s (still running: {what})"
+                )
             proc = self._procs.pop(host, None)
             if proc is not None:
                 proc.wait()

@@ -106,10 +106,10 @@ def test_bad_names_rejected() -> None:
         tb._check_hosts("web1")
 
 
-def test_host_disks_stay_on_disk_when_told_or_short_of_memory(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("DJK_TESTBED_DISK", "disk")
+def test_host_disks_stay_on_disk_unless_asked_and_the_memory_is_there(tmp_path, monkeypatch):
+    monkeypatch.delenv("DJK_TESTBED_DISK", raising=False)
     assert _sys.ram_disk(tmp_path / "ram", 0) is None
-    monkeypatch.delenv("DJK_TESTBED_DISK")
+    monkeypatch.setenv("DJK_TESTBED_DISK", "ram")
     monkeypatch.setattr(_sys, "mem_available", lambda: 1 << 30)
     assert _sys.ram_disk(tmp_path / "ram", 8 << 30) is None
     assert not (tmp_path / "ram").exists()  # nothing mounted or made
@@ -162,10 +162,11 @@ def test_hosts_are_real_and_distinct(booted: tuple[Testbed, list[TestHost]]) -> 
         names.add(hostname)
         assert f"inet {h.address}/24" in h.ssh("ip -4 -o addr show dev host0").stdout
     assert names == {"web1", "web2"}
-    # Their disks in the testbed's own tmpfs when the machine has the memory for it.
+    # Their disks in the testbed's own tmpfs when asked for and the machine has the memory.
     disk = Path(tb._read_state("web1").disk)
-    if os.environ.get("DJK_TESTBED_DISK") != "disk" and _sys.mem_available() >= RAM_DISK_NEED:
-        assert disk.is_relative_to(RAM_DISK_ROOT) and is_tmpfs(RAM_DISK_ROOT)
+    in_ram = os.environ.get("DJK_TESTBED_DISK") == "ram" and _sys.mem_available() >= RAM_DISK_NEED
+    assert disk.is_relative_to(RAM_DISK_ROOT) == in_ram
+    assert not in_ram or is_tmpfs(RAM_DISK_ROOT)
     assert {h.name for h in tb.running()} == {"web1", "web2"}
     # Each its own host key, the one it shows (ssh checked it: StrictHostKeyChecking=yes).
     assert web1.host_key.startswith("ssh-ed25519 ") and web1.host_key != web2.host_key
