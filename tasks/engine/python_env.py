@@ -275,8 +275,8 @@ class Venv(Step):
     """A complete virtualenv at /srv/djk/.kit/venvs/<key>, installed with uv from the host's
     wheel store (no index, no network): the pinned set exactly, with its bytecode.
 
-    Its bytecode is compiled once, by root, in the background right after the install, niced,
-    what a Django process imports first before the rest (the sites' processes run with
+    Its bytecode is compiled once, by root, niced, in the background right after the install:
+    first what a Django process imports first, then the rest (the sites' processes run with
     PYTHONDONTWRITEBYTECODE: every start after that loads it).
     Releases link to the venv; a switch removes venvs no release of any site links to.
     """

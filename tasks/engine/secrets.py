@@ -44,10 +44,10 @@ def load_env_file(text: str) -> dict[str, Secret]:
     """A dotenv file's pairs, every value a secret. Strict: a line python-dotenv cannot parse,
     a name without `=`, a bad name, a value the env file cannot carry or a name given twice is
     a ValueError naming the line number, never the line (it may hold half a secret)."""
+    from dotenv.parser import parse_stream  # imported only when a secrets file is read
+
     result: dict[str, Secret] = {}
     lines: dict[str, int] = {}
-    from dotenv.parser import parse_stream  # only when a secrets file is read
-
     for binding in parse_stream(io.StringIO(text)):
         line = binding.original.line
         if binding.error:
