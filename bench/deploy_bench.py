@@ -168,6 +168,20 @@ def write_inventory(directory: Path, hosts, sites: int, source: Path, workers: i
     return path
 
 
+def settle(hosts, timeout: float = 120.0) -> None:
+    """Wait until no host still compiles a new venv's bytecode in the background: the test
+    hosts share this machine's CPUs with each other and with `fab`, so the runs timed next
+    would pay for it; servers of their own would not."""
+    deadline = time.monotonic() + timeout
+    for host in hosts:
+        while time.monotonic() < deadline:
+            busy = host.ssh("systemctl list-units --no-legend --state=active 'djk-compile-*'",
+                            check=False).stdout.strip()  # fmt: skip
+            if not busy:
+                break
+            time.sleep(0.5)
+
+
 def bench_size(
     bed: Testbed, size: str, reps: int, first_reps: int, cold: bool = False
 ) -> list[Figures]:
@@ -198,6 +212,7 @@ def bench_size(
             run, _ = measure(inventory, "-H", "all", "deploy", "--json")
             results["first"].runs.append(run)
             print(f"  {size} first #{rep + 1}: {run.seconds:.2f}s", file=sys.stderr)
+        settle(hosts)
         for _ in range(reps):
             run, _ = measure(inventory, "-H", "all", "deploy", "--json")
             results["noop"].runs.append(run)
@@ -219,6 +234,7 @@ def bench_size(
             requirements.write_text(pristine + f"{extra}\n")
             run, _ = measure(inventory, "-H", "all", "deploy", "--json")
             results["deps"].runs.append(run)
+            settle(hosts)
         requirements.write_text(pristine)
         for _ in range(reps):
             workers = 3 if workers == 2 else 2
