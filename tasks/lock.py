@@ -38,7 +38,8 @@ class DeployLock:
         """Takes the locks; with `then` (a script), the keeper runs it as soon as they are
         taken and its result comes back here: one command less in every run."""
         # A host not known to have this agent gets it with the keeper's own command.
-        carry = not agent.known_on(remote.identity())
+        identity = remote.identity()
+        carry = not agent.known_on(identity)
         keeper = L.keeper_command(
             list(self.sites), self.wait, L.command_line(), deployer(), remote.run_id,
             then=then is not None, carry=carry,
@@ -56,7 +57,7 @@ class DeployLock:
                 raise RemoteError(f"could not install the host agent: {done.stderr.strip()}")
             line, channel = remote.hold(keeper, timeout=self.wait + 60, head=head)
         if line == "LOCKED" or line.startswith(("LOCKED ", "BUSY ")):
-            agent.seen_on(remote.identity())  # the keeper ran: the agent is there
+            agent.seen_on(identity)  # the keeper ran: the agent is there
         if line == "LOCKED" and then is None:
             return None
         counts = L.parse_locked(line) if then is not None else None

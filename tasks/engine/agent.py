@@ -36,9 +36,13 @@ def archive() -> bytes:
 
 
 @lru_cache(maxsize=1)
+def digest() -> str:
+    return hashlib.sha256(archive()).hexdigest()
+
+
+@lru_cache(maxsize=1)
 def path() -> str:
-    digest = hashlib.sha256(archive()).hexdigest()[:16]
-    return f"{AGENT_DIR}/agent-{digest}.pyz"
+    return f"{AGENT_DIR}/agent-{digest()[:16]}.pyz"
 
 
 def installed() -> File:
@@ -76,14 +80,13 @@ def carried(name: str, argument: str = "") -> str:
     put in place first when this version is not on the host (else read and dropped). For a
     host the kit has not seen yet: no MISSING answer, no upload command and no second start."""
     quoted = shlex.quote(path())
-    digest = hashlib.sha256(archive()).hexdigest()
     # `read` takes the size line byte by byte and `head -c` reads no further than the zipapp
     # (coreutils), so the command's own stdin follows untouched. A stream cut short leaves
     # nothing (the digest is checked before the file takes the agent's name).
     return (
         f'read n || exit 1; if [ -f {quoted} ]; then head -c "$n" > /dev/null; else '
         f"install -d -m 755 {AGENT_DIR} && t=$(mktemp {AGENT_DIR}/.agent.XXXXXX) && "
-        f'head -c "$n" > "$t" && [ "$(sha256sum < "$t")" = "{digest}  -" ] && '
+        f'head -c "$n" > "$t" && [ "$(sha256sum < "$t")" = "{digest()}  -" ] && '
         f'chmod 644 "$t" && mv -f "$t" {quoted} || {{ rm -f "$t"; exit 1; }}; fi; '
         f"{_exec(name, argument)}"
     )
@@ -99,9 +102,9 @@ def carried_head() -> bytes:
 
 
 def _seen_file(identity: str) -> Path:
-    from .hostinfo import cache_dir
+    from .hostinfo import cache_file
 
-    return cache_dir() / (hashlib.sha256(identity.encode()).hexdigest()[:24] + ".agent")
+    return cache_file(identity, ".agent")
 
 
 def known_on(identity: str) -> bool:

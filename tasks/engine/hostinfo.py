@@ -123,14 +123,15 @@ def cache_dir() -> Path:
     return Path(base) / "djk" / "hosts"
 
 
-def _cache_file(key: str) -> Path:
-    return cache_dir() / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+def cache_file(key: str, suffix: str = ".json") -> Path:
+    """Where the control machine keeps what it remembers of the host `key`."""
+    return cache_dir() / (hashlib.sha256(key.encode()).hexdigest()[:24] + suffix)
 
 
 def cached(key: str) -> HostInfo | None:
     """The profile last read from the host `key` (user@address:port), or None."""
     try:
-        data = json.loads(_cache_file(key).read_text())
+        data = json.loads(cache_file(key).read_text())
         known = HostInfo.__dataclass_fields__
         return HostInfo(**{k: str(v) for k, v in data.items() if k in known})
     except (OSError, ValueError, TypeError):
@@ -138,7 +139,7 @@ def cached(key: str) -> HostInfo | None:
 
 
 def remember(key: str, info: HostInfo) -> None:
-    path = _cache_file(key)
+    path = cache_file(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
