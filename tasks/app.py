@@ -799,14 +799,25 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
     return steps
 
 
-def migrate_step(build: Build, inventory: Inventory) -> Step:
-    paths = SitePaths.of(build.site)
+def migrated_marker(site: Site) -> str:
+    """What the migrate step writes on a migrating host once a release migrated the database."""
+    return f"{SitePaths.of(site).shared}/.djk-migrated"
+
+
+def migrate_marker(build: Build, inventory: Inventory) -> tuple[str, str]:
+    """The migrate step's marker on a migrating host, and what it holds once this build has
+    migrated the site's current database."""
+    step = migrate_step(build, inventory)
+    return step.marker, step.key
+
+
+def migrate_step(build: Build, inventory: Inventory) -> ReleaseCommand:
     return ReleaseCommand(
         build,
         f"migrate:{build.site.name}",
         f"migrate {build.site.name}",
         "migrate --noinput",
-        f"{paths.shared}/.djk-migrated",
+        migrated_marker(build.site),
         "migrating",
         mark_failed=True,
         # Another database (SQLite -> PostgreSQL, another db host) is migrated anew.

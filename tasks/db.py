@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from . import celery, maintenance
 from . import database as D
-from .app import Build, Previous, live_release, migrates_here
+from .app import Build, Previous, live_release, migrate_marker, migrated_marker, migrates_here
 from .engine import events, procs, topology
 from .engine import facts as F
 from .engine.cli import (
@@ -46,6 +46,10 @@ from .lock import DeployLock
 
 BACKUPS = "/var/backups/djk"
 NO_TABLE = "no-table"
+# What Applied reads when the host's migrate marker already names this release and database:
+# the migrate step will not run, so there is nothing to back up and no need to open the database
+# (a no-op deploy then starts no Python and no psql for it, on the host or here).
+MIGRATED = "djk-migrated"
 
 
 def backup_dir(site: Site) -> str:
@@ -78,11 +82,13 @@ _SQLITE_APPLIED = (
 
 @dataclass(frozen=True)
 class Applied(Fact[frozenset]):
-    """The migrations a site's database has applied ("<app>.<name>"); an empty set marked by
-    NO_TABLE in `missing` when it has none yet; None when it could not be read."""
+    """The migrations a site's database has applied ("<app>.<name>"); {NO_TABLE} when it has
+    none yet; None when it could not be read. With `unless` (a marker file and a value): {MIGRATED}
+    without reading the database when the file holds that value."""
 
     engine: str
     where: str  # the PostgreSQL database, or the SQLite file
+    unless: tuple[str, str] | None = None
 
     def command(self) -> str:
         if self.engine == "postgresql":
@@ -90,24 +96,35 @@ class Applied(Fact[frozenset]):
             psql = f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {db}"
             exists = "select to_regclass('django_migrations') is not null"
             rows = "select app || '.' || name from django_migrations"
-            return (
+            read = (
                 f't=$({psql} -c "{exists}") || exit 3\n'
                 f'if [ "$t" = t ]; then {psql} -c "{rows}"; else echo {NO_TABLE}; fi'
             )
-        return f"python3 -c {shlex.quote(_SQLITE_APPLIED)} {shlex.quote(self.where)}"
+        else:
+            read = f"python3 -c {shlex.quote(_SQLITE_APPLIED)} {shlex.quote(self.where)}"
+        if self.unless is None:
+            return read
+        marker, value = (shlex.quote(part) for part in self.unless)
+        return (
+            f'if [ "$(cat -- {marker} 2>/dev/null)" = {value} ]; then echo {MIGRATED}\n'
+            f"else\n{read}\nfi"
+        )
 
     def parse(self, rc: int, out: str) -> frozenset[str] | None:
         if rc != 0:
             return None
         lines = {line.strip() for line in out.splitlines() if line.strip()}
-        return frozenset({NO_TABLE}) if NO_TABLE in lines else frozenset(lines)
+        for sentinel in (MIGRATED, NO_TABLE):
+            if sentinel in lines:
+                return frozenset({sentinel})
+        return frozenset(lines)
 
 
-def applied_fact(site: Site) -> Applied:
+def applied_fact(site: Site, unless: tuple[str, str] | None = None) -> Applied:
     db = D.of(site)
     if db.engine == "postgresql":
-        return Applied("postgresql", db.name)
-    return Applied("sqlite", SitePaths.of(site).db)
+        return Applied("postgresql", db.name, unless)
+    return Applied("sqlite", SitePaths.of(site).db, unless)
 
 
 @dataclass(frozen=True)
@@ -210,9 +227,11 @@ class BeforeMigrate(Step):
     """A backup before the deploy migrates, when the release brings a migration the database
     has not applied; the deploy stops here if it fails."""
 
-    def __init__(self, site: Site, build: Build) -> None:
+    def __init__(self, site: Site, build: Build, migrated: tuple[str, str] | None = None) -> None:
+        # `migrated`: the migrate step's marker and the value it holds once this build migrated
+        # this database, on a host that migrates; where it holds it, neither step has work.
         self.site, self.build = site, build
-        self.fact = applied_fact(site)
+        self.fact = applied_fact(site, migrated)
         self.id = f"backup:{site.name}"
         self.name = f"backup {site.name}"
 
@@ -226,6 +245,8 @@ class BeforeMigrate(Step):
                 error=f"cannot read the migrations applied to {self.fact.where}: "
                 "is the database up? (no backup: not migrating)"
             )
+        if MIGRATED in applied:
+            return Plan(reason="migrations done for this release")
         if NO_TABLE in applied:
             return Plan(reason="no migrations applied yet: nothing to back up")
         pending = sorted(brought(self.build, applied) - applied)
@@ -255,7 +276,13 @@ class DbComponent(Component):
         inventory, host = run.inventory, run.host
         if phase == "backup" and run.builds:
             return [
-                BeforeMigrate(site, run.builds[site.name])
+                BeforeMigrate(
+                    site,
+                    run.builds[site.name],
+                    migrate_marker(run.builds[site.name], inventory)
+                    if migrates_here(inventory, site, host)
+                    else None,
+                )
                 for site in run.sites
                 if site.name in run.builds and holds_database(inventory, site, host)
             ]
@@ -265,8 +292,11 @@ class DbComponent(Component):
         policy, to = rollback
         sites = [s for s in run.sites if D.of(s).engine != "external"]
         if phase == "restore" and policy == "restore":
-            return [RestoreForRollback(inventory, s, host, to) for s in sites
-                    if holds_database(inventory, s, host)]  # fmt: skip
+            return [
+                *(RestoreForRollback(inventory, s, host, to) for s in sites
+                  if holds_database(inventory, s, host)),
+                *(ForgetMigrated(s) for s in sites if migrates_here(inventory, s, host)),
+            ]  # fmt: skip
         if phase == "switch" and "app" in topology.roles(host):
             return [SchemaGuard(inventory, s, host, to, policy) for s in sites]
         return []
@@ -432,6 +462,26 @@ class Restore(Step):
         return Plan([Action(f"from {self.backup_id}", script, progress="restoring the database")])
 
 
+class ForgetMigrated(Step):
+    """On a migrating host, after the database was put back: the migrate step's marker goes, so
+    the next deploy migrates again (a release whose migrations the restore undid would otherwise
+    count as migrated, and go live on the older schema)."""
+
+    def __init__(self, site: Site) -> None:
+        self.marker = migrated_marker(site)
+        self.id = f"forget-migrated:{site.name}"
+        self.name = f"migrate marker {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [F.Text(self.marker)]
+
+    def plan(self, ctx: Context) -> Plan:
+        if ctx.facts[F.Text(self.marker)] is None:
+            return Plan(reason="none: the next deploy migrates")
+        script = f"rm -f -- {shlex.quote(self.marker)}"
+        return Plan([Action("removed: the next deploy migrates again", script)])
+
+
 def migrated_since(backups: list[dict], target: str, live: str | None) -> list[dict]:
     """The backups taken before a release newer than `target` (and not newer than the live
     one) migrated: the schema went past `target`'s there. Oldest first."""
@@ -463,6 +513,8 @@ def restore_plan(
         by_phase["start"] = [Service(u) for u in workers]
     if holds_database(inventory, site, host):
         by_phase["restore"] = [Restore(site, backup_id)]
+    if migrates_here(inventory, site, host):
+        by_phase["restore"].append(ForgetMigrated(site))
     return HostPlan(
         host,
         [Phase(name, steps) for name, steps in by_phase.items()],

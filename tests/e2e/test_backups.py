@@ -124,6 +124,12 @@ def test_a_rollback_across_a_migration_refuses_then_restores_with_restore_db(
     assert "extra" not in columns(fresh_host) and "note" in columns(fresh_host)
     applied = query(fresh_host, DB, "select name from django_migrations")
     assert "0003_extra" not in applied and "0002_note" in applied
+    # The newer release deployed again migrates again: the restore undid its migration, and
+    # the marker that said it had run went with it.
+    again = deploy(project)
+    assert "changed" in step_line(again, "migrate example"), again.out
+    assert health(fresh_host)["release"] > live
+    assert "extra" in columns(fresh_host)
 
 
 def test_db_restore_puts_back_the_rows_of_a_backup(project, fresh_host):
@@ -142,6 +148,7 @@ def test_db_restore_puts_back_the_rows_of_a_backup(project, fresh_host):
     steps = [(s["step"], s["status"]) for s in run.report["hosts"][0]["steps"]]
     assert steps.count(("maintenance page example", "changed")) == 2  # on, then off
     assert ("restore example", "changed") in steps
+    assert ("migrate marker example", "changed") in steps  # the next deploy migrates again
     assert count(fresh_host, DB) == rows
     assert curl(fresh_host, "/").split("\n")[1].split(" ")[1] == "200"  # page off
     unknown = project.fab("db.restore", "--site", "example", "--from", "nope", "--yes")

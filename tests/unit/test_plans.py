@@ -12,6 +12,7 @@ import pytest
 
 from djk.tasks import app
 from djk.tasks.celery import RedisAuth, RedisBind, WorkingDirs
+from djk.tasks.db import Applied
 from djk.tasks.deploy import deploy_plan, rollback_plan
 from djk.tasks.engine import facts as F
 from djk.tasks.engine.debian import Installed
@@ -51,7 +52,17 @@ def _fact(spec: dict):
         return DpkgStatus(), {name: Installed("1.0") for name in value}
     if kind == "Locks":
         return Locks(), value
+    if kind == "Applied":  # matched to the step's own by the database it reads (_given)
+        return ("Applied", spec["where"]), frozenset(value)
     raise ValueError(f"unknown fact {kind}")
+
+
+def _given(case: dict, declared: dict) -> dict:
+    given = dict(_fact(spec) for spec in case.get("facts", []))
+    for fact in list(declared):
+        if isinstance(fact, Applied) and ("Applied", fact.where) in given:
+            given[fact] = given[("Applied", fact.where)]
+    return {fact: value for fact, value in given.items() if not isinstance(fact, tuple)}
 
 
 def _inventory(case: dict, tmp_path: Path):
@@ -75,10 +86,13 @@ def _steps(case: dict, inventory):
     if kind == "provision":
         return host_steps(inventory, host)
     if kind == "rollback":
-        plan = rollback_plan(inventory, host, None, case.get("to"))
+        plan = rollback_plan(inventory, host, None, case.get("to"), db=case.get("db", ""))
     else:
         release, tree = case["build"]["release"], case["build"]["tree"]
-        builds = {s.name: app.Build(s, release, tree, "d1", "rev") for s in sites}
+        brings = tuple(case["build"].get("migrations", ()))
+        builds = {
+            s.name: app.Build(s, release, tree, "d1", "rev", migrations=brings) for s in sites
+        }
         plan = deploy_plan(inventory, host, builds, targets=[host.name])
     (phase,) = [p for p in plan.phases if p.name == case["phase"]]
     return phase.steps
@@ -99,8 +113,8 @@ def test_plan(path: Path, tmp_path: Path):
     case = tomllib.loads(path.read_text())
     inventory = _inventory(case, tmp_path)
     steps = _steps(case, inventory)
-    given = dict(_fact(spec) for spec in case.get("facts", []))
     declared = {fact: fact.default for step in steps for fact in step.facts(False)}
+    given = _given(case, declared)
     facts = F.Facts({**declared, **given})
     planned = {
         step.name: plan

@@ -1,0 +1,77 @@
+"""Backups before migrations, their pure parts: the applied-migrations fact read through the
+migrate step's marker (a deploy whose release already migrated this database opens neither the
+database nor the wheels), and where that marker is trusted."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from pathlib import Path
+
+from djk.tasks import app
+from djk.tasks.db import MIGRATED, NO_TABLE, Applied, BeforeMigrate
+from djk.tasks.deploy import deploy_plan
+from djk.tasks.engine.inventory import parse
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "example"
+
+
+def read(fact: Applied) -> frozenset | None:
+    done = subprocess.run(["sh", "-c", fact.command()], capture_output=True, text=True)
+    return fact.parse(done.returncode, done.stdout)
+
+
+def test_applied_is_read_unless_the_marker_names_this_build(tmp_path):
+    db, marker = tmp_path / "db.sqlite3", tmp_path / ".djk-migrated"
+    plain = Applied("sqlite", str(db))
+    assert read(plain) == {NO_TABLE}  # no database yet
+    with sqlite3.connect(db) as c:
+        c.execute("create table django_migrations (app text, name text)")
+        c.execute("insert into django_migrations values ('pages', '0001_initial')")
+    guarded = Applied("sqlite", str(db), (str(marker), "k1|sqlite:web1:x"))
+    assert read(guarded) == {"pages.0001_initial"}  # no marker: the database is read
+    marker.write_text("k0|sqlite:web1:x\n")
+    assert read(guarded) == {"pages.0001_initial"}  # another build's marker: read
+    marker.write_text("k1|sqlite:web1:x\n")
+    db.unlink()
+    db.mkdir()  # a database that cannot be opened: the marker alone answers
+    assert read(plain) is None
+    assert read(guarded) == {MIGRATED}
+
+
+def _inventory(tmp_path, database: dict, hosts: list[str]):
+    # With a db host, the app hosts do not hold the database (no roles: every role).
+    roles = {"roles": ["web", "app", "worker", "broker"]} if "db1" in hosts else {}
+    (tmp_path / "s.env").write_text("DJANGO_SECRET_KEY=k-123456789\n")
+    site = {"domains": ["shop.test"], "hosts": hosts, "source": str(EXAMPLE),
+            "asgi": "exampleproject.asgi:application", "settings": "exampleproject.settings",
+            "port": 8001, "env_file": "s.env", "database": database}  # fmt: skip
+    data = {
+        "hosts": {"web1": {"address": "10.213.5.11", **roles},
+                  "web2": {"address": "10.213.5.12", **roles},
+                  "db1": {"address": "10.213.5.20", "roles": ["db"]}},  # fmt: skip
+        "sites": {"shop": site},
+    }
+    return parse(data, tmp_path / "hosts.toml")
+
+
+def _backup_fact(inventory, host: str) -> Applied:
+    site = inventory.sites["shop"]
+    build = app.Build(site, "R2", "t2", "d1", "rev")
+    plan = deploy_plan(inventory, inventory.hosts[host], {"shop": build}, targets=[host])
+    (phase,) = [p for p in plan.phases if p.name == "backup"]
+    (step,) = [s for s in phase.steps if isinstance(s, BeforeMigrate)]
+    (fact,) = step.facts(False)
+    return fact
+
+
+def test_the_marker_is_trusted_only_on_the_host_that_migrates(tmp_path):
+    sqlite = _inventory(tmp_path, {"engine": "sqlite"}, ["web1"])
+    build = app.Build(sqlite.sites["shop"], "R2", "t2", "d1", "rev")
+    migrate = app.migrate_step(build, sqlite)
+    # The very marker and value the migrate step checks: both skip, or neither.
+    assert _backup_fact(sqlite, "web1").unless == (migrate.marker, migrate.key)
+    postgres = _inventory(tmp_path, {"engine": "postgresql"}, ["web1", "web2", "db1"])
+    # The db host migrates nothing: a marker there says nothing about the database.
+    assert _backup_fact(postgres, "db1").unless is None
+    assert _backup_fact(postgres, "db1").engine == "postgresql"
