@@ -2,7 +2,7 @@
 
 Standard library only, for Debian's python3 (3.11+). The control machine sends the package as one
 zipapp whose file name holds its content hash (engine/agent.py), only when that file is not
-there yet, and runs `python3 /var/lib/djk/agent-<hash>.pyz <command>` with the command's input
+there yet, and runs `python3 -I -S /var/lib/djk/agent-<hash>.pyz <command>` with the command's input
 as JSON on stdin. Progress goes to stdout line by line, the one-line cause of a failure to
 stderr, and the exit code says how it ended (see each command).
 

@@ -15,17 +15,17 @@ its output: the run's first reading of the host's state rides on the lock, one c
 
 from __future__ import annotations
 
+# No pathlib, no subprocess: the keeper starts on every host at the start of every run, and
+# those imports were a third of its start-up.
 import fcntl
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-LOCK_DIR = Path(os.environ.get("DJK_AGENT_LOCK_DIR", "/var/lib/djk/locks"))
-PROC = Path(os.environ.get("DJK_AGENT_PROC", "/proc"))
+LOCK_DIR = os.environ.get("DJK_AGENT_LOCK_DIR", "/var/lib/djk/locks")
+PROC = os.environ.get("DJK_AGENT_PROC", "/proc")
 BUSY_EXIT = 75
 # A holder whose run is over only waits for its last commands: a second run waits that long
 # for it beyond its own wait.
@@ -34,25 +34,27 @@ DRAINING_GRACE = 300.0
 LINGER = 1800.0
 
 
-def _lock_path(site: str) -> Path:
-    return LOCK_DIR / f"{site}.lock"
+def _lock_path(site: str) -> str:
+    return os.path.join(LOCK_DIR, f"{site}.lock")
 
 
-def _info_path(site: str) -> Path:
-    return LOCK_DIR / f"{site}.lock.info"
+def _info_path(site: str) -> str:
+    return os.path.join(LOCK_DIR, f"{site}.lock.info")
 
 
 def _read_info(site: str) -> dict:
     try:
-        info = json.loads(_info_path(site).read_text())
+        with open(_info_path(site)) as f:
+            info = json.load(f)
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
 
 
 def _write_info(site: str, info: dict) -> None:
-    tmp = _info_path(site).with_name(f".{site}.lock.info.{os.getpid()}")
-    tmp.write_text(json.dumps(info))
+    tmp = os.path.join(LOCK_DIR, f".{site}.lock.info.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(info))
     os.replace(tmp, _info_path(site))
 
 
@@ -62,7 +64,7 @@ def keep(spec: dict) -> int:
     when one stays taken."""
     sites, wait, run = spec["sites"], float(spec["wait"]), spec["run"]
     info = dict(spec.get("info", {}))
-    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    os.makedirs(LOCK_DIR, exist_ok=True)
     deadline = time.monotonic() + wait
     fds = []
     for site in sites:
@@ -101,7 +103,7 @@ def keep(spec: dict) -> int:
     return 0
 
 
-AUDIT_FILE = Path(os.environ.get("DJK_AGENT_AUDIT", "/var/log/djk/audit.jsonl"))
+AUDIT_FILE = os.environ.get("DJK_AGENT_AUDIT", "/var/log/djk/audit.jsonl")
 
 
 def _append_audit(data: bytes) -> bool:
@@ -111,7 +113,7 @@ def _append_audit(data: bytes) -> bool:
     lines = [ln[6:] for ln in data.splitlines() if ln.startswith(b"AUDIT ")]
     if not lines:
         return False
-    AUDIT_FILE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.makedirs(os.path.dirname(AUDIT_FILE), mode=0o700, exist_ok=True)
     fd = os.open(AUDIT_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -126,15 +128,43 @@ def _run_first(run: str) -> None:
     LOCKED (byte counts first: the output is any bytes)."""
     size = int(sys.stdin.buffer.readline().strip() or 0)
     script = sys.stdin.buffer.read(size)
-    done = subprocess.run(
-        ["/bin/sh", "-c", script.decode("utf-8", "replace")],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env={**os.environ, "DJK_RUN": run},
-    )
-    head = f"LOCKED {done.returncode} {len(done.stdout)} {len(done.stderr)}\n".encode()
-    sys.stdout.buffer.write(head + done.stdout + done.stderr)
+    rc, out, err = _sh(script.decode("utf-8", "replace"), {**os.environ, "DJK_RUN": run})
+    head = f"LOCKED {rc} {len(out)} {len(err)}\n".encode()
+    sys.stdout.buffer.write(head + out + err)
     sys.stdout.buffer.flush()
+
+
+def _sh(script: str, env: dict) -> tuple[int, bytes, bytes]:
+    """`/bin/sh -c script`, stdin from /dev/null, its output and errors caught in memory files
+    (a process the script leaves running cannot hold them up as it could a pipe)."""
+    out, err = os.memfd_create("djk-out"), os.memfd_create("djk-err")
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        pid = os.posix_spawn(
+            "/bin/sh",
+            ["/bin/sh", "-c", script],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, null, 0),
+                (os.POSIX_SPAWN_DUP2, out, 1),
+                (os.POSIX_SPAWN_DUP2, err, 2),
+            ],
+            # Python ignores SIGPIPE; a pipeline in the script (`ss | head`) must not.
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        )
+        rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        return rc, _read_all(out), _read_all(err)
+    finally:
+        for fd in (out, err, null):
+            os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _wait_for_run(run: str, seconds: float) -> None:
@@ -148,12 +178,13 @@ def _wait_for_run(run: str, seconds: float) -> None:
 
 def _running(needle: bytes) -> bool:
     me = str(os.getpid())
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit() or entry.name == me:
+    for name in os.listdir(PROC):
+        if not name.isdigit() or name == me:
             continue
         try:
-            if needle in (entry / "environ").read_bytes():
-                return True
+            with open(os.path.join(PROC, name, "environ"), "rb") as f:
+                if needle in f.read():
+                    return True
         except OSError:
             continue
     return False
@@ -161,9 +192,10 @@ def _running(needle: bytes) -> bool:
 
 def status(spec: dict) -> int:
     """One JSON line per site whose lock is held: who, pid, command, age."""
-    for path in sorted(LOCK_DIR.glob("*.lock")) if LOCK_DIR.is_dir() else []:
-        site = path.name[: -len(".lock")]
-        fd = os.open(path, os.O_RDWR)
+    names = sorted(os.listdir(LOCK_DIR)) if os.path.isdir(LOCK_DIR) else []
+    for name in (n for n in names if n.endswith(".lock") and not n.startswith(".")):
+        site = name[: -len(".lock")]
+        fd = os.open(os.path.join(LOCK_DIR, name), os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -31,7 +31,8 @@ def archive() -> bytes:
             z.writestr(info, source.read_bytes())
         main = zipfile.ZipInfo("__main__.py", date_time=(2020, 1, 1, 0, 0, 0))
         main.external_attr = 0o644 << 16
-        z.writestr(main, "import runpy\nrunpy.run_module('agent', run_name='__main__')\n")
+        # Not runpy: its imports cost the keeper's start-up on every host of every run.
+        z.writestr(main, "import sys\nfrom agent.__main__ import main\nsys.exit(main(sys.argv))\n")
     return buffer.getvalue()
 
 
@@ -62,9 +63,15 @@ def upload_command() -> str:
     )
 
 
+# The agent is standard library only: isolated (no PYTHON* variables, no user or current
+# directory on its path) and without the site module (its .pth scan is start-up time on
+# every host of every run).
+PYTHON = "python3 -I -S"
+
+
 def _exec(name: str, argument: str = "") -> str:
     arg = f" {shlex.quote(argument)}" if argument else ""
-    return f"exec python3 {shlex.quote(path())} {shlex.quote(name)}{arg}"
+    return f"exec {PYTHON} {shlex.quote(path())} {shlex.quote(name)}{arg}"
 
 
 def if_installed(name: str, argument: str = "", otherwise: str | None = None) -> str:
@@ -132,14 +139,14 @@ def any_installed(name: str, argument: str = "") -> str:
     arg = f" {shlex.quote(argument)}" if argument else ""
     newest = (
         f"f=$(ls -t {AGENT_DIR}/agent-*.pyz 2>/dev/null | head -n 1); "
-        f'[ -z "$f" ] || exec python3 "$f" {shlex.quote(name)}{arg}'
+        f'[ -z "$f" ] || exec {PYTHON} "$f" {shlex.quote(name)}{arg}'
     )
     return if_installed(name, argument, otherwise=newest)
 
 
 def command(name: str) -> str:
     """The shell command that runs an agent command (its input goes on stdin)."""
-    return f"python3 {shlex.quote(path())} {shlex.quote(name)}"
+    return f"{PYTHON} {shlex.quote(path())} {shlex.quote(name)}"
 
 
 def payload(spec: dict) -> bytes:

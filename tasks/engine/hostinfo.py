@@ -139,6 +139,8 @@ def cached(key: str) -> HostInfo | None:
 
 
 def remember(key: str, info: HostInfo) -> None:
+    if cached(key) == info:
+        return  # as remembered: no write on every run
     path = cache_file(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import shlex
 import tarfile
 import threading
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -92,7 +93,10 @@ def wheelhouse_for(requirements: Path, target: Target) -> Wheelhouse:
     return resolve(requirements.read_bytes(), target)
 
 
+@cache
 def uv_version() -> str:
+    # Read from the installed distribution's metadata: a few milliseconds, asked by every host's
+    # plan.
     from importlib.metadata import version
 
     return version("uv")

@@ -134,6 +134,23 @@ def test_a_keeper_runs_the_runs_first_script_once_it_holds_the_locks(keepers):
     assert first.wait(timeout=10) == 0
 
 
+def test_the_first_script_runs_as_a_shell_would_run_it(keepers):
+    # A pipeline whose reader stops early ends quietly (SIGPIPE at its default, not Python's
+    # ignore), and a process the script leaves behind does not hold up the answer.
+    script = "yes | head -n 2; sleep 30 & echo $!"
+    first = keepers.keep(["shop"], run="run-shell", then=script)
+    started = time.monotonic()
+    counts = L.parse_locked(first.stdout.readline().decode())
+    assert counts is not None and time.monotonic() - started < 20
+    rc, out_size, err_size = counts
+    out, err = first.stdout.read(out_size).decode(), first.stdout.read(err_size).decode()
+    *said, left = out.splitlines()
+    os.kill(int(left), 9)  # the keeper waits for the run's processes once its stdin closes
+    assert (rc, said, err) == (0, ["y", "y"], "")
+    first.stdin.close()
+    assert first.wait(timeout=10) == 0
+
+
 def test_parse_locked():
     assert L.parse_locked("LOCKED 0 12 0") == (0, 12, 0)
     assert L.parse_locked("LOCKED") is None
