@@ -83,12 +83,16 @@ class SshdPorts(Fact[list]):
     default: ClassVar[Any] = []
 
     def command(self) -> str:
-        return "ss -Htlnp 2>/dev/null | grep '\"sshd\"' | awk '{print $4}' || true"
+        # Filtered here, not by grep and awk there: two processes less on every run.
+        return "ss -Htlnp 2>/dev/null || true"
 
     def parse(self, rc: int, out: str) -> list[int]:
         found = set()
-        for word in out.split():
-            port = word.rsplit(":", 1)[-1]
+        for line in out.splitlines():
+            words = line.split()
+            if '"sshd"' not in line or len(words) < 4:
+                continue
+            port = words[3].rsplit(":", 1)[-1]
             if port.isdigit():
                 found.add(int(port))
         return sorted(found)
@@ -101,13 +105,10 @@ class LoadedVersion(Fact[str]):
     default: ClassVar[Any] = ""
 
     def command(self) -> str:
-        return (
-            f"{NFT} list table {TABLE} 2>/dev/null | "
-            "sed -n 's/.*comment \"djk \\([0-9a-f]*\\)\".*/\\1/p' | head -n 1 || true"
-        )
+        return f"{NFT} list table {TABLE} 2>/dev/null || true"
 
     def parse(self, rc: int, out: str) -> str:
-        return out.strip()
+        return version_of(out)
 
 
 @dataclass(frozen=True)

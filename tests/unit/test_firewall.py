@@ -115,3 +115,26 @@ def test_a_peer_named_by_dns_is_resolved_on_the_host(tmp_path):
     resolved = {FW.Resolved(("web.example",)): {"web.example": ["10.0.0.1"]}}
     done = plan(inventory, "app1", True, resolved)
     assert "8001 shop: app" in done.actions[0].summary
+
+
+def test_recorded_ss_and_nft_output():
+    ss = (
+        "LISTEN 0 511  127.0.0.1:6379 0.0.0.0:* users:((\"redis-server\",pid=53,fd=6))\n"
+        "LISTEN 0 511    0.0.0.0:80   0.0.0.0:* users:((\"nginx\",pid=368,fd=5))\n"
+        "LISTEN 0 128    0.0.0.0:22   0.0.0.0:* users:((\"sshd\",pid=59,fd=3))\n"
+        "LISTEN 0 128       [::]:2222    [::]:* users:((\"sshd\",pid=59,fd=4))\n"
+        "LISTEN 0 128  10.0.0.5:8022 0.0.0.0:* users:((\"sshd-proxy\",pid=70,fd=3))\n"
+    )
+    assert FW.SshdPorts().parse(0, ss) == [22, 2222]
+    assert FW.SshdPorts().parse(0, "") == []
+    listed = (
+        "table inet djk {\n"
+        '\tcomment "djk 0123456789abcdef"\n'
+        "\tchain input {\n"
+        "\t\ttype filter hook input priority filter; policy drop;\n"
+        '\t\ttcp dport 22 accept comment "SSH"\n'
+        "\t}\n"
+        "}\n"
+    )
+    assert FW.LoadedVersion().parse(0, listed) == "0123456789abcdef"
+    assert FW.LoadedVersion().parse(0, "") == ""
