@@ -18,7 +18,7 @@ import re
 import shlex
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import fabric.executor
@@ -212,6 +212,9 @@ def run_plans(
         hosts = [dataclasses.replace(h, user=as_user) for h in hosts]
     remotes: dict[str, Remote] = {}
     hosts = _with_profiles(hosts, remotes, c.config)
+    # The connections open while the plans are built: the SSH handshakes wait on the hosts,
+    # the plans on this machine's CPU.
+    opening = _open_early([h for h in hosts if h.name not in remotes], remotes, c.config)
 
     def plan_for(host: Host) -> HostPlan:
         problem = host.platform.problem()
@@ -233,15 +236,17 @@ def run_plans(
         plans = [plan_for(host) for host in hosts]
         batches(len(plans), batch)
     except ValueError as exc:
-        _close_all(remotes)
+        _close_all(remotes, opening)
         raise user_error(str(exc)) from None
     except BaseException:
-        _close_all(remotes)
+        _close_all(remotes, opening)
         raise
     secrets = [s for site in inventory.sites.values() for s in site.secrets.values()]
     reporter = Reporter(output_mode(json_, quiet), check=check, secrets=secrets)
 
     def connect(host: Host, config) -> Remote:
+        if host.name in opening:
+            opening.pop(host.name).result()  # opened, or its error kept for the executor
         return remotes.pop(host.name, None) or Remote(host, config)
 
     reports = converge(
@@ -286,7 +291,23 @@ def _with_profiles(hosts: list[Host], remotes: dict[str, Remote], config) -> lis
     return [dataclasses.replace(h, info=known[h.name]) for h in hosts]
 
 
-def _close_all(remotes: dict[str, Remote]) -> None:
+def _open_early(hosts: list[Host], remotes: dict[str, Remote], config) -> dict[str, Future]:
+    """Start connecting to `hosts` in the background (each Remote goes into `remotes` now);
+    a connection that fails keeps its error for the executor's open() to report."""
+    if not hosts:
+        return {}
+    pool = ThreadPoolExecutor(max_workers=min(16, len(hosts)))
+    started = {}
+    for host in hosts:
+        remotes[host.name] = remote = Remote(host, config)
+        started[host.name] = pool.submit(remote.open_early)
+    pool.shutdown(wait=False)
+    return started
+
+
+def _close_all(remotes: dict[str, Remote], opening: dict[str, Future] | None = None) -> None:
+    for future in (opening or {}).values():
+        future.result()  # not closed while it still connects
     for remote in remotes.values():
         try:
             remote.close()

@@ -74,12 +74,23 @@ class Remote:
         # Every command of this run carries it in its environment, so the lock keeper can tell
         # when the last of them has ended, even after the connection dropped.
         self.run_id = uuid.uuid4().hex
+        self._failed: RemoteError | None = None
 
     @property
     def is_root(self) -> bool:
         return self.conn.user == "root"
 
+    def open_early(self) -> None:
+        """open(), in the background of a run building its plans: a failure is kept for the
+        open() the run then calls (it does not connect again)."""
+        try:
+            self.open()
+        except RemoteError as exc:
+            self._failed = exc
+
     def open(self) -> None:
+        if self._failed is not None:
+            raise self._failed
         try:
             self.conn.open()
         except Exception as exc:  # paramiko raises many unrelated types
