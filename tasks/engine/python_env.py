@@ -124,6 +124,16 @@ def archive_of(paths: list[Path]) -> bytes:
         return _archives[key]
 
 
+def shared_bytes(path: Path) -> bytes:
+    """A file's bytes read once however many hosts it goes to, like archive_of: uv's 17.6 MB
+    read by each of 8 hosts uploading it at once made a first deploy's peak 186 MB."""
+    key = (f"file:{path}",)
+    with _archive_lock:
+        if key not in _archives:
+            _archives[key] = path.read_bytes()
+        return _archives[key]
+
+
 @dataclass(frozen=True)
 class WheelFiles(Fact[list]):
     """The wheel files in the host's store."""
@@ -224,7 +234,7 @@ mv -f "$tmp" {q(self.path)}
                 Action(
                     f"install uv {uv_version()} ({wheel.stat().st_size / 1e6:.1f} MB)",
                     script,
-                    stdin=lambda: wheel.read_bytes(),
+                    stdin=lambda: shared_bytes(wheel),
                     kind="uv",
                 )
             ]

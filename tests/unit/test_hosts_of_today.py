@@ -326,3 +326,7 @@ def test_uv_goes_once_per_host_and_version(monkeypatch, tmp_path):
     assert step.plan(_ctx({present: ["present"]})).actions == []
     (action,) = step.plan(_ctx({present: []})).actions
     assert action.kind == "uv" and action.payload() == b"zip"
+    # Several hosts uploading it at once share one copy of its bytes (the run's peak memory).
+    second = python_env.UvTool(wheels.Target())
+    (again,) = second.plan(_ctx({present: []})).actions
+    assert again.payload() is action.payload()
