@@ -47,7 +47,10 @@ def no_delay(sock) -> None:
     input before it (up to its 40 ms delayed ACK): every command with stdin, and the audit
     line at a run's end, paid it."""
     if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # closed already: the next command reports the lost connection
 
 
 class Remote:
