@@ -56,8 +56,8 @@ class DeployLock:
             if not done.ok:
                 raise RemoteError(f"could not install the host agent: {done.stderr.strip()}")
             line, channel = remote.hold(keeper, timeout=self.wait + 60, head=head)
-        if line == "LOCKED" or line.startswith(("LOCKED ", "BUSY ")):
-            agent.seen_on(identity)  # the keeper ran: the agent is there
+        if carry and (line == "LOCKED" or line.startswith(("LOCKED ", "BUSY "))):
+            agent.seen_on(identity)  # the keeper ran: the agent is there (known already else)
         if line == "LOCKED" and then is None:
             return None
         counts = L.parse_locked(line) if then is not None else None
