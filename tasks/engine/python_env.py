@@ -21,6 +21,7 @@ import re
 import shlex
 import tarfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -110,28 +111,32 @@ _archives: dict[tuple[str, ...], bytes] = {}
 _archive_lock = threading.Lock()
 
 
-def archive_of(paths: list[Path]) -> bytes:
-    """One tar in memory per set of files, however many hosts it goes to (they run in
-    parallel; the first builds it while the others wait)."""
-    key = tuple(str(p) for p in paths)
+def _once(key: tuple[str, ...], make: Callable[[], bytes]) -> bytes:
+    """Bytes made once per run however many hosts they go to (the hosts run in parallel: the
+    first makes them while the others wait)."""
     with _archive_lock:
         if key not in _archives:
-            buffer = io.BytesIO()
-            with tarfile.open(fileobj=buffer, mode="w") as tar:
-                for path in paths:
-                    tar.add(path, arcname=path.name)
-            _archives[key] = buffer.getvalue()
+            _archives[key] = make()
         return _archives[key]
+
+
+def archive_of(paths: list[Path]) -> bytes:
+    """One tar in memory per set of files, however many hosts it goes to."""
+
+    def make() -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for path in paths:
+                tar.add(path, arcname=path.name)
+        return buffer.getvalue()
+
+    return _once(tuple(str(p) for p in paths), make)
 
 
 def shared_bytes(path: Path) -> bytes:
-    """A file's bytes read once however many hosts it goes to, like archive_of: uv's 17.6 MB
-    read by each of 8 hosts uploading it at once made a first deploy's peak 186 MB."""
-    key = (f"file:{path}",)
-    with _archive_lock:
-        if key not in _archives:
-            _archives[key] = path.read_bytes()
-        return _archives[key]
+    """A file's bytes read once however many hosts it goes to: uv's 17.6 MB read by each of 8
+    hosts uploading it at once made a first deploy's peak 186 MB."""
+    return _once((f"file:{path}",), path.read_bytes)
 
 
 @dataclass(frozen=True)
