@@ -148,6 +148,11 @@ def test_a_host_rebooted_mid_deploy_comes_back_serving_and_the_next_deploy_finis
     proc = spawn_fab(project.inventory, "-H", "web1", "deploy")
     try:
         wait_for_line(proc, "hook before_switch", timeout=120)
+        # The line comes as the hook's command is sent: reboot once its sleep runs. A process
+        # started after the shutdown's SIGTERM to the session would hold the poweroff for
+        # systemd's 90 s stop timeout (CI saw it on a loaded machine).
+        # (the sleep itself: the commands that start it name it in their arguments too)
+        assert wait_for(lambda: "sleep 120" in sh(fresh_host, "ps -eo args=").splitlines(), 60)
         host = testbed.reboot(fresh_host.name)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 1, out
