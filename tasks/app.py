@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import database
+from .database import NO_TABLE, Applied
 from .engine import agent, locks, procs, python_env, topology, values, wheels
 from .engine import releases as R
 from .engine import source as shipping
@@ -417,13 +418,18 @@ class ReleaseCommand(MarkedCommand):
             # release only goes live once this command succeeded for it.
             return Plan(reason=f"done for {release} before it went live")
         release_dir = self.paths.release(release)
-        command = self.wrap(manage(self.site, self.paths, release_dir, self.args), release_dir)
+        args = self.arguments(ctx)
+        command = self.wrap(manage(self.site, self.paths, release_dir, args), release_dir)
         plan = self.command_plan(ctx, command)
         for action in plan.actions:
             action.findings = self.findings
         return plan
 
     findings = None  # what the command's output says, for the report (Action.findings)
+
+    def arguments(self, ctx: Context) -> str:
+        """What manage.py is called with."""
+        return self.args
 
     def wrap(self, command: str, release_dir: str) -> str:
         if not self.mark_failed:
@@ -466,19 +472,37 @@ def check_findings(site: str):
 # collectstatic, then Django's deployment checklist, in one process: one Django start instead
 # of two (each start of a release whose venv's bytecode is still being compiled costs seconds).
 # Through the project's own manage.py, so whatever it sets up before Django does still happens.
-_PREPARE = (
+_COLLECT = (
     "from django.core.management import call_command\n"
     'call_command("collectstatic", interactive=False)\n'
-    'call_command("check", deploy=True, fail_level="ERROR")\n'
 )
+_CHECK = 'call_command("check", deploy=True, fail_level="ERROR")\n'
+_PREPARE = _COLLECT + _CHECK
+_MIGRATE = 'call_command("migrate", interactive=False)\n'
+
+
+@dataclass(frozen=True)
+class FreshMigrate:
+    """What a prepare needs to migrate too, on the host that migrates the site's database and
+    holds it: the database's Applied fact, and the migrate step's marker and its value."""
+
+    applied: Applied
+    marker: str
+    key: str
 
 
 class Prepare(ReleaseCommand):
     """`collectstatic` and, on app hosts, Django's deployment checklist (`check --deploy`) on
     the staged release with the site's env: a checklist error stops the deploy before any
-    switch, its warnings go to the report."""
+    switch, its warnings go to the report.
 
-    def __init__(self, build: Build, check: bool) -> None:
+    With `fresh` (the host migrates the database and holds it), a database with no tables yet
+    (a first deploy) is migrated in the same process, after the checklist, and the migrate
+    step's marker written: one Django start less, and the migrate phase then finds it done.
+    Nothing can have used a database with no tables, so nothing is backed up or switched
+    earlier for it; any other database is migrated in its own phase, after its backup."""
+
+    def __init__(self, build: Build, check: bool, fresh: FreshMigrate | None = None) -> None:
         paths = SitePaths.of(build.site)
         args = f"shell -c {shlex.quote(_PREPARE)}" if check else "collectstatic --noinput"
         super().__init__(
@@ -491,9 +515,44 @@ class Prepare(ReleaseCommand):
             f"{paths.base}/.djk-prepared",
             "collecting static files" + (", checking the deployment settings" if check else ""),
         )
-        self.check = check
+        self.check, self.fresh = check, fresh
         if check:
             self.findings = check_findings(build.site.name)
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return super().facts(diff) + ([self.fresh.applied] if self.fresh else [])
+
+    def _migrating(self, ctx: Context) -> FreshMigrate | None:
+        """`fresh` where the database has no tables yet."""
+        if self.fresh is not None and ctx.facts[self.fresh.applied] == {NO_TABLE}:
+            return self.fresh
+        return None
+
+    def arguments(self, ctx: Context) -> str:
+        if self._migrating(ctx) is None:
+            return self.args
+        code = (_PREPARE if self.check else _COLLECT) + _MIGRATE
+        return f"shell -c {shlex.quote(code)}"
+
+    def plan(self, ctx: Context) -> Plan:
+        plan = super().plan(ctx)
+        fresh = self._migrating(ctx)
+        if not plan.actions or fresh is None:
+            return plan
+        (action,) = plan.actions
+        # The script runs under `set -e`: past the command, the migrations went in.
+        done = f"printf '%s\\n' {shlex.quote(fresh.key)} > {shlex.quote(fresh.marker)}\n"
+        return replace(
+            plan,
+            actions=[
+                replace(
+                    action,
+                    summary=f"{action.summary}, and migrate (the database has no tables yet)",
+                    script=action.script + done,
+                    progress=f"{self.progress}, migrating the new database",
+                )
+            ],
+        )
 
     def wrap(self, command: str, release_dir: str) -> str:
         if not self.check:
@@ -792,7 +851,11 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
         ),
         env_file(inventory, site, host),
         Stage(build),
-        Prepare(build, check=app_of(site).check_deploy and "app" in topology.roles(host)),
+        Prepare(
+            build,
+            check=app_of(site).check_deploy and "app" in topology.roles(host),
+            fresh=fresh_migrate(build, inventory, host),
+        ),
     ]
     if "app" in topology.roles(host):
         steps += unit_files(inventory, site, host)
@@ -809,6 +872,16 @@ def migrate_marker(build: Build, inventory: Inventory) -> tuple[str, str]:
     migrated the site's current database."""
     step = migrate_step(build, inventory)
     return step.marker, step.key
+
+
+def fresh_migrate(build: Build, inventory: Inventory, host: Host) -> FreshMigrate | None:
+    """On the host that migrates the site's database and holds it (its SQLite file, or its
+    PostgreSQL server): what a prepare needs to migrate it too while it has no tables."""
+    site = build.site
+    if not (migrates_here(inventory, site, host) and database.held_by(inventory, site, host)):
+        return None
+    marker, key = migrate_marker(build, inventory)
+    return FreshMigrate(database.applied_fact(site, (marker, key)), marker, key)
 
 
 def migrate_step(build: Build, inventory: Inventory) -> ReleaseCommand:

@@ -83,6 +83,16 @@ def db_host(inventory: Inventory, site: Site) -> Host | None:
     return found[0] if found else None
 
 
+def held_by(inventory: Inventory, site: Site, host: Host) -> bool:
+    """Whether the site's database is on `host`: its db host for PostgreSQL; every app host
+    has its own SQLite file; an external one is on none."""
+    db = of(site)
+    if db.engine == "postgresql":
+        found = db_host(inventory, site)
+        return found is not None and found.name == host.name
+    return db.engine == "sqlite"
+
+
 def clients(inventory: Inventory, site: Site) -> list[Host]:
     """The hosts whose processes use the site's database: its app and worker hosts."""
     found = topology.hosts_with(inventory, site, "app")
@@ -126,6 +136,76 @@ def describe(inventory: Inventory, site: Site) -> str:
     if db.engine == "external":
         return "the external database of DATABASE_URL"
     return f"SQLite {SitePaths.of(site).db}"
+
+
+# -- what the database has applied -------------------------------------------------------------
+# Read where the database is (the db host for PostgreSQL, a migrating app host for SQLite): by
+# the backup before migrations (db.py) and by a first deploy's prepare, which migrates a database
+# with no tables in its own process (app.py).
+
+NO_TABLE = "no-table"
+# What Applied reads when the host's migrate marker already names this release and database:
+# the migrate step will not run, so there is nothing to back up and no need to open the database
+# (a no-op deploy then starts no Python and no psql for it, on the host or here).
+MIGRATED = "djk-migrated"
+
+
+_SQLITE_APPLIED = (
+    "import os, sqlite3, sys\n"
+    "p = sys.argv[1]\n"
+    "if not os.path.exists(p): print('no-table'); sys.exit(0)\n"
+    "c = sqlite3.connect('file:' + p + '?mode=ro', uri=True)\n"
+    "t = c.execute(\"select 1 from sqlite_master where name = 'django_migrations'\").fetchone()\n"
+    "rows = c.execute('select app, name from django_migrations') if t else []\n"
+    "print('\\n'.join(a + '.' + n for a, n in rows) if t else 'no-table')\n"
+)
+
+
+@dataclass(frozen=True)
+class Applied(Fact[frozenset]):
+    """The migrations a site's database has applied ("<app>.<name>"); {NO_TABLE} when it has
+    none yet; None when it could not be read. With `unless` (a marker file and a value): {MIGRATED}
+    without reading the database when the file holds that value."""
+
+    engine: str
+    where: str  # the PostgreSQL database, or the SQLite file
+    unless: tuple[str, str] | None = None
+
+    def command(self) -> str:
+        if self.engine == "postgresql":
+            db = shlex.quote(self.where)
+            psql = f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {db}"
+            exists = "select to_regclass('django_migrations') is not null"
+            rows = "select app || '.' || name from django_migrations"
+            read = (
+                f't=$({psql} -c "{exists}") || exit 3\n'
+                f'if [ "$t" = t ]; then {psql} -c "{rows}"; else echo {NO_TABLE}; fi'
+            )
+        else:
+            read = f"python3 -c {shlex.quote(_SQLITE_APPLIED)} {shlex.quote(self.where)}"
+        if self.unless is None:
+            return read
+        marker, value = (shlex.quote(part) for part in self.unless)
+        return (
+            f'if [ "$(cat -- {marker} 2>/dev/null)" = {value} ]; then echo {MIGRATED}\n'
+            f"else\n{read}\nfi"
+        )
+
+    def parse(self, rc: int, out: str) -> frozenset[str] | None:
+        if rc != 0:
+            return None
+        lines = {line.strip() for line in out.splitlines() if line.strip()}
+        for sentinel in (MIGRATED, NO_TABLE):
+            if sentinel in lines:
+                return frozenset({sentinel})
+        return frozenset(lines)
+
+
+def applied_fact(site: Site, unless: tuple[str, str] | None = None) -> Applied:
+    db = of(site)
+    if db.engine == "postgresql":
+        return Applied("postgresql", db.name, unless)
+    return Applied("sqlite", SitePaths.of(site).db, unless)
 
 
 def password(site: Site) -> Secret | None:

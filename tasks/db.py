@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from . import celery, maintenance
 from . import database as D
 from .app import Build, Previous, live_release, migrate_marker, migrated_marker, migrates_here
+from .database import MIGRATED, NO_TABLE, applied_fact
 from .engine import events, procs, topology
 from .engine import facts as F
 from .engine.cli import (
@@ -45,11 +46,6 @@ from .engine.steps import Action, Context, Plan, Run, Service, Step
 from .lock import DeployLock
 
 BACKUPS = "/var/backups/djk"
-NO_TABLE = "no-table"
-# What Applied reads when the host's migrate marker already names this release and database:
-# the migrate step will not run, so there is nothing to back up and no need to open the database
-# (a no-op deploy then starts no Python and no psql for it, on the host or here).
-MIGRATED = "djk-migrated"
 
 
 def backup_dir(site: Site) -> str:
@@ -67,64 +63,6 @@ def holds_database(inventory: Inventory, site: Site, host: Host) -> bool:
 
 
 # -- facts -------------------------------------------------------------------------------------
-
-
-_SQLITE_APPLIED = (
-    "import os, sqlite3, sys\n"
-    "p = sys.argv[1]\n"
-    "if not os.path.exists(p): print('no-table'); sys.exit(0)\n"
-    "c = sqlite3.connect('file:' + p + '?mode=ro', uri=True)\n"
-    "t = c.execute(\"select 1 from sqlite_master where name = 'django_migrations'\").fetchone()\n"
-    "rows = c.execute('select app, name from django_migrations') if t else []\n"
-    "print('\\n'.join(a + '.' + n for a, n in rows) if t else 'no-table')\n"
-)
-
-
-@dataclass(frozen=True)
-class Applied(Fact[frozenset]):
-    """The migrations a site's database has applied ("<app>.<name>"); {NO_TABLE} when it has
-    none yet; None when it could not be read. With `unless` (a marker file and a value): {MIGRATED}
-    without reading the database when the file holds that value."""
-
-    engine: str
-    where: str  # the PostgreSQL database, or the SQLite file
-    unless: tuple[str, str] | None = None
-
-    def command(self) -> str:
-        if self.engine == "postgresql":
-            db = shlex.quote(self.where)
-            psql = f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {db}"
-            exists = "select to_regclass('django_migrations') is not null"
-            rows = "select app || '.' || name from django_migrations"
-            read = (
-                f't=$({psql} -c "{exists}") || exit 3\n'
-                f'if [ "$t" = t ]; then {psql} -c "{rows}"; else echo {NO_TABLE}; fi'
-            )
-        else:
-            read = f"python3 -c {shlex.quote(_SQLITE_APPLIED)} {shlex.quote(self.where)}"
-        if self.unless is None:
-            return read
-        marker, value = (shlex.quote(part) for part in self.unless)
-        return (
-            f'if [ "$(cat -- {marker} 2>/dev/null)" = {value} ]; then echo {MIGRATED}\n'
-            f"else\n{read}\nfi"
-        )
-
-    def parse(self, rc: int, out: str) -> frozenset[str] | None:
-        if rc != 0:
-            return None
-        lines = {line.strip() for line in out.splitlines() if line.strip()}
-        for sentinel in (MIGRATED, NO_TABLE):
-            if sentinel in lines:
-                return frozenset({sentinel})
-        return frozenset(lines)
-
-
-def applied_fact(site: Site, unless: tuple[str, str] | None = None) -> Applied:
-    db = D.of(site)
-    if db.engine == "postgresql":
-        return Applied("postgresql", db.name, unless)
-    return Applied("sqlite", SitePaths.of(site).db, unless)
 
 
 @dataclass(frozen=True)

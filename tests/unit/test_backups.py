@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 from djk.tasks import app
-from djk.tasks.db import MIGRATED, NO_TABLE, Applied, BeforeMigrate
+from djk.tasks.database import MIGRATED, NO_TABLE, Applied
+from djk.tasks.db import BeforeMigrate
 from djk.tasks.deploy import deploy_plan
 from djk.tasks.engine.inventory import parse
 
@@ -75,3 +76,29 @@ def test_the_marker_is_trusted_only_on_the_host_that_migrates(tmp_path):
     # The db host migrates nothing: a marker there says nothing about the database.
     assert _backup_fact(postgres, "db1").unless is None
     assert _backup_fact(postgres, "db1").engine == "postgresql"
+
+
+def _phase_steps(inventory, host: str, phase: str):
+    build = app.Build(inventory.sites["shop"], "R2", "t2", "d1", "rev")
+    plan = deploy_plan(inventory, inventory.hosts[host], {"shop": build}, targets=[host])
+    (found,) = [p for p in plan.phases if p.name == phase]
+    return found.steps
+
+
+def test_a_first_deploys_prepare_leaves_the_marker_the_migrate_and_backup_steps_read(tmp_path):
+    from djk.tasks.engine import facts as F
+    from djk.tasks.engine.steps import Context
+
+    inventory = _inventory(tmp_path, {"engine": "sqlite"}, ["web1"])
+    (prepare,) = [s for s in _phase_steps(inventory, "web1", "stage") if s.name == "prepare shop"]
+    (migrate,) = _phase_steps(inventory, "web1", "migrate")
+    backup = _backup_fact(inventory, "web1")
+    # One reading serves both: the prepare's fact is the backup step's own.
+    assert prepare.fresh.applied == backup
+    facts = {fact: fact.default for fact in prepare.facts(False)}
+    (action,) = prepare.plan(Context(F.Facts({**facts, backup: frozenset({NO_TABLE})}))).actions
+    assert f"printf '%s\\n' {migrate.key} > {migrate.marker}" in action.script
+    # What the migrate phase then reads: done.
+    after = {fact: fact.default for fact in migrate.facts(False)}
+    after[F.Text(migrate.marker)] = migrate.key
+    assert migrate.plan(Context(F.Facts(after))).actions == []

@@ -12,7 +12,7 @@ import pytest
 
 from djk.tasks import app
 from djk.tasks.celery import RedisAuth, RedisBind, WorkingDirs
-from djk.tasks.db import Applied
+from djk.tasks.database import Applied
 from djk.tasks.deploy import deploy_plan, rollback_plan
 from djk.tasks.engine import facts as F
 from djk.tasks.engine.debian import Installed
