@@ -55,11 +55,9 @@ def backup_dir(site: Site) -> str:
 def holds_database(inventory: Inventory, site: Site, host: Host) -> bool:
     """Whether this host holds (a copy of) the site's database: the db host for PostgreSQL,
     a migrating app host for SQLite."""
-    engine = D.of(site).engine
-    if engine == "postgresql":
-        db = D.db_host(inventory, site)
-        return db is not None and db.name == host.name
-    return engine == "sqlite" and migrates_here(inventory, site, host)
+    if D.of(site).engine == "sqlite":
+        return migrates_here(inventory, site, host)
+    return D.held_by(inventory, site, host)
 
 
 # -- facts -------------------------------------------------------------------------------------

@@ -105,16 +105,12 @@ def install() -> None:
     """Make Fabric's executor run target-aware tasks once for all hosts, and keep what follows
     `--` word by word; skip the garbage collection at exit (idempotent)."""
     fabric.executor.Executor.expand_calls = _expand_calls
-    if gc.freeze not in _at_exit:
-        # What a run made lives until the process ends. Python's last collections at exit
-        # walk all of it (Fabric's, paramiko's and the kit's ~40,000 objects): 60-100 ms of a
-        # 0.6 s no-op, measured. Frozen, they are left to the end of the process: only that
-        # collection is skipped (exit handlers still run; the kit closes its files by `with`).
-        atexit.register(gc.freeze)
-        _at_exit.append(gc.freeze)
-
-
-_at_exit: list = []
+    # What a run made lives until the process ends. Python's last collections at exit walk all
+    # of it (Fabric's, paramiko's and the kit's ~40,000 objects): 60-100 ms of a 0.6 s no-op,
+    # measured. Frozen, they are left to the end of the process: only that collection is
+    # skipped (exit handlers still run; the kit closes its files by `with`).
+    atexit.unregister(gc.freeze)  # registered once, however often installed
+    atexit.register(gc.freeze)
 
 
 # -- the inventory -------------------------------------------------------------------------------
