@@ -107,17 +107,17 @@ def uv_path() -> str:
     return f"{KIT_DIR}/uv-{uv_version()}"
 
 
-_archives: dict[tuple[str, ...], bytes] = {}
-_archive_lock = threading.Lock()
+_made: dict[tuple[str, ...], bytes] = {}
+_made_lock = threading.Lock()
 
 
 def _once(key: tuple[str, ...], make: Callable[[], bytes]) -> bytes:
     """Bytes made once per run however many hosts they go to (the hosts run in parallel: the
     first makes them while the others wait)."""
-    with _archive_lock:
-        if key not in _archives:
-            _archives[key] = make()
-        return _archives[key]
+    with _made_lock:
+        if key not in _made:
+            _made[key] = make()
+        return _made[key]
 
 
 def archive_of(paths: list[Path]) -> bytes:

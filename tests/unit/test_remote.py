@@ -63,4 +63,3 @@ def test_hosts_are_connected_once_in_the_background_while_plans_are_built(
     assert ended.value.code == 1 and planned == ["web1"]
     assert opened == [False]  # once, not on the main thread
     assert "cannot connect to deploy@127.0.0.1" in capsys.readouterr().out
-
