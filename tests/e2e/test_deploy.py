@@ -58,6 +58,20 @@ def test_first_deploy_serves_the_site_through_nginx(first_deploy, fresh_host):
     assert '"status": "ok"' in health or '"status":"ok"' in health
 
 
+def test_the_first_deploys_prepare_migrates_the_new_database(first_deploy, fresh_host):
+    """A database with no tables is migrated in the prepare's Django process; the migrate step
+    then finds its marker and starts no Django of its own."""
+    lines = first_deploy.out.splitlines()
+    (prepare,) = [ln for ln in lines if "| prepare example:" in ln]
+    assert "changed" in prepare and "and migrate (the database has no tables yet)" in prepare
+    (migrate,) = [ln for ln in lines if "| migrate example:" in ln]
+    assert "| ok " in migrate and "done for" in migrate, migrate
+    tables = sh(fresh_host, "sudo python3 -c \"import sqlite3; print(sqlite3.connect("
+                "'/srv/djk/example/shared/db.sqlite3').execute("
+                "'select count(*) from django_migrations').fetchone()[0])\"")  # fmt: skip
+    assert int(tables) > 0
+
+
 def test_a_fresh_deploys_units_log_no_error(first_deploy, fresh_host):
     """gunicorn 25.1+ opens a control socket; in the site user's home it could not (it logged
     `Control server error: Permission denied` at every start), so each slot has its own
