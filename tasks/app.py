@@ -787,7 +787,11 @@ def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
     paths = SitePaths.of(site, host)
     manager = paths.procs
     web = manager.template("web")
-    found = [(paths.web_unit(slot), web, (paths.cycle,), {"slot": slot}) for slot in SLOTS]
+    after = " ".join(procs.BACKING_UNITS)
+    found = [
+        (paths.web_unit(slot), web, (paths.cycle,), {"slot": slot, "after": after})
+        for slot in SLOTS
+    ]
     boot = manager.boot_program(site.name)
     if boot:
         # Started once whenever its file changes (it exits at once: the live slot runs).

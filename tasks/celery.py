@@ -86,6 +86,16 @@ def units(site: Site, host: Host | None = None) -> list[tuple[str, str, str]]:
     return found
 
 
+# Only the worker has tasks to finish (its warm shutdown, up to [sites.X.celery] stop_timeout);
+# beat and Flower stop in a moment, and one that hangs must not hold a reboot that long.
+OTHER_STOP_TIMEOUT = 30
+
+
+def stop_timeout(conf: Celery, role: str) -> int:
+    """Seconds the process manager waits for the process to stop before killing it."""
+    return conf.stop_timeout if role == "worker" else min(conf.stop_timeout, OTHER_STOP_TIMEOUT)
+
+
 def unit_files(
     inventory: Inventory,
     site: Site,
@@ -97,6 +107,7 @@ def unit_files(
     the release `current`."""
     paths = SitePaths.of(site, host)
     manager = paths.procs
+    conf = site.part(Celery)
     return [
         File(
             manager.config_path(unit),
@@ -104,11 +115,13 @@ def unit_files(
                 manager.template("celery"),
                 inventory.templates,
                 site=site,
-                celery=site.part(Celery),
+                celery=conf,
                 paths=paths,
                 role=role,
                 command=command,
                 program=unit,
+                stop_timeout=stop_timeout(conf, role),
+                after=" ".join(procs.BACKING_UNITS),
             ),
             notify=(*manager.changed(unit), notify),
             name=f"{'program' if procs.is_program(unit) else 'unit'} {unit}",

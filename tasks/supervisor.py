@@ -13,9 +13,19 @@ from .engine import procs, topology
 from .engine.component import Component, HostRun, register
 from .engine.facts import Fact, Lines
 from .engine.inventory import Host, Inventory
-from .engine.steps import Action, Context, Plan, Service, Step
+from .engine.render import MANAGED
+from .engine.steps import Action, Context, Directory, File, Plan, Service, Step
 
 PACKAGE = "supervisor"
+ORDER_DROPIN = f"{procs.SYSTEMD_DIR}/{procs.SUPERVISOR_UNIT}.d/djk-order.conf"
+# supervisord stops its programs one after another at shutdown, each up to its stopwaitsecs:
+# with the broker already stopped, Celery beat and Flower retry it instead of exiting.
+ORDER_TEXT = f"""# {MANAGED}
+# The sites' programs use the host's broker and database: supervisord starts after them at boot
+# and stops (its programs first) before them at shutdown.
+[Unit]
+After={" ".join(procs.BACKING_UNITS)}
+"""
 
 
 def supervised(inventory: Inventory, host: Host) -> bool:
@@ -60,7 +70,13 @@ class SupervisorComponent(Component):
         if not any(r in topology.roles(host) for r in ("app", "worker")):
             return []
         if phase in ("provision", "stage"):
-            return [Service(procs.SUPERVISOR_UNIT)] if supervised(run.inventory, host) else []
+            if not supervised(run.inventory, host):
+                return []
+            return [
+                Directory(ORDER_DROPIN.rsplit("/", 1)[0]),
+                File(ORDER_DROPIN, ORDER_TEXT, notify=("daemon-reload",), name="supervisord order"),
+                Service(procs.SUPERVISOR_UNIT),
+            ]
         if phase == "verify":
             return [Leftovers(site.name, procs.of(host)) for site in run.sites]
         return []

@@ -28,6 +28,11 @@ SYSTEMD_DIR = "/etc/systemd/system"
 SUPERVISOR_DIR = "/etc/supervisor/conf.d"
 SUPERVISOR_UNIT = "supervisor.service"  # Debian's supervisord
 SUPERVISORCTL = "supervisorctl"
+# The host's servers a site's processes talk to. Its units (and supervisord) are ordered after
+# them: started once they are up at boot, stopped while they still run at shutdown, so a
+# worker's warm shutdown can still ack its tasks and a process that reconnects forever to a
+# broker already gone does not hold the reboot. After= on a unit not installed is ignored.
+BACKING_UNITS = ("redis-server.service", "rabbitmq-server.service", "postgresql.service")
 _SUFFIXES = {SYSTEMD: ".service", SUPERVISOR: ".conf"}
 
 

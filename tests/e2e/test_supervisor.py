@@ -227,6 +227,12 @@ def test_after_a_reboot_the_live_slot_and_workers_are_back(deployed, project, fr
     idle = "b" if slot == "a" else "a"
     assert states[f"{SITE}-web-{slot}"] == "RUNNING" and states[f"{SITE}-web-{idle}"] == "STOPPED"
     assert wait_for(lambda: get_json(host, "/tasks/add/?x=1&y=1").get("result") == 2, timeout=60)
+    # The shutdown stopped supervisord (its programs first) while Redis still ran: beat and
+    # Flower exit on SIGTERM then, instead of retrying a broker already gone.
+    units = "-u supervisor.service -u redis-server.service"
+    log = sh(host, f"journalctl -b -1 -o cat {units} | grep -E '^Stopped (supervisor|redis)'")
+    stopped = log.splitlines()
+    assert [line.split()[1].split(".")[0] for line in stopped] == ["supervisor", "redis-server"]
     run = project.fab("-H", "web1", "deploy", "--json")
     assert run.code == 0, run.out + run.err
     assert run.host("web1")["changed"] == 0, run.out

@@ -4,7 +4,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from djk.tasks import app, nginx
+from djk.tasks import app, celery, flower, nginx
 from djk.tasks.engine import facts as F
 from djk.tasks.engine.inventory import parse
 from djk.tasks.engine.layout import App, SitePaths
@@ -50,7 +50,8 @@ def test_every_managed_file_has_the_header(inventory, site):
     for text in (
         nginx.site_files(inventory, site)[0].content,
         render("nginx/default.conf.j2", tls=False),
-        render("systemd/web.service.j2", site=site, app=site.part(App), paths=paths, slot="a"),
+        render("systemd/web.service.j2", site=site, app=site.part(App), paths=paths, slot="a",
+               after=""),  # fmt: skip
         render("app/env.j2", entries=[("A", "1")]),
         render("systemd/forward.socket.j2", site=site, paths=paths, bind="10.0.0.2", port=8005,
                allow=["10.0.0.1"]),  # fmt: skip
@@ -72,13 +73,8 @@ def test_server_block_and_unit(inventory, site):
     # timeout is nginx's own until the site sets one.
     assert "proxy_set_header Connection $djk_connection_upgrade;" in conf
     assert "proxy_read_timeout 60s;" in conf
-    unit = render(
-        "systemd/web.service.j2",
-        site=site,
-        app=site.part(App),
-        paths=paths,
-        slot="b",
-    )
+    files = {s.name: s.content for s in app.unit_files(inventory, site, inventory.hosts["web1"])}
+    unit = files["unit djk-shop-web-b.service"]
     assert "--bind unix:/srv/djk/shop/sockets/b.sock " in unit
     assert "WorkingDirectory=/srv/djk/shop/slots/b" in unit
     assert "EnvironmentFile=/srv/djk/shop/slots/b/.djk-release.env" in unit
@@ -87,6 +83,8 @@ def test_server_block_and_unit(inventory, site):
     assert "--workers 3" in unit and "Restart=on-failure" in unit
     assert "WantedBy=multi-user.target" in unit
     assert f"EnvironmentFile={paths.env}" in unit
+    # Started after the host's broker and database, stopped before them at shutdown.
+    assert "After=network.target redis-server.service rabbitmq-server.service postgresql" in unit
 
 
 def test_env_file_derives_hosts_and_origins_and_holds_secrets(inventory, site):
@@ -164,7 +162,35 @@ def test_supervisor_programs_read_the_env_file_in_the_site_users_shell(inventory
     boot = render("supervisor/boot.conf.j2", site=site, paths=paths)
     assert "supervisorctl start djk-shop-web-$(basename" in boot and "%" not in boot
     celery = render("supervisor/celery.conf.j2", site=site, paths=paths, role="worker",
-                    celery=type("C", (), {"app": "x", "stop_timeout": 300})(), program="w",
+                    celery=type("C", (), {"app": "x"})(), program="w", stop_timeout=300,
                     command="worker --hostname shop@%H")  # fmt: skip
     # supervisor expands %(name)s: the host name is its own, a literal % is doubled.
     assert "--hostname shop@%(host_node_name)s" in celery and "stopwaitsecs=300" in celery
+
+
+@pytest.mark.parametrize("manager", ["systemd", "supervisor"])
+def test_only_the_celery_worker_waits_its_stop_timeout(tmp_path, manager):
+    """The worker's warm shutdown may take [sites.X.celery] stop_timeout; beat and Flower have
+    no task to finish, and one that hangs must not hold a reboot for that long."""
+    data = {
+        "hosts": {"web1": {"address": "10.0.0.1", "process_manager": manager}},
+        "sites": {
+            "shop": {"domains": ["shop.test"], "hosts": ["web1"], "source": str(EXAMPLE),
+                     "asgi": "exampleproject.asgi:application", "port": 8005,
+                     "settings": "exampleproject.settings", "env_file": "s.env",
+                     "celery": {"app": "exampleproject", "beat": True, "stop_timeout": 600},
+                     "flower": {"port": 5555}},
+        },
+    }  # fmt: skip
+    (tmp_path / "s.env").write_text("FLOWER_BASIC_AUTH=admin:pw-1234567890\n")
+    inventory = parse(data, tmp_path / "hosts.toml")
+    site, host = inventory.sites["shop"], inventory.hosts["web1"]
+    found = celery.units(site, host) + flower.units(site, host)
+    steps = celery.unit_files(inventory, site, host, found, "c")
+    files = {s.name.split()[-1]: s.content for s in steps}
+    key = "TimeoutStopSec=" if manager == "systemd" else "stopwaitsecs="
+    waits = {name.split("-")[-1].removesuffix(".service"): int(text.split(key)[1].split()[0])
+             for name, text in files.items()}  # fmt: skip
+    assert waits == {"worker": 600, "beat": 30, "flower": 30}
+    if manager == "systemd":
+        assert all("After=network.target redis-server.service " in t for t in files.values())
