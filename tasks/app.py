@@ -787,9 +787,8 @@ def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
     paths = SitePaths.of(site, host)
     manager = paths.procs
     web = manager.template("web")
-    after = " ".join(procs.BACKING_UNITS)
     found = [
-        (paths.web_unit(slot), web, (paths.cycle,), {"slot": slot, "after": after})
+        (paths.web_unit(slot), web, (paths.cycle,), {"slot": slot, "after": procs.BACKING_UNITS})
         for slot in SLOTS
     ]
     boot = manager.boot_program(site.name)

@@ -121,7 +121,7 @@ def unit_files(
                 command=command,
                 program=unit,
                 stop_timeout=stop_timeout(conf, role),
-                after=" ".join(procs.BACKING_UNITS),
+                after=procs.BACKING_UNITS,
             ),
             notify=(*manager.changed(unit), notify),
             name=f"{'program' if procs.is_program(unit) else 'unit'} {unit}",

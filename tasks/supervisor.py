@@ -24,7 +24,7 @@ ORDER_TEXT = f"""# {MANAGED}
 # The sites' programs use the host's broker and database: supervisord starts after them at boot
 # and stops (its programs first) before them at shutdown.
 [Unit]
-After={" ".join(procs.BACKING_UNITS)}
+After={procs.BACKING_UNITS}
 """
 
 

@@ -32,7 +32,7 @@ SUPERVISORCTL = "supervisorctl"
 # them: started once they are up at boot, stopped while they still run at shutdown, so a
 # worker's warm shutdown can still ack its tasks and a process that reconnects forever to a
 # broker already gone does not hold the reboot. After= on a unit not installed is ignored.
-BACKING_UNITS = ("redis-server.service", "rabbitmq-server.service", "postgresql.service")
+BACKING_UNITS = "redis-server.service rabbitmq-server.service postgresql.service"  # After= value
 _SUFFIXES = {SYSTEMD: ".service", SUPERVISOR: ".conf"}
 
 
