@@ -368,6 +368,9 @@ echo staged > {q(new)}/.djk-status
 ln -sfn {q(python_env.venv_path(b.deps))} {q(new)}/.venv
 chown -R root:{group} {q(new)}
 chmod -R u=rwX,g=rX,o= {q(new)}
+# The id is the deploy's second and revision: a directory of it that is not live is what a
+# deploy of the same revision in the same second left when it stopped before its switch.
+rm -rf {q(target)}
 mv -T {q(new)} {q(target)}
 # nginx serves this release's static files (once collected) after the live one's, until the
 # switch: pages of the new release find theirs on a web host before its `current` moves.

@@ -209,6 +209,30 @@ def test_failing_migration_means_no_switch(first, project, fresh_host, src):
     assert health(fresh_host)["release"] != good
 
 
+def test_a_directory_left_under_the_new_release_id_is_replaced(first, project, fresh_host, src):
+    """A release id is the deploy's second and its revision: a deploy of the same revision in
+    the same second as one that stopped before its switch (a failed check, a refused
+    migration) meets that deploy's release directory. Made certain here: a copy of the live
+    release with a stray file under each id of the next minute."""
+    live = live_id(fresh_host)
+    bump(src)
+    check = project.fab("-H", "web1", "deploy", "--check", "--json")
+    assert check.code == 0, check.out + check.err
+    revision = check.host("web1")["extra"]["releases"]["example"].split("-", 1)[1]
+    now = time.time()
+    stamps = [time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now + k)) for k in range(60)]
+    ids = " ".join(f"{stamp}-{revision}" for stamp in stamps)
+    base = "/srv/djk/example/releases"
+    sh(fresh_host, f"cd {base} && for d in {ids}; do cp -a {live} $d && touch $d/LEFTOVER; done")
+    try:
+        new = deploy_ok(project)["extra"]["releases"]["example"]
+    finally:
+        left = " ".join(i for i in ids.split() if i != live_id(fresh_host))
+        sh(fresh_host, f"cd {base} && rm -rf {left}")
+    assert new in ids.split() and health(fresh_host)["release"] == new
+    assert sh(fresh_host, f"ls -A {base}/{new}").split().count("LEFTOVER") == 0
+
+
 def _converged(project, fresh_host) -> None:
     """The next deploy succeeds with no manual cleanup and leaves exactly one slot running."""
     report = deploy_ok(project)
