@@ -294,6 +294,7 @@ def env_file(inventory: Inventory, site: Site, host: Host) -> File:
         mode="600",
         notify=notify,
         secret_keys=tuple(k for k, v in entries if isinstance(v, Secret)),
+        secret_env=True,
         name=f"env file {paths.env}",
     )
 

@@ -215,8 +215,13 @@ class File(Step):
         create_only: bool = False,
         secret_content: bool = False,
         shown: str | None = None,
+        secret_env: bool = False,
     ) -> None:
         self.shown = shown  # what a diff shows of the content: rendered with secrets masked
+        # A dotenv file that carries secrets (a site's env file): every value it holds on the
+        # host is masked in a diff, whatever the inventory holds now. A secrets file emptied,
+        # or a site without its env_file, names no secret, and the host's file still has them.
+        self.secret_env = secret_env
         self.create_only = create_only  # the content is only a starting point (e.g. upstream)
         self.secret_content = secret_content  # e.g. a private key: never in a diff
         self.path, self.content = path, content
@@ -263,13 +268,19 @@ class File(Step):
             return f"# {self.path}: secret content changed (not shown)\n"
         new = self.content if self.shown is None else self.shown
         changed = []
-        if self.secret_keys:
+        if self.secret_keys or self.secret_env:
             changed = [
                 key
                 for key in self.secret_keys
                 if _env_value(old, key) != _env_value(self.content, key)
             ]
-            plain = [m.group(1) for m in map(_ENV_LINE.match, self.content.split("\n")) if m]
+            # The host's file: with secret_env every value masked (what is plain now may have
+            # been a secret there); else the values of names that are plain now are shown.
+            plain = (
+                []
+                if self.secret_env
+                else [m.group(1) for m in map(_ENV_LINE.match, self.content.split("\n")) if m]
+            )
             old = mask_env(old, self.secret_keys, plain)
             if self.shown is None:
                 new = mask_env(new, self.secret_keys)

@@ -194,6 +194,37 @@ def test_a_diff_against_a_host_file_with_a_line_separator_shows_no_secret(separa
     assert "s3cret" not in mask_env(old, ["TOKEN"])
 
 
+@pytest.mark.parametrize(
+    "secrets",
+    ["", "# only a comment\n", None],  # emptied, a comment alone, no env_file at all
+    ids=["emptied", "comment", "no-env-file"],
+)
+def test_the_hosts_env_file_is_masked_whatever_the_secrets_file_holds_now(
+    tmp_path, secrets, capsys
+):
+    """The old secrets are on the host: a diff and the JSON report mask every value there,
+    also when the inventory names no secret any more."""
+    data = base(tmp_path, secrets or "")
+    data["sites"]["shop"]["env"] = {"DEBUG_TOOLBAR": "off"}
+    if secrets is None:
+        del data["sites"]["shop"]["env_file"]
+    inventory = parse(data, tmp_path / "hosts.toml")
+    step = app.env_file(inventory, inventory.sites["shop"], inventory.hosts["web1"])
+    on_host = (
+        "DJANGO_SECRET_KEY='old-s3cret-value'\nSTRIPE_KEY='sk_live_s3cret'\n"
+        "DEBUG_TOOLBAR='s3cret-before'\n"
+    )
+    state = F.PathState("file", "600", "shop", "shop", "0" * 64)
+    facts = F.Facts({F.Stat(step.path): state, F.Content(step.path): on_host})
+    (action,) = step.plan(Context(facts, diff=True)).actions
+    assert "s3cret" not in action.diff
+    assert "-STRIPE_KEY=********" in action.diff and "+DEBUG_TOOLBAR='off'" in action.diff
+    reporter = Reporter("json", secrets=[s for s in inventory.sites["shop"].secrets.values()])
+    report = HostReport("web1", [StepResult(step.name, "changed", "", action.diff)])
+    reporter.recap([report])
+    assert "s3cret" not in capsys.readouterr().out
+
+
 def test_a_hand_edited_line_of_the_host_file_is_not_shown():
     assert "s3cret" not in mask_env("A='1'\n  continued s3cret\n", ["B"])
 
