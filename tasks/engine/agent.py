@@ -14,6 +14,7 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
+from .hostinfo import cache_file, write_cache
 from .steps import File
 
 AGENT_SOURCE = Path(__file__).resolve().parents[1] / "agent"
@@ -109,8 +110,6 @@ def carried_head() -> bytes:
 
 
 def _seen_file(identity: str) -> Path:
-    from .hostinfo import cache_file
-
     return cache_file(identity, ".agent")
 
 
@@ -124,12 +123,7 @@ def known_on(identity: str) -> bool:
 def seen_on(identity: str) -> None:
     if known_on(identity):
         return
-    target = _seen_file(identity)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(path() + "\n")
-    except OSError:
-        pass  # only a cache: the next run asks the host again
+    write_cache(_seen_file(identity), path() + "\n")
 
 
 def any_installed(name: str, argument: str = "") -> str:

@@ -30,7 +30,7 @@ from . import hostinfo
 from .executor import HostPlan, Mode, Phase, batches, converge
 from .hostinfo import HostInfo, Profile
 from .inventory import DEFAULT_INVENTORY, Host, Inventory, InventoryError, Site, load
-from .remote import Remote, RemoteError
+from .remote import Remote, RemoteError, own_config
 from .report import HostReport, Reporter
 from .steps import Step
 from .values import escape
@@ -219,10 +219,12 @@ def run_plans(
     if as_user:  # e.g. root, to bootstrap the deploy user
         hosts = [dataclasses.replace(h, user=as_user) for h in hosts]
     remotes: dict[str, Remote] = {}
-    hosts = _with_profiles(hosts, remotes, c.config)
+    # Copied once, before any thread starts: each connection copies this one (remote.py).
+    config = own_config(c.config)
+    hosts = _with_profiles(hosts, remotes, config)
     # The connections open while the plans are built: the SSH handshakes wait on the hosts,
     # the plans on this machine's CPU.
-    opening = _open_early([h for h in hosts if h.name not in remotes], remotes, c.config)
+    opening = _open_early([h for h in hosts if h.name not in remotes], remotes, config)
 
     def plan_for(host: Host) -> HostPlan:
         problem = host.platform.problem()
@@ -261,7 +263,7 @@ def run_plans(
         plans,
         Mode(check=check, diff=diff, batch=batch),
         reporter,
-        c.config,
+        config,
         connect=connect,
         replan=replan,
     )

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -141,11 +142,16 @@ def cached(key: str) -> HostInfo | None:
 def remember(key: str, info: HostInfo) -> None:
     if cached(key) == info:
         return  # as remembered: no write on every run
-    path = cache_file(key)
+    write_cache(cache_file(key), json.dumps(asdict(info), sort_keys=True) + "\n")
+
+
+def write_cache(path: Path, text: str) -> None:
+    """Replace a cache file whole: a reader (another thread of this run, another run) sees the
+    old text or the new, never a part. The temporary name is this thread's own."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(info), sort_keys=True) + "\n")
+        tmp.write_text(text)
         tmp.replace(path)
     except OSError:
-        pass  # only a cache: the next run probes again
+        tmp.unlink(missing_ok=True)  # only a cache: the next run asks the host again

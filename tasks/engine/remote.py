@@ -7,6 +7,7 @@ report can show the round trips a run cost.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import socket
 import threading
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import paramiko
 from fabric import Config, Connection
 
 from . import facts as F
@@ -41,6 +43,33 @@ class RemoteError(Exception):
     pass
 
 
+class KitError(RemoteError):
+    """A connection that failed for a reason of the kit's own, not the network's, the host's
+    key or the login's: a defect to report, with its traceback under `fab --debug`."""
+
+
+# What a failed connection may honestly blame on the network, the host or the login: socket
+# errors (refused, unreachable, timed out, name not found), paramiko's protocol, key and
+# authentication errors, and a connection closed during the handshake.
+NETWORK_ERRORS = (OSError, EOFError, paramiko.SSHException)
+
+_log = logging.getLogger("djk")
+_CLONING = threading.Lock()
+
+
+def own_config(config: Config | None) -> Config:
+    """A copy of `config` for one connection alone.
+
+    Fabric's Connection writes into the configuration it is given (it sets `inline_ssh_env`,
+    which it does not declare, so Invoke stores it as a config key), and Invoke rebuilds a
+    configuration on every write, empty meanwhile: threads opening other connections from the
+    same object found no `authentication` or `connect_kwargs` in it. Copies are made under a
+    lock because Fabric's clone reads the SSH config files again into the object it copies; a
+    run copies the task's configuration once (cli.run_plans) and each connection copies that."""
+    with _CLONING:
+        return config.clone() if config is not None else Config()
+
+
 def no_delay(sock) -> None:
     """Small messages go out at once, as OpenSSH's client sends them. With Nagle's algorithm
     (paramiko leaves it on) a command's end of input waits for the host to acknowledge the
@@ -66,7 +95,7 @@ class Remote:
             port=host.port or None,
             connect_timeout=connect_timeout,
             connect_kwargs=kwargs,
-            config=config or Config(),
+            config=own_config(config),
         )
         # Only hosts whose key is known: never Fabric's trust-on-first-sight.
         hostkeys.pin(self.conn.client, host.known_hosts)
@@ -94,14 +123,20 @@ class Remote:
     def open(self) -> None:
         if self._failed is not None:
             raise self._failed
+        where = f"{self.conn.user}@{self.conn.host}"
         try:
             self.conn.open()
-        except Exception as exc:  # paramiko raises many unrelated types
+        except NETWORK_ERRORS as exc:
             refused = hostkeys.refusal(exc, self.host.name, self.host.known_hosts)
             if refused:
                 raise RemoteError(refused) from None
-            raise RemoteError(
-                f"cannot connect to {self.conn.user}@{self.conn.host}: {exc}"
+            raise RemoteError(f"cannot connect to {where}: {exc}") from None
+        except Exception as exc:
+            _log.debug("connecting to %s failed inside the kit", where, exc_info=True)
+            first = (str(exc).splitlines() or [""])[0][:200]
+            raise KitError(
+                f"kit error while connecting to {where}: {type(exc).__name__}: {first} "
+                "(a defect of the kit, not of the host; `fab --debug` shows its traceback)"
             ) from None
         no_delay(self._transport().sock)
 
