@@ -14,7 +14,7 @@ import sys
 from invoke import Exit
 
 from .engine import hostkeys
-from .engine.cli import confirm, load_inventory, target_hosts, targets_task
+from .engine.cli import confirm, load_inventory, target_hosts, targets_task, user_error
 from .engine.remote import Remote
 
 
@@ -26,6 +26,9 @@ def trust(c, yes=False):
     team_file = inventory.path.parent / hostkeys.FILE_NAME
     width = max(8, *(len(h.name) for h in targets))
     failed = False
+    # Every target's key is shown before anything is asked or refused: a script without a
+    # terminal sees all of them at once, to check them all before it runs again with --yes.
+    untrusted = []
     for host in targets:
         # Fabric's view of where the host is (an ssh_config alias resolved): what a run
         # connects to, so what known_hosts must name.
@@ -48,7 +51,15 @@ def trust(c, yes=False):
         else:
             what = f"{name} shows {key.get_name()} {seen}; not recorded yet"
         print(f"{host.name:<{width}} | ...     | {what}")
-        question = f"Trust {seen} for {host.name} ({name})?"
+        untrusted.append((host, name, key))
+    if untrusted and not yes and not sys.stdin.isatty():
+        names = ", ".join(host.name for host, _, _ in untrusted)
+        raise user_error(
+            f"trusting the keys shown for {names} needs --yes "
+            "(stdin is not a terminal, nothing to ask)"
+        )
+    for host, name, key in untrusted:
+        question = f"Trust {hostkeys.fingerprint(key)} for {host.name} ({name})?"
         if not confirm(question, yes, f"host {host.name}: trusting a key needs --yes"):
             print(f"{host.name:<{width}} | skipped | not recorded")
             continue
