@@ -83,6 +83,18 @@ def fetch(
         return Answer(error=str(exc) or type(exc).__name__)
 
 
+# A release whose own process answers a server error this many times in a row fails its gate
+# at once, without waiting for the health timeout.
+FAILED_IN_A_ROW = 3
+# What a starting app or something between may answer for a while: waited out.
+PASSING = (502, 503, 504)
+
+
+def app_failed(answer: Answer) -> bool:
+    """A server error of the app's own (500, 501, 505...), not a gateway's or a busy one."""
+    return answer.status >= 500 and answer.status not in PASSING
+
+
 def healthy(answer: Answer, gate: dict) -> bool:
     """2xx; with `expect_release` the body must also name the release; a site without a
     health_path (probing /) may answer a redirect that stays on one of its domains."""

@@ -99,18 +99,30 @@ class Site:
 
 
 def cause(log: str) -> str:
-    """The exception of the last traceback in the app's log (`RuntimeError: broken release`),
-    gunicorn's own HaltServer aside: the last lines of a failed start are gunicorn shutting
-    down, the cause is above them."""
-    found, inside = [], False
+    """The exception of the last traceback in the app's log and where it was raised
+    (`RuntimeError: broken release, in views.py line 12, in health`), gunicorn's own
+    HaltServer aside: the last lines of a failed start are gunicorn shutting down, the cause
+    is above them."""
+    found, inside, frame = [], False, ""
     for line in log.splitlines():
         if line.startswith("Traceback (most recent call last):"):
-            inside = True
+            inside, frame = True, ""
+        elif inside and line.lstrip().startswith('File "'):
+            frame = line.strip()
         elif inside and line.strip() and not line.startswith((" ", "\t")):
             inside = False
             if "HaltServer" not in line:
-                found.append(line.strip())
+                found.append(line.strip() + _where(frame))
     return found[-1][:300] if found else ""
+
+
+def _where(frame: str) -> str:
+    """A traceback's `File "/srv/.../pages/views.py", line 12, in health` as the cause's tail:
+    `, in views.py line 12, in health`."""
+    parts = frame.split('"')
+    if len(parts) < 3:
+        return ""
+    return f", in {os.path.basename(parts[1])}{parts[2].replace(',', '', 1)}"
 
 
 def switch(spec: dict) -> int:
@@ -123,13 +135,18 @@ def switch(spec: dict) -> int:
         problem = str(exc)
     if problem:
         log = site.procs.log_tail(site.units[nxt], 200)
+        if not cause(log):  # the journal may take a moment to have the last lines
+            time.sleep(0.5)
+            log = site.procs.log_tail(site.units[nxt], 200)
         print("".join(log.splitlines(keepends=True)[-20:]), file=sys.stderr, end="")
         site.procs.stop(site.units[nxt])
         site.mark_failed()
+        # The app's own words first: what a person (or a webhook's reader) needs to know.
         why = cause(log)
+        said = f"the app said: {why} ({problem})" if why else problem
         print(
-            f"release {site.want} failed its health check before the switch: {problem}; "
-            f"{site.live or 'nothing'} still serves" + (f" (the app said: {why})" if why else ""),
+            f"release {site.want} failed its health check before the switch: {said}; "
+            f"{site.live or 'nothing'} still serves",
             file=sys.stderr,
         )
         return 4
@@ -174,11 +191,23 @@ def gate_new(
     deadline = time.monotonic() + float(gate["timeout"])
     answer = probe.Answer(error="no answer yet")
     proof, told = "", set()
+    errors = 0  # the new process's answers in a row that say the app itself failed
     while True:
         answer = probe.fetch(
             gate["path"], gate["host"], https_forwarded=bool(gate.get("https")), unix=sock
         )
         proof = ""
+        if probe.app_failed(answer):
+            # A starting app may answer 502-504 (a proxy's words), never 500: that is its code
+            # raising. Three in a row from the new release itself, and waiting will not help.
+            errors = errors + 1 if not prove(site, unit, sock, answer.peer, before)[0] else 0
+            if errors >= probe.FAILED_IN_A_ROW:
+                return (
+                    f"HTTP {answer.status}: the app failed ({errors} answers in a row from "
+                    f"{unit} at {gate['path']}, Host: {gate['host']}; not waited out)"
+                )
+        else:
+            errors = 0
         if probe.healthy(answer, gate):
             proof, fatal = prove(site, unit, sock, answer.peer, before)
             if not proof:

@@ -158,16 +158,33 @@ class Announcer:
         return problems
 
 
+# How much of a failure a notification carries: per host, and in all.
+CAUSE_LIMIT, ERRORS_LIMIT = 300, 1000
+
+
 def _errors(reports: list[HostReport]) -> str:
+    """What failed, host by host, each led by its cause: the last line of what the failed step
+    said (a remote command's output ends with its error; the health gate's with the sentence
+    naming the app's exception, after the log lines it shows)."""
     found = []
     for r in reports:
         if r.error:
-            found.append(f"{r.host}: {r.error}")
+            found.append(f"{r.host}: {_cut(_last_line(r.error), CAUSE_LIMIT)}")
             continue
         failed = [s for s in r.steps if s.status == "failed"]
         if failed:
-            found.append(f"{r.host}: {failed[0].step}: {failed[0].detail}")
-    return "; ".join(found)[:500]
+            cause = _cut(_last_line(failed[0].detail), CAUSE_LIMIT)
+            found.append(f"{r.host}: {failed[0].step}: {cause}")
+    return _cut("; ".join(found), ERRORS_LIMIT)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _releases(site: str, reports: list[HostReport]) -> dict:

@@ -120,6 +120,11 @@ class SitePaths:
         return f"{self.shared}/env"
 
     @property
+    def gunicorn_conf(self) -> str:
+        """The slots' gunicorn --config (root's: the site user reads it)."""
+        return f"{self.base}/gunicorn.conf.py"
+
+    @property
     def db(self) -> str:
         return f"{self.shared}/db.sqlite3"
 

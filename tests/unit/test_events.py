@@ -222,3 +222,27 @@ def test_the_body_of_a_restore_names_its_backup():
     assert data["action"] == "restore" and data["detail"] == "B1" and data["kit"] == "djk"
     slack = json.loads(notify.body(event, "slack"))["text"]
     assert slack == "restore of shop from B1 on db1 by alice@laptop succeeded in 3 s"
+
+
+def test_a_failure_reaches_the_webhook_led_by_its_cause_and_bounded():
+    """The health gate's failure: twenty lines of the app's log, then the sentence naming the
+    cause. The notification's error leads with that sentence, bounded."""
+    log = "".join(f'10.0.0.1 - - "GET /health/ HTTP/1.1" 500 145 line {i}\n' for i in range(20))
+    said = (
+        "release R2 failed its health check before the switch: the app said: RuntimeError: "
+        "health is broken, in views.py line 12, in health (HTTP 500: the app failed (3 answers "
+        "in a row from djk-shop-web-b.service at /health/, Host: shop.test; not waited out)); "
+        "R1 still serves"
+    )
+    detail = f"switch shop to R2: exit 4: {log}{said}"
+    failed = [
+        HostReport(f"web{n}", [StepResult("switch shop", "failed", detail)]) for n in range(1, 9)
+    ]
+    error = events._errors(failed)
+    assert error.startswith(
+        "web1: switch shop: release R2 failed its health check before the switch: the app said: "
+        "RuntimeError: health is broken, in views.py line 12, in health (HTTP 500"
+    )
+    assert len(error) <= events.ERRORS_LIMIT and error.endswith("…")
+    lost = [HostReport("web1", [], error="cannot connect to deploy@10.0.0.1: timed out")]
+    assert events._errors(lost) == "web1: cannot connect to deploy@10.0.0.1: timed out"

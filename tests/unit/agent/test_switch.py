@@ -273,6 +273,23 @@ def test_a_refused_release_never_gets_a_live_request_and_says_why(host, status, 
     assert host.running("a") and not host.running("b")
 
 
+def test_a_release_answering_500_fails_at_once_and_503_is_waited_out(host):
+    host.release("R1")
+    switched(host, "R1")
+    host.release("R2", status=500)
+    done = host.run("switch", host.spec("R2", gate={"timeout": 600}))
+    assert done.returncode == 4, done.stdout + done.stderr
+    cause = done.stderr.strip().splitlines()[-1]
+    assert "HTTP 500: the app failed (3 answers in a row from djk-shop-web-b.service" in cause
+    assert "within" not in cause and "R1 still serves" in cause
+    # A starting app (or a proxy) may answer 503 for a while: the gate waits for it.
+    host.release("R3", status=503)
+    done = host.run("switch", host.spec("R3", gate={"timeout": 1.5}))
+    assert done.returncode == 4
+    assert "within 1.5s: HTTP 503" in done.stderr.strip().splitlines()[-1]
+    assert host.live_slot() == "a.sock" and host.current() == "releases/R1"
+
+
 def test_without_health_path_a_redirect_on_the_sites_domain_passes(host):
     host.release("R1", status=301)
     switched(host, "R1", gate={"path": "/", "accept_redirect": True})
@@ -565,8 +582,20 @@ Traceback (most recent call last):
     raise HaltServer(reason, self.WORKER_BOOT_ERROR)
 gunicorn.errors.HaltServer: <HaltServer 'Worker failed to boot.' 3>
 """
-    assert cause(log) == "RuntimeError: broken release"
+    assert cause(log) == "RuntimeError: broken release, in asgi.py line 20, in <module>"
     django = "Traceback (most recent call last):\n  File \"x.py\", line 1\n" \
         "django.core.exceptions.ImproperlyConfigured: DATABASES is wrong\n[INFO] exiting\n"
-    assert cause(django) == "django.core.exceptions.ImproperlyConfigured: DATABASES is wrong"
+    assert cause(django) == (
+        "django.core.exceptions.ImproperlyConfigured: DATABASES is wrong, in x.py line 1"
+    )
+    request = """ERROR django.request: Internal Server Error: /health/
+Traceback (most recent call last):
+  File "/srv/djk/shop/releases/R2/.venv/lib/python3.11/site-packages/django/core/handlers/exception.py", line 55, in inner
+    response = get_response(request)
+  File "/srv/djk/shop/releases/R2/pages/views.py", line 12, in health
+    raise RuntimeError("health is broken")
+RuntimeError: health is broken
+- - [07/Dec/2026:11:00:00 +0000] "GET /health/ HTTP/1.1" 500 145
+"""  # noqa: E501 (a traceback's line as Python writes it)
+    assert cause(request) == "RuntimeError: health is broken, in views.py line 12, in health"
     assert cause("RuntimeError: not in a traceback\nall fine\n") == ""
