@@ -252,7 +252,7 @@ REFUSED_ENV = (
 def check_env_names(inventory: Inventory, site: Site) -> None:
     """`env` and the secrets may not set what the kit derives (unless the site lists it in
     `env_override`) nor any of REFUSED_ENV."""
-    derived = {k: c.name for c in components() for k in c.env(inventory, site)}
+    derived = {k: c.name for c in components() for k in c.env_names(inventory, site)}
     given = [(f"sites.{site.name}.env.{k}", k, "env") for k in site.env]
     given += [(f"sites.{site.name}.env_file", k, "the secrets file") for k in site.secrets]
     for key, name, where in given:
@@ -272,7 +272,7 @@ def check_env_names(inventory: Inventory, site: Site) -> None:
             raise InventoryError(
                 inventory.path,
                 f"sites.{site.name}.env_override[{i}]",
-                f"{name} is not a variable the kit derives (nothing to override)",
+                f"{values.show(name)} is not a variable the kit derives (nothing to override)",
             )
 
 
@@ -800,10 +800,10 @@ def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
         # Started once whenever its file changes (it exits at once: the live slot runs).
         found.append((boot, manager.template("boot"), (f"restart:{boot}",), {}))
     if topology.split(inventory, site):
-        web = [h.address for h in topology.hosts_with(inventory, site, "web")]
+        web = [h.peer_address for h in topology.hosts_with(inventory, site, "web")]
         forward = {"proxyd": PROXYD, "socket_activate": SOCKET_ACTIVATE,
-                   "bind": values.url_host(host.address), "port": app_of(site).port,
-                   "allow": [*web, host.address, "127.0.0.0/8"]}  # fmt: skip
+                   "bind": values.url_host(host.peer_address), "port": app_of(site).port,
+                   "allow": [*web, host.peer_address, "127.0.0.0/8"]}  # fmt: skip
         unit = paths.forward_unit
         if manager.kind == procs.SYSTEMD:
             socket = paths.forward_socket
@@ -825,6 +825,16 @@ def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
         )
         for name, template, notify, extra in found
     ]
+    steps.append(
+        File(
+            paths.gunicorn_conf,
+            render("app/gunicorn.conf.py.j2", inventory.templates, site=site),
+            group=site.user,
+            mode="640",
+            notify=(paths.cycle,),  # read as a slot starts: the next switch starts one
+            name=f"gunicorn config {paths.gunicorn_conf}",
+        )
+    )
     if topology.split(inventory, site):
         steps.append(Service(paths.forward_socket))
     return steps
@@ -934,6 +944,15 @@ ASGI_SERVER = ("uvicorn-worker==0.4.0", "uvicorn==0.54.0", "websockets==17.4")
 # -- the component -------------------------------------------------------------------------------
 
 
+def _is(path: Path, test: Callable[[Path], bool]) -> bool:
+    """Path.is_file/is_dir, False also where the system refuses the name (too long: pathlib
+    raises ENAMETOOLONG rather than answer)."""
+    try:
+        return test(path)
+    except OSError:
+        return False
+
+
 class AppComponent(Component):
     """The keys of [sites.<name>] itself: source, asgi, settings, port, workers, health, ..."""
 
@@ -944,7 +963,7 @@ class AppComponent(Component):
     def parse(self, table: Table, site: Site) -> App:
         key = table.key
         source = table.get_path("source")
-        if not source.is_dir():
+        if not _is(source, Path.is_dir):
             table.fail(f"{key}.source", f"{values.show_path(source)} is not a directory")
         requirements = source / table.get("requirements", str, default="requirements.txt")
         try:
@@ -958,7 +977,7 @@ class AppComponent(Component):
                 f"{key}.requirements",
                 f"{values.show_path(requirements)} is outside source ({values.show_path(source)})",
             )
-        if not requirements.is_file():
+        if not _is(requirements, Path.is_file):
             table.fail(f"{key}.requirements", f"{values.show_path(requirements)} does not exist")
         asgi = table.get("asgi", str, values.asgi_app, default=None)
         wsgi = table.get("wsgi", str, values.asgi_app, default=None)

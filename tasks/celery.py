@@ -440,7 +440,7 @@ class CeleryComponent(Component):
                 remote = any(
                     topology.broker_address(run.inventory, s) != "127.0.0.1" for s in brokered
                 )
-                steps += broker_steps(brokered, run.host.address if remote else None)
+                steps += broker_steps(brokered, run.host.peer_address if remote else None)
             return steps
         if phase == "switch" and "worker" in roles:
             return [restart_step(run, site) for site in sites]

@@ -110,7 +110,7 @@ def address(inventory: Inventory, site: Site) -> str:
     db = db_host(inventory, site)
     if db is None or not remote_clients(inventory, site):
         return "127.0.0.1"
-    return db.address
+    return db.peer_address
 
 
 def identity(inventory: Inventory, site: Site) -> str:
@@ -206,6 +206,10 @@ def applied_fact(site: Site, unless: tuple[str, str] | None = None) -> Applied:
     if db.engine == "postgresql":
         return Applied("postgresql", db.name, unless)
     return Applied("sqlite", SitePaths.of(site).db, unless)
+
+
+# What env() derives for a PostgreSQL site, named before the password is known.
+DERIVED = ("DATABASE_URL", "DATABASE_HOST", "DATABASE_PORT", "DATABASE_NAME", "DATABASE_USER")
 
 
 def password(site: Site) -> Secret | None:
@@ -366,7 +370,7 @@ def hba(inventory: Inventory, host: Host) -> str:
     for site in _sites_served(inventory, host):
         db = of(site)
         for client in remote_clients(inventory, site):
-            where = client.address
+            where = client.peer_address
             if re.fullmatch(r"[0-9.]+", where):
                 where += "/32"
             elif ":" in where:
@@ -377,7 +381,7 @@ def hba(inventory: Inventory, host: Host) -> str:
 
 def listen(inventory: Inventory, host: Host) -> str:
     remote = any(remote_clients(inventory, s) for s in _sites_served(inventory, host))
-    addresses = "localhost" + (f",{host.address}" if remote else "")
+    addresses = "localhost" + (f",{host.peer_address}" if remote else "")
     return (
         f"# {MANAGED}\n"
         "# Loopback, and this host's address only when app or worker hosts are elsewhere.\n"
@@ -483,6 +487,14 @@ class DatabaseComponent(Component):
                     f"sites.{site.name}.hosts",
                     'database engine "postgresql" needs a host with the db role',
                 )
+            secret = password(site)
+            if uses_postgresql(site) and secret is not None and not secret.reveal():
+                raise InventoryError(
+                    inventory.path,
+                    f"sites.{site.name}.env_file",
+                    "DATABASE_PASSWORD is empty: PostgreSQL's clients cannot log in with an "
+                    "empty password (remove the line, and the kit makes one on the db host)",
+                )
         owners: dict[tuple[str, str], str] = {}
         for site in inventory.sites.values():
             if not uses_postgresql(site):
@@ -515,6 +527,9 @@ class DatabaseComponent(Component):
         users = [h for s in _sites_served(inventory, host) for h in remote_clients(inventory, s)]
         sources = topology.peers(users, host)
         return [Opening(PG_PORT, "PostgreSQL", sources)] if sources else []
+
+    def env_names(self, inventory: Inventory, site: Site) -> set[str]:
+        return set(DERIVED) if uses_postgresql(site) else set()
 
     def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
         if not uses_postgresql(site):

@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import shlex
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .engine import procs
+from .engine import procs, values
 from .engine.component import Component, HostRun, Opening, components, register
 from .engine.facts import Fact, Stat
 from .engine.inventory import Host, Inventory
 from .engine.render import MANAGED
+from .engine.schema import InventoryError
 from .engine.steps import Action, Context, File, Plan, Service, Step, upload_script
 
 RULES = "/etc/djk/firewall.nft"
@@ -111,42 +111,13 @@ class LoadedVersion(Fact[str]):
         return version_of(out)
 
 
-@dataclass(frozen=True)
-class Resolved(Fact[dict]):
-    """Names of peer hosts (an address given as a DNS name) as this host resolves them."""
-
-    names: tuple[str, ...]
-    default: ClassVar[Any] = {}
-
-    def command(self) -> str:
-        lookups = "; ".join(
-            f"getent ahosts {shlex.quote(n)} | awk '{{print \"{n}\", $1}}'" for n in self.names
-        )
-        return f"{{ {lookups}; }} 2>/dev/null || true"
-
-    def parse(self, rc: int, out: str) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {}
-        for line in out.splitlines():
-            name, _, address = line.partition(" ")
-            if address and address not in found.setdefault(name, []):
-                found[name].append(address)
-        return found
-
-
 def openings(inventory: Inventory, host: Host) -> list[Opening]:
     return [o for c in components() for o in c.openings(inventory, host)]
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
-
-
-def ruleset(ssh_ports: list[int], opened: list[Opening], resolved: dict[str, list[str]]) -> str:
-    """The file: the table made anew in one transaction, its hash in its comment."""
+def ruleset(ssh_ports: list[int], opened: list[Opening]) -> str:
+    """The file: the table made anew in one transaction, its hash in its comment. Sources are
+    IP addresses (check_peer_addresses refuses a name in hosts.toml)."""
     rules = [
         "ct state established,related accept",
         "ct state invalid drop",
@@ -162,9 +133,7 @@ def ruleset(ssh_ports: list[int], opened: list[Opening], resolved: dict[str, lis
         if o.sources is None:
             rules.append(f'tcp dport {o.port} accept comment "{o.what}"')
             continue
-        addresses = []
-        for source in o.sources:
-            addresses += [source] if _is_ip(source) else resolved.get(source, [])
+        addresses = list(o.sources)
         v4 = sorted({a for a in addresses if ipaddress.ip_address(a).version == 4})
         v6 = sorted({a for a in addresses if ipaddress.ip_address(a).version == 6})
         if v4:
@@ -203,24 +172,17 @@ class Firewall(Step):
     def __init__(self, inventory: Inventory, host: Host, setup: bool) -> None:
         self.host, self.setup = host, setup
         self.opened = openings(inventory, host)
-        sources = {s for o in self.opened for s in o.sources or ()}
-        self.names = tuple(sorted(s for s in sources if not _is_ip(s)))
         self.id = "firewall"
         self.name = "firewall"
 
     def facts(self, diff: bool) -> list[Fact]:
-        found = [*File(RULES, "").facts(diff), SshdPorts(), LoadedVersion()]
-        return found + ([Resolved(self.names)] if self.names else [])
+        return [*File(RULES, "").facts(diff), SshdPorts(), LoadedVersion()]
 
     def plan(self, ctx: Context) -> Plan:
         if ctx.facts[Stat(RULES)] is None and not self.setup:
             return Plan(reason="not set up here (fab provision does)")
-        resolved = ctx.facts[Resolved(self.names)] if self.names else {}
-        missing = [n for n in self.names if not resolved.get(n)]
-        if missing:
-            return Plan(error=f"cannot resolve {', '.join(missing)} on this host for its rules")
         ssh = sorted({*ctx.facts[SshdPorts()], self.host.port or 22})
-        content = ruleset(ssh, self.opened, resolved)
+        content = ruleset(ssh, self.opened)
         planned = File(RULES, content, mode="644").plan(ctx)
         version = version_of(content)
         what = f"SSH {', '.join(map(str, ssh))}; " + (
@@ -248,8 +210,40 @@ def wants_upgrades(host: Host) -> bool:
     return host.packages_from == "host"
 
 
+def check_peer_addresses(inventory: Inventory) -> None:
+    """Every address traffic between hosts uses is an IP address: the host an opening is on
+    (its services bind there: the forwarder's ListenStream=, Redis's bind, RabbitMQ's
+    listener, PostgreSQL's listen_addresses) and each host it is opened for (IPAddressAllow=,
+    nftables, pg_hba). systemd refuses a name in ListenStream= and ignores one in
+    IPAddressAllow=; nftables takes a name's addresses once, when the rules load."""
+    by_address = {h.peer_address: h for h in inventory.hosts.values()}
+
+    def need(host: Host, what: str) -> None:
+        if not values.is_ip(host.peer_address):
+            raise InventoryError(
+                inventory.path,
+                f"hosts.{host.name}.address",
+                f"{values.show(host.address)} is a host name, and {what} needs an IP address "
+                f"there (systemd and nftables cannot use a name): give hosts.{host.name}"
+                ".private_address, the address its peers reach it at",
+            )
+
+    for host in inventory.hosts.values():
+        for component in components():
+            for opening in component.openings(inventory, host):
+                if opening.sources is None:
+                    continue  # open to everyone: nothing names an address
+                need(host, f"{opening.what} (port {opening.port}) on host {host.name}")
+                for source in opening.sources:
+                    if source in by_address:
+                        need(by_address[source], f"reaching {opening.what} on host {host.name}")
+
+
 class FirewallComponent(Component):
     name = "firewall"
+
+    def check(self, inventory: Inventory) -> None:
+        check_peer_addresses(inventory)
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
         found = ["nftables"] if host.firewall else []

@@ -85,7 +85,7 @@ class FlowerComponent(Component):
 
     def ports(self, site: Site) -> list[tuple[int, str]]:
         conf = site.part(Flower)
-        return [(conf.port, "Flower")] if conf else []
+        return [(conf.port, "Flower", "flower.port")] if conf else []
 
     def env_notify(self, site: Site, host: Host) -> tuple[str, ...]:
         if site.part(Flower) is None or "worker" not in topology.roles(host):

@@ -15,9 +15,14 @@ from .engine.schema import InventoryError
 from .engine.steps import Action, Context, Plan, Step
 
 
-def ports(site: Site) -> list[tuple[int, str]]:
-    """Every port a site's processes listen on, from every component."""
-    return [port for component in components() for port in component.ports(site)]
+def ports(site: Site) -> list[tuple[int, str, str]]:
+    """Every port a site's processes listen on, from every component: (port, what, the key of
+    the site's table that sets it)."""
+    found = []
+    for component in components():
+        for port, what, *key in component.ports(site):
+            found.append((port, what, key[0] if key else "port"))
+    return found
 
 
 def host_ports(inventory: Inventory, host: Host) -> list[tuple[int, str]]:
@@ -50,13 +55,13 @@ def check_conflicts(inventory: Inventory) -> None:
                         f"sites.{site.name}.domains[{i}]",
                         f"{domain} is already served by site {other!r} on host {host!r}",
                     )
-            for port, what in ports(site):
+            for port, what, key in ports(site):
                 owner, used_for = port_owner.setdefault(port, (site.name, what))
                 if (owner, used_for) != (site.name, what):
                     by = f"site {owner!r} ({used_for})" if owner else used_for
                     raise InventoryError(
                         inventory.path,
-                        f"sites.{site.name}.port",
+                        f"sites.{site.name}.{key}",
                         f"port {port} is already used by {by} on host {host!r}, "
                         f"here for {what} (a site uses its port and its Flower port)",
                     )

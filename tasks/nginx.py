@@ -51,7 +51,8 @@ def upstream_servers(inventory: Inventory, site: Site) -> list[str]:
         return [f"unix:{paths.live_socket}"]
     port = app_of(site).port
     return [
-        f"{values.url_host(h.address)}:{port}" for h in topology.hosts_with(inventory, site, "app")
+        f"{values.url_host(h.peer_address)}:{port}"
+        for h in topology.hosts_with(inventory, site, "app")
     ]
 
 
@@ -162,6 +163,12 @@ class NginxComponent(Component):
         if not self.runs_on(host) or not inventory.sites_on(host):
             return []
         return [Opening(80, "HTTP"), Opening(443, "HTTPS")]
+
+    def host_ports(self, inventory: Inventory, host: Host) -> list[tuple[int, str]]:
+        """nginx listens on 80 and 443 on every web host: no SSH port, site or service there."""
+        if not self.runs_on(host) or not inventory.sites_on(host):
+            return []
+        return [(80, "nginx (HTTP)"), (443, "nginx (HTTPS)")]
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
         # logrotate: Debian's nginx package ships its rules (/var/log/nginx/*.log, each site's

@@ -153,9 +153,12 @@ class NotifyComponent(Component):
             if notify is None:
                 continue
             key = f"sites.{site.name}.notify.url_secret"
+            name = notify.url_secret  # a variable name: shown as it is, unless very long
+            if len(name) > values.SHOW_LIMIT:
+                name = values.show(name)
             if site.needs_secret(notify.url_secret):
                 raise InventoryError(
-                    inventory.path, key, f"put {notify.url_secret} (the webhook's URL) in the "
+                    inventory.path, key, f"put {name} (the webhook's URL) in the "
                     f"secrets file (sites.{site.name}.env_file)"
                 )  # fmt: skip
             url = site.secrets.get(notify.url_secret)
@@ -164,7 +167,7 @@ class NotifyComponent(Component):
                     _check_url(url.reveal())
                 except ValueError as exc:  # the URL itself is not shown: a secret
                     raise InventoryError(
-                        inventory.path, key, f"{notify.url_secret} in the secrets file {exc}"
+                        inventory.path, key, f"{name} in the secrets file {exc}"
                     ) from None
 
     def control_secrets(self, site: Site) -> tuple[str, ...]:

@@ -99,7 +99,7 @@ def remote(inventory: Inventory, host: Host) -> bool:
 def rabbitmq_conf(inventory: Inventory, host: Host) -> str:
     lines = [f"# {MANAGED}", f"listeners.tcp.1 = 127.0.0.1:{AMQP_PORT}"]
     if remote(inventory, host):
-        lines.append(f"listeners.tcp.2 = {values.url_host(host.address)}:{AMQP_PORT}")
+        lines.append(f"listeners.tcp.2 = {values.url_host(host.peer_address)}:{AMQP_PORT}")
     lines += [
         "# The guest user, from loopback only (RabbitMQ's default, said here).",
         "loopback_users.guest = true",
@@ -237,6 +237,17 @@ class RabbitMQComponent(Component):
                     f"sites.{site.name}.hosts",
                     'celery broker = "rabbitmq" needs a host with the broker role',
                 )
+            secret = password(site)
+            if uses(site) and secret is not None and not secret.reveal():
+                raise InventoryError(
+                    inventory.path,
+                    f"sites.{site.name}.env_file",
+                    "BROKER_PASSWORD is empty: RabbitMQ's clients cannot log in with an empty "
+                    "password (remove the line, and the kit makes one on the broker host)",
+                )
+
+    def env_names(self, inventory: Inventory, site: Site) -> set[str]:
+        return {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"} if uses(site) else set()
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
         return ["rabbitmq-server"] if served(inventory, host) else []

@@ -18,6 +18,7 @@ out of hosts.toml (or moved to another host by run_on) is stopped and its files 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from dataclasses import dataclass
@@ -75,6 +76,11 @@ def _words(value: str) -> tuple[str, ...]:
         raise ValueError(f"{values.show(value)}: {exc}") from None
     if not words:
         raise ValueError("is empty")
+    for word in words:
+        # A newline or NUL in a word would end ExecStart= (or supervisor's command=) early,
+        # and the rest would become lines of their own; no program takes such an argument.
+        if values.has_control(word):
+            raise ValueError(f"{values.show(value)}: an argument holds a control character")
     return words
 
 
@@ -184,9 +190,11 @@ def job_files(inventory: Inventory, site: Site, host: Host, job: Job) -> list[St
 
 
 def _json(spec: dict) -> str:
-    import json
-
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    """The agent's argument as JSON that supervisor's command= keeps whole: supervisor takes a
+    `;` or `#` after white space for the start of a comment (also inside quotes), so each is
+    written as JSON's \\u003b or \\u0023, which the agent reads back as it was."""
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return text.replace(";", "\\u003b").replace("#", "\\u0023")
 
 
 class Unwanted(Step):

@@ -9,11 +9,16 @@ agreeing with the kit instead of with the reader.
 - dotenv_env: python-dotenv itself (with its default ${VAR} interpolation).
 - nginx_structure: nginx's tokenizer (ngx_conf_read_token) reduced to the directive tree.
 - unit_structure: a systemd unit file's sections and keys, and how many words ExecStart= has.
+- exec_words: the words systemd runs for an ExecStart= value (quotes, C escapes, %% and $$).
+- supervisor_programs: supervisord's own parser (the supervisor package: inline `;` and `#`
+  comments after white space, %-expansions), and the words of each program's command=.
 """
 
 from __future__ import annotations
 
+import configparser
 import io
+import shlex
 
 from dotenv import dotenv_values
 
@@ -38,8 +43,10 @@ def systemd_env(text: str) -> dict[str, str]:
 
     def push() -> None:
         name = key.rstrip(WHITESPACE)
-        if name and (name[0].isalpha() or name[0] == "_") and all(
-            c.isalnum() or c == "_" for c in name
+        if (
+            name
+            and (name[0].isalpha() or name[0] == "_")
+            and all(c.isalnum() or c == "_" for c in name)
         ):
             result[name] = value
 
@@ -287,3 +294,91 @@ def unit_structure(text: str) -> list[tuple[str, str, int]]:
         words = len(value.split()) if key.startswith("Exec") else 0
         out.append((section, key.strip(), words))
     return out
+
+
+_C_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "s": " "}
+
+
+def exec_words(value: str) -> list[str]:
+    """The argv systemd runs for an ExecStart= value (src/basic/extract-word.c with UNQUOTE and
+    CUNESCAPE, then specifiers and variables): words split at white space, "..." and '...'
+    grouping, backslash escapes; `%%` is `%` and `$$` is `$`. A specifier (`%n`) or a variable
+    (`$X`) would expand to something else: Unparsable."""
+    words: list[str] = []
+    word: list[str] | None = None
+    quote = ""
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "%":
+            if value[i + 1 : i + 2] != "%":
+                raise Unparsable(f"a specifier at {i}: {value[i : i + 2]!r}")
+            ch, i = "%", i + 1
+        elif ch == "$":
+            if value[i + 1 : i + 2] != "$":
+                raise Unparsable(f"a variable at {i}: {value[i : i + 2]!r}")
+            ch, i = "$", i + 1
+        elif ch == "\\":
+            nxt = value[i + 1 : i + 2]
+            if nxt not in _C_ESCAPES:
+                raise Unparsable(f"an escape at {i}: {value[i : i + 2]!r}")
+            word = (word or []) + [_C_ESCAPES[nxt]]
+            i += 2
+            continue
+        elif ch in "\"'" and (not quote or quote == ch):
+            quote = "" if quote else ch
+            word = word or []
+            i += 1
+            continue
+        elif ch in " \t" and not quote:
+            if word is not None:
+                words.append("".join(word))
+                word = None
+            i += 1
+            continue
+        elif ch in "\n\r\x00":
+            raise Unparsable(f"a line break or NUL at {i}")
+        word = (word or []) + [ch]
+        i += 1
+    if quote:
+        raise Unparsable("an unbalanced quote")
+    if word is not None:
+        words.append("".join(word))
+    return words
+
+
+def supervisor_programs(text: str) -> dict[str, dict[str, object]]:
+    """Each [program:x] as supervisord reads it: its own config parser (inline comments start
+    at a `;` or `#` after white space, quotes or not), every value %-expanded as supervisord
+    expands it, and `command` split into words by shlex as supervisord splits it."""
+    from supervisor.options import UnhosedConfigParser
+
+    parser = UnhosedConfigParser()
+    try:
+        parser.read_string(text)
+    except configparser.Error as exc:
+        raise Unparsable(f"supervisord cannot read it: {exc}") from None
+    found: dict[str, dict[str, object]] = {}
+    for section in parser.sections():
+        name = section.partition(":")[2]
+        expansions = {
+            "program_name": name,
+            "group_name": name,
+            "process_num": 0,
+            "numprocs": 1,
+            "here": "/etc/supervisor/conf.d",
+            "host_node_name": "h",
+        }
+        values: dict[str, object] = {}
+        for key in parser.options(section):
+            try:
+                values[key] = parser.get(section, key, raw=True) % expansions
+            except (KeyError, ValueError, TypeError) as exc:
+                raise Unparsable(f"{section}.{key}: supervisord cannot expand it: {exc}") from None
+        if "command" in values:
+            try:
+                values["argv"] = shlex.split(str(values["command"]))
+            except ValueError as exc:
+                raise Unparsable(f"{section}.command: {exc}") from None
+        found[section] = values
+    return found

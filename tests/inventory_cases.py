@@ -17,19 +17,22 @@ from urllib.parse import urlsplit
 from file_readers import (
     Unparsable,
     dotenv_env,
+    exec_words,
     nginx_directives,
     nginx_structure,
     sh_env,
+    supervisor_programs,
     systemd_env,
     unit_structure,
 )
 from hypothesis import strategies as st
 
-from djk.tasks import app, celery
+from djk.tasks import app, celery, timers
 from djk.tasks.celery import RedisAuth, RedisBind
 from djk.tasks.deploy import deploy_plan
 from djk.tasks.engine import facts as F
-from djk.tasks.engine import topology
+from djk.tasks.engine import procs, topology
+from djk.tasks.engine.component import components
 from djk.tasks.engine.debian import Installed
 from djk.tasks.engine.inventory import InventoryError, load
 from djk.tasks.engine.layout import app_of
@@ -67,6 +70,9 @@ class Case:
     secrets: list[tuple[str, str, str]]  # (name, value, quoting: bare | single | double)
     raw_lines: list[str] = field(default_factory=list)  # extra secrets lines, as written
     splice: tuple[int, bytes] | None = None  # bytes put into hosts.toml at a position
+    # False when a mutation changed what is deployed (a key taken away, a flag flipped,
+    # another type, a list of another length): its files are not the clean twin's in shape.
+    same_shape: bool = True
 
 
 @st.composite
@@ -224,6 +230,8 @@ def toml_text(data: dict[str, Any]) -> str:
             return json.dumps(v)
         if isinstance(v, list):
             return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):  # an inline table (in a list)
+            return "{" + ", ".join(f"{key(k)} = {value(x)}" for k, x in v.items()) + "}"
         raise TypeError(type(v))
 
     def table(path: list[str], data: dict[str, Any]) -> None:
@@ -292,6 +300,8 @@ def classify(path: str) -> str:
         return "sudoers"
     if path.endswith("/shared/env"):
         return "env"
+    if path.startswith(procs.SUPERVISOR_DIR + "/"):
+        return "supervisor"
     return "other"
 
 
@@ -344,6 +354,9 @@ def structure(item: Written) -> Any:
         assert len(rules) == 1 and re.fullmatch(r"[a-z_][a-z0-9_-]* ALL=\(ALL\) NOPASSWD:ALL",
                                                  rules[0]), rules  # fmt: skip
         return "one rule"
+    if item.kind == "supervisor":
+        programs = supervisor_programs(item.content)
+        return [(name, sorted(v), len(v.get("argv", ()))) for name, v in programs.items()]
     if item.kind == "redis":
         lines = item.content.split("\n")
         auth = [ln for ln in lines if ln.startswith("requirepass")]
@@ -375,11 +388,13 @@ _LISTEN = re.compile(r"--bind \S*:(\d+) |--port=(\d+) ")
 
 def check_ports(inventory, files: list[Written]) -> None:
     """What the rendered files make listen on each host (gunicorn binds, Flower, Redis where
-    provision installs it, and sshd) uses every port once."""
+    provision installs it, nginx on a web host, and sshd) uses every port once."""
     for host in inventory.hosts.values():
         used = [host.port]
         if "redis-server" in packages_for(inventory, host):
             used.append(6379)
+        if "nginx" in packages_for(inventory, host) and inventory.sites_on(host):
+            used += [80, 443]
         for item in (f for f in files if f.host == host.name and f.kind == "unit"):
             used += [int(a or b) for a, b in _LISTEN.findall(item.content)]
         assert len(used) == len(set(used)), f"{host.name}: a port twice in {sorted(used)}"
@@ -391,16 +406,28 @@ def _host_port(text: str) -> None:
     assert parts.port is not None and parts.hostname, text
 
 
+def _ip_or_net(text: str) -> None:
+    import ipaddress
+
+    ipaddress.ip_network(text.strip("[]"), strict=False)  # a name raises: systemd needs an IP
+
+
 def check_addresses(inventory, files: list[Written]) -> None:
     """Every address with a port after it (a TCP --bind, the forwarder's ListenStream, nginx
-    upstream servers, the broker URL) parses as host and port."""
+    upstream servers, the broker URL) parses as host and port; what systemd reads as an
+    address (ListenStream=, IPAddressAllow=) is an IP address, never a name."""
     for item in files:
         if item.kind == "unit":
             binds = re.findall(r"--bind (\S+)", item.content)
-            binds += re.findall(r"^ListenStream=(\S+)", item.content, re.M)
-            for bind in binds:
+            listens = re.findall(r"^ListenStream=(\S+)", item.content, re.M)
+            for bind in binds + listens:
                 if not bind.startswith("unix:"):
                     _host_port(bind)
+            for listen in listens:
+                _ip_or_net(listen.rpartition(":")[0])
+            for allowed in re.findall(r"^IPAddressAllow=(.*)$", item.content, re.M):
+                for entry in allowed.split():
+                    _ip_or_net(entry)
         elif item.kind == "nginx":
             for args in nginx_directives(item.content, "server"):  # `server {` has no args
                 if args and not args[0].startswith("unix:"):
@@ -429,10 +456,45 @@ def check_policy(inventory, files: list[Written]) -> None:
             assert entries["DJANGO_SETTINGS_MODULE"] == app_of(site).settings
         requirements = Path(os.path.realpath(app_of(site).requirements))
         assert requirements.is_relative_to(app_of(site).source), requirements
+        # What a component derives is the kit's unless env_override says otherwise, also
+        # when its value is not known yet (a password kept on a host).
+        derived: dict[str, str] = {}
+        names: set[str] = set()
+        for component in components():
+            names |= component.env_names(inventory, site)
+            for key, value in component.env(inventory, site).items():
+                derived[key] = value.reveal() if isinstance(value, Secret) else value
+        for name in names - set(site.env_override):
+            got = entries.get(name)
+            got = got.reveal() if isinstance(got, Secret) else got
+            assert got == derived.get(name), f"{name} of site {site.name} is not the kit's"
+        for name, value in entries.items():
+            text = value.reveal() if isinstance(value, Secret) else value
+            assert not re.search(r"^[a-z+]+://[^/:@]+:@", text), f"{name}: an empty password"
     for item in files:
         if "PRIVATE KEY-----" in item.content:
             assert item.file is not None and item.file.secret_content, item.path
             assert item.file.mode in ("600", "640", "400"), item.path
+
+
+def check_timers(inventory, files: list[Written]) -> None:
+    """Each timer job's command as its reader runs it: systemd's ExecStart= words, or the argv
+    in the agent's JSON on supervisor's command= line, is the job's argv exactly."""
+    by_path = {(f.host, f.path): f for f in files}
+    for host in inventory.hosts.values():
+        for site in inventory.sites_on(host):
+            for job in timers.wanted_here(inventory, site, host):
+                want = timers.exec_argv(site, job)
+                base = timers.base_name(site, job.name)
+                if procs.of(host).kind == procs.SUPERVISOR:
+                    item = by_path[(host.name, procs.Manager(procs.SUPERVISOR).config_path(base))]
+                    argv = supervisor_programs(item.content)[f"program:{base}"]["argv"]
+                    assert isinstance(argv, list) and len(argv) == 4, argv
+                    assert json.loads(argv[-1])["argv"] == want, f"{base}: {argv[-1]!r}"
+                else:
+                    item = by_path[(host.name, f"{procs.SYSTEMD_DIR}/{base}.service")]
+                    (line,) = re.findall(r"^ExecStart=(.*)$", item.content, re.M)
+                    assert exec_words(line) == want, f"{base}: {line!r}"
 
 
 def check_no_secret(texts: list[str], secrets: list[str], where: str) -> None:
@@ -457,10 +519,42 @@ def outcome(case: Case, directory: Path):
         assert not CONTROL.search(message), f"control character in the error: {message!r}"
         assert len(message) < 1000, f"error of {len(message)} characters"
         assert MARKER not in message, f"part of a secret in the error: {message!r}"
+        for value in _long_strings(case.toml):  # quoted cut short, never whole
+            for at in range(0, len(value) - QUOTED_RUN, QUOTED_RUN):
+                assert value[at : at + QUOTED_RUN] not in message, f"a long value in {message!r}"
         return exc
 
 
-def run_case(clean: Case, case: Case, directory: Path) -> None:
+# A refusal quotes at most 60 characters of a value (a path: its first and last 97).
+QUOTED_RUN = 120
+
+
+def _long_strings(data: Any) -> list[str]:
+    if isinstance(data, str):
+        return [data] if len(data) > 2 * QUOTED_RUN and len(set(data)) > 1 else []
+    if isinstance(data, dict):
+        return [v for k, x in data.items() for v in _long_strings(k) + _long_strings(x)]
+    if isinstance(data, list):
+        return [v for x in data for v in _long_strings(x)]
+    return []
+
+
+@dataclass
+class Twin:
+    """The clean case loaded and written once (a layout's mutants share it)."""
+
+    inventory: Any
+    files: list[Written]
+    shown: list[str]
+
+    @classmethod
+    def of(cls, clean: Case, directory: Path) -> Twin:
+        twin = outcome(clean, directory / "twin")
+        assert not isinstance(twin, InventoryError), twin
+        return cls(twin, *written(twin))
+
+
+def run_case(clean: Case, case: Case, directory: Path, known: Twin | None = None) -> None:
     STATS["cases"] += 1
     result = outcome(case, directory)
     if isinstance(result, InventoryError):
@@ -469,19 +563,34 @@ def run_case(clean: Case, case: Case, directory: Path) -> None:
     STATS["accepted"] += 1
     inventory = result
     files, shown = written(inventory)
-    twin = outcome(clean, directory / "twin")
-    assert not isinstance(twin, InventoryError), twin
-    twin_files, twin_shown = written(twin)
+    known = known or Twin.of(clean, directory)
+    twin, twin_files, twin_shown = known.inventory, known.files, known.shown
     # A secret is looked for only where it would be a leak: a value that the clean twin's
     # output holds as well (six spaces, a common word a mutation made the secret) is text of
     # the kit's own, not the secret (each secret also holds MARKER, checked always).
     secrets = [v for v in secret_values(inventory) if not any(v in t for t in twin_shown)]
     check_no_secret(shown, secrets, "a script, summary or diff")
-    assert not case.raw_lines, "a secrets file with an unparsable line was accepted"
+    assert not set(case.raw_lines) & set(BAD_LINES), "an unparsable secrets line was accepted"
     check_env_files(inventory, files)
     check_ports(inventory, files)
     check_addresses(inventory, files)
     check_policy(inventory, files)
+    check_timers(inventory, files)
+    for item in files:
+        try:
+            structure(item)  # read by its reader, shape or not
+        except Unparsable as exc:
+            raise AssertionError(f"{item.path}: {exc}\n{item.content}") from None
+    # Diffs between the twin's env file (on the host) and this one, both ways: no secret (the
+    # host's file holds the twin's secrets, whatever the case's secrets file holds now).
+    twins = {(f.host, f.path): f for f in twin_files if f.kind == "env"}
+    for item in (f for f in files if f.kind == "env"):
+        other = twins.get((item.host, item.path))
+        if item.file is not None and other is not None and other.file is not None:
+            texts = [item.file.render_diff(other.content), other.file.render_diff(item.content)]
+            check_no_secret(texts, secrets + secret_values(twin), "an env file diff")
+    if not case.same_shape:
+        return
     assert [f.kind for f in files] == [f.kind for f in twin_files], "other files than the twin's"
     for item, other in zip(files, twin_files, strict=True):
         try:
@@ -489,11 +598,6 @@ def run_case(clean: Case, case: Case, directory: Path) -> None:
         except Unparsable as exc:
             raise AssertionError(f"{item.path}: {exc}\n{item.content}") from None
         assert got == structure(other), f"{item.path} differs in structure:\n{item.content}"
-    # Diffs between the twin's env file (on the host) and this one, both ways: no secret.
-    for item, other in zip(files, twin_files, strict=True):
-        if item.kind == "env" and item.file is not None and other.file is not None:
-            texts = [item.file.render_diff(other.content), other.file.render_diff(item.content)]
-            check_no_secret(texts, secrets + secret_values(twin), "an env file diff")
 
 
 def seed_pair(seed) -> tuple[Case, Case]:
@@ -633,3 +737,252 @@ SEEDS = [
 ]
 
 
+
+
+# -- every key of every component: full inventories, each key mutated on its own -------------
+
+
+def full_single() -> Case:
+    """One host with every role, one site that uses every key of every component (SQLite)."""
+    site = {
+        "domains": ["shop.test", "www.shop.test"],
+        "hosts": ["prod"],
+        "source": str(EXAMPLE),
+        "asgi": "exampleproject.asgi:application",
+        "settings": "exampleproject.settings",
+        "port": 8001,
+        "env_file": "shop.env",
+        "env": {"APP_MODE": "prod", "DJANGO_ALLOWED_HOSTS": "shop.test"},
+        "env_override": ["DJANGO_ALLOWED_HOSTS"],
+        "workers": 2,
+        "health_path": "/health/",
+        "health_timeout": 60,
+        "health_expect_release": False,
+        "keep_releases": 5,
+        "drain_timeout": 30,
+        "migrate_on": "one",
+        "check_deploy": True,
+        "python": "3.11",
+        "requirements": "requirements.txt",
+        "build": "true",
+        "build_outputs": ["pages/static"],
+        "celery": {"app": "exampleproject", "queues": ["celery", "mail"], "beat": True,
+                   "options": ["--max-tasks-per-child=100"], "concurrency": 2, "redis_db": 0,
+                   "stop_timeout": 300},
+        "flower": {"port": 5555},
+        "max_body_size": "20m",
+        "redirect_to": "shop.test",
+        "read_timeout": "60s",
+        "tls": {"cert": "cert.pem", "key": "key.pem", "hsts": True},
+        "media": {"url": "/media/", "path": "/srv/media/shop"},
+        "database": {"engine": "sqlite", "keep_backups": 7},
+        "hooks": {"before_switch": "python manage.py check", "after_switch": ["echo done"],
+                  "local_before": "true", "local_after": ["true"], "local_failure": "true",
+                  "run_on": "one", "timeout": 300},
+        "notify": {"url_secret": "DEPLOY_WEBHOOK_URL", "format": "json", "timeout": 5},
+        "timers": {
+            "clear": {"schedule": "*-*-* 03:00:00", "command": "clearsessions --verbosity 1",
+                      "run_on": "one", "timeout": 3600},
+            "nightly": {"schedule": "daily", "program": "bin/nightly --all 'a b'"},
+        },
+    }  # fmt: skip
+    toml = {
+        "defaults": {"user": "deploy", "port": 22, "target": "prod", "ssh_key": "id_test",
+                     "process_manager": "systemd", "firewall": True, "packages_from": "control",
+                     "unattended_upgrades": False},
+        "hosts": {"web1": {"address": "10.0.0.1", "port": 2222, "user": "deploy",
+                           "roles": ["web", "app", "worker", "broker", "db"]}},
+        "groups": {"prod": ["web1"]},
+        "sites": {"shop": site},
+    }  # fmt: skip
+    secrets = [
+        ("DJANGO_SECRET_KEY", f"k3y-{MARKER}", "single"),
+        ("FLOWER_BASIC_AUTH", f"admin:{MARKER}", "bare"),
+        ("DEPLOY_WEBHOOK_URL", f"https://hooks.test/{MARKER}", "double"),
+    ]
+    return Case(toml, secrets)
+
+
+def full_split() -> Case:
+    """nginx, the app (under supervisor) and the data on three hosts reached at their private
+    addresses; PostgreSQL and RabbitMQ with passwords kept on the hosts (none in the file)."""
+    site = {
+        "domains": ["blog.test"],
+        "hosts": ["web1", "app1", "data1"],
+        "source": str(EXAMPLE),
+        "wsgi": "exampleproject.asgi:application",
+        "worker_class": "gthread",
+        "threads": 4,
+        "settings": "exampleproject.settings",
+        "port": 8101,
+        "env_file": "shop.env",
+        "celery": {"app": "exampleproject", "broker": "rabbitmq"},
+        "database": {"engine": "postgresql", "name": "blog", "user": "blog", "keep_backups": 3},
+        "media": {"url": "/uploads/", "path": "/srv/media/blog"},
+        "tls": {"mode": "acme", "email": "ops@blog.test", "server": "https://acme.test/dir",
+                "ca_bundle": "cert.pem", "hsts": False},
+        "hooks": {"before_switch": "python manage.py check", "run_on": "every"},
+        "timers": {"nightly": {"schedule": "Mon *-*-* 04:00", "run_on": "every",
+                               "command": "report 'a ;x' 'b #y' '50%'"}},
+    }  # fmt: skip
+    toml = {
+        "defaults": {"user": "deploy"},
+        "hosts": {
+            "web1": {"address": "203.0.113.1", "private_address": "10.0.0.1", "roles": ["web"],
+                     "firewall": False, "ssh_key": "id_web"},
+            "app1": {"address": "203.0.113.2", "private_address": "10.0.0.2",
+                     "roles": ["app", "worker"], "process_manager": "supervisor",
+                     "packages_from": "host"},
+            "data1": {"address": "10.0.0.3", "ssh_alias": "data1.internal",
+                      "roles": ["broker", "db"], "unattended_upgrades": True},
+        },
+        "sites": {"blog": site},
+    }  # fmt: skip
+    return Case(toml, [("DJANGO_SECRET_KEY", f"k3y-{MARKER}", "single")])
+
+
+LAYOUTS = {"single": full_single, "split": full_split}
+WORDS_KEYS = {"command", "program"}  # shell words: a program's arguments, as many as given
+PER_KEY = int(os.environ.get("DJK_FUZZ_PER_KEY", "200"))
+
+ADDRESSES = ["app1.internal", "10.0.0.256", "::1", "fd00::9", "127.0.0.1", "0.0.0.0",
+             "fe80::1%eth0", "localhost", "10.0.0.2"]  # fmt: skip
+OTHER_TYPES: list[Any] = [[], {}, 0, True, "", [""], {"x": 1}, 1.5]
+DERIVED_LINES = ["DATABASE_URL", "DATABASE_HOST", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
+                 "DJANGO_SETTINGS_MODULE", "DATABASE_PASSWORD", "BROKER_PASSWORD"]  # fmt: skip
+
+
+def _nasty(rng, text: str) -> str:
+    how = rng.choice(["append", "prepend", "insert", "replace", "long", "upper", "pool"])
+    piece = rng.choice(NASTY)
+    if how == "append":
+        return text + piece
+    if how == "prepend":
+        return piece + text
+    if how == "insert":
+        at = rng.randint(0, len(text))
+        return text[:at] + piece + text[at:]
+    if how == "replace":
+        return "".join(rng.choice("ab-_./:; \n'\"$%#é") for _ in range(rng.randint(0, 12)))
+    if how == "long":
+        return text * rng.choice([40, 400]) if text else "x" * 5000
+    if how == "pool":
+        return rng.choice(ADDRESSES + NAMES)
+    return text.upper()
+
+
+def _mutant(rng, old: Any) -> Any:
+    """Another value where `old` was: nasty text, another number, another type."""
+    if rng.random() < 0.1:
+        return rng.choice(OTHER_TYPES)
+    if isinstance(old, bool):
+        return rng.choice([not old, "true", 1, 0])
+    if isinstance(old, int):
+        return rng.choice([*NUMBERS, rng.randint(-10, 70000)])
+    if isinstance(old, list):
+        if not old or rng.random() < 0.3:
+            return rng.choice([[], old + old[:1], [1], [*old, ""]])
+        new = list(old)
+        new[rng.randrange(len(new))] = _mutant(rng, rng.choice(old))
+        return new
+    if isinstance(old, dict):
+        return rng.choice(OTHER_TYPES)
+    return _nasty(rng, str(old))
+
+
+def key_paths(data: dict[str, Any], path: tuple = ()) -> list[tuple]:
+    """The path of every key of every table (tables included)."""
+    found = []
+    for name, value in data.items():
+        found.append((*path, name))
+        if isinstance(value, dict):
+            found += key_paths(value, (*path, name))
+    return found
+
+
+def _mutate_key(rng, toml: dict[str, Any], path: tuple) -> bool:
+    """Change the key at `path`; whether the inventory keeps its shape (see Case.same_shape)."""
+    holder = toml
+    for part in path[:-1]:
+        holder = holder.get(part) if isinstance(holder, dict) else None
+    name = path[-1]
+    if not isinstance(holder, dict) or name not in holder:
+        return True  # the first mutation took the table away
+    roll = rng.random()
+    if roll < 0.1:
+        del holder[name]  # a required key missing, an optional one at its default
+        return False
+    if roll < 0.2:
+        new = rng.choice(NAMES) if rng.random() < 0.5 else _nasty(rng, str(name))
+        if new not in holder:
+            holder[new] = holder.pop(name)
+        return False
+    old = holder[name]
+    holder[name] = new = _mutant(rng, old)
+    if isinstance(old, list) and isinstance(new, list):
+        same = zip(old, new, strict=False)
+        return len(old) == len(new) and all(type(a) is type(b) for a, b in same)
+    if name in WORDS_KEYS:
+        return False  # as many arguments as the words say (check_timers reads them)
+    return type(old) is type(new) and not isinstance(old, bool | dict)
+
+
+def _mutate_secrets(rng, case: Case, name: str | None) -> None:
+    """A secret's value or name, or the file as a whole (name None)."""
+    if name is None:
+        case.same_shape = False
+        how = rng.choice(["empty", "comment", "derived", "empty-password"])
+        if how == "empty":
+            case.secrets = []
+        elif how == "comment":
+            case.secrets, case.raw_lines = [], ["# nothing here any more"]
+        elif how == "derived":
+            value = rng.choice(["postgres://u:p@h/d", "amqp://x", "x", ""])
+            case.secrets.append((rng.choice(DERIVED_LINES), value, "single"))
+        else:
+            case.secrets.append((rng.choice(["DATABASE_PASSWORD", "BROKER_PASSWORD"]), "", "bare"))
+        return
+    i = next(i for i, (n, _, _) in enumerate(case.secrets) if n == name)
+    _, value, quoting = case.secrets[i]
+    roll = rng.random()
+    if roll < 0.3:
+        case.same_shape = False  # a secret taken away or renamed: other files (Flower, notify)
+    if roll < 0.15:
+        del case.secrets[i]
+    elif roll < 0.3:
+        case.secrets[i] = (rng.choice(DERIVED_LINES + NAMES), value, quoting)
+    elif roll < 0.4:
+        case.secrets[i] = (name, "", quoting)
+    else:
+        quoting = rng.choice(["bare", "single", "double"])
+        case.secrets[i] = (name, _nasty(rng, value), quoting)
+
+
+def per_key_cases(layout: str, per_key: int = PER_KEY):
+    """(key, clean, mutant) for every key of the layout's hosts.toml and secrets file (and the
+    secrets file as a whole), `per_key` each; a third of them also change a second key."""
+    import random
+
+    clean = LAYOUTS[layout]()
+    keys: list[Any] = key_paths(clean.toml)
+    keys += [("secret", name) for name, _, _ in clean.secrets] + [("secrets file",)]
+    for key in keys:
+        for number in range(per_key):
+            rng = random.Random(f"{layout}:{key}:{number}")
+            case = copy.deepcopy(clean)
+            _mutate_one(rng, case, key)
+            if rng.random() < 0.33:
+                other = rng.choice(keys)
+                if other != key:
+                    _mutate_one(rng, case, other)
+            yield key, clean, case
+
+
+def _mutate_one(rng, case: Case, key: tuple) -> None:
+    if key[0] == "secret":
+        if any(n == key[1] for n, _, _ in case.secrets):
+            _mutate_secrets(rng, case, key[1])
+    elif key[0] == "secrets file":
+        _mutate_secrets(rng, case, None)
+    elif not _mutate_key(rng, case.toml, key):
+        case.same_shape = False

@@ -105,8 +105,9 @@ class Component:
         project needs no change for the kit."""
         return []
 
-    def ports(self, site: Site) -> list[tuple[int, str]]:
-        """(port, what) the site's processes listen on, on each of its hosts."""
+    def ports(self, site: Site) -> list[tuple]:
+        """(port, what) the site's processes listen on, on each of its hosts; (port, what,
+        key) names the key of the site's table that sets it (default: `port`)."""
         return []
 
     def host_ports(self, inventory: Inventory, host: Host) -> list[tuple[int, str]]:
@@ -126,6 +127,12 @@ class Component:
 
     def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
         return {}
+
+    def env_names(self, inventory: Inventory, site: Site) -> set[str]:
+        """The names of the variables env() derives for the site, also when their values are
+        not known yet (a password kept on a host is read by the run, after the inventory is
+        checked): a secrets file or env table may not set them unless env_override says so."""
+        return set(self.env(inventory, site))
 
     def env_notify(self, site: Site, host: Host) -> tuple[str, ...]:
         """Handlers to run on `host` when the site's env file changes there (restart what reads

@@ -35,7 +35,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Host:
     name: str
-    address: str
+    address: str  # where the control machine reaches it over SSH
     user: str = "deploy"
     port: int = 22
     ssh_key: Path | None = None
@@ -56,6 +56,13 @@ class Host:
     # The team's known_hosts (beside hosts.toml): the host keys the kit trusts, with the user's
     # ~/.ssh/known_hosts (engine/hostkeys.py).
     known_hosts: Path | None = field(default=None, compare=False)
+    # Where the host's peers reach it and where its own services listen for them (binds,
+    # forwarders, firewall openings, upstreams); `address` when not given.
+    private_address: str | None = None
+
+    @property
+    def peer_address(self) -> str:
+        return self.private_address or self.address
 
     @property
     def platform(self) -> HostInfo:
@@ -235,6 +242,7 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
             firewall=r.get("firewall", bool, default=d_firewall),
             unattended_upgrades=r.get("unattended_upgrades", bool, default=d_upgrades),
             known_hosts=path.parent / KNOWN_HOSTS,
+            private_address=r.get("private_address", str, values.ip_address, default=None),
         )
         r.done()
     raw_hosts.done()

@@ -23,8 +23,8 @@ def peers(hosts: list[Host], host: Host) -> tuple[str, ...]:
     network: the firewall's sources)."""
     found: list[str] = []
     for h in hosts:
-        if h.name != host.name and h.address not in found:
-            found.append(h.address)
+        if h.name != host.name and h.peer_address not in found:
+            found.append(h.peer_address)
     return tuple(found)
 
 
@@ -36,7 +36,7 @@ def split(inventory: Inventory, site: Site) -> bool:
 
 def bind_address(inventory: Inventory, site: Site, host: Host) -> str:
     """Where gunicorn listens: loopback unless nginx runs on another host."""
-    return host.address if split(inventory, site) else "127.0.0.1"
+    return host.peer_address if split(inventory, site) else "127.0.0.1"
 
 
 def broker_host(inventory: Inventory, site: Site) -> Host | None:
@@ -52,4 +52,4 @@ def broker_address(inventory: Inventory, site: Site) -> str:
     }
     if broker is None or users <= {broker.name}:
         return "127.0.0.1"
-    return broker.address
+    return broker.peer_address

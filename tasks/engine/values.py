@@ -30,6 +30,11 @@ _QUEUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}")
 SHOW_LIMIT = 60
 
 
+def has_control(text: str) -> bool:
+    """A newline, NUL, escape or another character that ends or alters a line for some reader."""
+    return _CONTROL.search(text) is not None
+
+
 def escape(text: str) -> str:
     """Text with every character a terminal or a line reader would act on written as an escape
     (\\n, \\x1b, \\u2028): what an error message may show of a user's input."""
@@ -84,6 +89,24 @@ def address(value: str) -> str:
         return domain(value)
     except ValueError:
         raise ValueError(f"{show(value)} is neither an IP address nor a host name") from None
+
+
+def ip_address(value: str) -> str:
+    """An IP address, as systemd (ListenStream=, IPAddressAllow=) and nftables need it."""
+    if "%" not in value:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
+    raise ValueError(f"{show(value)} is not an IP address (IPv4, or IPv6 without a %zone)")
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def url_host(address: str) -> str:

@@ -67,7 +67,7 @@ def test_32_hosts_deployed_then_20_no_op_runs_reach_every_host(project, fleet):
         hosts = run.report["hosts"] if run.out.startswith("{") else []
         errors = sorted({f"{h['host']}: {h['error']}" for h in hosts if h.get("error")})
         changed = [
-            f"{h['host']}: {s['name']}"
+            f"{h['host']}: {s['step']}"
             for h in hosts
             for s in h["steps"]
             if s["status"] == "changed"

@@ -1,7 +1,8 @@
 """The input fuzz's readers (tests/file_readers.py) held against the real programs on a test
 host, so the fuzz cannot pass by agreeing with itself: an env file of hundreds of accepted
 values as `. file` in sh and EnvironmentFile= in systemd read it, nginx -t on the nginx files
-of fuzz-accepted inventories, systemd-analyze verify on their unit files."""
+of fuzz-accepted inventories, systemd-analyze verify on their unit files, and the words systemd
+runs for ExecStart= lines the kit quotes (timer jobs)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import inventory_cases as fuzz
 import pytest
-from file_readers import nginx_structure, sh_env, systemd_env, unit_structure
+from file_readers import exec_words, nginx_structure, sh_env, systemd_env, unit_structure
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from djk.tasks import timers
 from djk.tasks.engine import values
 
 from .kit import sh
@@ -173,3 +175,22 @@ def test_accepted_inventories_pass_nginx_t_and_systemd_analyze_verify(fresh_host
                 "sudo -n systemd-analyze verify " + " ".join(paths), check=False
             )
             assert done.returncode == 0, f"inventory {number}: {done.stdout}{done.stderr}"
+
+
+ARGV = "import json, sys; print(json.dumps(sys.argv[1:]))"
+
+
+def test_exec_words_match_what_systemd_runs(fresh_host):
+    """Arguments as the kit quotes them into ExecStart= (timers.systemd_quote): what systemd
+    passes to the program is exactly the words, and exec_words reads the line the same way."""
+    words = [w for w in TRICKY if not values.has_control(w)] + accepted_values(60)
+    words += ["50%", "%%", "$$", "a ;b", "#c", "\\", "100% $HOME ${X}"]
+    unit = "djk-readers-argv.service"
+    program = ["/usr/bin/python3", "-c", ARGV, *words]
+    line = " ".join(timers.systemd_quote(w) for w in program)
+    assert exec_words(line) == program
+    # To a file: journald may not tie the output of a process that ended at once to its unit.
+    put(fresh_host, f"/etc/systemd/system/{unit}", f"[Service]\nType=oneshot\n"
+        f"StandardOutput=truncate:/tmp/djk-argv.json\nExecStart={line}\n")  # fmt: skip
+    sh(fresh_host, f"systemctl daemon-reload && systemctl start {unit}")
+    assert json.loads(sh(fresh_host, "cat /tmp/djk-argv.json")) == words

@@ -11,7 +11,7 @@ import pytest
 from djk.tasks import firewall as FW
 from djk.tasks.engine import facts as F
 from djk.tasks.engine.facts import Facts
-from djk.tasks.engine.inventory import parse
+from djk.tasks.engine.inventory import InventoryError, parse
 from djk.tasks.engine.steps import Context, sha256
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example"
@@ -58,7 +58,7 @@ def test_each_role_opens_its_ports_to_its_peers_only(inventory):
 
 
 def test_the_ruleset_drops_what_it_does_not_accept(inventory):
-    text = FW.ruleset([22], FW.openings(inventory, inventory.hosts["bro1"]), {})
+    text = FW.ruleset([22], FW.openings(inventory, inventory.hosts["bro1"]))
     assert "table inet djk\ndelete table inet djk\ntable inet djk {" in text
     assert "type filter hook input priority filter; policy drop;" in text
     assert 'tcp dport { 22 } accept comment "SSH"' in text
@@ -66,8 +66,7 @@ def test_the_ruleset_drops_what_it_does_not_accept(inventory):
     assert 'ip saddr { 10.0.0.2, 10.0.0.3 } tcp dport 6379 accept comment "Redis"' in text
     assert "dport 80" not in text and "managed by djk" in text.lower()
     assert FW.version_of(text) and FW.version_of(text) in text
-    v6 = FW.ruleset([22], [FW.Opening(8001, "shop: app", ("fd00::1", "web.example"))],
-                    {"web.example": ["10.1.1.1", "fd00::2"]})  # fmt: skip
+    v6 = FW.ruleset([22], [FW.Opening(8001, "shop: app", ("fd00::1", "10.1.1.1", "fd00::2"))])
     assert "ip6 saddr { fd00::1, fd00::2 } tcp dport 8001" in v6
     assert "ip saddr { 10.1.1.1 } tcp dport 8001" in v6
 
@@ -90,7 +89,7 @@ def test_provision_sets_it_up_with_every_sshd_port_a_deploy_only_keeps_it(invent
 
 
 def test_loaded_again_when_the_table_is_not_the_files(inventory):
-    text = FW.ruleset([22], FW.openings(inventory, inventory.hosts["web1"]), {})
+    text = FW.ruleset([22], FW.openings(inventory, inventory.hosts["web1"]))
     on_disk = F.PathState(kind="file", owner="root", group="root", mode="644", sha256=sha256(text))
     same = {F.Stat(FW.RULES): on_disk, FW.SshdPorts(): [22]}
     flushed = plan(inventory, "web1", False, same)
@@ -100,7 +99,9 @@ def test_loaded_again_when_the_table_is_not_the_files(inventory):
     assert ok.actions == [] and ok.reason.startswith("loaded (SSH 22; 80 HTTP, 443 HTTPS)")
 
 
-def test_a_peer_named_by_dns_is_resolved_on_the_host(tmp_path):
+def test_a_peer_named_by_dns_needs_its_private_address(tmp_path):
+    """nftables takes a name's addresses once, when the rules load, and systemd ignores one in
+    IPAddressAllow=: a peer's address is an IP address, its private_address when given."""
     (tmp_path / "site.env").write_text("DJANGO_SECRET_KEY=k3y-value-0\n")
     data = {
         "hosts": {"web1": {"address": "web.example", "roles": ["web"]},
@@ -109,12 +110,19 @@ def test_a_peer_named_by_dns_is_resolved_on_the_host(tmp_path):
                            "settings": "exampleproject.settings", "env_file": "site.env",
                            "domains": ["shop.test"], "port": 8001, "hosts": ["web1", "app1"]}},
     }  # fmt: skip
+    with pytest.raises(InventoryError) as refused:
+        parse(data, tmp_path / "hosts.toml")
+    assert str(refused.value).endswith(
+        "hosts.web1.address: 'web.example' is a host name, and reaching shop: app on host app1 "
+        "needs an IP address there (systemd and nftables cannot use a name): give "
+        "hosts.web1.private_address, the address its peers reach it at"
+    )
+    data["hosts"]["web1"]["private_address"] = "10.0.0.1"
     inventory = parse(data, tmp_path / "hosts.toml")
-    unresolved = plan(inventory, "app1", True)
-    assert unresolved.error == "cannot resolve web.example on this host for its rules"
-    resolved = {FW.Resolved(("web.example",)): {"web.example": ["10.0.0.1"]}}
-    done = plan(inventory, "app1", True, resolved)
-    assert "8001 shop: app" in done.actions[0].summary
+    (action,) = plan(inventory, "app1", True).actions
+    assert "8001 shop: app" in action.summary
+    rules = action.stdin.decode()
+    assert 'ip saddr { 10.0.0.1 } tcp dport 8001 accept comment "shop: app"' in rules
 
 
 def test_recorded_ss_and_nft_output():

@@ -425,3 +425,110 @@ def test_a_secret_removed_from_the_secrets_file_stays_masked_in_the_diff():
     facts = F.Facts({F.Stat("/s/env"): state, F.Content("/s/env"): old})
     (action,) = step.plan(Context(facts, diff=True)).actions
     assert "old-s3cret" not in action.diff and "-GONE=********" in action.diff
+
+
+# -- issue 24: every component's keys for the file they reach ----------------------------------
+
+
+def _split(data: dict, web: str = "10.213.0.11", app_host: str = "10.213.0.12", **app) -> None:
+    data["hosts"] = {
+        "web1": {"address": web, "roles": ["web"]},
+        "app1": {"address": app_host, "roles": ["app", "worker", "broker", "db"], **app},
+    }
+    data["sites"]["shop"]["hosts"] = ["web1", "app1"]
+
+
+def _site(**keys):
+    return lambda data: data["sites"]["shop"].update(keys)
+
+
+POSTGRES = _site(database={"engine": "postgresql"})
+RABBITMQ = _site(celery={"app": "exampleproject", "broker": "rabbitmq"})
+SECRET = "DJANGO_SECRET_KEY=s3cret-value-123\n"
+
+# (id, change to hosts.toml, secrets file, key path the error names, words it says)
+REFUSED_24 = [
+    ("timer-nul", _site(timers={"t": {"command": "a\x00b", "schedule": "daily"}}), SECRET,
+     "sites.shop.timers.t.command", "an argument holds a control character"),
+    ("timer-newline", _site(timers={"t": {"command": "'a\nb'", "schedule": "daily"}}), SECRET,
+     "sites.shop.timers.t.command", "an argument holds a control character"),
+    ("timer-quote", _site(timers={"t": {"program": "bin/x 'a", "schedule": "daily"}}), SECRET,
+     "sites.shop.timers.t.program", "No closing quotation"),
+    ("app-host-by-name", lambda d: _split(d, app_host="app1.internal"), SECRET,
+     "hosts.app1.address", "give hosts.app1.private_address"),
+    ("web-host-by-name", lambda d: _split(d, web="web1.internal"), SECRET,
+     "hosts.web1.address", "give hosts.web1.private_address"),
+    ("private-address-a-name", lambda d: _split(d, private_address="app1.internal"), SECRET,
+     "hosts.app1.private_address", "is not an IP address"),
+    ("database-url-kept-password", POSTGRES, SECRET + "DATABASE_URL=postgres://x@y/z\n",
+     "sites.shop.env_file", 'add "DATABASE_URL" to sites.shop.env_override'),
+    ("database-host-kept-password", POSTGRES, SECRET + "DATABASE_HOST=db.internal\n",
+     "sites.shop.env_file", 'add "DATABASE_HOST" to sites.shop.env_override'),
+    ("broker-url-kept-password", RABBITMQ, SECRET + "CELERY_BROKER_URL=amqp://x\n",
+     "sites.shop.env_file", 'add "CELERY_BROKER_URL" to sites.shop.env_override'),
+    ("empty-database-password", POSTGRES, SECRET + "DATABASE_PASSWORD=\n",
+     "sites.shop.env_file", "DATABASE_PASSWORD is empty"),
+    ("empty-broker-password", RABBITMQ, SECRET + "BROKER_PASSWORD=\n",
+     "sites.shop.env_file", "BROKER_PASSWORD is empty"),
+    ("ssh-on-80", lambda d: d["hosts"]["web1"].update(port=80), SECRET,
+     "hosts.web1.port", "port 80 is used by both SSH and nginx (HTTP)"),
+    ("ssh-on-443", lambda d: d["hosts"]["web1"].update(port=443), SECRET,
+     "hosts.web1.port", "port 443 is used by both SSH and nginx (HTTPS)"),
+    ("flower-on-redis", _site(celery={"app": "exampleproject"}, flower={"port": 6379}),
+     SECRET + "FLOWER_BASIC_AUTH=admin:pw-123456\n", "sites.shop.flower.port",
+     "port 6379 is already used by Redis"),
+    ("env-override-huge", _site(env_override=["X" * 5000]), SECRET,
+     "sites.shop.env_override[0]", "... (5000 characters) is not a variable the kit derives"),
+    ("requirements-too-long", _site(requirements="r" * 300), SECRET,
+     "sites.shop.requirements", "does not exist"),
+    ("webhook-name-huge", _site(notify={"url_secret": "U" * 5000}), SECRET,
+     "sites.shop.notify.url_secret", "... (5000 characters) (the webhook's URL)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, secrets, key, words", [c[1:] for c in REFUSED_24], ids=[c[0] for c in REFUSED_24]
+)
+def test_each_value_is_checked_for_the_file_it_reaches(tmp_path, change, secrets, key, words):
+    data = base(tmp_path, secrets)
+    change(data)
+    message = refused(tmp_path, data)
+    assert f"hosts.toml: {key}: " in message and words in message, message
+    assert len(message) < 400, message
+
+
+def test_a_timer_argument_with_a_semicolon_reaches_the_agent_whole_under_supervisor(tmp_path):
+    """supervisord takes ` ;` and ` #` for the start of a comment, inside quotes too."""
+    from file_readers import supervisor_programs
+
+    from djk.tasks import timers
+
+    data = base(tmp_path)
+    data["hosts"]["web1"]["process_manager"] = "supervisor"
+    command = "report 'a ;b' 'c #d' '50%'"
+    data["sites"]["shop"]["timers"] = {"t": {"command": command, "schedule": "daily"}}
+    inventory = parse(data, tmp_path / "hosts.toml")
+    site, host = inventory.sites["shop"], inventory.hosts["web1"]
+    (job,) = timers.wanted_here(inventory, site, host)
+    files = [s for s in timers.job_files(inventory, site, host, job) if isinstance(s, File)]
+    (conf,) = [f for f in files if f.path.endswith(".conf")]
+    (program,) = supervisor_programs(conf.content).values()
+    assert json.loads(program["argv"][-1])["argv"] == timers.exec_argv(site, job)
+    assert timers.exec_argv(site, job)[-3:] == ["a ;b", "c #d", "50%"]
+
+
+def test_peers_reach_a_host_at_its_private_address(tmp_path):
+    data = base(tmp_path)
+    _split(data, web="198.51.100.1", app_host="198.51.100.2", private_address="10.0.0.2")
+    data["hosts"]["web1"]["private_address"] = "10.0.0.1"
+    inventory = parse(data, tmp_path / "hosts.toml")
+    site, app_host = inventory.sites["shop"], inventory.hosts["app1"]
+    assert app_host.connect_to == "198.51.100.2"  # SSH from the control machine
+    units = {
+        s.path: s.content for s in app.unit_files(inventory, site, app_host) if isinstance(s, File)
+    }
+    socket = units["/etc/systemd/system/djk-shop-forward.socket"]
+    assert "ListenStream=10.0.0.2:8001" in socket
+    assert "IPAddressAllow=10.0.0.1 10.0.0.2 127.0.0.0/8" in socket
+    upstream = nginx.upstream_servers(inventory, site)
+    assert upstream == ["10.0.0.2:8001"]

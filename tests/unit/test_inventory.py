@@ -213,7 +213,7 @@ def test_celery_and_flower_settings_are_validated(tmp_path):
     site = parse(data, tmp_path / "hosts.toml").sites["shop"]
     assert site.part(Celery).options == ("--max-tasks-per-child=50",)
     assert site.part(Flower).port == 5555
-    assert [p for p, _ in multidomain.ports(site)] == [8001, 5555]
+    assert [p for p, _, _ in multidomain.ports(site)] == [8001, 5555]
     shop["celery"]["options"] = ["--queues x; rm -rf /"]
     assert "sites.shop.celery.options[0]:" in error(tmp_path, data)
     shop["celery"]["options"] = []
