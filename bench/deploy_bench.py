@@ -175,8 +175,9 @@ def settle(hosts, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     for host in hosts:
         while time.monotonic() < deadline:
-            busy = host.ssh("systemctl list-units --no-legend --state=active 'djk-compile-*'",
-                            check=False).stdout.strip()  # fmt: skip
+            busy = host.ssh(
+                "systemctl list-units --no-legend --state=active 'djk-compile-*'", check=False
+            ).stdout.strip()
             if not busy:
                 break
             time.sleep(0.5)

@@ -43,10 +43,28 @@ from .engine.component import Component, HostRun, NginxPart, components, order, 
 # the notifications (hooks first: a local hook that refuses a deploy stops it before the webhook
 # hears of it). A team's components come after these.
 order(
-    ["provision", "firewall", "supervisor", "lock", "database", "backups", "broker-check",
-     "app", "celery", "rabbitmq", "flower", "timers", "media", "maintenance", "tls", "nginx",
-     "multidomain", "hooks", "notify"]
-)  # fmt: skip
+    [
+        "provision",
+        "firewall",
+        "supervisor",
+        "lock",
+        "database",
+        "backups",
+        "broker-check",
+        "app",
+        "celery",
+        "rabbitmq",
+        "flower",
+        "timers",
+        "media",
+        "maintenance",
+        "tls",
+        "nginx",
+        "multidomain",
+        "hooks",
+        "notify",
+    ]
+)
 cli.install()
 
 ns = Collection()

@@ -96,16 +96,22 @@ def new_build(
     deps = python_env.deps_key(requirements, wheels.Target())
     release = R.new_release_id(snap.revision, now)
     return Build(
-        site, release, snap.tree, deps, snap.revision, snap.archive, requirements,
+        site,
+        release,
+        snap.tree,
+        deps,
+        snap.revision,
+        snap.archive,
+        requirements,
         migrations=migrations_in(files),
-    )  # fmt: skip
+    )
 
 
 _MIGRATION = re.compile(r"(?:.*/)?([A-Za-z_][A-Za-z0-9_]*)/migrations/([0-9][A-Za-z0-9_]*)\.py")
 
 
 def migrations_in(paths) -> tuple[str, ...]:
-    """"<app label>.<name>" of each migration file among `paths` (the label being, as Django's
+    """ "<app label>.<name>" of each migration file among `paths` (the label being, as Django's
     default, the app package's last name)."""
     found = {f"{m.group(1)}.{m.group(2)}" for p in paths if (m := _MIGRATION.fullmatch(p))}
     return tuple(sorted(found))
@@ -758,10 +764,16 @@ class Verify(Step):
         delete = retired(releases, want, live, self.mark_old, keep) if want != live else []
         # A reload only for a configuration this run changed: a code deploy reloads nothing.
         reload = "reload:nginx.service" in ctx.pending
-        spec = {"base": self.paths.base, "release": want,
-                "gate": gate(self.site), "front": front(self.site), "reload": reload,
-                "static": self.paths.static, "mark_old": self.mark_old,
-                "delete": delete}  # fmt: skip
+        spec = {
+            "base": self.paths.base,
+            "release": want,
+            "gate": gate(self.site),
+            "front": front(self.site),
+            "reload": reload,
+            "static": self.paths.static,
+            "mark_old": self.mark_old,
+            "delete": delete,
+        }
         script = agent.command("verify")
         script += f" && printf '%s\\n' {shlex.quote(want)} > {shlex.quote(self.marker)}"
         return Plan(
@@ -801,9 +813,13 @@ def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
         found.append((boot, manager.template("boot"), (f"restart:{boot}",), {}))
     if topology.split(inventory, site):
         web = [h.peer_address for h in topology.hosts_with(inventory, site, "web")]
-        forward = {"proxyd": PROXYD, "socket_activate": SOCKET_ACTIVATE,
-                   "bind": values.url_host(host.peer_address), "port": app_of(site).port,
-                   "allow": [*web, host.peer_address, "127.0.0.0/8"]}  # fmt: skip
+        forward = {
+            "proxyd": PROXYD,
+            "socket_activate": SOCKET_ACTIVATE,
+            "bind": values.url_host(host.peer_address),
+            "port": app_of(site).port,
+            "allow": [*web, host.peer_address, "127.0.0.0/8"],
+        }
         unit = paths.forward_unit
         if manager.kind == procs.SYSTEMD:
             socket = paths.forward_socket
@@ -851,7 +867,7 @@ def stage_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
             [
                 Directory(paths.base, "root", site.user, "751"),
                 Directory(paths.shared, site.user, site.user, "700"),
-                        Directory(paths.static, site.user, site.user, "755"),
+                Directory(paths.static, site.user, site.user, "755"),
                 Directory(paths.releases, "root", site.user, "750"),
                 Directory(paths.venvs, "root", site.user, "750"),
                 Directory(paths.slots, "root", site.user, "750"),
@@ -982,7 +998,7 @@ class AppComponent(Component):
         asgi = table.get("asgi", str, values.asgi_app, default=None)
         wsgi = table.get("wsgi", str, values.asgi_app, default=None)
         if asgi is None and wsgi is None:
-            table.fail(f"{key}.asgi", "is required (or wsgi = \"package.wsgi:application\")")
+            table.fail(f"{key}.asgi", 'is required (or wsgi = "package.wsgi:application")')
         if asgi is not None and wsgi is not None:
             table.fail(f"{key}.wsgi", "give asgi or wsgi, not both")
         worker_class = table.get(

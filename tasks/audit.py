@@ -39,9 +39,12 @@ def audit(c, site=None, lines=50, json_=False):
     if site is not None:
         site_named(inventory, site)
     reports = run_plans(
-        c, lambda inv, host: [ReadAudit(site, int(lines))], json_=json_, quiet=True,
+        c,
+        lambda inv, host: [ReadAudit(site, int(lines))],
+        json_=json_,
+        quiet=True,
         inventory=inventory,
-    )  # fmt: skip
+    )
     if json_:
         return
     for report in reports:
@@ -53,5 +56,7 @@ def audit(c, site=None, lines=50, json_=False):
                 for name, what in entry.get("sites", {}).items()
             )
             command = entry.get("command", "")[:28]
-            print(f"  {entry.get('time', ''):<21} {entry.get('result', ''):<7} "
-                  f"{entry.get('by', ''):<28} {command:<28} {sites}")  # fmt: skip
+            print(
+                f"  {entry.get('time', ''):<21} {entry.get('result', ''):<7} "
+                f"{entry.get('by', ''):<28} {command:<28} {sites}"
+            )

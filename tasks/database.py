@@ -260,8 +260,10 @@ class PgRole(Fact[str]):
     user: str
 
     def command(self) -> str:
-        return _psql(f"select 'role|' || coalesce(rolpassword, '') from pg_authid "
-                     f"where rolname = '{self.user}'")  # fmt: skip
+        return _psql(
+            f"select 'role|' || coalesce(rolpassword, '') from pg_authid "
+            f"where rolname = '{self.user}'"
+        )
 
     def parse(self, rc: int, out: str) -> str | None:
         line = out.strip()

@@ -229,10 +229,13 @@ class DbComponent(Component):
         sites = [s for s in run.sites if D.of(s).engine != "external"]
         if phase == "restore" and policy == "restore":
             return [
-                *(RestoreForRollback(inventory, s, host, to) for s in sites
-                  if holds_database(inventory, s, host)),
+                *(
+                    RestoreForRollback(inventory, s, host, to)
+                    for s in sites
+                    if holds_database(inventory, s, host)
+                ),
                 *(ForgetMigrated(s) for s in sites if migrates_here(inventory, s, host)),
-            ]  # fmt: skip
+            ]
         if phase == "switch" and "app" in topology.roles(host):
             return [SchemaGuard(inventory, s, host, to, policy) for s in sites]
         return []
@@ -422,10 +425,12 @@ def migrated_since(backups: list[dict], target: str, live: str | None) -> list[d
     """The backups taken before a release newer than `target` (and not newer than the live
     one) migrated: the schema went past `target`'s there. Oldest first."""
     return [
-        b for b in backups
-        if b.get("reason") == "before migrate" and b["id"] > target
+        b
+        for b in backups
+        if b.get("reason") == "before migrate"
+        and b["id"] > target
         and (live is None or b["id"] <= live)
-    ]  # fmt: skip
+    ]
 
 
 PHASES = ("maintenance-on", "stop", "restore", "start", "maintenance-off")
@@ -583,5 +588,12 @@ class RestoreForRollback(Step):
             return Plan(reason=f"no migration applied since {target}: nothing to restore")
         backup = since[0]
         script = restore_script(self.site, backup)
-        return Plan([Action(f"from {backup['id']} (before it migrated)", script,
-                            progress="restoring the database")])  # fmt: skip
+        return Plan(
+            [
+                Action(
+                    f"from {backup['id']} (before it migrated)",
+                    script,
+                    progress="restoring the database",
+                )
+            ]
+        )

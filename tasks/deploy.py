@@ -151,7 +151,11 @@ def deploy(
         lambda collect: run_plans(
             c,
             lambda inv, host: deploy_plan(
-                inv, host, builds, wait, reached=host.name in {h.name for h in reached},
+                inv,
+                host,
+                builds,
+                wait,
+                reached=host.name in {h.name for h in reached},
                 targets=names,
             ),
             check=check,
@@ -227,8 +231,10 @@ def deploy_plan(
     # holds databases installs none: its builds are the site's first app host's (what the
     # migrations to back up before come from).
     installs = bool(topology.roles(host) & {"app", "web", "worker"})
-    here = {s.name: app.for_host(builds[s.name], host if installs else _first_app(inventory, s))
-            for s in sites}  # fmt: skip
+    here = {
+        s.name: app.for_host(builds[s.name], host if installs else _first_app(inventory, s))
+        for s in sites
+    }
     run = HostRun(
         inventory,
         host,

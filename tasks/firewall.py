@@ -256,10 +256,14 @@ class FirewallComponent(Component):
             if host.firewall:
                 found += [
                     Firewall(run.inventory, host, setup=True),
-                    File(f"{procs.SYSTEMD_DIR}/{UNIT}", UNIT_TEXT, notify=("daemon-reload",),
-                         name=f"unit {UNIT}"),
+                    File(
+                        f"{procs.SYSTEMD_DIR}/{UNIT}",
+                        UNIT_TEXT,
+                        notify=("daemon-reload",),
+                        name=f"unit {UNIT}",
+                    ),
                     Service(UNIT),
-                ]  # fmt: skip
+                ]
             if wants_upgrades(host):
                 # Off: the host's own setting is left as it is.
                 found.append(File(AUTO_UPGRADES, AUTO_UPGRADES_TEXT, name="unattended upgrades"))

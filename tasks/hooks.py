@@ -207,8 +207,11 @@ class HooksComponent(Component):
         hooks = event.site.part(Hooks)
         if hooks is None or event.action != "deploy":
             return None
-        kind = {events.STARTED: "local_before", events.SUCCEEDED: "local_after",
-                events.FAILED: "local_failure"}[event.status]  # fmt: skip
+        kind = {
+            events.STARTED: "local_before",
+            events.SUCCEEDED: "local_after",
+            events.FAILED: "local_failure",
+        }[event.status]
         commands = getattr(hooks, kind)
         if not commands:
             return None

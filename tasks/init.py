@@ -187,8 +187,10 @@ def init(root: Path, site: str | None = None, out=print) -> int:
     if write_new(secrets_dir / ".gitignore", ignore):
         written.append("secrets/.gitignore")
     kind = "ASGI" if found.asgi else "WSGI"
-    out(f"site {found.site}: {found.settings}, {kind}, source {found.source}"
-        + (f", Celery app {found.celery}" if found.celery else ""))  # fmt: skip
+    out(
+        f"site {found.site}: {found.settings}, {kind}, source {found.source}"
+        + (f", Celery app {found.celery}" if found.celery else "")
+    )
     for name in written:
         out(f"wrote {name}")
     for name in kept:

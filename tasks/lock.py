@@ -41,14 +41,21 @@ class DeployLock:
         identity = remote.identity()
         carry = not agent.known_on(identity)
         keeper = L.keeper_command(
-            list(self.sites), self.wait, L.command_line(), deployer(), remote.run_id,
-            then=then is not None, carry=carry,
-        )  # fmt: skip
+            list(self.sites),
+            self.wait,
+            L.command_line(),
+            deployer(),
+            remote.run_id,
+            then=then is not None,
+            carry=carry,
+        )
         head = L.script_head(then) if then is not None else b""
         line, channel = remote.hold(
-            keeper, timeout=self.wait + 60, head=head,
+            keeper,
+            timeout=self.wait + 60,
+            head=head,
             payload=agent.carried_head() if carry else b"",
-        )  # fmt: skip
+        )
         if line == agent.MISSING:
             # The keeper is agent code: this version of the agent goes up first (once).
             remote.release(channel)

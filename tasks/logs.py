@@ -113,12 +113,20 @@ class Printer:
 
 
 def _spec(site: Site, host: Host, units, lines: int, since, follow: bool) -> str:
-    return json.dumps({"sources": sources(site, host, units), "lines": lines, "since": since,
-                       "follow": follow, "json": True})  # fmt: skip
+    return json.dumps(
+        {
+            "sources": sources(site, host, units),
+            "lines": lines,
+            "since": since,
+            "follow": follow,
+            "json": True,
+        }
+    )
 
 
-def _read(remote: Remote, site: Site, spec: str, printer: Printer, follow: bool,
-          stop: threading.Event) -> None:  # fmt: skip
+def _read(
+    remote: Remote, site: Site, spec: str, printer: Printer, follow: bool, stop: threading.Event
+) -> None:
     """The agent's lines for one site on one host (the agent put in place first when this
     version of it is not there)."""
     host = remote.host.name
@@ -209,8 +217,18 @@ def logs(c, site=None, unit=None, follow=False, lines=100, since=None, json_=Fal
                 return
             # Following: each site's stream at once, until Ctrl-C (or the host goes away).
             with ThreadPoolExecutor(max_workers=len(sites)) as streams:
-                ends = [streams.submit(_read, remote, s, _spec(s, host, units, count, start, True),
-                                       printer, True, stop) for s in sites]  # fmt: skip
+                ends = [
+                    streams.submit(
+                        _read,
+                        remote,
+                        s,
+                        _spec(s, host, units, count, start, True),
+                        printer,
+                        True,
+                        stop,
+                    )
+                    for s in sites
+                ]
                 for end in ends:
                     end.result()
         except RemoteError as exc:

@@ -158,9 +158,11 @@ class NotifyComponent(Component):
                 name = values.show(name)
             if site.needs_secret(notify.url_secret):
                 raise InventoryError(
-                    inventory.path, key, f"put {name} (the webhook's URL) in the "
-                    f"secrets file (sites.{site.name}.env_file)"
-                )  # fmt: skip
+                    inventory.path,
+                    key,
+                    f"put {name} (the webhook's URL) in the "
+                    f"secrets file (sites.{site.name}.env_file)",
+                )
             url = site.secrets.get(notify.url_secret)
             if url is not None:
                 try:
@@ -185,8 +187,12 @@ class NotifyComponent(Component):
         def work() -> None:
             problem = send(url, data, notify.timeout)
             if problem:
-                say("failed", f"{what} {problem}; the {event.action} goes on regardless"
-                    if event.status == events.STARTED else f"{what} {problem}")  # fmt: skip
+                say(
+                    "failed",
+                    f"{what} {problem}; the {event.action} goes on regardless"
+                    if event.status == events.STARTED
+                    else f"{what} {problem}",
+                )
             else:
                 say("ok", f"{what} delivered")
 

@@ -95,7 +95,7 @@ class Packages(Step):
             found = archive.closure(missing, installed)
             debs = archive.fetch(found.packages)
         except debian.PackageError as exc:
-            return Plan(error=f"{exc} (hosts.{self.host.name}.packages_from = \"control\")")
+            return Plan(error=f'{exc} (hosts.{self.host.name}.packages_from = "control")')
         except Exception as exc:  # the archive's network or data: one line, this host fails
             return Plan(error=f"reading Debian's archive failed: {type(exc).__name__}: {exc}")
         check = " ".join(shlex.quote(n) for n in missing)

@@ -157,8 +157,12 @@ def server_steps(inventory: Inventory, host: Host) -> list[Step]:
     restart = (f"restart:{UNIT}",)
     return [
         Directory(EPMD_DROPIN.rsplit("/", 1)[0]),
-        File(EPMD_DROPIN, EPMD_TEXT, notify=("daemon-reload", "restart:epmd.socket"),
-             name="epmd on loopback"),  # fmt: skip
+        File(
+            EPMD_DROPIN,
+            EPMD_TEXT,
+            notify=("daemon-reload", "restart:epmd.socket"),
+            name="epmd on loopback",
+        ),
         File(ENV_CONF, ENV_TEXT, notify=restart, name="rabbitmq distribution on loopback"),
         File(CONF, rabbitmq_conf(inventory, host), notify=restart, name="rabbitmq listeners"),
         Service(UNIT),
@@ -200,12 +204,19 @@ class SiteBroker(Step):
             return Plan(reason=f"vhost {name}, user {name} with its password")
         digest = rabbit_hash(self.secret.reveal())
         definitions = {
-            "users": [{"name": name, "password_hash": digest, "tags": [],
-                       "hashing_algorithm": "rabbit_password_hashing_sha256"}],
+            "users": [
+                {
+                    "name": name,
+                    "password_hash": digest,
+                    "tags": [],
+                    "hashing_algorithm": "rabbit_password_hashing_sha256",
+                }
+            ],
             "vhosts": [{"name": name}],
-            "permissions": [{"user": name, "vhost": name, "configure": ".*", "write": ".*",
-                             "read": ".*"}],
-        }  # fmt: skip
+            "permissions": [
+                {"user": name, "vhost": name, "configure": ".*", "write": ".*", "read": ".*"}
+            ],
+        }
         q = shlex.quote
         # rabbitmqctl runs as the rabbitmq user (Debian's wrapper), and RabbitMQ 4's does not
         # read stdin: the definitions (the hash, never the password) go to a file only that user

@@ -162,8 +162,15 @@ def job_files(inventory: Inventory, site: Site, host: Host, job: Job) -> list[St
             "timeout": job.timeout,
         }
         command = f"python3 {shlex.quote(agent.path())} timer {shlex.quote(_json(spec))}"
-        conf = render("supervisor/timer.conf.j2", inventory.templates, site=site, job=job,
-                      paths=paths, program=base, command=command)  # fmt: skip
+        conf = render(
+            "supervisor/timer.conf.j2",
+            inventory.templates,
+            site=site,
+            job=job,
+            paths=paths,
+            program=base,
+            command=command,
+        )
         return [
             agent.installed(),
             File(
@@ -171,22 +178,32 @@ def job_files(inventory: Inventory, site: Site, host: Host, job: Job) -> list[St
                 conf,
                 notify=(f"restart:{base}",),
                 name=f"program {base}",
-            ),  # fmt: skip
+            ),
             Service(base),
         ]
     service, timer = f"{base}.service", f"{base}.timer"
     exec_start = " ".join(systemd_quote(w) for w in exec_argv(site, job))
     values_ = dict(site=site, job=job, paths=paths, unit_timer=timer, unit_service=service)
     return [
-        File(f"{procs.SYSTEMD_DIR}/{service}",
-             render("systemd/timer-job.service.j2", inventory.templates, exec_start=exec_start,
-                    **values_),
-             notify=("daemon-reload",), name=f"unit {service}"),
-        File(f"{procs.SYSTEMD_DIR}/{timer}",
-             render("systemd/timer.timer.j2", inventory.templates, **values_),
-             notify=("daemon-reload", f"restart:{timer}"), name=f"unit {timer}"),
+        File(
+            f"{procs.SYSTEMD_DIR}/{service}",
+            render(
+                "systemd/timer-job.service.j2",
+                inventory.templates,
+                exec_start=exec_start,
+                **values_,
+            ),
+            notify=("daemon-reload",),
+            name=f"unit {service}",
+        ),
+        File(
+            f"{procs.SYSTEMD_DIR}/{timer}",
+            render("systemd/timer.timer.j2", inventory.templates, **values_),
+            notify=("daemon-reload", f"restart:{timer}"),
+            name=f"unit {timer}",
+        ),
         Service(timer),
-    ]  # fmt: skip
+    ]
 
 
 def _json(spec: dict) -> str:

@@ -273,4 +273,3 @@ def hsts_directive(site: Site) -> str:
     if tls is None or not tls.hsts:
         return ""
     return 'add_header Strict-Transport-Security "max-age=31536000" always;'
-

@@ -141,27 +141,37 @@ class TestHost:
     def ssh_argv(self, cmd: str, *, connect_timeout: int = 5) -> list[str]:
         return [
             "ssh",
-            "-F", "/dev/null",  # a user's ~/.ssh/config must not reroute test traffic
-            "-i", str(self.key_path),
-            "-p", str(self.port),
+            "-F",
+            "/dev/null",  # a user's ~/.ssh/config must not reroute test traffic
+            "-i",
+            str(self.key_path),
+            "-p",
+            str(self.port),
             *self._host_key_options(),
-            "-o", "BatchMode=yes",
-            "-o", "LogLevel=ERROR",
-            "-o", "IdentitiesOnly=yes",
-            "-o", f"ConnectTimeout={connect_timeout}",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"ConnectTimeout={connect_timeout}",
             f"{self.user}@{self.address}",
             cmd,
-        ]  # fmt: skip
+        ]
 
     def _host_key_options(self) -> list[str]:
         """The host's own key is the one accepted (no known_hosts file is read or written)."""
         if not self.host_key:  # a host booted by an older testbed: nothing to check against
             return ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
         return [
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "UserKnownHostsFile=/dev/null",
-            "-o", f"KnownHostsCommand=/bin/echo {self.known_hosts_line()}",
-        ]  # fmt: skip
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            f"KnownHostsCommand=/bin/echo {self.known_hosts_line()}",
+        ]
 
     def ssh(
         self, cmd: str, check: bool = True, timeout: float | None = None

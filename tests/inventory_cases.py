@@ -47,18 +47,85 @@ KEY = "-----BEGIN PRIVATE KEY-----\nMIIEfake" + MARKER + "\n-----END PRIVATE KEY
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 NASTY = [
-    "\n", "\r", "\r\n", " ", "\t", ";", "{", "}", "#", '"', "'", "\\", "$", "${X}", "`",
-    "%", "%n", "\x00", "\x1b[31m", "\u2028", "\u2029", "\x85", "*", "..", "/", ":", "@", "=",
-    "\u00e9", "\ud800", "$(id)", "\\n", "'\"", "\n.test",
-]  # fmt: skip
-NUMBERS = [-1, 0, 1, 22, 80, 1023, 1024, 6378, 6379, 5555, 8001, 8002, 65534, 65535, 65536,
-           2**63, True, "8001", 8001.5]  # fmt: skip
-NAMES = ["PATH", "IFS", "LD_PRELOAD", "PYTHONPATH", "DJANGO_SETTINGS_MODULE",
-         "DJANGO_ALLOWED_HOSTS", "CELERY_BROKER_URL", "", "1X", "A-B", "A\nB", "A B"]  # fmt: skip
+    "\n",
+    "\r",
+    "\r\n",
+    " ",
+    "\t",
+    ";",
+    "{",
+    "}",
+    "#",
+    '"',
+    "'",
+    "\\",
+    "$",
+    "${X}",
+    "`",
+    "%",
+    "%n",
+    "\x00",
+    "\x1b[31m",
+    "\u2028",
+    "\u2029",
+    "\x85",
+    "*",
+    "..",
+    "/",
+    ":",
+    "@",
+    "=",
+    "\u00e9",
+    "\ud800",
+    "$(id)",
+    "\\n",
+    "'\"",
+    "\n.test",
+]
+NUMBERS = [
+    -1,
+    0,
+    1,
+    22,
+    80,
+    1023,
+    1024,
+    6378,
+    6379,
+    5555,
+    8001,
+    8002,
+    65534,
+    65535,
+    65536,
+    2**63,
+    True,
+    "8001",
+    8001.5,
+]
+NAMES = [
+    "PATH",
+    "IFS",
+    "LD_PRELOAD",
+    "PYTHONPATH",
+    "DJANGO_SETTINGS_MODULE",
+    "DJANGO_ALLOWED_HOSTS",
+    "CELERY_BROKER_URL",
+    "",
+    "1X",
+    "A-B",
+    "A\nB",
+    "A B",
+]
 BAD_LINES = [
-    f"DB_PASSWORD='{MARKER}unterminated", f"{MARKER}NOEQUALS", f"'K\n{MARKER}'=1",
-    f"={MARKER}", f"A B={MARKER}", f'X="{MARKER}', f"{MARKER}\u2028Y=1",
-]  # fmt: skip
+    f"DB_PASSWORD='{MARKER}unterminated",
+    f"{MARKER}NOEQUALS",
+    f"'K\n{MARKER}'=1",
+    f"={MARKER}",
+    f"A B={MARKER}",
+    f'X="{MARKER}',
+    f"{MARKER}\u2028Y=1",
+]
 
 
 # -- the clean inventory, as data ------------------------------------------------------------
@@ -351,8 +418,9 @@ def structure(item: Written) -> Any:
         return unit_structure(item.content)
     if item.kind == "sudoers":
         rules = [ln for ln in item.content.split("\n") if ln.strip() and not ln.startswith("#")]
-        assert len(rules) == 1 and re.fullmatch(r"[a-z_][a-z0-9_-]* ALL=\(ALL\) NOPASSWD:ALL",
-                                                 rules[0]), rules  # fmt: skip
+        assert len(rules) == 1 and re.fullmatch(
+            r"[a-z_][a-z0-9_-]* ALL=\(ALL\) NOPASSWD:ALL", rules[0]
+        ), rules
         return "one rule"
     if item.kind == "supervisor":
         programs = supervisor_programs(item.content)
@@ -441,8 +509,16 @@ def check_addresses(inventory, files: list[Written]) -> None:
 
 
 # The variables issue 10 names: they change how the interpreter, the loader or sh run code.
-REFUSED = {"PATH", "IFS", "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME",
-           "PYTHONSTARTUP", "PYTHONINSPECT"}  # fmt: skip
+REFUSED = {
+    "PATH",
+    "IFS",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONINSPECT",
+}
 
 
 def check_policy(inventory, files: list[Written]) -> None:
@@ -615,8 +691,11 @@ def seed_pair(seed) -> tuple[Case, Case]:
         "env": {"APP_MODE": "prod"},
         "celery": {"app": "exampleproject", "queues": ["celery"], "options": []},
     }
-    toml = {"defaults": {"user": "deploy"}, "hosts": {"web1": {"address": "10.0.0.1"}},
-            "sites": {"shop": site}}  # fmt: skip
+    toml = {
+        "defaults": {"user": "deploy"},
+        "hosts": {"web1": {"address": "10.0.0.1"}},
+        "sites": {"shop": site},
+    }
     secrets = [("DJANGO_SECRET_KEY", f"k3y-{MARKER}", "single")]
     clean = Case(copy.deepcopy(toml), list(secrets))
     if layout is not None:
@@ -737,8 +816,6 @@ SEEDS = [
 ]
 
 
-
-
 # -- every key of every component: full inventories, each key mutated on its own -------------
 
 
@@ -766,9 +843,15 @@ def full_single() -> Case:
         "requirements": "requirements.txt",
         "build": "true",
         "build_outputs": ["pages/static"],
-        "celery": {"app": "exampleproject", "queues": ["celery", "mail"], "beat": True,
-                   "options": ["--max-tasks-per-child=100"], "concurrency": 2, "redis_db": 0,
-                   "stop_timeout": 300},
+        "celery": {
+            "app": "exampleproject",
+            "queues": ["celery", "mail"],
+            "beat": True,
+            "options": ["--max-tasks-per-child=100"],
+            "concurrency": 2,
+            "redis_db": 0,
+            "stop_timeout": 300,
+        },
         "flower": {"port": 5555},
         "max_body_size": "20m",
         "redirect_to": "shop.test",
@@ -776,25 +859,48 @@ def full_single() -> Case:
         "tls": {"cert": "cert.pem", "key": "key.pem", "hsts": True},
         "media": {"url": "/media/", "path": "/srv/media/shop"},
         "database": {"engine": "sqlite", "keep_backups": 7},
-        "hooks": {"before_switch": "python manage.py check", "after_switch": ["echo done"],
-                  "local_before": "true", "local_after": ["true"], "local_failure": "true",
-                  "run_on": "one", "timeout": 300},
+        "hooks": {
+            "before_switch": "python manage.py check",
+            "after_switch": ["echo done"],
+            "local_before": "true",
+            "local_after": ["true"],
+            "local_failure": "true",
+            "run_on": "one",
+            "timeout": 300,
+        },
         "notify": {"url_secret": "DEPLOY_WEBHOOK_URL", "format": "json", "timeout": 5},
         "timers": {
-            "clear": {"schedule": "*-*-* 03:00:00", "command": "clearsessions --verbosity 1",
-                      "run_on": "one", "timeout": 3600},
+            "clear": {
+                "schedule": "*-*-* 03:00:00",
+                "command": "clearsessions --verbosity 1",
+                "run_on": "one",
+                "timeout": 3600,
+            },
             "nightly": {"schedule": "daily", "program": "bin/nightly --all 'a b'"},
         },
-    }  # fmt: skip
+    }
     toml = {
-        "defaults": {"user": "deploy", "port": 22, "target": "prod", "ssh_key": "id_test",
-                     "process_manager": "systemd", "firewall": True, "packages_from": "control",
-                     "unattended_upgrades": False},
-        "hosts": {"web1": {"address": "10.0.0.1", "port": 2222, "user": "deploy",
-                           "roles": ["web", "app", "worker", "broker", "db"]}},
+        "defaults": {
+            "user": "deploy",
+            "port": 22,
+            "target": "prod",
+            "ssh_key": "id_test",
+            "process_manager": "systemd",
+            "firewall": True,
+            "packages_from": "control",
+            "unattended_upgrades": False,
+        },
+        "hosts": {
+            "web1": {
+                "address": "10.0.0.1",
+                "port": 2222,
+                "user": "deploy",
+                "roles": ["web", "app", "worker", "broker", "db"],
+            }
+        },
         "groups": {"prod": ["web1"]},
         "sites": {"shop": site},
-    }  # fmt: skip
+    }
     secrets = [
         ("DJANGO_SECRET_KEY", f"k3y-{MARKER}", "single"),
         ("FLOWER_BASIC_AUTH", f"admin:{MARKER}", "bare"),
@@ -819,25 +925,48 @@ def full_split() -> Case:
         "celery": {"app": "exampleproject", "broker": "rabbitmq"},
         "database": {"engine": "postgresql", "name": "blog", "user": "blog", "keep_backups": 3},
         "media": {"url": "/uploads/", "path": "/srv/media/blog"},
-        "tls": {"mode": "acme", "email": "ops@blog.test", "server": "https://acme.test/dir",
-                "ca_bundle": "cert.pem", "hsts": False},
+        "tls": {
+            "mode": "acme",
+            "email": "ops@blog.test",
+            "server": "https://acme.test/dir",
+            "ca_bundle": "cert.pem",
+            "hsts": False,
+        },
         "hooks": {"before_switch": "python manage.py check", "run_on": "every"},
-        "timers": {"nightly": {"schedule": "Mon *-*-* 04:00", "run_on": "every",
-                               "command": "report 'a ;x' 'b #y' '50%'"}},
-    }  # fmt: skip
+        "timers": {
+            "nightly": {
+                "schedule": "Mon *-*-* 04:00",
+                "run_on": "every",
+                "command": "report 'a ;x' 'b #y' '50%'",
+            }
+        },
+    }
     toml = {
         "defaults": {"user": "deploy"},
         "hosts": {
-            "web1": {"address": "203.0.113.1", "private_address": "10.0.0.1", "roles": ["web"],
-                     "firewall": False, "ssh_key": "id_web"},
-            "app1": {"address": "203.0.113.2", "private_address": "10.0.0.2",
-                     "roles": ["app", "worker"], "process_manager": "supervisor",
-                     "packages_from": "host"},
-            "data1": {"address": "10.0.0.3", "ssh_alias": "data1.internal",
-                      "roles": ["broker", "db"], "unattended_upgrades": True},
+            "web1": {
+                "address": "203.0.113.1",
+                "private_address": "10.0.0.1",
+                "roles": ["web"],
+                "firewall": False,
+                "ssh_key": "id_web",
+            },
+            "app1": {
+                "address": "203.0.113.2",
+                "private_address": "10.0.0.2",
+                "roles": ["app", "worker"],
+                "process_manager": "supervisor",
+                "packages_from": "host",
+            },
+            "data1": {
+                "address": "10.0.0.3",
+                "ssh_alias": "data1.internal",
+                "roles": ["broker", "db"],
+                "unattended_upgrades": True,
+            },
         },
         "sites": {"blog": site},
-    }  # fmt: skip
+    }
     return Case(toml, [("DJANGO_SECRET_KEY", f"k3y-{MARKER}", "single")])
 
 
@@ -845,11 +974,27 @@ LAYOUTS = {"single": full_single, "split": full_split}
 WORDS_KEYS = {"command", "program"}  # shell words: a program's arguments, as many as given
 PER_KEY = int(os.environ.get("DJK_FUZZ_PER_KEY", "200"))
 
-ADDRESSES = ["app1.internal", "10.0.0.256", "::1", "fd00::9", "127.0.0.1", "0.0.0.0",
-             "fe80::1%eth0", "localhost", "10.0.0.2"]  # fmt: skip
+ADDRESSES = [
+    "app1.internal",
+    "10.0.0.256",
+    "::1",
+    "fd00::9",
+    "127.0.0.1",
+    "0.0.0.0",
+    "fe80::1%eth0",
+    "localhost",
+    "10.0.0.2",
+]
 OTHER_TYPES: list[Any] = [[], {}, 0, True, "", [""], {"x": 1}, 1.5]
-DERIVED_LINES = ["DATABASE_URL", "DATABASE_HOST", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
-                 "DJANGO_SETTINGS_MODULE", "DATABASE_PASSWORD", "BROKER_PASSWORD"]  # fmt: skip
+DERIVED_LINES = [
+    "DATABASE_URL",
+    "DATABASE_HOST",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "DJANGO_SETTINGS_MODULE",
+    "DATABASE_PASSWORD",
+    "BROKER_PASSWORD",
+]
 
 
 def _nasty(rng, text: str) -> str:

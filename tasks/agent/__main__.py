@@ -12,9 +12,13 @@ import sys
 # command: (module, function). Imported on demand: the lock keeper is the first command of every
 # run, and the switch's modules (http.client, ssl) would double its start-up.
 COMMANDS = {"switch": ("switch", "switch"), "verify": ("switch", "verify")}
-ARGUMENT_COMMANDS = {"lock-keep": ("lock", "keep"), "lock-status": ("lock", "status"),
-                     "lock-clear": ("lock", "clear"), "logs": ("logs", "logs"),
-                     "timer": ("timer", "timer")}  # fmt: skip
+ARGUMENT_COMMANDS = {
+    "lock-keep": ("lock", "keep"),
+    "lock-status": ("lock", "status"),
+    "lock-clear": ("lock", "clear"),
+    "logs": ("logs", "logs"),
+    "timer": ("timer", "timer"),
+}
 
 
 def _function(where: tuple[str, str]):

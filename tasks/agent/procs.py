@@ -34,8 +34,13 @@ class Systemd:
         if sub == "auto-restart":
             state = FAILED
         else:
-            state = {"active": RUNNING, "reloading": RUNNING, "activating": STARTING,
-                     "deactivating": STOPPING, "failed": FAILED}.get(active, STOPPED)  # fmt: skip
+            state = {
+                "active": RUNNING,
+                "reloading": RUNNING,
+                "activating": STARTING,
+                "deactivating": STOPPING,
+                "failed": FAILED,
+            }.get(active, STOPPED)
         pid = int(s.get("MainPID") or 0)
         return State(state, pid, s.get("InvocationID", ""), f"{active} {sub}".strip())
 
@@ -56,13 +61,20 @@ class Systemd:
         systemctl("enable" if on else "disable", "--quiet", "--no-reload", name, check=not on)
 
     def log_tail(self, name: str, lines: int = 20) -> str:
-        return run("journalctl", "-u", name, "-n", str(lines), "--no-pager", "-o", "cat",
-                   check=False).stdout  # fmt: skip
+        return run(
+            "journalctl", "-u", name, "-n", str(lines), "--no-pager", "-o", "cat", check=False
+        ).stdout
 
 
 _PID = re.compile(r"pid (\d+),")
-_STATES = {"RUNNING": RUNNING, "STARTING": STARTING, "BACKOFF": FAILED, "STOPPING": STOPPING,
-           "FATAL": FAILED, "UNKNOWN": FAILED}  # fmt: skip
+_STATES = {
+    "RUNNING": RUNNING,
+    "STARTING": STARTING,
+    "BACKOFF": FAILED,
+    "STOPPING": STOPPING,
+    "FATAL": FAILED,
+    "UNKNOWN": FAILED,
+}
 
 
 class Supervisor:
@@ -74,8 +86,10 @@ class Supervisor:
 
     def state(self, name: str) -> State:
         out = run("supervisorctl", "status", name, check=False).stdout
-        fields = next((line.split(None, 2) for line in out.splitlines()
-                       if line.split(None, 1)[:1] == [name]), [])  # fmt: skip
+        fields = next(
+            (line.split(None, 2) for line in out.splitlines() if line.split(None, 1)[:1] == [name]),
+            [],
+        )
         word = fields[1] if len(fields) > 1 else "STOPPED"
         found = _PID.search(fields[2]) if len(fields) > 2 else None
         pid = int(found.group(1)) if found else 0

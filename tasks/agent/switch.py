@@ -227,8 +227,10 @@ def gate_new(
             )
         if time.monotonic() >= deadline:
             last = proof or probe.cause(answer, gate)
-            return f"no healthy answer from {sock} {gate['path']} (Host: {gate['host']}) " \
-                f"within {gate['timeout']}s: {last}"  # fmt: skip
+            return (
+                f"no healthy answer from {sock} {gate['path']} (Host: {gate['host']}) "
+                f"within {gate['timeout']}s: {last}"
+            )
         time.sleep(0.1)
 
 

@@ -28,8 +28,17 @@ from pathlib import Path
 MIRROR = os.environ.get("DJK_DEBIAN_MIRROR", "https://deb.debian.org/debian")
 SECURITY = os.environ.get("DJK_DEBIAN_SECURITY", "https://deb.debian.org/debian-security")
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-FIELDS = ("Package", "Version", "Depends", "Pre-Depends", "Provides", "Filename", "SHA256",
-          "Size", "Architecture")  # fmt: skip
+FIELDS = (
+    "Package",
+    "Version",
+    "Depends",
+    "Pre-Depends",
+    "Provides",
+    "Filename",
+    "SHA256",
+    "Size",
+    "Architecture",
+)
 
 
 class PackageError(Exception):
@@ -85,9 +94,14 @@ def compare(a: str, b: str) -> int:
 def satisfies(version: str, op: str, wanted: str) -> bool:
     c = compare(version, wanted)
     return {
-        "<<": c < 0, "<=": c <= 0, "=": c == 0, ">=": c >= 0, ">>": c > 0,
-        "<": c <= 0, ">": c >= 0,  # obsolete spellings
-    }[op]  # fmt: skip
+        "<<": c < 0,
+        "<=": c <= 0,
+        "=": c == 0,
+        ">=": c >= 0,
+        ">>": c > 0,
+        "<": c <= 0,
+        ">": c >= 0,  # obsolete spellings
+    }[op]
 
 
 # -- relations -----------------------------------------------------------------------------------

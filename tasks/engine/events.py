@@ -198,17 +198,24 @@ def _releases(site: str, reports: list[HostReport]) -> dict:
 
 
 def announcer(
-    action: str, inventory: Inventory, targets: list[Host], json_: bool, check: bool,
-    only: str | None = None, detail: str = "",
-) -> Announcer | None:  # fmt: skip
+    action: str,
+    inventory: Inventory,
+    targets: list[Host],
+    json_: bool,
+    check: bool,
+    only: str | None = None,
+    detail: str = "",
+) -> Announcer | None:
     """The run's events for the sites of the targets (none in check mode: nothing happens)."""
     if check:
         return None
     sites = {s.name: s for h in targets for s in inventory.sites_on(h)}
     if only is not None:
         sites = {only: sites[only]} if only in sites else {}
-    hosts = {name: tuple(h.name for h in targets if name in {s.name for s in inventory.sites_on(h)})
-             for name in sites}  # fmt: skip
+    hosts = {
+        name: tuple(h.name for h in targets if name in {s.name for s in inventory.sites_on(h)})
+        for name in sites
+    }
     return Announcer(
         action, inventory, list(sites.values()), hosts, detail=detail, say=printer(json_)
     )

@@ -202,9 +202,7 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
     d_port = defaults.get("port", int, values.ssh_port, default=22)
     d_key = defaults.get_path("ssh_key", default=None)
     target = defaults.get("target", str, values.host_name, default=None)
-    d_manager = defaults.get(
-        "process_manager", str, values.choice(*MANAGERS), default="systemd"
-    )
+    d_manager = defaults.get("process_manager", str, values.choice(*MANAGERS), default="systemd")
     d_firewall = defaults.get("firewall", bool, default=True)
     d_upgrades = defaults.get("unattended_upgrades", bool, default=None)
     d_packages = defaults.get(

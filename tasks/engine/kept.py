@@ -49,7 +49,7 @@ def script(kept: list[Kept], create: bool) -> str:
         lines.append(f"f={shlex.quote(item.path)}")
         if create:
             lines.append(f'[ -s "$f" ] || {{ {MAKE}; }}')
-        lines.append(f'printf \'%s=\' {shlex.quote(item.key)}; cat "$f" 2>/dev/null || true; echo')
+        lines.append(f"printf '%s=' {shlex.quote(item.key)}; cat \"$f\" 2>/dev/null || true; echo")
     return "\n".join(lines) + "\n"
 
 

@@ -114,7 +114,6 @@ class SitePaths:
     def shared(self) -> str:
         return f"{self.base}/shared"
 
-
     @property
     def env(self) -> str:
         return f"{self.shared}/env"

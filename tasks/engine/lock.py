@@ -21,6 +21,7 @@ from .facts import Fact
 
 BUSY_EXIT = 75
 
+
 def keeper_command(
     sites: list[str],
     wait: float,
@@ -33,8 +34,12 @@ def keeper_command(
     """The agent's lock keeper (agent/lock.py), or agent.MISSING when it must be uploaded. With
     `then`, its stdin starts with a script it runs once the locks are taken (script_head); with
     `carry`, before that with the agent itself (agent.carried_head)."""
-    spec = {"sites": sites, "wait": wait, "run": run_id,
-            "info": {"by": by, "pid": os.getpid(), "command": command}}  # fmt: skip
+    spec = {
+        "sites": sites,
+        "wait": wait,
+        "run": run_id,
+        "info": {"by": by, "pid": os.getpid(), "command": command},
+    }
     if then:
         spec["then"] = True
     text = json.dumps(spec, sort_keys=True)

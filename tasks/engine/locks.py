@@ -54,9 +54,21 @@ def _uv(pyproject: bytes, lock: bytes, rel: str) -> bytes:
         (Path(tmp) / "pyproject.toml").write_bytes(pyproject)
         (Path(tmp) / "uv.lock").write_bytes(lock)
         done = subprocess.run(
-            [uv_bin(), "export", "--frozen", "--no-hashes", "--no-dev", "--no-emit-project",
-             "--no-annotate", "--no-header", "--format", "requirements-txt", "--offline",
-             "--directory", tmp],  # fmt: skip
+            [
+                uv_bin(),
+                "export",
+                "--frozen",
+                "--no-hashes",
+                "--no-dev",
+                "--no-emit-project",
+                "--no-annotate",
+                "--no-header",
+                "--format",
+                "requirements-txt",
+                "--offline",
+                "--directory",
+                tmp,
+            ],
             capture_output=True,
             timeout=120,
             env={"PATH": "/usr/bin:/bin", "UV_NO_CONFIG": "1", "HOME": tmp},

@@ -107,9 +107,10 @@ class Reporter:
                 releases = r.extra.get("releases", {})
                 live = "".join(f"  {site}={rel}" for site, rel in sorted(releases.items()))
                 apart = "".join(
-                    f" ({kind} {_size(n)})" for kind, n in sorted(r.bytes_by_kind.items())
+                    f" ({kind} {_size(n)})"
+                    for kind, n in sorted(r.bytes_by_kind.items())
                     if kind in SHOWN_APART
-                )  # fmt: skip
+                )
                 print(
                     f"{r.host:<{self.width}}  {counts}  commands={r.commands}  "
                     f"sent={_size(r.bytes_sent)}{apart}  {r.seconds:.2f}s{live}"

@@ -38,9 +38,7 @@ def has_control(text: str) -> bool:
 def escape(text: str) -> str:
     """Text with every character a terminal or a line reader would act on written as an escape
     (\\n, \\x1b, \\u2028): what an error message may show of a user's input."""
-    return "".join(
-        ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text
-    )
+    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
 
 
 def show(value: object, limit: int = SHOW_LIMIT) -> str:
@@ -263,7 +261,7 @@ _PYTHON = re.compile(r"3\.\d{1,2}")
 def python_version(value: str) -> str:
     """A Python minor version: "3.13"."""
     if not _PYTHON.fullmatch(value):
-        raise ValueError(f"{show(value)} is not a Python version like \"3.13\"")
+        raise ValueError(f'{show(value)} is not a Python version like "3.13"')
     return value
 
 

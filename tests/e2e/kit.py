@@ -394,7 +394,7 @@ def team_fab(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-MIGRATION = '''from django.db import migrations, models
+MIGRATION = """from django.db import migrations, models
 
 
 def fill(apps, schema_editor):
@@ -410,7 +410,7 @@ class Migration(migrations.Migration):
         migrations.AddField("visit", "{field}", models.CharField(max_length=60, default="")),
         migrations.RunPython(fill, migrations.RunPython.noop),
     ]
-'''
+"""
 
 
 def add_migration(src: Path, number: int, field: str) -> str:

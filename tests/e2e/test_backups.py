@@ -60,7 +60,10 @@ def test_a_release_with_a_migration_is_preceded_by_a_backup(project, fresh_host,
     release = health(fresh_host)["release"]
     backup = f"/var/backups/djk/example/{release}.sqlite3"
     assert sh(fresh_host, f"stat -c '%a %U' {backup} /var/backups/djk/example").split() == [
-        "600", "root", "700", "root"  # fmt: skip
+        "600",
+        "root",
+        "700",
+        "root",
     ]
     assert count(fresh_host, backup) == rows  # the rows of before, in the schema of before
     assert count(fresh_host, DB, "where note like 'filled-%'") == rows  # migrated after
@@ -84,13 +87,17 @@ def test_a_failing_backup_stops_the_deploy_before_it_migrates(project, fresh_hos
     before = health(fresh_host)["release"]
     name = add_migration(src, 3, "extra")
     # The backup cannot be written: its directory is a file now.
-    sh(fresh_host, "mv /var/backups/djk/example /var/backups/djk/kept && "
-       "touch /var/backups/djk/example")  # fmt: skip
+    sh(
+        fresh_host,
+        "mv /var/backups/djk/example /var/backups/djk/kept && touch /var/backups/djk/example",
+    )
     try:
         run = project.fab("-H", "web1", "deploy")
     finally:
-        sh(fresh_host, "rm /var/backups/djk/example && "
-           "mv /var/backups/djk/kept /var/backups/djk/example")  # fmt: skip
+        sh(
+            fresh_host,
+            "rm /var/backups/djk/example && mv /var/backups/djk/kept /var/backups/djk/example",
+        )
     assert run.code == 1
     assert "failed  | backup example" in run.out, run.out
     assert "migrate example" in run.out and "skipped | migrate example" in run.out
@@ -107,9 +114,7 @@ def columns(host) -> list[str]:
     return query(host, DB, "select name from pragma_table_info('pages_visit')")
 
 
-def test_a_rollback_across_a_migration_refuses_then_restores_with_restore_db(
-    project, fresh_host
-):
+def test_a_rollback_across_a_migration_refuses_then_restores_with_restore_db(project, fresh_host):
     live = health(fresh_host)["release"]
     assert "extra" in columns(fresh_host)  # 0003 applied by the live release
     refused = project.fab("-H", "web1", "rollback")

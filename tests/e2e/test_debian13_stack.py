@@ -45,8 +45,10 @@ def project(trixie, tmp_path_factory, src6):  # noqa: F811
 def test_postgresql_17_and_rabbitmq_4_serve_a_django_6_site(project, trixie):
     assert sh(trixie, "pg_lsclusters -h").split()[:4] == ["17", "main", "5432", "online"]
     assert health(trixie)["db"] is True
-    tables = sh(trixie, "runuser -u postgres -- psql -XAtq -d example -c "
-                "\"select count(*) from django_migrations\"")  # fmt: skip
+    tables = sh(
+        trixie,
+        'runuser -u postgres -- psql -XAtq -d example -c "select count(*) from django_migrations"',
+    )
     assert int(tables) > 0
     status, body = get_json(trixie, "/tasks/add/?x=2&y=3")
     assert status == 200 and body["result"] == 5, body

@@ -66,9 +66,12 @@ def test_the_first_deploys_prepare_migrates_the_new_database(first_deploy, fresh
     assert "changed" in prepare and "and migrate (the database has no tables yet)" in prepare
     (migrate,) = [ln for ln in lines if "| migrate example:" in ln]
     assert "| ok " in migrate and "done for" in migrate, migrate
-    tables = sh(fresh_host, "sudo python3 -c \"import sqlite3; print(sqlite3.connect("
-                "'/srv/djk/example/shared/db.sqlite3').execute("
-                "'select count(*) from django_migrations').fetchone()[0])\"")  # fmt: skip
+    tables = sh(
+        fresh_host,
+        'sudo python3 -c "import sqlite3; print(sqlite3.connect('
+        "'/srv/djk/example/shared/db.sqlite3').execute("
+        "'select count(*) from django_migrations').fetchone()[0])\"",
+    )
     assert int(tables) > 0
 
 

@@ -60,15 +60,17 @@ def test_files_edited_by_hand_are_drift_in_check_and_put_back(project, deployed,
     assert again.host("web1")["changed"] == 0
 
 
-def test_a_full_disk_while_staging_names_the_disk_and_the_host(project, deployed, fresh_host,
-                                                               src):  # fmt: skip
+def test_a_full_disk_while_staging_names_the_disk_and_the_host(project, deployed, fresh_host, src):
     live = health(fresh_host)["release"]
     # A small filesystem for the site's releases, nearly full.
     releases = "/srv/djk/example/releases"
-    sh(fresh_host, f"mkdir -p /root/keep && cp -a {releases}/. /root/keep/ && "
-                   f"mount -t tmpfs -o size=40m tmpfs {releases} && cp -a /root/keep/. {releases}/ "
-                   f"&& fallocate -l 30m {releases}/.filler || dd if=/dev/zero "
-                   f"of={releases}/.filler bs=1M count=30")  # fmt: skip
+    sh(
+        fresh_host,
+        f"mkdir -p /root/keep && cp -a {releases}/. /root/keep/ && "
+        f"mount -t tmpfs -o size=40m tmpfs {releases} && cp -a /root/keep/. {releases}/ "
+        f"&& fallocate -l 30m {releases}/.filler || dd if=/dev/zero "
+        f"of={releases}/.filler bs=1M count=30",
+    )
     try:
         new_version(src)
         (src / "big.bin").write_bytes(os.urandom(15 * 1024 * 1024))  # does not compress
@@ -130,9 +132,17 @@ def test_redis_stopped_during_a_deploy_fails_before_the_switch_naming_it(
         sh(fresh_host, "systemctl start redis-server")
     fab(project, "-H", "web1", "deploy")  # starts the worker again (it runs the new release)
     assert health(fresh_host)["release"] != live
-    result = fab(project, "app.manage", "--site", "example", "--", "shell", "-c",
-                 f"from celery.result import AsyncResult; "
-                 f"print('result', AsyncResult('{task}').get(timeout=30))").out  # fmt: skip
+    result = fab(
+        project,
+        "app.manage",
+        "--site",
+        "example",
+        "--",
+        "shell",
+        "-c",
+        f"from celery.result import AsyncResult; "
+        f"print('result', AsyncResult('{task}').get(timeout=30))",
+    ).out
     assert "result 42" in result, result
 
 

@@ -44,8 +44,11 @@ def live(host) -> str:
 def upstream(host) -> str:
     """What nginx connects to: the site's upstream block and the live link. (The rest of the
     server block may follow hosts.toml: a changed health_path is in the maintenance rule.)"""
-    return sh(host, "sed -n '/^upstream /,/^}/p' /etc/nginx/sites-enabled/djk-site-example.conf; "
-              "readlink /srv/djk/example/sockets/live.sock")  # fmt: skip
+    return sh(
+        host,
+        "sed -n '/^upstream /,/^}/p' /etc/nginx/sites-enabled/djk-site-example.conf; "
+        "readlink /srv/djk/example/sockets/live.sock",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +76,9 @@ def test_an_app_whose_health_knows_nothing_of_releases_switches(first, project, 
     ],
     ids=["500", "400", "404"],
 )
-def test_a_refused_release_never_serves_and_says_why(first, project, fresh_host, src, change,
-                                                     words):  # fmt: skip
+def test_a_refused_release_never_serves_and_says_why(
+    first, project, fresh_host, src, change, words
+):
     before, nginx_upstream = live(fresh_host), upstream(fresh_host)
     bump(src)
     where, text = change
@@ -126,7 +130,9 @@ def test_an_old_process_on_the_new_slots_socket_is_not_taken_for_the_release(
     unit, sock = f"djk-example-web-{idle}", f"/srv/djk/example/sockets/{idle}.sock"
     script = shlex.quote(SQUATTER)
     dropin = f"/etc/systemd/system/{unit}.service.d"
-    sh(fresh_host, f"""set -e
+    sh(
+        fresh_host,
+        f"""set -e
 mkdir -p /tmp/squat && printf '%s' {script} > /tmp/squat/old.py
 systemd-run --unit=djk-squatter --uid=djk-example python3 /tmp/squat/old.py {sock}
 for i in $(seq 50); do [ -S {sock} ] && break; sleep 0.1; done
@@ -134,14 +140,17 @@ mkdir -p {dropin}
 start=$(sed -n 's/^ExecStart=//p' /etc/systemd/system/{unit}.service)
 printf '[Service]\nExecStart=\nExecStart=/bin/sh -c "sleep 3; exec %s"\n' "$start" \
   > {dropin}/slow.conf
-""")  # fmt: skip
+""",
+    )
     squatter = int(sh(fresh_host, "systemctl show -p MainPID --value djk-squatter").strip())
     try:
         bump(src)
         run = project.fab("-H", "web1", "deploy")
     finally:
-        sh(fresh_host, f"systemctl stop djk-squatter || true; rm -rf {dropin}; "
-           "systemctl daemon-reload")  # fmt: skip
+        sh(
+            fresh_host,
+            f"systemctl stop djk-squatter || true; rm -rf {dropin}; systemctl daemon-reload",
+        )
     assert run.code == 0, run.out + run.err
     assert f"not yet: {sock} is held by pid {squatter}" in run.out, run.out
     assert "an old process answers there" in run.out

@@ -33,8 +33,11 @@ def cursor(host) -> str:
 def logins_since(host, mark: str) -> int:
     """Logins sshd accepted after `mark`, this reading's own included (it waits a second, so
     its own line is surely written)."""
-    out = sh(host, f"sleep 1; journalctl -u ssh --after-cursor='{mark}' --no-pager -o cat "
-                   "| grep -c 'Accepted publickey' || true")  # fmt: skip
+    out = sh(
+        host,
+        f"sleep 1; journalctl -u ssh --after-cursor='{mark}' --no-pager -o cat "
+        "| grep -c 'Accepted publickey' || true",
+    )
     return int(out.strip() or 0)
 
 
@@ -64,14 +67,19 @@ def test_an_unknown_host_is_refused_before_any_login(project, fresh_host):
 def test_a_changed_key_is_refused_then_trusted_again(project, fresh_host, tmp_path):
     old, old_line = fingerprint(fresh_host), fresh_host.host_key
     # A new key, as after a reinstall: made here, so the test's own ssh knows it explicitly.
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f",
-                    str(tmp_path / "key")], check=True)  # fmt: skip
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(tmp_path / "key")],
+        check=True,
+    )
     private = base64.b64encode((tmp_path / "key").read_bytes()).decode()
     public = (tmp_path / "key.pub").read_text().strip()
-    sh(fresh_host, "mkdir -p /root/saved && cp -a /etc/ssh/ssh_host_ed25519_key* /root/saved/ && "
-                   f"echo {private} | base64 -d > /etc/ssh/ssh_host_ed25519_key && "
-                   f"echo '{public}' > /etc/ssh/ssh_host_ed25519_key.pub && "
-                   "systemctl restart ssh")  # fmt: skip
+    sh(
+        fresh_host,
+        "mkdir -p /root/saved && cp -a /etc/ssh/ssh_host_ed25519_key* /root/saved/ && "
+        f"echo {private} | base64 -d > /etc/ssh/ssh_host_ed25519_key && "
+        f"echo '{public}' > /etc/ssh/ssh_host_ed25519_key.pub && "
+        "systemctl restart ssh",
+    )
     fresh_host.host_key = " ".join(public.split()[:2])
     try:
         new = fingerprint(fresh_host)

@@ -49,8 +49,10 @@ def test_on_answers_503_with_the_page_while_health_and_static_pass(project, fres
     assert status(curl(fresh_host, "/some/view/?x=1")) == "503"
     assert health(fresh_host)["status"] == "ok"  # the health path passes (a monitor's)
     # The host's own requests pass: the kit's checks through nginx during a deploy.
-    own = sh(fresh_host, "curl -s -o /dev/null -w '%{http_code}' -H 'Host: example.test' "
-             "http://127.0.0.1/")  # fmt: skip
+    own = sh(
+        fresh_host,
+        "curl -s -o /dev/null -w '%{http_code}' -H 'Host: example.test' http://127.0.0.1/",
+    )
     assert own.strip() == "200"
     assert status(curl(fresh_host, "/static/pages/style.css")) == "200"
     assert nginx_pids(fresh_host) == before  # no reload, no restart

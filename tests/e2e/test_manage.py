@@ -50,9 +50,19 @@ def test_createsuperuser_takes_its_password_from_this_machines_environment(proje
     os.environ["DJANGO_SUPERUSER_PASSWORD"] = PASSWORD
     try:
         run = project.fab(
-            "app.manage", "--site", "example", "--env", "DJANGO_SUPERUSER_PASSWORD", "--",
-            "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.test",
-        )  # fmt: skip
+            "app.manage",
+            "--site",
+            "example",
+            "--env",
+            "DJANGO_SUPERUSER_PASSWORD",
+            "--",
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            "admin",
+            "--email",
+            "admin@example.test",
+        )
     finally:
         del os.environ["DJANGO_SUPERUSER_PASSWORD"]
     assert run.code == 0, run.out + run.err
@@ -62,8 +72,17 @@ def test_createsuperuser_takes_its_password_from_this_machines_environment(proje
     )
     os.environ["CHECK_CODE"] = check
     try:
-        run = project.fab("app.manage", "--site", "example", "--env", "CHECK_CODE", "--",
-                          "shell", "-c", "import os; exec(os.environ['CHECK_CODE'])")  # fmt: skip
+        run = project.fab(
+            "app.manage",
+            "--site",
+            "example",
+            "--env",
+            "CHECK_CODE",
+            "--",
+            "shell",
+            "-c",
+            "import os; exec(os.environ['CHECK_CODE'])",
+        )
     finally:
         del os.environ["CHECK_CODE"]
     assert "AUTH True" in run.out, run.out
@@ -75,8 +94,19 @@ def test_an_interactive_shell_on_a_pseudo_terminal_runs_in_the_live_release(proj
     pid, master = pty.fork()
     if pid == 0:  # the child: fab on a terminal, as a person would run it
         os.environ["DJK_INVENTORY"] = str(project.inventory)
-        os.execv(sys.executable, [sys.executable, "-m", "fabric", "--search-root", str(ROOT),
-                                  "app.shell", "--site", "example"])  # fmt: skip
+        os.execv(
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "fabric",
+                "--search-root",
+                str(ROOT),
+                "app.shell",
+                "--site",
+                "example",
+            ],
+        )
     seen = b""
 
     def until(needle: bytes, timeout: float = 60) -> bool:

@@ -26,12 +26,12 @@ def upload(request):
     name = default_storage.save(f"uploads/{uploaded.name}", uploaded)
     return JsonResponse({"name": name, "url": default_storage.url(name)})
 '''
-ROUTE = '''
+ROUTE = """
 from django.urls import path as _path
 from .upload import upload as _upload
 
 urlpatterns.append(_path("upload/", _upload))
-'''
+"""
 SCRIPT = "<script>alert(1)</script>\n"
 
 
@@ -52,8 +52,17 @@ def post(host, name: str, data: str, tmp_path) -> dict:
     file = tmp_path / name
     file.write_text(data)
     done = subprocess.run(
-        ["curl", "-s", "--max-time", "10", "-H", "Host: example.test",
-         "-F", f"file=@{file}", f"http://{host.address}/upload/"],  # fmt: skip
+        [
+            "curl",
+            "-s",
+            "--max-time",
+            "10",
+            "-H",
+            "Host: example.test",
+            "-F",
+            f"file=@{file}",
+            f"http://{host.address}/upload/",
+        ],
         capture_output=True,
         text=True,
     )

@@ -88,8 +88,12 @@ def test_nginx_logs_are_the_sites_own_and_logrotate_rotates_them(project, deploy
     # Debian's rules for /var/log/nginx/*.log take the site's files too; nginx writes anew.
     sh(fresh_host, "logrotate -f /etc/logrotate.d/nginx")
     assert mark in sh(fresh_host, "cat /var/log/nginx/djk-example.access.log.1")
-    after = wait_for(lambda: (m := probe(fresh_host)) in sh(
-        fresh_host, "cat /var/log/nginx/djk-example.access.log") and m)  # fmt: skip
+    after = wait_for(
+        lambda: (
+            (m := probe(fresh_host)) in sh(fresh_host, "cat /var/log/nginx/djk-example.access.log")
+            and m
+        )
+    )
     assert after
 
 
@@ -112,8 +116,19 @@ def test_logs_of_every_unit_and_a_bad_unit(project, deployed, fresh_host):
 
 
 def test_logs_follow_shows_a_later_request_and_stops_with_the_run(project, deployed, fresh_host):
-    proc = spawn_fab(project.inventory, "app.logs", "--site", "example", "--unit", "web",
-                     "--unit", "nginx", "--follow", "--lines", "1")  # fmt: skip
+    proc = spawn_fab(
+        project.inventory,
+        "app.logs",
+        "--site",
+        "example",
+        "--unit",
+        "web",
+        "--unit",
+        "nginx",
+        "--follow",
+        "--lines",
+        "1",
+    )
     try:
         time.sleep(3)  # connected and following
         mark = probe(fresh_host)
@@ -359,8 +374,11 @@ def test_a_timer_fires_in_the_live_release_as_the_site_user_and_goes_when_droppe
     project.site.pop("timers")
     project.write()
     fab(project, "-H", "web1", "deploy")
-    left = sh(fresh_host, "ls /etc/systemd/system | grep timer_ || true; systemctl list-timers "
-                          "--all --no-legend | grep djk-example || true")  # fmt: skip
+    left = sh(
+        fresh_host,
+        "ls /etc/systemd/system | grep timer_ || true; systemctl list-timers "
+        "--all --no-legend | grep djk-example || true",
+    )
     assert left.strip() == ""
 
 

@@ -67,14 +67,18 @@ def test_both_sites_run_on_postgresql_local_and_remote(project, hosts):
     assert remote["DATABASE_URL"].startswith("postgres://shop_app:")
     assert remote["DATABASE_URL"].endswith(f"@{db1.address}:5432/shop_db")
     # The migrations went to PostgreSQL on db1, not to a SQLite file.
-    tables = sh(db1, "runuser -u postgres -- psql -d shop_db -Atc "
-                "\"select count(*) from django_migrations\"")  # fmt: skip
+    tables = sh(
+        db1, 'runuser -u postgres -- psql -d shop_db -Atc "select count(*) from django_migrations"'
+    )
     assert int(tables) > 0
     said = [line for line in project.first_run.out.splitlines() if "database host" in line]
     assert said and said[0].startswith("db1") and "not among the targets" in said[0], said
     # Only the site's role may connect to its database.
-    acl = sh(db1, "runuser -u postgres -- psql -Atc "
-             "\"select datacl from pg_database where datname = 'shop_db'\"")  # fmt: skip
+    acl = sh(
+        db1,
+        "runuser -u postgres -- psql -Atc "
+        "\"select datacl from pg_database where datname = 'shop_db'\"",
+    )
     assert acl.strip() == "{shop_app=CTc/shop_app}"
 
 
@@ -85,7 +89,7 @@ def test_the_password_is_only_in_the_env_file_and_the_root_only_file(project, ho
         "600",
         "root",
         "700",
-        "root",  # fmt: skip
+        "root",
     ]
     secret = sh(db1, f"cat {kept}").strip()
     assert len(secret) >= 24 and env_of(web1, "shop")["DATABASE_PASSWORD"] == secret
@@ -181,8 +185,11 @@ def test_a_migration_is_preceded_by_pg_dump_on_the_db_host(project, hosts, src):
     sh(db1, "runuser -u postgres -- createdb scratch")
     sh(db1, f"runuser -u postgres -- pg_restore --no-owner -d scratch < {dump}")
     assert int(psql(db1, "select count(*) from pages_visit", "scratch")) == rows
-    columns = psql(db1, "select column_name from information_schema.columns "
-                   "where table_name = 'pages_visit'", "scratch")  # fmt: skip
+    columns = psql(
+        db1,
+        "select column_name from information_schema.columns where table_name = 'pages_visit'",
+        "scratch",
+    )
     assert "note" not in columns.split()
     assert int(psql(db1, "select count(*) from pages_visit where note like 'filled-%'")) >= rows
 
@@ -198,8 +205,9 @@ def test_a_rollback_across_the_migration_restores_the_dump_on_the_db_host(projec
     restored = [line for line in run.out.splitlines() if "restore shop" in line]
     assert restored and restored[0].startswith("db1") and f"from {live}" in restored[0], restored
     assert health(web1, "shop.test")["release"] < live
-    columns = psql(db1, "select column_name from information_schema.columns "
-                   "where table_name = 'pages_visit'")  # fmt: skip
+    columns = psql(
+        db1, "select column_name from information_schema.columns where table_name = 'pages_visit'"
+    )
     assert "note" not in columns.split()
     # The restored tables are the site role's again: the app writes (a visit) and reads.
     assert curl(web1, "/", host_header="shop.test").split("\n")[1].split(" ")[1] == "200"
@@ -249,11 +257,13 @@ def test_postgresql_stopped_during_migrate_switches_nothing_and_keeps_the_backup
     name = add_migration(src, 4, "late")
     path = src / "pages/migrations" / f"{name.split('.')[1]}.py"
     # The migration waits before it alters the table: PostgreSQL goes away meanwhile.
-    path.write_text(path.read_text().replace(
-        "    operations = [\n",
-        "    operations = [\n        migrations.RunPython(lambda apps, editor: "
-        "__import__('time').sleep(8), migrations.RunPython.noop),\n",
-    ))  # fmt: skip
+    path.write_text(
+        path.read_text().replace(
+            "    operations = [\n",
+            "    operations = [\n        migrations.RunPython(lambda apps, editor: "
+            "__import__('time').sleep(8), migrations.RunPython.noop),\n",
+        )
+    )
     proc = spawn_fab(project.inventory, "-H", "web1", "deploy")
     try:
         wait_for_line(proc, "migrating", timeout=180)

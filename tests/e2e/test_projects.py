@@ -60,9 +60,14 @@ def readme_block(heading: str, lang: str) -> str:
 
 
 def git(root: Path, *args: str) -> str:
-    env = {"GIT_AUTHOR_NAME": "dev", "GIT_AUTHOR_EMAIL": "dev@example.test", "HOME": str(root),
-           "GIT_COMMITTER_NAME": "dev", "GIT_COMMITTER_EMAIL": "dev@example.test",
-           "PATH": "/usr/bin:/bin"}  # fmt: skip
+    env = {
+        "GIT_AUTHOR_NAME": "dev",
+        "GIT_AUTHOR_EMAIL": "dev@example.test",
+        "HOME": str(root),
+        "GIT_COMMITTER_NAME": "dev",
+        "GIT_COMMITTER_EMAIL": "dev@example.test",
+        "PATH": "/usr/bin:/bin",
+    }
     done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -110,8 +115,12 @@ def project(tmp_path_factory, fresh_host, kit_venv):
     root = tmp_path_factory.mktemp("projects") / "shop"
     startproject(root)
     # What a developer's checkout holds beside the code, none of it tracked.
-    for junk in ("node_modules/left-pad/index.js", ".venv/bin/python", "media/upload.png",
-                 "db.sqlite3"):  # fmt: skip
+    for junk in (
+        "node_modules/left-pad/index.js",
+        ".venv/bin/python",
+        "media/upload.png",
+        "db.sqlite3",
+    ):
         (root / junk).parent.mkdir(parents=True, exist_ok=True)
         (root / junk).write_text("local only\n")
     djk, trust, fab = readme_commands(kit_venv)
@@ -127,8 +136,13 @@ def project(tmp_path_factory, fresh_host, kit_venv):
     assert trust[-1] == "hosts.trust"
     shown = run(trust, root)
     assert shown.returncode == 2 and "needs --yes" in shown.stderr, shown.stdout + shown.stderr
-    own = subprocess.run(["ssh-keygen", "-lf", "-"], input=fresh_host.host_key, text=True,
-                         capture_output=True, check=True).stdout.split()[1]  # fmt: skip
+    own = subprocess.run(
+        ["ssh-keygen", "-lf", "-"],
+        input=fresh_host.host_key,
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.split()[1]
     assert f"ssh-ed25519 {own}; not recorded yet" in shown.stdout
     assert run([*trust, "--yes"], root).returncode == 0
     deployed = run(fab, root)
@@ -156,15 +170,24 @@ def test_a_startproject_app_deploys_with_readmes_commands(project, fresh_host):
 def test_only_tracked_files_and_the_builds_outputs_reach_the_host(project, fresh_host, kit_venv):
     inventory = project / "hosts.toml"
     text = inventory.read_text()
-    build = ('build = "mkdir -p assets/dist && cat VERSION > assets/dist/app.js"\n'
-             'build_outputs = ["assets/dist"]\n')  # fmt: skip
+    build = (
+        'build = "mkdir -p assets/dist && cat VERSION > assets/dist/app.js"\n'
+        'build_outputs = ["assets/dist"]\n'
+    )
     inventory.write_text(text.replace("[sites.shop]\n", "[sites.shop]\n" + build))
     done = deploy(project, kit_venv)
     assert done.returncode == 0, done.stdout + done.stderr
     shipped = sh(fresh_host, "cd /srv/djk/shop/current && find . -not -path './.venv/*' | sort")
     lines = set(shipped.split())
-    for never in ("./node_modules", "./media", "./db.sqlite3", "./hosts.toml", "./fabfile.py",
-                  "./secrets", "./.git"):  # fmt: skip
+    for never in (
+        "./node_modules",
+        "./media",
+        "./db.sqlite3",
+        "./hosts.toml",
+        "./fabfile.py",
+        "./secrets",
+        "./.git",
+    ):
         assert never not in lines, (never, shipped)
     assert {"./manage.py", "./mysite/settings.py", "./.gitignore"} <= lines
     # .venv is the kit's link to the release's virtualenv, not the checkout's venv.
@@ -211,8 +234,11 @@ def test_the_same_project_as_wsgi_only(project, fresh_host, kit_venv):
     (project / "VERSION").write_text("3\n")
     git(project, "commit", "-q", "-am", "WSGI only")
     inventory = project / "hosts.toml"
-    text = re.sub(r'(?m)^asgi = "mysite.asgi:application".*$', 'wsgi = "mysite.wsgi:application"',
-                  inventory.read_text())  # fmt: skip
+    text = re.sub(
+        r'(?m)^asgi = "mysite.asgi:application".*$',
+        'wsgi = "mysite.wsgi:application"',
+        inventory.read_text(),
+    )
     inventory.write_text(text)
     with Load(fresh_host.address, DOMAIN, keep_alive=True) as steady:
         time.sleep(1)
@@ -347,8 +373,9 @@ def test_a_project_locked_with_uv_deploys_the_locked_versions(project, fresh_hos
     lockdir.mkdir()
     (lockdir / "pyproject.toml").write_bytes((project / "pyproject.toml").read_bytes())
     uv = [str(kit_venv / "bin/uv"), "lock", "--python", "/usr/bin/python3"]
-    locked = subprocess.run([*uv, "--directory", str(lockdir)], capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    locked = subprocess.run(
+        [*uv, "--directory", str(lockdir)], capture_output=True, text=True, timeout=300
+    )
     assert locked.returncode == 0, locked.stderr
     (project / "uv.lock").write_bytes((lockdir / "uv.lock").read_bytes())
     git(project, "rm", "-q", "requirements.txt")
@@ -360,8 +387,11 @@ def test_a_project_locked_with_uv_deploys_the_locked_versions(project, fresh_hos
     )
     done = deploy(project, kit_venv)
     assert done.returncode == 0, done.stdout + done.stderr
-    version = sh(fresh_host, "/srv/djk/shop/current/.venv/bin/python -c "
-                 "'import django, gunicorn; print(django.__version__)'")  # fmt: skip
+    version = sh(
+        fresh_host,
+        "/srv/djk/shop/current/.venv/bin/python -c "
+        "'import django, gunicorn; print(django.__version__)'",
+    )
     assert version.strip() == "5.2.18"
     assert health(fresh_host)["status"] == "ok"
 
@@ -372,8 +402,19 @@ def login(host, scheme: str, domain: str, ca: Path | None = None) -> str:
     port = 443 if scheme == "https" else 80
     jar = Path(f"/tmp/djk-jar-{host.name}-{scheme}-{domain}")
     jar.unlink(missing_ok=True)
-    base = ["curl", "-s", "-i", "--max-time", "10", "-c", str(jar), "-b", str(jar),
-            "--resolve", f"{domain}:{port}:{host.address}"]  # fmt: skip
+    base = [
+        "curl",
+        "-s",
+        "-i",
+        "--max-time",
+        "10",
+        "-c",
+        str(jar),
+        "-b",
+        str(jar),
+        "--resolve",
+        f"{domain}:{port}:{host.address}",
+    ]
     if ca is not None:
         base += ["--cacert", str(ca / "ca.pem")]
     url = f"{scheme}://{domain}/admin/login/"
@@ -381,12 +422,25 @@ def login(host, scheme: str, domain: str, ca: Path | None = None) -> str:
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
     assert token, form[:500]
     posted = subprocess.run(
-        [*base, "-H", f"Origin: {scheme}://{domain}", "-H", f"Referer: {url}",
-         "--data-urlencode", f"csrfmiddlewaretoken={token.group(1)}",
-         "--data-urlencode", "username=admin", "--data-urlencode", "password=Admin-pw-4471",
-         "--data-urlencode", "next=/admin/", url],
-        capture_output=True, text=True,
-    ).stdout  # fmt: skip
+        [
+            *base,
+            "-H",
+            f"Origin: {scheme}://{domain}",
+            "-H",
+            f"Referer: {url}",
+            "--data-urlencode",
+            f"csrfmiddlewaretoken={token.group(1)}",
+            "--data-urlencode",
+            "username=admin",
+            "--data-urlencode",
+            "password=Admin-pw-4471",
+            "--data-urlencode",
+            "next=/admin/",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
     jar.unlink(missing_ok=True)
     status = posted.splitlines()[0] if posted else "no answer"
     location = re.search(r"(?im)^location: (\S+)", posted)
@@ -407,10 +461,13 @@ def test_admin_login_through_nginx_over_http_and_https_for_each_domain(
     inventory.write_text(text)
     done = deploy(project, kit_venv)
     assert done.returncode == 0, done.stdout + done.stderr
-    sh(fresh_host, "cd /srv/djk/shop/current && runuser -u djk-shop -- sh -c 'set -a; "
-       ". /srv/djk/shop/shared/env; . ./.djk-release.env; set +a; "
-       "DJANGO_SUPERUSER_PASSWORD=Admin-pw-4471 .venv/bin/python manage.py createsuperuser "
-       "--noinput --username admin --email admin@example.test'")  # fmt: skip
+    sh(
+        fresh_host,
+        "cd /srv/djk/shop/current && runuser -u djk-shop -- sh -c 'set -a; "
+        ". /srv/djk/shop/shared/env; . ./.djk-release.env; set +a; "
+        "DJANGO_SUPERUSER_PASSWORD=Admin-pw-4471 .venv/bin/python manage.py createsuperuser "
+        "--noinput --username admin --email admin@example.test'",
+    )
     for domain in domains:
         assert login(fresh_host, "http", domain) == "HTTP/1.1 302 Found /admin/", domain
     make_certificate(tmp_path, "shop", ",".join(f"DNS:{d}" for d in domains), "djk test CA")

@@ -16,7 +16,7 @@ from .test_projects import git, readme_block
 
 pytestmark = pytest.mark.e2e
 
-CELERY = '''\
+CELERY = """\
 import os
 
 from celery import Celery
@@ -25,18 +25,18 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "blog.settings")
 app = Celery("blog")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.imports = ["blog.tasks"]
-'''
+"""
 
-TASKS = '''\
+TASKS = """\
 from celery import shared_task
 
 
 @shared_task
 def add(x, y):
     return x + y
-'''
+"""
 
-URLS = '''\
+URLS = """\
 from django.http import JsonResponse
 from django.urls import path
 
@@ -52,7 +52,7 @@ def add_view(request):
 
 
 urlpatterns = [path("", home), path("add/", add_view)]
-'''
+"""
 
 REQUIREMENTS = """\
 Django==5.2.19
@@ -81,8 +81,9 @@ def blog(tmp_path_factory, fresh_host, kit_venv):
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "startproject")
-    done = subprocess.run([str(kit_venv / "bin/djk"), "init"], cwd=root, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [str(kit_venv / "bin/djk"), "init"], cwd=root, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "WSGI" in done.stdout and "Celery app blog" in done.stdout, done.stdout
     text = (root / "hosts.toml").read_text().replace("203.0.113.10", fresh_host.address)

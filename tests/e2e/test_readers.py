@@ -30,17 +30,47 @@ DUMP = (
     "print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('V_')}))\n"
 )
 TRICKY = [
-    "", " ", "a b", "  lead and trail  ", "it's", 'say "hi"', "a\\b", "a\\\\b", "trailing\\",
-    "$HOME", "$", "`id`", "${X", "}{", "#not a comment", "x # y", "a;b", "a=b", "%n %H",
-    "\t", "é ü 漢字", "'", '"', "\\'", "\\\"", "*", "~root", "a\u00a0b",
-]  # fmt: skip
+    "",
+    " ",
+    "a b",
+    "  lead and trail  ",
+    "it's",
+    'say "hi"',
+    "a\\b",
+    "a\\\\b",
+    "trailing\\",
+    "$HOME",
+    "$",
+    "`id`",
+    "${X",
+    "}{",
+    "#not a comment",
+    "x # y",
+    "a;b",
+    "a=b",
+    "%n %H",
+    "\t",
+    "é ü 漢字",
+    "'",
+    '"',
+    "\\'",
+    '\\"',
+    "*",
+    "~root",
+    "a\u00a0b",
+]
 
 
 def accepted_values(count: int) -> list[str]:
     found: list[str] = []
 
-    @settings(max_examples=count * 3, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck), deadline=None)  # fmt: skip
+    @settings(
+        max_examples=count * 3,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        deadline=None,
+    )
     @given(st.text(max_size=30))
     def collect(value: str) -> None:
         try:
@@ -119,13 +149,19 @@ def accepted_inventories(tmp_path: Path, count: int) -> list:
     certificate would be needed for nginx -t)."""
     found = []
 
-    @settings(max_examples=count * 20, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck), deadline=None)  # fmt: skip
+    @settings(
+        max_examples=count * 20,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        deadline=None,
+    )
     @given(fuzz.mutated_cases())
     def collect(pair) -> None:
         _, case = pair
-        if len(found) >= count or any("tls" in s for s in case.toml.get("sites", {}).values()
-                                      if isinstance(s, dict)):  # fmt: skip
+        if len(found) >= count or any(
+            "tls" in s for s in case.toml.get("sites", {}).values() if isinstance(s, dict)
+        ):
             return
         result = fuzz.outcome(case, tmp_path / f"inv{len(found)}")
         if isinstance(result, fuzz.InventoryError):
@@ -168,12 +204,12 @@ def test_accepted_inventories_pass_nginx_t_and_systemd_analyze_verify(fresh_host
             for line in item.content.split("\n"):
                 if line.startswith("ExecStart="):
                     binary = line.split("=", 1)[1].split()[0]
-                    sh(fresh_host, f"mkdir -p {Path(binary).parent} && touch {binary} "
-                       f"&& chmod +x {binary}")  # fmt: skip
+                    sh(
+                        fresh_host,
+                        f"mkdir -p {Path(binary).parent} && touch {binary} && chmod +x {binary}",
+                    )
         if paths:
-            done = fresh_host.ssh(
-                "sudo -n systemd-analyze verify " + " ".join(paths), check=False
-            )
+            done = fresh_host.ssh("sudo -n systemd-analyze verify " + " ".join(paths), check=False)
             assert done.returncode == 0, f"inventory {number}: {done.stdout}{done.stderr}"
 
 
@@ -190,7 +226,10 @@ def test_exec_words_match_what_systemd_runs(fresh_host):
     line = " ".join(timers.systemd_quote(w) for w in program)
     assert exec_words(line) == program
     # To a file: journald may not tie the output of a process that ended at once to its unit.
-    put(fresh_host, f"/etc/systemd/system/{unit}", f"[Service]\nType=oneshot\n"
-        f"StandardOutput=truncate:/tmp/djk-argv.json\nExecStart={line}\n")  # fmt: skip
+    put(
+        fresh_host,
+        f"/etc/systemd/system/{unit}",
+        f"[Service]\nType=oneshot\nStandardOutput=truncate:/tmp/djk-argv.json\nExecStart={line}\n",
+    )
     sh(fresh_host, f"systemctl daemon-reload && systemctl start {unit}")
     assert json.loads(sh(fresh_host, "cat /tmp/djk-argv.json")) == words

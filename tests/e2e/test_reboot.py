@@ -41,8 +41,11 @@ def test_a_rebooted_host_serves_the_same_release_and_the_next_deploy_changes_not
     after = health(host)
     assert (after["release"], after["version"]) == (before["release"], "1.2.0")
     assert live_slot(host) == slot
-    states = sh(host, "systemctl is-active djk-example-web-b djk-example-web-a "
-                "djk-example-worker djk-example-beat || true").split()  # fmt: skip
+    states = sh(
+        host,
+        "systemctl is-active djk-example-web-b djk-example-web-a "
+        "djk-example-worker djk-example-beat || true",
+    ).split()
     assert states == ["active", "inactive", "active", "active"], states
     answer = curl(host, "/tasks/add/?x=2&y=3")
     assert '"result": 5' in answer, answer

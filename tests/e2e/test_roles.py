@@ -145,8 +145,11 @@ def test_app_status_reads_the_live_slot_of_app_hosts_behind_a_web_host(project, 
         down = project.fab("app.status", "-H", "web2", "--json")
         assert down.code == 1 and down.host("web2")["failed"] == 1
     finally:
-        sh(hosts[1], "systemctl start \"djk-example-web-$(readlink "
-           "/srv/djk/example/sockets/live.sock | cut -c1).service\"")  # fmt: skip
+        sh(
+            hosts[1],
+            'systemctl start "djk-example-web-$(readlink '
+            '/srv/djk/example/sockets/live.sock | cut -c1).service"',
+        )
 
 
 def test_a_websocket_through_the_web_host_outlives_the_app_hosts_switch(project, hosts, src):
@@ -185,8 +188,10 @@ def test_a_rebooted_app_host_is_reached_through_its_forwarder_again(project, hos
     deadline = time.monotonic() + 60
     while '"status": "ok"' not in answer and time.monotonic() < deadline:
         time.sleep(0.5)
-        answer = sh(hosts[0], f"curl -s -m 5 -H 'Host: example.test' "
-                    f"http://{app.address}:8001/health/ || true")  # fmt: skip
+        answer = sh(
+            hosts[0],
+            f"curl -s -m 5 -H 'Host: example.test' http://{app.address}:8001/health/ || true",
+        )
     assert f'"release": "{release}"' in answer, answer
     if app.name == SUPERVISED:  # the forwarder's address came up after supervisord: retried
         assert "RUNNING" in sh(app, "supervisorctl status djk-example-forward || true")

@@ -101,8 +101,7 @@ def test_a_timer_runs_on_one_host_of_the_site_or_on_every_one(project, hosts):
     for run_on, expected in (("one", [True, False, False]), ("every", [True, True, True])):
         for h in hosts:
             sh(h, "rm -f /srv/djk/example/shared/timer-ran 2>/dev/null || true")
-        project.site["timers"] = {"tick": {"schedule": "*:*:0/2", "command": job,
-                                           "run_on": run_on}}  # fmt: skip
+        project.site["timers"] = {"tick": {"schedule": "*:*:0/2", "command": job, "run_on": run_on}}
         write(project)
         run = project.fab("-H", "prod", "deploy")
         assert run.code == 0, run.out + run.err
@@ -115,4 +114,7 @@ def test_a_timer_runs_on_one_host_of_the_site_or_on_every_one(project, hosts):
     write(project)
     assert project.fab("-H", "prod", "deploy").code == 0
     assert [sh(h, "ls /etc/systemd/system | grep -c timer_ || true").strip() for h in hosts] == [
-        "0", "0", "0"]  # fmt: skip
+        "0",
+        "0",
+        "0",
+    ]

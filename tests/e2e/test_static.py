@@ -22,7 +22,7 @@ STORAGES = {
 }
 """
 TEMPLATE = "pages/templates/pages/index.html"
-EXTRA_LINK = "  <link rel=\"stylesheet\" href=\"{% static 'pages/extra.css' %}\">\n"
+EXTRA_LINK = '  <link rel="stylesheet" href="{% static \'pages/extra.css\' %}">\n'
 CSS = "pages/static/pages"
 
 
@@ -79,8 +79,11 @@ def test_files_per_release_survive_a_switch_and_a_rollback(project, fresh_host, 
     for url in v1.values():
         assert "200" in body(fresh_host, url)[0], url
     # Each release has its own directory; nginx serves current, then previous.
-    listing = sh(fresh_host, "ls /srv/djk/example/static; readlink /srv/djk/example/static/current"
-                 " /srv/djk/example/static/previous")  # fmt: skip
+    listing = sh(
+        fresh_host,
+        "ls /srv/djk/example/static; readlink /srv/djk/example/static/current"
+        " /srv/djk/example/static/previous",
+    )
     assert "current" in listing and "previous" in listing, listing
 
     run = project.fab("-H", "web1", "rollback")

@@ -161,8 +161,10 @@ def test_logs_come_from_the_programs_log_files(deployed, project, fresh_host):
 
 
 def test_a_timer_is_a_program_that_runs_its_job_on_schedule(deployed, project, fresh_host):
-    job = ("shell -c \"import os, pathlib; pathlib.Path('/srv/djk/example/shared/timer-ran')"
-           ".write_text(os.getcwd() + ' ' + os.environ['USER'])\"")  # fmt: skip
+    job = (
+        "shell -c \"import os, pathlib; pathlib.Path('/srv/djk/example/shared/timer-ran')"
+        ".write_text(os.getcwd() + ' ' + os.environ['USER'])\""
+    )
     project.site["timers"] = {"probe": {"schedule": "*:*:0/2", "command": job}}
     project.write()
     try:
@@ -171,8 +173,9 @@ def test_a_timer_is_a_program_that_runs_its_job_on_schedule(deployed, project, f
         up = wait_for(lambda: status(fresh_host).get("djk-example-timer_probe") == "RUNNING", 10)
         assert up, status(fresh_host)
         live = health(fresh_host)["release"]
-        ran = wait_for(lambda: sh(fresh_host, "cat /srv/djk/example/shared/timer-ran "
-                                              "2>/dev/null || true"), 20)  # fmt: skip
+        ran = wait_for(
+            lambda: sh(fresh_host, "cat /srv/djk/example/shared/timer-ran 2>/dev/null || true"), 20
+        )
         assert ran == f"/srv/djk/example/releases/{live} djk-example"
         assert "timer probe: exit 0" in sh(
             fresh_host, "cat /var/log/supervisor/djk-example-timer_probe.log"

@@ -148,10 +148,18 @@ def test_status_shows_when_the_certificate_expires(deployed, project, fresh_host
     run = project.fab("-H", "web1", "status", "--json")
     assert run.code == 0, run.out + run.err
     (row,) = run.report["hosts"][0]["extra"]["status"]
-    done = subprocess.run(["openssl", "x509", "-enddate", "-noout", "-in", str(ca / "site.pem")],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    end = time.mktime(time.strptime(done.stdout.strip().removeprefix("notAfter="),
-                                    "%b %d %H:%M:%S %Y %Z")) - time.timezone  # fmt: skip
+    done = subprocess.run(
+        ["openssl", "x509", "-enddate", "-noout", "-in", str(ca / "site.pem")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    end = (
+        time.mktime(
+            time.strptime(done.stdout.strip().removeprefix("notAfter="), "%b %d %H:%M:%S %Y %Z")
+        )
+        - time.timezone
+    )
     assert abs(row["certificate_expires"] - end) < 2
     assert row["health"]["status"] == 200 and row["down"] == []
     text = project.fab("-H", "web1", "status").out

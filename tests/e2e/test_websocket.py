@@ -69,13 +69,16 @@ def test_an_open_websocket_outlives_the_switch_and_new_ones_reach_the_new_releas
         try:
             answer = echo(ws, "still there")
         except Exception as exc:
-            log = sh(fresh_host, "journalctl -u 'djk-example-web-*' -o short-precise --no-pager"
-                     " | tail -25")  # fmt: skip
+            log = sh(
+                fresh_host,
+                "journalctl -u 'djk-example-web-*' -o short-precise --no-pager | tail -25",
+            )
             raise AssertionError(f"{exc}\n{log}") from exc
         assert answer == f"{old}: still there"
         assert deploy.poll() is None  # the deploy waits for it (drain_timeout = 120)
-        assert "active" in sh(fresh_host, "systemctl is-active djk-example-web-a "
-                              "djk-example-web-b || true")  # fmt: skip
+        assert "active" in sh(
+            fresh_host, "systemctl is-active djk-example-web-a djk-example-web-b || true"
+        )
     out, _ = deploy.communicate(timeout=120)
     assert deploy.returncode == 0, out
     # Both slots: only the new one is left once the old connection closed.

@@ -84,8 +84,12 @@ def test_ssh_argv_accepts_the_hosts_own_key_only() -> None:
     argv = h.ssh_argv("uptime")
     assert argv[0] == "ssh"
     assert argv[-2:] == ["deploy@10.213.0.11", "uptime"]
-    for opt in ("StrictHostKeyChecking=yes", "UserKnownHostsFile=/dev/null", "BatchMode=yes",
-                f"KnownHostsCommand=/bin/echo 10.213.0.11 {key}"):  # fmt: skip
+    for opt in (
+        "StrictHostKeyChecking=yes",
+        "UserKnownHostsFile=/dev/null",
+        "BatchMode=yes",
+        f"KnownHostsCommand=/bin/echo 10.213.0.11 {key}",
+    ):
         assert opt in argv
     assert argv[argv.index("-i") + 1] == "/k"
     assert h.known_hosts_line() == f"10.213.0.11 {key}"

@@ -21,8 +21,12 @@ def agent_dir(tmp_path, monkeypatch):
 
 
 def run(stdin: bytes) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", "-c", agent.carried("lock-keep", "{}")], input=stdin,
-                          capture_output=True, check=False)  # fmt: skip
+    return subprocess.run(
+        ["sh", "-c", agent.carried("lock-keep", "{}")],
+        input=stdin,
+        capture_output=True,
+        check=False,
+    )
 
 
 def test_a_host_without_it_gets_the_zipapp_then_the_command_its_stdin(agent_dir):

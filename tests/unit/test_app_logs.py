@@ -12,10 +12,15 @@ from djk.tasks import logs, nginx
 from djk.tasks.engine.inventory import parse
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example"
-SITE = {"domains": ["shop.test", "www.shop.test"], "hosts": ["web1", "sup1"],
-        "source": str(EXAMPLE), "port": 8005, "redirect_to": "shop.test",
-        "asgi": "exampleproject.asgi:application",
-        "settings": "exampleproject.settings"}  # fmt: skip
+SITE = {
+    "domains": ["shop.test", "www.shop.test"],
+    "hosts": ["web1", "sup1"],
+    "source": str(EXAMPLE),
+    "port": 8005,
+    "redirect_to": "shop.test",
+    "asgi": "exampleproject.asgi:application",
+    "settings": "exampleproject.settings",
+}
 NOW = datetime(2026, 11, 27, 14, 30, 0)
 
 
@@ -68,15 +73,22 @@ def test_systemd_hosts_read_journald_supervisor_hosts_their_log_files(inventory)
     assert on_systemd == [
         {"unit": "web", "journal": ["djk-shop-web-a.service", "djk-shop-web-b.service"]},
         {"unit": "worker", "journal": ["djk-shop-worker.service"]},
-        {"unit": "nginx", "files": ["/var/log/nginx/djk-shop.access.log",
-                                    "/var/log/nginx/djk-shop.error.log"]},
-    ]  # fmt: skip
+        {
+            "unit": "nginx",
+            "files": ["/var/log/nginx/djk-shop.access.log", "/var/log/nginx/djk-shop.error.log"],
+        },
+    ]
     on_supervisor = logs.sources(site, inventory.hosts["sup1"], ("web", "flower"))
     assert on_supervisor == [
-        {"unit": "web", "files": ["/var/log/supervisor/djk-shop-web-a.log",
-                                  "/var/log/supervisor/djk-shop-web-b.log"]},
+        {
+            "unit": "web",
+            "files": [
+                "/var/log/supervisor/djk-shop-web-a.log",
+                "/var/log/supervisor/djk-shop-web-b.log",
+            ],
+        },
         {"unit": "flower", "files": ["/var/log/supervisor/djk-shop-flower.log"]},
-    ]  # fmt: skip
+    ]
 
 
 def test_every_server_block_of_a_site_logs_to_its_own_files(inventory):

@@ -44,13 +44,22 @@ def _inventory(tmp_path, database: dict, hosts: list[str]):
     # With a db host, the app hosts do not hold the database (no roles: every role).
     roles = {"roles": ["web", "app", "worker", "broker"]} if "db1" in hosts else {}
     (tmp_path / "s.env").write_text("DJANGO_SECRET_KEY=k-123456789\n")
-    site = {"domains": ["shop.test"], "hosts": hosts, "source": str(EXAMPLE),
-            "asgi": "exampleproject.asgi:application", "settings": "exampleproject.settings",
-            "port": 8001, "env_file": "s.env", "database": database}  # fmt: skip
+    site = {
+        "domains": ["shop.test"],
+        "hosts": hosts,
+        "source": str(EXAMPLE),
+        "asgi": "exampleproject.asgi:application",
+        "settings": "exampleproject.settings",
+        "port": 8001,
+        "env_file": "s.env",
+        "database": database,
+    }
     data = {
-        "hosts": {"web1": {"address": "10.213.5.11", **roles},
-                  "web2": {"address": "10.213.5.12", **roles},
-                  "db1": {"address": "10.213.5.20", "roles": ["db"]}},  # fmt: skip
+        "hosts": {
+            "web1": {"address": "10.213.5.11", **roles},
+            "web2": {"address": "10.213.5.12", **roles},
+            "db1": {"address": "10.213.5.20", "roles": ["db"]},
+        },
         "sites": {"shop": site},
     }
     return parse(data, tmp_path / "hosts.toml")

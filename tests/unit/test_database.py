@@ -19,14 +19,22 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "example"
 
 def inventory(tmp_path, db: dict | None = None, hosts=("web1",), secret: str = ""):
     (tmp_path / "s.env").write_text("DJANGO_SECRET_KEY=k-123456789\n" + secret)
-    site = {"domains": ["shop.test"], "hosts": list(hosts), "source": str(EXAMPLE),
-            "asgi": "exampleproject.asgi:application", "settings": "exampleproject.settings",
-            "port": 8001, "env_file": "s.env"}  # fmt: skip
+    site = {
+        "domains": ["shop.test"],
+        "hosts": list(hosts),
+        "source": str(EXAMPLE),
+        "asgi": "exampleproject.asgi:application",
+        "settings": "exampleproject.settings",
+        "port": 8001,
+        "env_file": "s.env",
+    }
     if db is not None:
         site["database"] = db
     data = {
-        "hosts": {"web1": {"address": "10.213.5.11"},
-                  "db1": {"address": "10.213.5.20", "roles": ["db"]}},  # fmt: skip
+        "hosts": {
+            "web1": {"address": "10.213.5.11"},
+            "db1": {"address": "10.213.5.20", "roles": ["db"]},
+        },
         "sites": {"shop-eu": site},
     }
     return parse(data, tmp_path / "hosts.toml")
@@ -67,10 +75,20 @@ def test_defaults_and_refusals(tmp_path):
         inventory(tmp_path, {"engine": "external"})  # no DATABASE_URL in the secrets
     with pytest.raises(InventoryError, match="sites.s.hosts: .*db role"):
         parse(
-            {"hosts": {"a": {"address": "10.0.0.1", "roles": ["web", "app"]}},
-             "sites": {"s": {"domains": ["s.test"], "hosts": ["a"], "source": str(EXAMPLE),
-                             "asgi": "x.asgi:application", "settings": "x.settings",
-                             "port": 8001, "database": {"engine": "postgresql"}}}},  # fmt: skip
+            {
+                "hosts": {"a": {"address": "10.0.0.1", "roles": ["web", "app"]}},
+                "sites": {
+                    "s": {
+                        "domains": ["s.test"],
+                        "hosts": ["a"],
+                        "source": str(EXAMPLE),
+                        "asgi": "x.asgi:application",
+                        "settings": "x.settings",
+                        "port": 8001,
+                        "database": {"engine": "postgresql"},
+                    }
+                },
+            },
             tmp_path / "hosts.toml",
         )
 
@@ -92,11 +110,18 @@ def test_a_remote_db_host_listens_on_its_address_and_admits_the_app_hosts_only(t
 
 
 def test_the_env_carries_the_url_and_its_parts_as_secrets(tmp_path):
-    inv = inventory(tmp_path, {"engine": "postgresql"}, hosts=("db1", "web1"),
-                    secret="DATABASE_PASSWORD=p@ss/w:rd\n")  # fmt: skip
+    inv = inventory(
+        tmp_path,
+        {"engine": "postgresql"},
+        hosts=("db1", "web1"),
+        secret="DATABASE_PASSWORD=p@ss/w:rd\n",
+    )
     env = D.DatabaseComponent().env(inv, inv.sites["shop-eu"])
     assert isinstance(env["DATABASE_URL"], Secret)
-    assert env["DATABASE_URL"].reveal() == "postgres://shop_eu:p%40ss%2Fw%3Ard@10.213.5.20:5432/shop_eu"
+    assert (
+        env["DATABASE_URL"].reveal()
+        == "postgres://shop_eu:p%40ss%2Fw%3Ard@10.213.5.20:5432/shop_eu"
+    )
     assert "p@ss" not in str(env) and "DATABASE_PASSWORD" not in env  # a secret of the site
     assert (env["DATABASE_HOST"], env["DATABASE_PORT"]) == ("10.213.5.20", "5432")
 

@@ -61,22 +61,31 @@ def inventory_with(tmp_path: Path, site_keys: dict, secrets: str):
         "hosts": {"web1": {"address": "10.0.0.1"}},
         "sites": {
             "shop": {
-                "domains": ["shop.test"], "hosts": ["web1"], "port": 8001,
-                "source": str(EXAMPLE), "asgi": "exampleproject.asgi:application",
-                "settings": "exampleproject.settings", "env_file": "site.env", **site_keys,
+                "domains": ["shop.test"],
+                "hosts": ["web1"],
+                "port": 8001,
+                "source": str(EXAMPLE),
+                "asgi": "exampleproject.asgi:application",
+                "settings": "exampleproject.settings",
+                "env_file": "site.env",
+                **site_keys,
             }
         },
-    }  # fmt: skip
+    }
     return parse(data, tmp_path / "hosts.toml")
 
 
 def announcer(inventory, lines: list) -> events.Announcer:
     site = inventory.sites["shop"]
     return events.Announcer(
-        "deploy", inventory, [site], {"shop": ("web1",)},
-        releases={"shop": "R2"}, revisions={"shop": "abc123"},
+        "deploy",
+        inventory,
+        [site],
+        {"shop": ("web1",)},
+        releases={"shop": "R2"},
+        revisions={"shop": "abc123"},
         say=lambda status, text: lines.append((status, text)),
-    )  # fmt: skip
+    )
 
 
 def report(before: str, after: str, failed: bool = False) -> HostReport:
@@ -88,8 +97,12 @@ def report(before: str, after: str, failed: bool = False) -> HostReport:
 
 
 def test_local_hooks_get_the_variables_in_the_inventorys_directory(tmp_path):
-    keys = {"hooks": {"local_before": "env | grep ^DJK_ | sort > before.txt; pwd >> before.txt",
-                      "local_after": "env | grep ^DJK_ | sort > after.txt"}}  # fmt: skip
+    keys = {
+        "hooks": {
+            "local_before": "env | grep ^DJK_ | sort > before.txt; pwd >> before.txt",
+            "local_after": "env | grep ^DJK_ | sort > after.txt",
+        }
+    }
     lines: list = []
     run = announcer(inventory_with(tmp_path, keys, ""), lines)
     run.start()
@@ -116,8 +129,12 @@ def test_a_failing_local_before_hook_refuses_the_run(tmp_path):
 
 
 def test_local_failure_hook_runs_after_a_failed_run_and_its_own_failure_is_reported(tmp_path):
-    keys = {"hooks": {"local_failure": "echo \"$DJK_STATUS $DJK_RELEASE\" > failure.txt; exit 1",
-                      "local_after": "touch after.txt"}}  # fmt: skip
+    keys = {
+        "hooks": {
+            "local_failure": 'echo "$DJK_STATUS $DJK_RELEASE" > failure.txt; exit 1',
+            "local_after": "touch after.txt",
+        }
+    }
     lines: list = []
     run = announcer(inventory_with(tmp_path, keys, ""), lines)
     run.start()
@@ -216,8 +233,9 @@ def test_the_body_of_a_restore_names_its_backup():
     class Site:
         name = "shop"
 
-    event = events.RunEvent("restore", "succeeded", Site(), None, ("db1",), detail="B1",
-                            by="alice@laptop", seconds=3.2)  # fmt: skip
+    event = events.RunEvent(
+        "restore", "succeeded", Site(), None, ("db1",), detail="B1", by="alice@laptop", seconds=3.2
+    )
     data = json.loads(notify.body(event, "json"))
     assert data["action"] == "restore" and data["detail"] == "B1" and data["kit"] == "djk"
     slack = json.loads(notify.body(event, "slack"))["text"]

@@ -56,8 +56,15 @@ class FakeRemote:
 class Want(Step):
     """Wants `marker` to say `value`; its action runs `command`."""
 
-    def __init__(self, name: str, value: str = "applied", command: str = "echo applied",
-                 notify=(), consumes=(), marker=MARKER) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        value: str = "applied",
+        command: str = "echo applied",
+        notify=(),
+        consumes=(),
+        marker=MARKER,
+    ) -> None:
         self.id = self.name = name
         self.value, self.command, self.notify, self.consumes = value, command, notify, consumes
         self.marker = marker
@@ -154,8 +161,10 @@ def test_holds_are_taken_after_connecting_and_not_in_check_mode():
     plan = HostPlan(Host("x", "1"), [Phase("p", [Want("a")])], holds=[Recorded(taken)])
     run([plan])
     assert taken == ["x"]
-    run([HostPlan(Host("x", "1"), [Phase("p", [Want("a")])], holds=[Recorded(taken)])],
-        Mode(check=True))  # fmt: skip
+    run(
+        [HostPlan(Host("x", "1"), [Phase("p", [Want("a")])], holds=[Recorded(taken)])],
+        Mode(check=True),
+    )
     assert taken == ["x"]
 
 
@@ -281,10 +290,17 @@ class Speaking(FakeRemote):
 def test_a_step_with_echo_shows_what_its_command_prints_under_its_host():
     for echo, lines in ((True, ["started release R2 in slot b", "healthy: HTTP 200"]), (False, [])):
         out = io.StringIO()
-        converge([HostPlan(Host("h1", "10.0.0.1"), [Phase("switch", [Talking(echo)])])], Mode(),
-                 Reporter("human", out=out), connect=lambda h, c: Speaking(h))  # fmt: skip
-        shown = [line.split("|")[2].strip() for line in out.getvalue().splitlines()
-                 if line.startswith("h1") and "| ..." in line]  # fmt: skip
+        converge(
+            [HostPlan(Host("h1", "10.0.0.1"), [Phase("switch", [Talking(echo)])])],
+            Mode(),
+            Reporter("human", out=out),
+            connect=lambda h, c: Speaking(h),
+        )
+        shown = [
+            line.split("|")[2].strip()
+            for line in out.getvalue().splitlines()
+            if line.startswith("h1") and "| ..." in line
+        ]
         assert shown == ["switching ...", *lines], out.getvalue()
 
 
@@ -353,14 +369,20 @@ def test_a_host_that_is_not_what_its_plan_was_built_for_is_planned_again():
         return FakeRemote(h, state={Profile(): trixie}, log=log)
 
     reporter = Reporter("quiet", out=io.StringIO())
-    (report,) = converge([plan_for(host, DEFAULT)], Mode(), reporter, connect=connect,
-                         replan=plan_for)  # fmt: skip
+    (report,) = converge(
+        [plan_for(host, DEFAULT)], Mode(), reporter, connect=connect, replan=plan_for
+    )
     assert built_for == [DEFAULT, trixie]
     assert [s.step for s in report.steps] == ["for trixie"] and report.host_info == trixie
     # The same host as planned: no second plan.
     built_for.clear()
-    converge([plan_for(Host("x", "1", info=trixie), trixie)], Mode(), reporter,
-             connect=connect, replan=plan_for)  # fmt: skip
+    converge(
+        [plan_for(Host("x", "1", info=trixie), trixie)],
+        Mode(),
+        reporter,
+        connect=connect,
+        replan=plan_for,
+    )
     assert built_for == [trixie]
 
 

@@ -20,11 +20,15 @@ def test_a_run_leaves_its_objects_uncollected_at_exit():
     )
     plain = subprocess.run(
         [sys.executable, "-c", code.format(imp="import gc; gc.disable()")],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     with_kit = subprocess.run(
         [sys.executable, "-c", code.format(imp="import gc; gc.disable(); import djk.tasks")],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "collected" in plain.stdout  # Python's last collection at exit finds the cycle
     assert "collected" not in with_kit.stdout

@@ -22,8 +22,12 @@ def inventory(tmp_path):
     (tmp_path / "site.env").write_text(
         "DJANGO_SECRET_KEY=k3y-value-0\nBROKER_PASSWORD=br0ker-pass\n"
     )
-    site = {"source": str(EXAMPLE), "asgi": "exampleproject.asgi:application",
-            "settings": "exampleproject.settings", "env_file": "site.env"}  # fmt: skip
+    site = {
+        "source": str(EXAMPLE),
+        "asgi": "exampleproject.asgi:application",
+        "settings": "exampleproject.settings",
+        "env_file": "site.env",
+    }
     data = {
         "hosts": {
             "web1": {"address": "10.0.0.1", "roles": ["web"]},
@@ -33,13 +37,17 @@ def inventory(tmp_path):
             "solo": {"address": "10.0.0.9", "port": 2222},
         },
         "sites": {
-            "shop": {**site, "domains": ["shop.test"], "port": 8001,
-                     "hosts": ["web1", "app1", "work1", "bro1"],
-                     "celery": {"app": "exampleproject"},
-                     "database": {"engine": "postgresql"}},
+            "shop": {
+                **site,
+                "domains": ["shop.test"],
+                "port": 8001,
+                "hosts": ["web1", "app1", "work1", "bro1"],
+                "celery": {"app": "exampleproject"},
+                "database": {"engine": "postgresql"},
+            },
             "blog": {**site, "domains": ["blog.test"], "port": 8002, "hosts": ["solo"]},
         },
-    }  # fmt: skip
+    }
     return parse(data, tmp_path / "hosts.toml")
 
 
@@ -51,8 +59,10 @@ def test_each_role_opens_its_ports_to_its_peers_only(inventory):
     assert opened(inventory, "web1") == {80: None, 443: None}
     assert opened(inventory, "app1") == {8001: ("10.0.0.1",)}  # the forwarder, for the web host
     assert opened(inventory, "work1") == {}
-    assert opened(inventory, "bro1") == {6379: ("10.0.0.2", "10.0.0.3"),
-                                         5432: ("10.0.0.2", "10.0.0.3")}  # fmt: skip
+    assert opened(inventory, "bro1") == {
+        6379: ("10.0.0.2", "10.0.0.3"),
+        5432: ("10.0.0.2", "10.0.0.3"),
+    }
     # A host with every role talks to itself over loopback: only the web ports.
     assert opened(inventory, "solo") == {80: None, 443: None}
 
@@ -94,7 +104,8 @@ def test_loaded_again_when_the_table_is_not_the_files(inventory):
     same = {F.Stat(FW.RULES): on_disk, FW.SshdPorts(): [22]}
     flushed = plan(inventory, "web1", False, same)
     assert [a.summary for a in flushed.actions] == [
-        f"load: the loaded table is not {FW.version_of(text)}"]  # fmt: skip
+        f"load: the loaded table is not {FW.version_of(text)}"
+    ]
     ok = plan(inventory, "web1", False, {**same, FW.LoadedVersion(): FW.version_of(text)})
     assert ok.actions == [] and ok.reason.startswith("loaded (SSH 22; 80 HTTP, 443 HTTPS)")
 
@@ -104,12 +115,22 @@ def test_a_peer_named_by_dns_needs_its_private_address(tmp_path):
     IPAddressAllow=: a peer's address is an IP address, its private_address when given."""
     (tmp_path / "site.env").write_text("DJANGO_SECRET_KEY=k3y-value-0\n")
     data = {
-        "hosts": {"web1": {"address": "web.example", "roles": ["web"]},
-                  "app1": {"address": "10.0.0.2", "roles": ["app"]}},
-        "sites": {"shop": {"source": str(EXAMPLE), "asgi": "exampleproject.asgi:application",
-                           "settings": "exampleproject.settings", "env_file": "site.env",
-                           "domains": ["shop.test"], "port": 8001, "hosts": ["web1", "app1"]}},
-    }  # fmt: skip
+        "hosts": {
+            "web1": {"address": "web.example", "roles": ["web"]},
+            "app1": {"address": "10.0.0.2", "roles": ["app"]},
+        },
+        "sites": {
+            "shop": {
+                "source": str(EXAMPLE),
+                "asgi": "exampleproject.asgi:application",
+                "settings": "exampleproject.settings",
+                "env_file": "site.env",
+                "domains": ["shop.test"],
+                "port": 8001,
+                "hosts": ["web1", "app1"],
+            }
+        },
+    }
     with pytest.raises(InventoryError) as refused:
         parse(data, tmp_path / "hosts.toml")
     assert str(refused.value).endswith(
@@ -127,11 +148,11 @@ def test_a_peer_named_by_dns_needs_its_private_address(tmp_path):
 
 def test_recorded_ss_and_nft_output():
     ss = (
-        "LISTEN 0 511  127.0.0.1:6379 0.0.0.0:* users:((\"redis-server\",pid=53,fd=6))\n"
-        "LISTEN 0 511    0.0.0.0:80   0.0.0.0:* users:((\"nginx\",pid=368,fd=5))\n"
-        "LISTEN 0 128    0.0.0.0:22   0.0.0.0:* users:((\"sshd\",pid=59,fd=3))\n"
-        "LISTEN 0 128       [::]:2222    [::]:* users:((\"sshd\",pid=59,fd=4))\n"
-        "LISTEN 0 128  10.0.0.5:8022 0.0.0.0:* users:((\"sshd-proxy\",pid=70,fd=3))\n"
+        'LISTEN 0 511  127.0.0.1:6379 0.0.0.0:* users:(("redis-server",pid=53,fd=6))\n'
+        'LISTEN 0 511    0.0.0.0:80   0.0.0.0:* users:(("nginx",pid=368,fd=5))\n'
+        'LISTEN 0 128    0.0.0.0:22   0.0.0.0:* users:(("sshd",pid=59,fd=3))\n'
+        'LISTEN 0 128       [::]:2222    [::]:* users:(("sshd",pid=59,fd=4))\n'
+        'LISTEN 0 128  10.0.0.5:8022 0.0.0.0:* users:(("sshd-proxy",pid=70,fd=3))\n'
     )
     assert FW.SshdPorts().parse(0, ss) == [22, 2222]
     assert FW.SshdPorts().parse(0, "") == []

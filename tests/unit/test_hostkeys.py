@@ -38,8 +38,12 @@ def test_record_replaces_the_hosts_line_and_keeps_the_others(tmp_path):
 
 def test_fingerprints_are_ssh_keygens(tmp_path):
     key = make_key(tmp_path, "k")
-    listed = subprocess.run(["ssh-keygen", "-l", "-f", str(tmp_path / "k.pub")],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    listed = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(tmp_path / "k.pub")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     printed = listed.stdout.split()[1]
     assert K.fingerprint(key) == printed
 
@@ -94,8 +98,15 @@ def test_a_pinned_client_refuses_unknown_and_changed_keys(tmp_path, monkeypatch)
         client = paramiko.SSHClient()
         K.pin(client, team)
         with pytest.raises(Exception) as caught:
-            client.connect("127.0.0.1", port, username="x", password="y", timeout=5,
-                           allow_agent=False, look_for_keys=False)  # fmt: skip
+            client.connect(
+                "127.0.0.1",
+                port,
+                username="x",
+                password="y",
+                timeout=5,
+                allow_agent=False,
+                look_for_keys=False,
+            )
         client.close()
         return caught.value
 

@@ -288,14 +288,21 @@ def test_venv_installs_the_pins_offline_with_uv():
 
 def test_the_background_compile_covers_every_module_of_the_venv(tmp_path):
     site = tmp_path / "lib" / "python3.11" / "site-packages"
-    sources = ["django/__init__.py", "django/core/management/base.py", "zzz/deep/mod.py",
-               "aaa.py", "gunicorn/app/base.py"]  # fmt: skip
+    sources = [
+        "django/__init__.py",
+        "django/core/management/base.py",
+        "zzz/deep/mod.py",
+        "aaa.py",
+        "gunicorn/app/base.py",
+    ]
     for name in sources:
         (site / name).parent.mkdir(parents=True, exist_ok=True)
         (site / name).write_text("X = 1\n")
     (site / "broken.py").write_text("def (:\n")  # a file that is no Python: skipped
-    subprocess.run([sys.executable, "-c", python_env.COMPILE, str(tmp_path),
-                    *python_env.FIRST_COMPILED], check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", python_env.COMPILE, str(tmp_path), *python_env.FIRST_COMPILED],
+        check=True,
+    )
     for name in sources:
         assert importlib.util.cache_from_source(str(site / name)) in {
             str(p) for p in site.rglob("*.pyc")

@@ -29,8 +29,13 @@ if __name__ == '__main__':
 """
 
 
-def project(root: Path, package: str = "mysite", asgi: bool = True, celery: bool = False,
-            settings: str | None = None) -> Path:  # fmt: skip
+def project(
+    root: Path,
+    package: str = "mysite",
+    asgi: bool = True,
+    celery: bool = False,
+    settings: str | None = None,
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "manage.py").write_text(MANAGE.format(settings=settings or f"{package}.settings"))
     pkg = root / package
@@ -60,8 +65,13 @@ def test_a_startproject_layout_with_asgi(tmp_path):
 
 
 def test_wsgi_only_celery_and_manage_one_level_down(tmp_path):
-    project(tmp_path / "repo" / "src", package="config", asgi=False, celery=True,
-            settings="config.settings.production")  # fmt: skip
+    project(
+        tmp_path / "repo" / "src",
+        package="config",
+        asgi=False,
+        celery=True,
+        settings="config.settings.production",
+    )
     found = djk_init.detect(tmp_path / "repo")
     assert found.source == "src" and found.settings == "config.settings.production"
     assert found.asgi is None and found.wsgi == "config.wsgi:application"
@@ -111,7 +121,8 @@ def test_no_django_project_is_one_line_and_exit_2(tmp_path, capsys):
     assert err.startswith("djk init: no single manage.py") and "\n" not in err
 
 
-@pytest.mark.parametrize("name, site", [("My Shop", "my-shop"), ("2fast", "fast"),
-                                        ("x" * 40, "x" * 24), ("___", "site")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, site", [("My Shop", "my-shop"), ("2fast", "fast"), ("x" * 40, "x" * 24), ("___", "site")]
+)
 def test_site_names_from_directory_names(name, site):
     assert djk_init.site_name(name) == site

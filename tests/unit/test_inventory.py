@@ -94,7 +94,7 @@ def test_resolve_accepts_address_alias_and_plain_host(tmp_path):
         ),
         (
             lambda d: d["sites"]["shop"]["env"].update({"BAD KEY": "1"}),
-            'sites.shop.env."BAD KEY": \'BAD KEY\' is not a valid environment variable name',
+            "sites.shop.env.\"BAD KEY\": 'BAD KEY' is not a valid environment variable name",
         ),
         (
             lambda d: d["sites"]["shop"]["env"].update(X="a\nInjected=1"),

@@ -13,8 +13,14 @@ from djk.tasks.engine.inventory import parse
 from djk.tasks.engine.steps import Context, PathState, plan_phase, sha256
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example"
-SITE = {"domains": ["shop.test"], "hosts": ["web1"], "source": str(EXAMPLE), "port": 8005,
-        "asgi": "exampleproject.asgi:application", "settings": "exampleproject.settings"}
+SITE = {
+    "domains": ["shop.test"],
+    "hosts": ["web1"],
+    "source": str(EXAMPLE),
+    "port": 8005,
+    "asgi": "exampleproject.asgi:application",
+    "settings": "exampleproject.settings",
+}
 
 
 @pytest.fixture

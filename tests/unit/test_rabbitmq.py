@@ -18,10 +18,16 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "example"
 
 def inventory(tmp_path, roles: dict, hosts=("web1",), secret="BROKER_PASSWORD=b-r0ker/pw\n"):
     (tmp_path / "s.env").write_text("DJANGO_SECRET_KEY=k-123456789\n" + secret)
-    site = {"domains": ["shop.test"], "hosts": list(hosts), "source": str(EXAMPLE),
-            "asgi": "exampleproject.asgi:application", "settings": "exampleproject.settings",
-            "port": 8001, "env_file": "s.env",
-            "celery": {"app": "exampleproject", "broker": "rabbitmq"}}  # fmt: skip
+    site = {
+        "domains": ["shop.test"],
+        "hosts": list(hosts),
+        "source": str(EXAMPLE),
+        "asgi": "exampleproject.asgi:application",
+        "settings": "exampleproject.settings",
+        "port": 8001,
+        "env_file": "s.env",
+        "celery": {"app": "exampleproject", "broker": "rabbitmq"},
+    }
     hosts = {}
     for i, name in enumerate(("web1", "mq1")):
         hosts[name] = {"address": f"10.213.5.{10 + i}"}
@@ -44,8 +50,9 @@ def test_listeners_on_loopback_unless_workers_are_elsewhere(tmp_path):
     alone = inventory(tmp_path, {})
     text = Q.rabbitmq_conf(alone, alone.hosts["web1"])
     assert "listeners.tcp.1 = 127.0.0.1:5672" in text and "listeners.tcp.2" not in text
-    split = inventory(tmp_path, {"web1": ["web", "app"], "mq1": ["broker", "worker"]},
-                      hosts=("web1", "mq1"))  # fmt: skip
+    split = inventory(
+        tmp_path, {"web1": ["web", "app"], "mq1": ["broker", "worker"]}, hosts=("web1", "mq1")
+    )
     mq1 = split.hosts["mq1"]
     assert "listeners.tcp.2 = 10.213.5.11:5672" in Q.rabbitmq_conf(split, mq1)
     assert "inet_dist_use_interface {127,0,0,1}" in Q.ENV_TEXT

@@ -42,8 +42,9 @@ def test_hosts_are_connected_once_in_the_background_while_plans_are_built(
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     (tmp_path / "s.env").write_text("DJANGO_SECRET_KEY=k-123456789\n")
-    inventory = parse({"hosts": {"web1": {"address": "127.0.0.1", "port": port}}},
-                      tmp_path / "hosts.toml")  # fmt: skip
+    inventory = parse(
+        {"hosts": {"web1": {"address": "127.0.0.1", "port": port}}}, tmp_path / "hosts.toml"
+    )
     host = inventory.hosts["web1"]
     hostinfo.remember(host.login, hostinfo.HostInfo())  # seen before: no profile probe
     opened, planned = [], []

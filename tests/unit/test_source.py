@@ -13,9 +13,14 @@ from djk.tasks.engine.source import Request, SourceError, shipped, snapshot
 
 
 def git(repo: Path, *args: str) -> str:
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.test",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.test",
-           "PATH": "/usr/bin:/bin", "HOME": str(repo)}  # fmt: skip
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.test",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.test",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(repo),
+    }
     done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -34,33 +39,44 @@ def repo(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
-    write(root, {
-        ".gitignore": "node_modules/\n.venv/\nmedia/\ndb.sqlite3\nassets/dist/\n",
-        "README.md": "outside the source\n",
-        "app/manage.py": "print('v1')\n",
-        "app/shop/settings.py": "X = 1\n",
-        "app/requirements.txt": "Django==5.2\n",
-        "app/.djkignore": "# team's own\ndocs\n*.log\n",
-        "app/docs/notes.md": "not shipped\n",
-        "app/assets/src.js": "console.log(1)\n",
-    })  # fmt: skip
+    write(
+        root,
+        {
+            ".gitignore": "node_modules/\n.venv/\nmedia/\ndb.sqlite3\nassets/dist/\n",
+            "README.md": "outside the source\n",
+            "app/manage.py": "print('v1')\n",
+            "app/shop/settings.py": "X = 1\n",
+            "app/requirements.txt": "Django==5.2\n",
+            "app/.djkignore": "# team's own\ndocs\n*.log\n",
+            "app/docs/notes.md": "not shipped\n",
+            "app/assets/src.js": "console.log(1)\n",
+        },
+    )
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "v1")
-    write(root, {
-        "app/node_modules/x/index.js": "junk\n",
-        "app/.venv/bin/python": "junk\n",
-        "app/media/upload.png": "junk\n",
-        "app/db.sqlite3": "junk\n",
-        "app/untracked.py": "not committed\n",
-        "app/debug.log": "log\n",
-    })  # fmt: skip
+    write(
+        root,
+        {
+            "app/node_modules/x/index.js": "junk\n",
+            "app/.venv/bin/python": "junk\n",
+            "app/media/upload.png": "junk\n",
+            "app/db.sqlite3": "junk\n",
+            "app/untracked.py": "not committed\n",
+            "app/debug.log": "log\n",
+        },
+    )
     return root
 
 
 def test_tracked_files_at_head_without_what_never_ships(repo):
     snap = snapshot(Request(repo / "app"))
-    assert snap.paths() == [".djkignore", "assets/src.js", "manage.py", "requirements.txt",
-                            "shop/settings.py"]  # fmt: skip
+    assert snap.paths() == [
+        ".djkignore",
+        "assets/src.js",
+        "manage.py",
+        "requirements.txt",
+        "shop/settings.py",
+    ]
     assert snap.revision == git(repo, "rev-parse", "--short=8", "HEAD").strip()
 
 
@@ -106,8 +122,16 @@ def test_the_build_runs_in_a_clean_copy_and_its_outputs_ship(repo):
 
 
 def test_without_git_the_directory_minus_what_never_ships(tmp_path):
-    write(tmp_path, {"manage.py": "x\n", "node_modules/a.js": "x\n", "media/u.png": "x\n",
-                     "pkg/__pycache__/m.pyc": "x\n", "local.env": "SECRET=1\n"})  # fmt: skip
+    write(
+        tmp_path,
+        {
+            "manage.py": "x\n",
+            "node_modules/a.js": "x\n",
+            "media/u.png": "x\n",
+            "pkg/__pycache__/m.pyc": "x\n",
+            "local.env": "SECRET=1\n",
+        },
+    )
     snap = snapshot(Request(tmp_path))
     assert snap.paths() == ["manage.py"]
     assert snap.revision == snap.tree[:8]
@@ -128,9 +152,16 @@ def test_the_archive_holds_exactly_the_snapshot_with_modes(repo):
 
 @pytest.mark.parametrize(
     "path, ok",
-    [("a/node_modules/b.js", False), ("media/x", False), ("src/media.py", True),
-     ("x/db.sqlite3", False), ("docs/a.md", False), ("app.log", False), ("logs/ok.txt", True)],
-)  # fmt: skip
+    [
+        ("a/node_modules/b.js", False),
+        ("media/x", False),
+        ("src/media.py", True),
+        ("x/db.sqlite3", False),
+        ("docs/a.md", False),
+        ("app.log", False),
+        ("logs/ok.txt", True),
+    ],
+)
 def test_shipped_rules(path, ok):
     assert shipped(path, ("docs", "*.log")) is ok
 
@@ -165,12 +196,22 @@ def test_a_deploy_builds_only_the_sites_its_target_hosts_run(repo, tmp_path):
     data = {
         "hosts": {"web1": {"address": "10.0.0.1"}, "web2": {"address": "10.0.0.2"}},
         "sites": {
-            "shop": {**site, "domains": ["shop.test"], "hosts": ["web1"], "source": str(shop),
-                     "port": 8001},
-            "blog": {**site, "domains": ["blog.test"], "hosts": ["web2"],
-                     "source": str(repo / "app"), "port": 8002},
+            "shop": {
+                **site,
+                "domains": ["shop.test"],
+                "hosts": ["web1"],
+                "source": str(shop),
+                "port": 8001,
+            },
+            "blog": {
+                **site,
+                "domains": ["blog.test"],
+                "hosts": ["web2"],
+                "source": str(repo / "app"),
+                "port": 8002,
+            },
         },
-    }  # fmt: skip
+    }
     inventory = parse(data, tmp_path / "hosts.toml")
     builds = new_builds(inventory, [inventory.hosts["web1"]], 0.0)
     assert list(builds) == ["shop"]  # the blog's dirty tree is not this deploy's business

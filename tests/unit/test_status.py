@@ -45,14 +45,18 @@ def inventory(tmp_path):
         "hosts": {"web1": {"address": "10.0.0.1"}},
         "sites": {
             "shop": {
-                "domains": ["shop.test"], "hosts": ["web1"], "port": 8001,
-                "source": str(EXAMPLE), "asgi": "exampleproject.asgi:application",
-                "settings": "exampleproject.settings", "env_file": "site.env",
+                "domains": ["shop.test"],
+                "hosts": ["web1"],
+                "port": 8001,
+                "source": str(EXAMPLE),
+                "asgi": "exampleproject.asgi:application",
+                "settings": "exampleproject.settings",
+                "env_file": "site.env",
                 "celery": {"app": "exampleproject"},
                 "timers": {"tick": {"schedule": "daily", "command": "check"}},
             }
         },
-    }  # fmt: skip
+    }
     return parse(data, tmp_path / "hosts.toml")
 
 
@@ -62,17 +66,27 @@ def verdict(inventory, **changes):
     given = {fact: fact.default for fact in step.facts(False)}
     units = F.Unit("djk-shop-web-a.service"), F.Unit("djk-shop-worker.service")
     up = F.UnitState("x", "loaded", "active", "enabled", 42)
-    given.update({
-        F.Stat("/srv/djk/shop/current"): F.PathState(kind="link", target=f"releases/{LIVE}"),
-        F.Stat("/srv/djk/shop/sockets/live.sock"): F.PathState(kind="link", target="a.sock"),
-        units[0]: up, units[1]: up,
-        step._health(): {"status": 200, "seconds": 0.01},
-        step._timer_fact(): {"djk-shop-timer_tick.timer": {"ActiveState": "active"},
-                             "djk-shop-timer_tick.service": {"Result": "success"}},
-    })  # fmt: skip
+    given.update(
+        {
+            F.Stat("/srv/djk/shop/current"): F.PathState(kind="link", target=f"releases/{LIVE}"),
+            F.Stat("/srv/djk/shop/sockets/live.sock"): F.PathState(kind="link", target="a.sock"),
+            units[0]: up,
+            units[1]: up,
+            step._health(): {"status": 200, "seconds": 0.01},
+            step._timer_fact(): {
+                "djk-shop-timer_tick.timer": {"ActiveState": "active"},
+                "djk-shop-timer_tick.service": {"Result": "success"},
+            },
+        }
+    )
     for key, value in changes.items():
-        given[{"worker": units[1], "current": F.Stat("/srv/djk/shop/current"),
-               "health": step._health()}[key]] = value  # fmt: skip
+        given[
+            {
+                "worker": units[1],
+                "current": F.Stat("/srv/djk/shop/current"),
+                "health": step._health(),
+            }[key]
+        ] = value
     return step.plan(Context(Facts(given), frozenset()))
 
 

@@ -29,25 +29,38 @@ def inventory_with(tmp_path: Path, timers: dict, hosts=("web1", "web2"), **host_
         "hosts": {h: {"address": f"10.0.0.{i + 1}", **host_keys} for i, h in enumerate(hosts)},
         "sites": {
             "shop": {
-                "domains": ["shop.test"], "hosts": list(hosts), "port": 8001,
-                "source": str(EXAMPLE), "asgi": "exampleproject.asgi:application",
-                "settings": "exampleproject.settings", "env_file": "site.env",
-                "migrate_on": "every", "timers": timers,
+                "domains": ["shop.test"],
+                "hosts": list(hosts),
+                "port": 8001,
+                "source": str(EXAMPLE),
+                "asgi": "exampleproject.asgi:application",
+                "settings": "exampleproject.settings",
+                "env_file": "site.env",
+                "migrate_on": "every",
+                "timers": timers,
             }
         },
-    }  # fmt: skip
+    }
     return parse(data, tmp_path / "hosts.toml")
 
 
 def test_a_job_is_a_manage_command_or_a_program(tmp_path):
-    inv = inventory_with(tmp_path, {
-        "clear": {"schedule": "*-*-* 03:00:00", "command": "clearsessions --verbosity 0"},
-        "report": {"schedule": "Mon *-*-* 06:00", "program": "bin/report 'a b'", "run_on": "every",
-                   "timeout": 600},
-    })  # fmt: skip
+    inv = inventory_with(
+        tmp_path,
+        {
+            "clear": {"schedule": "*-*-* 03:00:00", "command": "clearsessions --verbosity 0"},
+            "report": {
+                "schedule": "Mon *-*-* 06:00",
+                "program": "bin/report 'a b'",
+                "run_on": "every",
+                "timeout": 600,
+            },
+        },
+    )
     clear, report = inv.sites["shop"].part(T.Timers).jobs
-    assert clear == T.Job("clear", "*-*-* 03:00:00", ("manage.py", "clearsessions", "--verbosity",
-                                                      "0"), manage=True)  # fmt: skip
+    assert clear == T.Job(
+        "clear", "*-*-* 03:00:00", ("manage.py", "clearsessions", "--verbosity", "0"), manage=True
+    )
     assert report.argv == ("bin/report", "a b") and not report.manage
     assert (report.run_on, report.timeout) == ("every", 600)
 
@@ -78,21 +91,26 @@ def test_a_job_name_is_plain(tmp_path):
 
 def test_execstart_words_keep_what_systemd_would_expand():
     assert T.systemd_quote("plain") == '"plain"'
-    assert T.systemd_quote("it's \"q\" \\ 100% $HOME") == '"it\'s \\"q\\" \\\\ 100%% $$HOME"'
+    assert T.systemd_quote('it\'s "q" \\ 100% $HOME') == '"it\'s \\"q\\" \\\\ 100%% $$HOME"'
 
 
 def test_run_on_one_is_the_first_app_host_every_is_each(tmp_path):
-    inv = inventory_with(tmp_path, {"a": {"schedule": "daily", "command": "x"},
-                                    "b": {"schedule": "daily", "command": "y",
-                                          "run_on": "every"}})  # fmt: skip
+    inv = inventory_with(
+        tmp_path,
+        {
+            "a": {"schedule": "daily", "command": "x"},
+            "b": {"schedule": "daily", "command": "y", "run_on": "every"},
+        },
+    )
     site = inv.sites["shop"]
     assert [j.name for j in T.wanted_here(inv, site, inv.hosts["web1"])] == ["a", "b"]
     assert [j.name for j in T.wanted_here(inv, site, inv.hosts["web2"])] == ["b"]
 
 
 def test_systemd_files_run_the_job_in_current_as_the_site_user(tmp_path):
-    inv = inventory_with(tmp_path, {"clear": {"schedule": "*:0/15", "command": "shell -c 'x%1'",
-                                              "timeout": 60}})  # fmt: skip
+    inv = inventory_with(
+        tmp_path, {"clear": {"schedule": "*:0/15", "command": "shell -c 'x%1'", "timeout": 60}}
+    )
     site, host = inv.sites["shop"], inv.hosts["web1"]
     (job,) = site.part(T.Timers).jobs
     service, timer, running = T.job_files(inv, site, host, job)
@@ -100,8 +118,13 @@ def test_systemd_files_run_the_job_in_current_as_the_site_user(tmp_path):
     text = service.content
     python = '"/srv/djk/shop/current/.venv/bin/python"'
     assert f'ExecStart={python} "manage.py" "shell" "-c" "x%%1"' in text
-    for line in ("Type=oneshot", "User=djk-shop", "WorkingDirectory=/srv/djk/shop/current",
-                 "EnvironmentFile=/srv/djk/shop/shared/env", "TimeoutStartSec=60"):  # fmt: skip
+    for line in (
+        "Type=oneshot",
+        "User=djk-shop",
+        "WorkingDirectory=/srv/djk/shop/current",
+        "EnvironmentFile=/srv/djk/shop/shared/env",
+        "TimeoutStartSec=60",
+    ):
         assert line in text.splitlines(), line
     assert "managed by" in text.lower()
     assert "OnCalendar=*:0/15" in timer.content and "Persistent=true" in timer.content
@@ -111,8 +134,11 @@ def test_systemd_files_run_the_job_in_current_as_the_site_user(tmp_path):
 
 
 def test_supervisor_hosts_get_a_program_running_the_agents_loop(tmp_path):
-    inv = inventory_with(tmp_path, {"clear": {"schedule": "daily", "program": "bin/x 50%"}},
-                         process_manager="supervisor")  # fmt: skip
+    inv = inventory_with(
+        tmp_path,
+        {"clear": {"schedule": "daily", "program": "bin/x 50%"}},
+        process_manager="supervisor",
+    )
     site, host = inv.sites["shop"], inv.hosts["web1"]
     (job,) = site.part(T.Timers).jobs
     _agent, conf, running = T.job_files(inv, site, host, job)
@@ -128,8 +154,13 @@ def test_unwanted_timers_go_timer_first_and_other_sites_are_left(tmp_path):
     site, host = inv.sites["shop"], inv.hosts["web1"]
     step = T.Unwanted(site, host, ["djk-shop-timer_keep.service", "djk-shop-timer_keep.timer"])
     found = Lines(procs.site_processes_command("shop"))
-    listing = ["djk-shop-web-a.service", "djk-shop-timer_old.service", "djk-shop-timer_old.timer",
-               "djk-shop-timer_keep.service", "djk-shop-timer_keep.timer"]  # fmt: skip
+    listing = [
+        "djk-shop-web-a.service",
+        "djk-shop-timer_old.service",
+        "djk-shop-timer_old.timer",
+        "djk-shop-timer_keep.service",
+        "djk-shop-timer_keep.timer",
+    ]
     plan = step.plan(Context(Facts({found: listing}), frozenset()))
     (action,) = plan.actions
     assert action.summary == "stop and delete djk-shop-timer_old.timer, djk-shop-timer_old.service"
@@ -175,8 +206,13 @@ def release(tmp_path):
 def test_a_job_runs_in_current_with_the_env_file_and_the_venv_on_path(release, capfd):
     out = release / "out.txt"
     argv = ["/bin/sh", "-c", f'echo "$APP_RELEASE $SECRET_THING $(pwd -P) $(venv-tool)" > {out}']
-    spec = {"job": "j", "current": str(release / "current"), "env": str(release / "env"),
-            "argv": argv, "timeout": None}  # fmt: skip
+    spec = {
+        "job": "j",
+        "current": str(release / "current"),
+        "env": str(release / "env"),
+        "argv": argv,
+        "timeout": None,
+    }
     assert A.run_job(spec) == 0
     assert out.read_text() == f"R7 s3 {release / 'releases' / 'R7'} from-venv\n"
     logged = capfd.readouterr().out
@@ -185,8 +221,13 @@ def test_a_job_runs_in_current_with_the_env_file_and_the_venv_on_path(release, c
 
 def test_a_job_past_its_timeout_is_ended(release, capfd):
     sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
-    spec = {"job": "slow", "current": str(release / "current"), "env": str(release / "env"),
-            "argv": sleeper, "timeout": 1}  # fmt: skip
+    spec = {
+        "job": "slow",
+        "current": str(release / "current"),
+        "env": str(release / "env"),
+        "argv": sleeper,
+        "timeout": 1,
+    }
     began = time.monotonic()
     assert A.run_job(spec) == 124
     assert time.monotonic() - began < 15

@@ -34,8 +34,12 @@ def test_without_a_terminal_every_fingerprint_is_shown_then_it_exits_2(project):
     inventory, servers = project
     run = fab(inventory, "-H", "all", "hosts.trust")
     assert run.code == 2
-    shown = re.findall(r"^(web\d) +\| \.\.\. +\| \[127\.0\.0\.1\]:(\d+) shows .* (SHA256:\S+);"
-                       r" not recorded yet$", run.out, re.M)  # fmt: skip
+    shown = re.findall(
+        r"^(web\d) +\| \.\.\. +\| \[127\.0\.0\.1\]:(\d+) shows .* (SHA256:\S+);"
+        r" not recorded yet$",
+        run.out,
+        re.M,
+    )
     assert [(name, int(port)) for name, port, _ in shown] == [
         (f"web{n}", port) for n, port in enumerate(servers.ports, start=1)
     ]

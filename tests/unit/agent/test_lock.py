@@ -25,10 +25,20 @@ class Keepers:
         self.env = {**os.environ, "DJK_AGENT_LOCK_DIR": str(tmp / "locks")}
         self.procs: list[subprocess.Popen] = []
 
-    def keep(self, sites: list[str], wait: float = 0.0, run: str = "run-1",
-             by: str = "alice", then: str | None = None) -> subprocess.Popen:  # fmt: skip
-        spec = {"sites": sites, "wait": wait, "run": run,
-                "info": {"by": by, "pid": 4242, "command": "fab deploy"}}  # fmt: skip
+    def keep(
+        self,
+        sites: list[str],
+        wait: float = 0.0,
+        run: str = "run-1",
+        by: str = "alice",
+        then: str | None = None,
+    ) -> subprocess.Popen:
+        spec = {
+            "sites": sites,
+            "wait": wait,
+            "run": run,
+            "info": {"by": by, "pid": 4242, "command": "fab deploy"},
+        }
         if then is not None:
             spec["then"] = True
         proc = subprocess.Popen(
@@ -45,8 +55,13 @@ class Keepers:
         return proc
 
     def run(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(self.pyz), command, *args],
-                              capture_output=True, text=True, env=self.env, timeout=30)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, str(self.pyz), command, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=30,
+        )
 
     def close(self) -> None:
         for proc in self.procs:

@@ -97,8 +97,13 @@ class Host:
         return json.dumps({"sources": sources, "lines": 2, "since": None, "json": True, **kw})
 
     def run(self, spec: str) -> list[dict]:
-        done = subprocess.run([sys.executable, str(self.pyz), "logs", spec], env=self.env,
-                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, str(self.pyz), "logs", spec],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr
         return [json.loads(line) for line in done.stdout.splitlines()]
 

@@ -86,12 +86,14 @@ class Host:
         suffix = ".service" if manager == "systemd" else ""
         self.units = {s: f"djk-{SITE}-web-{s}{suffix}" for s in "ab"}
         self.state_file = tmp / "state.json"
-        self.save({
-            "units": {},
-            "sockets": {self.units[s]: self.sockets[s] for s in "ab"},
-            "slot_dirs": {self.units[s]: str(self.base / "slots" / s) for s in "ab"},
-            "serve": {},
-        })  # fmt: skip
+        self.save(
+            {
+                "units": {},
+                "sockets": {self.units[s]: self.sockets[s] for s in "ab"},
+                "slot_dirs": {self.units[s]: str(self.base / "slots" / s) for s in "ab"},
+                "serve": {},
+            }
+        )
         self.front = Front(self.live)
         self.pyz = tmp / "agent.pyz"
         self.pyz.write_bytes(agent.archive())
@@ -110,8 +112,15 @@ class Host:
         self.state_file.write_text(json.dumps(state))
 
     def spec(self, release: str, **extra) -> dict:
-        gate = {"path": "/health/", "host": "shop.test", "timeout": 1.5, "domains": ["shop.test"],
-                "expect_release": False, "https": False, "accept_redirect": False}  # fmt: skip
+        gate = {
+            "path": "/health/",
+            "host": "shop.test",
+            "timeout": 1.5,
+            "domains": ["shop.test"],
+            "expect_release": False,
+            "https": False,
+            "accept_redirect": False,
+        }
         gate.update(extra.pop("gate", {}))
         return {
             "mode": "local",
@@ -131,8 +140,11 @@ class Host:
         }
 
     def run(self, command: str, spec: dict | str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}",
-               "FAKE_STATE": str(self.state_file)}  # fmt: skip
+        env = {
+            **os.environ,
+            "PATH": f"{self.bin}:{os.environ['PATH']}",
+            "FAKE_STATE": str(self.state_file),
+        }
         return subprocess.run(
             [sys.executable, str(self.pyz), command],
             input=spec if isinstance(spec, str) else json.dumps(spec),
@@ -211,8 +223,9 @@ def test_a_switch_starts_the_other_slot_and_stops_the_old_one_after(host):
     assert host.running("b") and not host.running("a")
     assert host.status("R2") == "live" and host.status("R1") == "previous"
     assert not (host.base / "venvs" / "unused").exists()  # no release links to it
-    calls = [c for c in host.state()["calls"] if c[0] == "systemctl" and c[1] in ("stop",
-             "restart")]  # fmt: skip
+    calls = [
+        c for c in host.state()["calls"] if c[0] == "systemctl" and c[1] in ("stop", "restart")
+    ]
     # The old slot stops only after the new one started and passed.
     assert calls.index(["systemctl", "restart", host.units["b"]]) < calls.index(
         ["systemctl", "stop", host.units["a"]]
@@ -583,8 +596,10 @@ Traceback (most recent call last):
 gunicorn.errors.HaltServer: <HaltServer 'Worker failed to boot.' 3>
 """
     assert cause(log) == "RuntimeError: broken release, in asgi.py line 20, in <module>"
-    django = "Traceback (most recent call last):\n  File \"x.py\", line 1\n" \
+    django = (
+        'Traceback (most recent call last):\n  File "x.py", line 1\n'
         "django.core.exceptions.ImproperlyConfigured: DATABASES is wrong\n[INFO] exiting\n"
+    )
     assert cause(django) == (
         "django.core.exceptions.ImproperlyConfigured: DATABASES is wrong, in x.py line 1"
     )

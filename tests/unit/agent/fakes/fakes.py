@@ -70,8 +70,9 @@ def start(state, unit):
             if s.connect_ex(path) == 0 and proc.poll() is None:
                 break
         time.sleep(0.02)
-    u.update(ActiveState="active", SubState="running", MainPID=proc.pid,
-             InvocationID=uuid.uuid4().hex)  # fmt: skip
+    u.update(
+        ActiveState="active", SubState="running", MainPID=proc.pid, InvocationID=uuid.uuid4().hex
+    )
 
 
 def systemctl(state, args):
@@ -153,8 +154,10 @@ def main():
             print("nginx: [emerg] invalid configuration", file=sys.stderr)
             code = 1
     save(state)
-    if name in ("systemctl", "supervisorctl") and args and args[0] in state.get(
-        "kill_agent_on", []
+    if (
+        name in ("systemctl", "supervisorctl")
+        and args
+        and args[0] in state.get("kill_agent_on", [])
     ):
         # A run cut off at this point: the agent (our parent) dies as by SIGKILL.
         state["kill_agent_on"].remove(args[0])
