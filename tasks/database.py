@@ -34,7 +34,7 @@ import shlex
 from dataclasses import dataclass, replace
 from urllib.parse import quote
 
-from .engine import topology, values
+from .engine import kept, topology, values
 from .engine.component import Component, HostRun, Opening, register
 from .engine.facts import Fact
 from .engine.inventory import Host, Inventory, Site
@@ -489,14 +489,8 @@ class DatabaseComponent(Component):
                     f"sites.{site.name}.hosts",
                     'database engine "postgresql" needs a host with the db role',
                 )
-            secret = password(site)
-            if uses_postgresql(site) and secret is not None and not secret.reveal():
-                raise InventoryError(
-                    inventory.path,
-                    f"sites.{site.name}.env_file",
-                    "DATABASE_PASSWORD is empty: PostgreSQL's clients cannot log in with an "
-                    "empty password (remove the line, and the kit makes one on the db host)",
-                )
+            if uses_postgresql(site):
+                kept.refuse_empty(inventory, site, "DATABASE_PASSWORD", "PostgreSQL", "db host")
         owners: dict[tuple[str, str], str] = {}
         for site in inventory.sites.values():
             if not uses_postgresql(site):

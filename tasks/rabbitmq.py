@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from . import celery
-from .engine import topology, values
+from .engine import kept, topology, values
 from .engine.component import Component, HostRun, Opening, register
 from .engine.facts import Fact, Text
 from .engine.inventory import Host, Inventory, Site
@@ -248,14 +248,8 @@ class RabbitMQComponent(Component):
                     f"sites.{site.name}.hosts",
                     'celery broker = "rabbitmq" needs a host with the broker role',
                 )
-            secret = password(site)
-            if uses(site) and secret is not None and not secret.reveal():
-                raise InventoryError(
-                    inventory.path,
-                    f"sites.{site.name}.env_file",
-                    "BROKER_PASSWORD is empty: RabbitMQ's clients cannot log in with an empty "
-                    "password (remove the line, and the kit makes one on the broker host)",
-                )
+            if uses(site):
+                kept.refuse_empty(inventory, site, "BROKER_PASSWORD", "RabbitMQ", "broker host")
 
     def env_names(self, inventory: Inventory, site: Site) -> set[str]:
         return {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"} if uses(site) else set()

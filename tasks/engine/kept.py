@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from .inventory import Host, Inventory, Site
 from .remote import Remote, RemoteError
+from .schema import InventoryError
 from .secrets import Secret
 
 SECRETS_DIR = "/var/lib/djk/secrets"
@@ -34,6 +35,19 @@ class Kept:
     @property
     def path(self) -> str:
         return f"{SECRETS_DIR}/{self.site}.{self.name}"
+
+
+def refuse_empty(inventory: Inventory, site: Site, key: str, server: str, holder: str) -> None:
+    """A password the secrets file may leave out (the kit makes one on `holder`) but not give
+    empty: `server`'s clients cannot log in with an empty one."""
+    secret = site.secrets.get(key)
+    if secret is not None and not secret.reveal():
+        raise InventoryError(
+            inventory.path,
+            f"sites.{site.name}.env_file",
+            f"{key} is empty: {server}'s clients cannot log in with an empty password "
+            f"(remove the line, and the kit makes one on the {holder})",
+        )
 
 
 MAKE = (
