@@ -135,14 +135,15 @@ def switch(spec: dict) -> int:
         problem = str(exc)
     if problem:
         log = site.procs.log_tail(site.units[nxt], 200)
-        if not cause(log):  # the journal may take a moment to have the last lines
+        why = cause(log)
+        if not why:  # the journal may take a moment to have the last lines
             time.sleep(0.5)
             log = site.procs.log_tail(site.units[nxt], 200)
+            why = cause(log)
         print("".join(log.splitlines(keepends=True)[-20:]), file=sys.stderr, end="")
         site.procs.stop(site.units[nxt])
         site.mark_failed()
         # The app's own words first: what a person (or a webhook's reader) needs to know.
-        why = cause(log)
         said = f"the app said: {why} ({problem})" if why else problem
         print(
             f"release {site.want} failed its health check before the switch: {said}; "
