@@ -11,6 +11,7 @@ from invoke import Collection
 from . import (  # noqa: F401  (importing registers each component)
     app,
     audit,
+    broker_check,
     celery,
     database,
     db,
@@ -27,44 +28,30 @@ from . import (  # noqa: F401  (importing registers each component)
     nginx,
     notify,
     rabbitmq,
+    redis,
     status,
     supervisor,
     timers,
     tls,
 )
-from . import provision as _provision  # noqa: E402, I001
+from . import provision as _provision
 from .deploy import deploy, releases, rollback  # noqa: E402
 from .engine import cli
-from .engine.component import Component, HostRun, NginxPart, components, order, register
-
-# The order the kit's components run in, whatever order their modules were imported in:
-# provision's packages first (and supervisord where it runs the sites), then each site's app,
-# its workers, TLS and nginx in front, then the rules between sites; last the team's hooks and
-# the notifications (hooks first: a local hook that refuses a deploy stops it before the webhook
-# hears of it). A team's components come after these.
-order(
-    [
-        "provision",
-        "firewall",
-        "supervisor",
-        "lock",
-        "database",
-        "backups",
-        "broker-check",
-        "app",
-        "celery",
-        "rabbitmq",
-        "flower",
-        "timers",
-        "media",
-        "maintenance",
-        "tls",
-        "nginx",
-        "multidomain",
-        "hooks",
-        "notify",
-    ]
+from .engine.component import (
+    Component,
+    HostRun,
+    NginxPart,
+    Opening,
+    Phase,
+    RunOptions,
+    components,
+    register,
+    unregister,
 )
+from .engine.service import HostService
+from .engine.status import Running, StatusCheck, StatusPart
+
+# The run order comes from each component's `after` (engine/component.run_order).
 cli.install()
 
 ns = Collection()
@@ -82,4 +69,20 @@ ns.collections["app"].add_task(manage.manage)
 ns.collections["app"].add_task(manage.shell)
 ns.collections["app"].add_task(logs.logs)
 
-__all__ = ["Component", "HostRun", "NginxPart", "components", "ns", "register", "tls"]
+__all__ = [
+    "Component",
+    "HostRun",
+    "HostService",
+    "NginxPart",
+    "Opening",
+    "Phase",
+    "RunOptions",
+    "Running",
+    "StatusCheck",
+    "StatusPart",
+    "components",
+    "ns",
+    "register",
+    "tls",
+    "unregister",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .engine.audit import AuditLog
+from .engine.audit import AuditEntries, AuditLog
 from .engine.cli import load_inventory, run_plans, site_named, targets_task
 from .engine.facts import Fact
 from .engine.steps import Context, Plan, Step
@@ -23,7 +23,7 @@ class ReadAudit(Step):
             e for e in ctx.facts[self.fact] if self.site is None or self.site in e.get("sites", {})
         ]
         entries.reverse()  # newest first
-        return Plan(reason=f"{len(entries)} line(s)", report={"audit": entries})
+        return Plan(reason=f"{len(entries)} line(s)", outcomes=(AuditEntries(tuple(entries)),))
 
 
 @targets_task(
@@ -50,7 +50,7 @@ def audit(c, site=None, lines=50, json_=False):
     for report in reports:
         print(f"\n{report.host}")
         print(f"  {'time':<21} {'result':<7} {'by':<28} {'command':<28} sites")
-        for entry in report.extra.get("audit", []):
+        for entry in (e for found in report.outcomes_of(AuditEntries) for e in found.entries):
             sites = "; ".join(
                 f"{name} " + " ".join(f"{k}={v}" for k, v in what.items())
                 for name, what in entry.get("sites", {}).items()

@@ -1,41 +1,33 @@
 """Celery for each site: `[sites.<name>.celery]`, worker and beat units on the live release,
-warm restarts after a switch, and the local Redis broker on the broker host."""
+warm restarts after a switch, and the check that the broker answers before a switch. The
+brokers themselves are host services: Redis (redis.py, `broker = "local"`) and RabbitMQ
+(rabbitmq.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Any, ClassVar
-from urllib.parse import quote
 
-from .app import Target, live_release
 from .engine import procs, topology, values
 from .engine.cli import run_plans, targets_task, user_error
-from .engine.component import Component, HostRun, Opening, register
-from .engine.facts import Fact, Stat, Unit
-from .engine.inventory import Host, Inventory, Site
+from .engine.component import Component, HostRun, Phase, register
+from .engine.facts import Fact, Unit
+from .engine.inventory import Host, Inventory, Site, all_roles
 from .engine.layout import SitePaths
 from .engine.render import render
 from .engine.schema import InventoryError, Table
-from .engine.secrets import Secret
+from .engine.status import Running, StatusCheck
 from .engine.steps import (
     Action,
-    ApplyNow,
     Context,
     File,
     Plan,
     Run,
-    Service,
     Step,
     UnitStatus,
 )
-
-REDIS_CONF = "/etc/redis/redis.conf"
-REDIS_UNIT = "redis-server.service"
-REDIS_PORT = 6379
-LOOPBACK = {"127.0.0.1", "::1", "-::1", "localhost"}
+from .release import Job, Target
 
 
 @dataclass(frozen=True)
@@ -56,17 +48,6 @@ class Celery:
 def cycle(site: Site) -> str:
     """Pending-handler name for "restart this site's Celery units" (done after the switch)."""
     return f"cycle-celery:{site.name}"
-
-
-def broker_url(site: Site, address: str = "127.0.0.1") -> str | None:
-    """The kit's Redis as the site's processes reach it (loopback unless on another host, then
-    with the site's BROKER_PASSWORD)."""
-    conf = site.part(Celery)
-    if conf is None or conf.broker != "local":
-        return None
-    password = site.secrets.get("BROKER_PASSWORD")
-    auth = f":{quote(password.reveal(), safe='')}@" if password and address != "127.0.0.1" else ""
-    return f"redis://{auth}{values.url_host(address)}:{REDIS_PORT}/{conf.redis_db}"
 
 
 def units(site: Site, host: Host | None = None) -> list[tuple[str, str, str]]:
@@ -121,71 +102,12 @@ def unit_files(
                 command=command,
                 program=unit,
                 stop_timeout=stop_timeout(conf, role),
-                after=procs.BACKING_UNITS,
+                after=procs.backing_units(),
             ),
             notify=(*manager.changed(unit), notify),
             name=f"{'program' if procs.is_program(unit) else 'unit'} {unit}",
         )
         for role, unit, command in found
-    ]
-
-
-class RedisLoopback(Step):
-    """The local broker listens on loopback only (Debian's default; kept that way), plus the
-    host's own address when workers or apps on other hosts use it."""
-
-    id = "redis-bind"
-    name = "redis bind"
-
-    def __init__(self, address: str | None = None, password: Secret | None = None) -> None:
-        self.address, self.password = address, password
-
-    def facts(self, diff: bool) -> list[Fact]:
-        return [RedisBind(), RedisAuth()]
-
-    def plan(self, ctx: Context) -> Plan:
-        line = ctx.facts[RedisBind()]
-        if line is None:
-            return Plan(error=f"{REDIS_CONF} not found: install redis-server (fab provision)")
-        addresses = line.split()[1:]
-        wanted = "bind 127.0.0.1 -::1" + (f" {self.address}" if self.address else "")
-        auth = f"requirepass {self.password.reveal()}\n" if self.password else ""
-        auth_hash = hashlib.sha256(auth.encode()).hexdigest()
-        if ctx.facts[RedisAuth()] == auth_hash or (not auth and not ctx.facts[RedisAuth()]):
-            if self.address is None and addresses and set(addresses) <= LOOPBACK:
-                return Plan(reason=line)
-            if self.address is not None and line == wanted:
-                return Plan(reason=f"{line}, password set")
-        script = (
-            f"sed -i '/^[[:space:]]*\\(bind\\|requirepass\\)[[:space:]]/d' {REDIS_CONF}\n"
-            f"cat >> {REDIS_CONF}"
-        )
-        return Plan(
-            [
-                Action(
-                    f"{line or 'no bind line'} -> {wanted}" + (", password" if auth else ""),
-                    script,
-                    stdin=(wanted + "\n" + auth).encode(),
-                    notify=(f"restart:{REDIS_UNIT}",),
-                )
-            ]
-        )
-
-
-def broker_steps(sites: list[Site], address: str | None = None) -> list[Step]:
-    """On a broker host: Redis running, bound to loopback (and `address`, with the sites'
-    BROKER_PASSWORD, when other hosts use it)."""
-    if not any(broker_url(s) for s in sites):
-        return []
-    password = next(
-        (s.secrets["BROKER_PASSWORD"] for s in sites if "BROKER_PASSWORD" in s.secrets), None
-    )
-    # A new bind or password is applied here, not after the run: the app and worker hosts'
-    # broker check before the switch (BrokerCheck) must find Redis where they will reach it.
-    return [
-        RedisLoopback(address, password if address else None),
-        Service(REDIS_UNIT),
-        ApplyNow(REDIS_UNIT),
     ]
 
 
@@ -218,7 +140,7 @@ class Restart(Step):
 
     def plan(self, ctx: Context) -> Plan:
         try:
-            release = self.target(ctx.facts)
+            release = self.target.resolve(ctx.facts)
         except LookupError as exc:
             return Plan(error=str(exc))
         want = self.paths.release(release)
@@ -292,41 +214,24 @@ class WorkingDirs(Fact[dict]):
         return found
 
 
-@dataclass(frozen=True)
-class RedisBind(Fact[str]):
-    """Redis's bind line ("" when there is none; None when the config file is missing)."""
-
-    def command(self) -> str:
-        return f"grep -E '^[[:space:]]*bind[[:space:]]' {REDIS_CONF}"
-
-    def parse(self, rc: int, out: str) -> str | None:
-        return out.strip() if rc in (0, 1) else None
-
-
-@dataclass(frozen=True)
-class RedisAuth(Fact[str]):
-    """Only a hash of Redis's password line comes back: it is compared, never shown."""
-
-    def command(self) -> str:
-        return f"grep -E '^[[:space:]]*requirepass[[:space:]]' {REDIS_CONF} | sha256sum"
-
-    def parse(self, rc: int, out: str) -> str:
-        return out.split()[0] if out.strip() else ""
-
-
-def restart_step(run: HostRun, site: Site) -> Step:
+def restart_step(run: HostRun, job: Job, site: Site) -> Step:
     found = [unit for _, unit, _ in units(site, run.host)]
     set_current = "app" not in topology.roles(run.host)
-    return Restart(site, run.target(site), found, cycle(site), set_current=set_current)
+    return Restart(site, job.target(site), found, cycle(site), set_current=set_current)
 
 
 class CeleryComponent(Component):
     """`[sites.<name>.celery]`: worker, beat, and the broker."""
 
     name = "celery"
+    after = ("app",)  # workers after the app
     table = "celery"
     config = Celery
     roles = ("worker", "broker")
+
+    def status(self, inventory: Inventory, site: Site, host: Host) -> list[StatusCheck]:
+        found = tuple(u for _, u, _ in units(site, host)) if "worker" in host.role_set else ()
+        return [Running(found)] if found else []
 
     def parse(self, table: Table, site: Site) -> Celery:
         celery = Celery(
@@ -355,7 +260,7 @@ class CeleryComponent(Component):
             if conf is None:
                 continue
             key = f"sites.{site.name}.hosts"
-            having = {r: topology.hosts_with(inventory, site, r) for r in topology.ROLES}
+            having = {r: topology.hosts_with(inventory, site, r) for r in all_roles()}
             if not having["worker"]:
                 raise InventoryError(path, key, "[celery] needs a host with the worker role")
             if conf.broker != "local":  # RabbitMQ: rabbitmq.py
@@ -395,64 +300,24 @@ class CeleryComponent(Component):
                         f"on host {host!r} (each site needs its own)",
                     )
 
-    def packages(self, inventory: Inventory, host: Host) -> list[str]:
-        return ["redis-server"] if _runs_redis(inventory, host) else []
-
-    def host_ports(self, inventory: Inventory, host: Host) -> list[tuple[int, str]]:
-        return [(REDIS_PORT, "Redis")] if _runs_redis(inventory, host) else []
-
-    def openings(self, inventory: Inventory, host: Host) -> list[Opening]:
-        """Redis on the broker host, for the app and worker hosts of the sites using it."""
-        users: list[Host] = []
-        for site in _local_broker_sites(inventory):
-            if topology.broker_host(inventory, site) == host:
-                users += topology.hosts_with(inventory, site, "app")
-                users += topology.hosts_with(inventory, site, "worker")
-        sources = topology.peers(users, host)
-        return [Opening(REDIS_PORT, "Redis", sources)] if sources else []
-
-    def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
-        url = broker_url(site, topology.broker_address(inventory, site))
-        if url is None:
-            return {}
-        # It may carry the broker's password: a secret in diffs and reports.
-        return {"CELERY_BROKER_URL": Secret(url), "CELERY_RESULT_BACKEND": Secret(url)}
-
     def env_notify(self, site: Site, host: Host) -> tuple[str, ...]:
         if site.part(Celery) is None or "worker" not in topology.roles(host):
             return ()
         return (cycle(site),)
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
         roles = topology.roles(run.host)
         sites = [s for s in run.sites if s.part(Celery) is not None]
-        brokered = [s for s in sites if topology.broker_host(run.inventory, s) == run.host]
-        brokered = [s for s in brokered if broker_url(s)]
-        if phase == "provision":
-            return [Service(REDIS_UNIT)] if self.packages(run.inventory, run.host) else []
-        if phase == "stage":
+        if phase == Phase.STAGE:
             steps: list[Step] = []
             if "worker" in roles:
                 for site in sites:
                     found = units(site, run.host)
                     steps += unit_files(run.inventory, site, run.host, found, cycle(site))
-            if brokered:
-                remote = any(
-                    topology.broker_address(run.inventory, s) != "127.0.0.1" for s in brokered
-                )
-                steps += broker_steps(brokered, run.host.peer_address if remote else None)
             return steps
-        if phase == "switch" and "worker" in roles:
-            return [restart_step(run, site) for site in sites]
+        if phase == Phase.SWITCH and "worker" in roles and run.job is not None:
+            return [restart_step(run, run.job, site) for site in sites]
         return []
-
-
-def _local_broker_sites(inventory: Inventory) -> list[Site]:
-    return [s for s in inventory.sites.values() if broker_url(s)]
-
-
-def _runs_redis(inventory: Inventory, host: Host) -> bool:
-    return any(topology.broker_host(inventory, s) == host for s in _local_broker_sites(inventory))
 
 
 # Redis reads requirepass as one word of redis.conf and Celery takes it inside a URL: printable
@@ -507,86 +372,3 @@ def restart(c, site=None, json_=False, quiet=False):
         ]
 
     run_plans(c, build, json_=json_, quiet=quiet)
-
-
-# -- the broker, checked before a switch -----------------------------------------------------------
-
-BROKER_PORTS = {"local": (REDIS_PORT, "Redis"), "rabbitmq": (5672, "RabbitMQ")}
-
-
-@dataclass(frozen=True)
-class BrokerUp(Fact[bool]):
-    """Whether a TCP connection to the broker opens from this host (within 2 s)."""
-
-    address: str
-    port: int
-    default: ClassVar[Any] = False
-
-    def command(self) -> str:
-        target = f"/dev/tcp/{self.address}/{self.port}"
-        return f"timeout 2 bash -c ': < {target}' 2>/dev/null && echo up || echo down"
-
-    def parse(self, rc: int, out: str) -> bool:
-        return out.strip() == "up"
-
-
-class BrokerCheck(Step):
-    """Before this host switches a site with Celery to a new release: the site's broker
-    answers from here. A broker that is down fails the deploy before the switch, naming it;
-    the old release keeps serving."""
-
-    def __init__(self, inventory: Inventory, site: Site, run: HostRun) -> None:
-        conf = site.part(Celery)
-        self.site, self.run = site, run
-        self.port, self.kind = BROKER_PORTS[conf.broker]
-        self.address = topology.broker_address(inventory, site)
-        self.broker = topology.broker_host(inventory, site)
-        self.id = f"broker-check:{site.name}"
-        self.name = f"broker of {site.name}"
-
-    @property
-    def _up(self) -> BrokerUp:
-        return BrokerUp(self.address, self.port)
-
-    def facts(self, diff: bool) -> list[Fact]:
-        current = Stat(SitePaths.of(self.site).current)
-        return [self._up, *self.run.target(self.site).facts(), current]
-
-    def plan(self, ctx: Context) -> Plan:
-        where = f"{self.kind} at {values.url_host(self.address)}:{self.port}"
-        if self.broker is not None and self.address != "127.0.0.1":
-            where += f" on {self.broker.name}"
-        try:
-            wanted = self.run.target(self.site)(ctx.facts)
-        except LookupError:
-            return Plan(reason="no release to switch to")
-        if wanted == live_release(ctx.facts, SitePaths.of(self.site)):
-            return Plan(reason=f"nothing to switch; {where}")
-        if not ctx.facts[self._up]:
-            return Plan(
-                error=f"the broker of site {self.site.name} ({where}) does not answer from this "
-                "host: nothing was switched, the live release keeps serving; start it, then "
-                "deploy again"
-            )
-        return Plan(reason=f"{where} answers")
-
-
-class BrokerCheckComponent(Component):
-    """Runs before the app's switch (its own component, ordered before `app`)."""
-
-    name = "broker-check"
-
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
-        if phase != "switch" or run.target is None:
-            return []
-        roles = topology.roles(run.host)
-        if not roles & {"app", "worker"}:
-            return []
-        return [
-            BrokerCheck(run.inventory, site, run)
-            for site in run.sites
-            if (conf := site.part(Celery)) is not None and conf.broker in BROKER_PORTS
-        ]
-
-
-register(BrokerCheckComponent())

@@ -32,10 +32,11 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import quote
 
 from .engine import kept, topology, values
-from .engine.component import Component, HostRun, Opening, register
+from .engine.component import HostRun, register
 from .engine.facts import Fact
 from .engine.inventory import Host, Inventory, Site
 from .engine.kept import Kept
@@ -43,6 +44,7 @@ from .engine.layout import SitePaths
 from .engine.render import MANAGED
 from .engine.schema import InventoryError, Table
 from .engine.secrets import Secret
+from .engine.service import HostService
 from .engine.steps import Action, ApplyNow, Context, File, Plan, Service, Step
 
 ENGINES = ("sqlite", "postgresql", "external")
@@ -170,6 +172,9 @@ class Applied(Fact[frozenset]):
     engine: str
     where: str  # the PostgreSQL database, or the SQLite file
     unless: tuple[str, str] | None = None
+
+    def from_data(self, raw: Any) -> frozenset:
+        return frozenset(raw)
 
     def command(self) -> str:
         if self.engine == "postgresql":
@@ -369,7 +374,7 @@ def hba(inventory: Inventory, host: Host) -> str:
         "host    all             all             127.0.0.1/32            scram-sha-256",
         "host    all             all             ::1/128                 scram-sha-256",
     ]
-    for site in _sites_served(inventory, host):
+    for site in DATABASE.served(inventory, host):
         db = of(site)
         for client in remote_clients(inventory, site):
             where = client.peer_address
@@ -382,7 +387,7 @@ def hba(inventory: Inventory, host: Host) -> str:
 
 
 def listen(inventory: Inventory, host: Host) -> str:
-    remote = any(remote_clients(inventory, s) for s in _sites_served(inventory, host))
+    remote = any(remote_clients(inventory, s) for s in DATABASE.served(inventory, host))
     addresses = "localhost" + (f",{host.peer_address}" if remote else "")
     return (
         f"# {MANAGED}\n"
@@ -390,14 +395,6 @@ def listen(inventory: Inventory, host: Host) -> str:
         f"listen_addresses = '{addresses}'\n"
         "password_encryption = scram-sha-256\n"
     )
-
-
-def _sites_served(inventory: Inventory, host: Host) -> list[Site]:
-    return [
-        s
-        for s in inventory.sites.values()
-        if uses_postgresql(s) and (db := db_host(inventory, s)) is not None and db.name == host.name
-    ]
 
 
 def server_steps(inventory: Inventory, host: Host) -> list[Step]:
@@ -456,10 +453,15 @@ class Reached(Step):
 # -- the component ---------------------------------------------------------------------------
 
 
-class DatabaseComponent(Component):
+class DatabaseComponent(HostService):
     """`[sites.<name>.database]`: SQLite (default), PostgreSQL on the db host, or external."""
 
     name = "database"
+    after = ("lock",)  # a site's database server and role before its app
+    package = "postgresql"
+    unit = PG_UNIT
+    port = PG_PORT
+    what = "PostgreSQL"
     table = "database"
     config = Database
     roles = ("db",)
@@ -505,9 +507,6 @@ class DatabaseComponent(Component):
                         f"{kind} {value!r} on host {host.name!r} is already site {other!r}'s",
                     )
 
-    def packages(self, inventory: Inventory, host: Host) -> list[str]:
-        return ["postgresql"] if _sites_served(inventory, host) else []
-
     def kept_secrets(self, inventory: Inventory, site: Site) -> list[Kept]:
         host = db_host(inventory, site) if uses_postgresql(site) else None
         return [Kept(site.name, "DATABASE_PASSWORD", host, "db-password")] if host else []
@@ -515,14 +514,12 @@ class DatabaseComponent(Component):
     def python_packages(self, site: Site) -> list[str]:
         return ["psycopg[binary]==3.2.10"] if uses_postgresql(site) else []
 
-    def host_ports(self, inventory: Inventory, host: Host) -> list[tuple[int, str]]:
-        return [(PG_PORT, "PostgreSQL")] if _sites_served(inventory, host) else []
+    def server_of(self, inventory: Inventory, site: Site) -> Host | None:
+        return db_host(inventory, site) if uses_postgresql(site) else None
 
-    def openings(self, inventory: Inventory, host: Host) -> list[Opening]:
-        """PostgreSQL on the db host, for the sites' app and worker hosts elsewhere."""
-        users = [h for s in _sites_served(inventory, host) for h in remote_clients(inventory, s)]
-        sources = topology.peers(users, host)
-        return [Opening(PG_PORT, "PostgreSQL", sources)] if sources else []
+    def clients(self, inventory: Inventory, site: Site) -> list[Host]:
+        """The site's app and worker hosts elsewhere."""
+        return remote_clients(inventory, site)
 
     def env_names(self, inventory: Inventory, site: Site) -> set[str]:
         return set(DERIVED) if uses_postgresql(site) else set()
@@ -547,18 +544,17 @@ class DatabaseComponent(Component):
             "DATABASE_USER": db.user,
         }
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
-        served = [s for s in _sites_served(run.inventory, run.host) if s in run.sites]
-        if phase == "provision":
-            return [Service(PG_UNIT)] if _sites_served(run.inventory, run.host) else []
-        if phase != "stage" or not served:
+    def configure(self, run: HostRun, served: list[Site]) -> list[Step]:
+        served = [s for s in served if s in run.sites]
+        if not served:
             return []
         steps: list[Step] = []
-        if run.options.get("reached"):
+        if run.options.reached:
             steps.append(Reached([s.name for s in served]))
         steps += server_steps(run.inventory, run.host)
         steps += [RoleAndDatabase(s, password(s)) for s in served if password(s) is not None]
         return steps
 
 
-register(DatabaseComponent())
+DATABASE = DatabaseComponent()
+register(DATABASE)

@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 
 from . import celery, maintenance
 from . import database as D
-from .app import Build, Previous, live_release, migrate_marker, migrated_marker, migrates_here
 from .database import MIGRATED, NO_TABLE, applied_fact
 from .engine import events, procs, topology
 from .engine import facts as F
@@ -37,13 +36,25 @@ from .engine.cli import (
     targets_task,
     user_error,
 )
-from .engine.component import Component, HostRun, register
-from .engine.executor import HostPlan, Phase
-from .engine.facts import Fact
+from .engine.component import Component, HostRun, Phase, register
+from .engine.executor import HostPlan, PhaseSteps
+from .engine.facts import Fact, Facts
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
+from .engine.outcome import Outcome
+from .engine.report import HostReport
 from .engine.steps import Action, Context, Plan, Run, Service, Step
 from .lock import DeployLock
+from .release import (
+    Build,
+    PreviousGood,
+    Rule,
+    live_release,
+    migrate_marker,
+    migrated_marker,
+    migrates_here,
+    migrations_in,
+)
 
 BACKUPS = "/var/backups/djk"
 
@@ -86,13 +97,33 @@ class Backups(Fact[list]):
         return sorted(found, key=lambda b: b["id"])
 
 
+@dataclass(frozen=True)
+class BackupTable(Outcome):
+    """`fab db.backups`: the backups a host keeps of a site, oldest first."""
+
+    site: str
+    rows: tuple[dict[str, Any], ...]
+
+    def data(self) -> dict[str, Any]:
+        return {"backup_table": {self.site: list(self.rows)}}
+
+
+@dataclass(frozen=True)
+class Restored:
+    """`fab db.restore`'s audit line (executor.Audited): the backup the site went back to."""
+
+    site: str
+    backup: str
+
+    def entry(self, facts: Facts | None, report: HostReport) -> dict:
+        return {self.site: {"restored": self.backup}}
+
+
 # -- what a release brings ----------------------------------------------------------------------
 
 
 @cache
 def _wheel_migrations(path: Path) -> tuple[str, ...]:
-    from .app import migrations_in
-
     with zipfile.ZipFile(path) as wheel:
         return migrations_in(wheel.namelist())
 
@@ -207,10 +238,11 @@ class DbComponent(Component):
     older release on a newer schema, and its --restore-db (the `restore` phase)."""
 
     name = "backups"
+    after = ("database",)  # backups where the database is, once it is set up
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
         inventory, host = run.inventory, run.host
-        if phase == "backup" and run.builds:
+        if phase == Phase.BACKUP and run.builds:
             return [
                 BeforeMigrate(
                     site,
@@ -222,12 +254,12 @@ class DbComponent(Component):
                 for site in run.sites
                 if site.name in run.builds and holds_database(inventory, site, host)
             ]
-        rollback = run.options.get("rollback")
-        if rollback is None:
+        job = run.job
+        if job is None or job.rule is not Rule.PREVIOUS:
             return []
-        policy, to = rollback
+        policy, to = run.options.rollback_db, job.to
         sites = [s for s in run.sites if D.of(s).engine != "external"]
-        if phase == "restore" and policy == "restore":
+        if phase == Phase.RESTORE and policy == "restore":
             return [
                 *(
                     RestoreForRollback(inventory, s, host, to)
@@ -236,7 +268,7 @@ class DbComponent(Component):
                 ),
                 *(ForgetMigrated(s) for s in sites if migrates_here(inventory, s, host)),
             ]
-        if phase == "switch" and "app" in topology.roles(host):
+        if phase == Phase.SWITCH and "app" in topology.roles(host):
             return [SchemaGuard(inventory, s, host, to, policy) for s in sites]
         return []
 
@@ -275,7 +307,7 @@ class ListBackups(Step):
         newest = rows[-1]["id"] if rows else "none"
         return Plan(
             reason=f"{len(rows)} backup(s), newest: {newest}",
-            report={"backup_table": {self.site.name: rows}},
+            outcomes=(BackupTable(self.site.name, tuple(rows)),),
         )
 
 
@@ -336,7 +368,8 @@ def backups(c, site=None, json_=False):
     if json_:
         return
     for report in reports:
-        for name, rows in report.extra.get("backup_table", {}).items():
+        for table in report.outcomes_of(BackupTable):
+            name, rows = table.site, table.rows
             print(f"\n{report.host} / {name}")
             print(f"  {'backup':<34} {'taken':<21} {'reason':<14} migrations")
             for row in reversed(rows):
@@ -458,9 +491,9 @@ def restore_plan(
         by_phase["restore"].append(ForgetMigrated(site))
     return HostPlan(
         host,
-        [Phase(name, steps) for name, steps in by_phase.items()],
+        [PhaseSteps(name, steps) for name, steps in by_phase.items()],
         holds=[DeployLock((site.name,), 0.0)],
-        audit=lambda facts, report: {site.name: {"restored": backup_id}},
+        audit=Restored(site.name, backup_id),
     )
 
 
@@ -527,7 +560,7 @@ class SchemaGuard(Step):
 
     def __init__(self, inventory: Inventory, site: Site, host: Host, to: str | None, policy: str):
         self.site, self.policy = site, policy
-        self.target = Previous(site, to)
+        self.target = PreviousGood(site, to)
         self.backups = _on(inventory, site, host, Backups(site.name))
         self.id = f"schema-guard:{site.name}"
         self.name = f"database of {site.name}"
@@ -537,7 +570,7 @@ class SchemaGuard(Step):
 
     def plan(self, ctx: Context) -> Plan:
         try:
-            target = self.target(ctx.facts)
+            target = self.target.resolve(ctx.facts)
         except LookupError:
             return Plan(reason="no rollback target (the switch says why)")
         live = live_release(ctx.facts, SitePaths.of(self.site))
@@ -564,7 +597,7 @@ class RestoreForRollback(Step):
 
     def __init__(self, inventory: Inventory, site: Site, host: Host, to: str | None) -> None:
         self.site = site
-        self.target = Previous(site, to)
+        self.target = PreviousGood(site, to)
         app_host = _app_host(inventory, site)
         remote = app_host.name != host.name
         self.reads = {
@@ -579,7 +612,7 @@ class RestoreForRollback(Step):
     def plan(self, ctx: Context) -> Plan:
         seen = F.Facts({fact: ctx.facts[read] for fact, read in self.reads.items()})
         try:
-            target = self.target(seen)
+            target = self.target.resolve(seen)
         except LookupError:
             return Plan(reason="no rollback target")
         live = live_release(seen, SitePaths.of(self.site))

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import time
 
-from . import app, database
+from . import database, release
 from .app import sites_or_exit
 from .engine import events, kept, topology
-from .engine import releases as R
 from .engine.cli import (
     load_inventory,
     run_plans,
@@ -21,9 +20,9 @@ from .engine.cli import (
     targets_task,
     user_error,
 )
-from .engine.component import HostRun, components
-from .engine.executor import HostPlan, Phase
-from .engine.facts import Fact, Facts, Stat
+from .engine.component import HostRun, Phase, RunOptions, components
+from .engine.executor import HostPlan, PhaseSteps
+from .engine.facts import Fact, Stat
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
 from .engine.remote import Remote, RemoteError
@@ -31,71 +30,25 @@ from .engine.source import SourceError
 from .engine.steps import Context, Plan, Step
 
 # backup: where the database is, before the migrations (db.py).
-DEPLOY_PHASES = ("stage", "backup", "migrate", "switch", "verify")
-ROLLING = "switch"
-
-
-def phase_steps(phase: str, run: HostRun) -> list[Step]:
-    return [step for component in components() for step in component.steps(phase, run)]
+DEPLOY_PHASES = (Phase.STAGE, Phase.BACKUP, Phase.MIGRATE, Phase.SWITCH, Phase.VERIFY)
+ROLLBACK_PHASES = (Phase.RESTORE, Phase.SWITCH, Phase.VERIFY)
+ROLLING = Phase.SWITCH
 
 
 def holds(run: HostRun) -> list:
     return [hold for component in components() for hold in component.holds(run)]
 
 
-def compose(run: HostRun, phases: tuple[str, ...]) -> HostPlan:
-    """A host's plan: every component's steps for each phase, the holds, and the revert of the
-    rolling phase (back to the release each site had when the run started)."""
-
-    def revert(facts: Facts) -> list[Step]:
-        before: dict[str, str] = {}
-        for site in run.sites:
-            paths = SitePaths.of(site)
-            try:
-                live = app.live_release(facts, paths)
-                wanted = run.target(site)(facts)
-            except LookupError:  # no target (KeyError too: a host without the site's switch)
-                continue
-            if live is not None and live != wanted:
-                before[site.name] = live
-        if not before:
-            return []
-        back = HostRun(
-            run.inventory,
-            run.host,
-            tuple(s for s in run.sites if s.name in before),
-            run.builds,
-            target=lambda site: app.Fixed(before[site.name]),
-            mark_old="rolled-back",
-        )
-        return phase_steps(ROLLING, back)
-
+def compose(run: HostRun, phases: tuple[Phase, ...]) -> HostPlan:
+    """A host's plan: every component's steps for each phase, the holds, the revert of the
+    rolling phase (back to the release each site had when the run started) and the audit."""
     return HostPlan(
         run.host,
-        [Phase(name, phase_steps(name, run), rolling=name == ROLLING) for name in phases],
+        [PhaseSteps(p, release.phase_steps(p, run), rolling=p == ROLLING) for p in phases],
         holds=holds(run),
-        revert=revert if ROLLING in phases else None,
-        audit=releases_audit(run.sites),
+        revert=release.SwitchBack(run) if ROLLING in phases else None,
+        audit=release.ReleaseAudit(run.sites),
     )
-
-
-def releases_audit(sites: tuple[Site, ...]):
-    """A deploy's or rollback's audit line: each site's live release before the run and the
-    one it serves after (the same when the run failed)."""
-
-    def entry(facts: Facts | None, report) -> dict:
-        wanted = report.extra.get("releases", {})
-        found = {}
-        for site in sites:
-            try:
-                before = app.live_release(facts, SitePaths.of(site)) if facts else None
-            except KeyError:  # no release here (a host that only holds databases)
-                before = None
-            after = before if report.failed else wanted.get(site.name, before)
-            found[site.name] = {"before": before, "after": after}
-        return found
-
-    return entry
 
 
 @targets_task(
@@ -200,7 +153,7 @@ def new_builds(
     now: float,
     ref: str | None = None,
     allow_dirty: bool = False,
-) -> dict[str, app.Build]:
+) -> dict[str, release.Build]:
     """What this deploy ships of each site the target hosts run (another site's build or dirty
     tree is not this deploy's business); a user error, before any host is touched, when a
     site's source cannot be shipped."""
@@ -211,7 +164,9 @@ def new_builds(
             if site.name in builds:
                 continue
             try:
-                builds[site.name] = app.new_build(site, now, ref, allow_dirty, memo, inventory.path)
+                builds[site.name] = release.new_build(
+                    site, now, ref, allow_dirty, memo, inventory.path
+                )
             except SourceError as exc:
                 name = site.name
                 raise user_error(f"site {name} (sites.{name}.source): {exc}") from None
@@ -221,7 +176,7 @@ def new_builds(
 def deploy_plan(
     inventory: Inventory,
     host: Host,
-    builds: dict[str, app.Build],
+    builds: dict[str, release.Build],
     wait: float | None = 0,
     reached: bool = False,
     targets: list[str] | tuple[str, ...] = (),
@@ -232,16 +187,15 @@ def deploy_plan(
     # migrations to back up before come from).
     installs = bool(topology.roles(host) & {"app", "web", "worker"})
     here = {
-        s.name: app.for_host(builds[s.name], host if installs else _first_app(inventory, s))
+        s.name: release.for_host(builds[s.name], host if installs else _first_app(inventory, s))
         for s in sites
     }
     run = HostRun(
         inventory,
         host,
         sites,
-        here,
-        target=lambda site: app.Wanted(here[site.name]),
-        options={"lock_wait": wait, "reached": reached, "targets": tuple(targets)},
+        release.Job.deploy(here),
+        RunOptions(lock_wait=wait, reached=reached, targets=tuple(targets)),
     )
     return compose(run, DEPLOY_PHASES)
 
@@ -266,14 +220,13 @@ def rollback_plan(
         inventory,
         host,
         tuple(sites),
-        target=lambda s: app.Previous(s, to),
-        mark_old="rolled-back",
-        options={"lock_wait": wait, "rollback": (db, to)},
+        release.Job.rollback(to),
+        RunOptions(lock_wait=wait, rollback_db=db),
     )
     # restore: with --restore-db, where the database is, before any switch. verify: on the web
     # host of a split site, the release answers through nginx and that host's `current` and
     # static files follow.
-    plan = compose(run, ("restore", ROLLING, "verify"))
+    plan = compose(run, ROLLBACK_PHASES)
     plan.revert = None  # a rollback is not rolled back again
     return plan
 
@@ -333,14 +286,14 @@ class ListReleases(Step):
         self.name = f"releases {site.name}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [Stat(self.paths.current), R.Releases(self.paths.base)]
+        return [Stat(self.paths.current), release.store.Releases(self.paths.base)]
 
     def plan(self, ctx: Context) -> Plan:
-        rows = [r.as_dict() for r in ctx.facts[R.Releases(self.paths.base)]]
-        live = app.live_release(ctx.facts, self.paths)
+        rows = [r.as_dict() for r in ctx.facts[release.store.Releases(self.paths.base)]]
+        live = release.live_release(ctx.facts, self.paths)
         return Plan(
             reason=f"{len(rows)} release(s), live: {live or 'none'}",
-            report={"release_table": {self.site.name: rows}},
+            outcomes=(release.ReleaseTable(self.site.name, tuple(rows)),),
         )
 
 
@@ -356,7 +309,8 @@ def releases(c, json_=False):
     if json_:
         return
     for report in reports:
-        for site_name, rows in report.extra.get("release_table", {}).items():
+        for table in report.outcomes_of(release.ReleaseTable):
+            site_name, rows = table.site, table.rows
             print(f"\n{report.host} / {site_name}")
             print(f"  {'release':<30} {'status':<12} {'revision':<10} {'deployed by':<24} at")
             for row in reversed(rows):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .engine import procs, values
-from .engine.component import Component, HostRun, Opening, components, register
+from .engine.component import Component, HostRun, Opening, Phase, components, register
 from .engine.facts import Fact, Stat
 from .engine.inventory import Host, Inventory
 from .engine.render import MANAGED
@@ -241,6 +241,7 @@ def check_peer_addresses(inventory: Inventory) -> None:
 
 class FirewallComponent(Component):
     name = "firewall"
+    after = ("provision",)  # provision's packages first (nftables among them)
 
     def check(self, inventory: Inventory) -> None:
         check_peer_addresses(inventory)
@@ -249,9 +250,9 @@ class FirewallComponent(Component):
         found = ["nftables"] if host.firewall else []
         return found + (["unattended-upgrades"] if wants_upgrades(host) else [])
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
         host = run.host
-        if phase == "provision":
+        if phase == Phase.PROVISION:
             found: list[Step] = []
             if host.firewall:
                 found += [
@@ -268,7 +269,7 @@ class FirewallComponent(Component):
                 # Off: the host's own setting is left as it is.
                 found.append(File(AUTO_UPGRADES, AUTO_UPGRADES_TEXT, name="unattended upgrades"))
             return found
-        if phase == "stage" and host.firewall:
+        if phase == Phase.STAGE and host.firewall:
             return [Firewall(run.inventory, host, setup=False)]
         return []
 

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from . import celery
 from .engine import topology, values
 from .engine.cli import run_plans, targets_task, user_error
-from .engine.component import Component, HostRun, NginxPart, register
+from .engine.component import Component, HostRun, NginxPart, Phase, register
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
 from .engine.schema import InventoryError, Table
+from .engine.status import Running, StatusCheck
 from .engine.steps import Step, UnitStatus
 
 
@@ -53,9 +54,14 @@ location /flower/ {{
 
 class FlowerComponent(Component):
     name = "flower"
+    after = ("rabbitmq",)  # Flower beside the workers
     table = "flower"
     config = Flower
     roles = ("worker",)
+
+    def status(self, inventory: Inventory, site: Site, host: Host) -> list[StatusCheck]:
+        found = tuple(u for _, u, _ in units(site, host)) if "worker" in host.role_set else ()
+        return [Running(found)] if found else []
 
     def parse(self, table: Table, site: Site) -> Flower:
         flower = Flower(port=table.get("port", int, values.count(1024, 65535)))
@@ -96,11 +102,11 @@ class FlowerComponent(Component):
         conf = site.part(Flower)
         return NginxPart(server=[LOCATION.format(port=conf.port)]) if conf else NginxPart()
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
         if "worker" not in topology.roles(run.host):
             return []
         sites = [s for s in run.sites if s.part(Flower) is not None]
-        if phase == "stage":
+        if phase == Phase.STAGE:
             return [
                 step
                 for site in sites
@@ -108,11 +114,12 @@ class FlowerComponent(Component):
                     run.inventory, site, run.host, units(site, run.host), cycle(site)
                 )
             ]
-        if phase == "switch":
+        if phase == Phase.SWITCH and run.job is not None:
+            job = run.job
             return [
                 celery.Restart(
                     site,
-                    run.target(site),
+                    job.target(site),
                     [u for _, u, _ in units(site, run.host)],
                     cycle(site),
                     "flower",

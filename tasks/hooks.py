@@ -37,16 +37,16 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 
-from . import app
+from . import release
 from .engine import audit, events, topology, values
-from .engine import releases as R
-from .engine.component import Component, HostRun, register
+from .engine.component import Component, HostRun, Phase, register
 from .engine.events import RunEvent, Say
 from .engine.facts import Fact
 from .engine.inventory import Inventory, Site
 from .engine.layout import SitePaths
 from .engine.schema import Table
 from .engine.steps import Action, Context, Plan, Step
+from .release import store
 
 HOST_HOOKS = ("before_switch", "after_switch")
 LOCAL_HOOKS = ("local_before", "local_after", "local_failure")
@@ -101,24 +101,25 @@ class Hook(Step):
         self.paths = SitePaths.of(site)
         self.hooks = site.part(Hooks)
         # The site's hosts this deploy touches.
-        self.hosts = tuple(h for h in run.options.get("targets", ()) if h in site.hosts)
+        self.hosts = tuple(h for h in run.options.targets if h in site.hosts)
         self.id = f"hook:{when}:{site.name}"
         self.name = f"hook {when} {site.name}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [*app.Wanted(self.build).facts(), R.Releases(self.paths.base)]
+        return [*release.Latest(self.build).facts(), store.Releases(self.paths.base)]
 
     def plan(self, ctx: Context) -> Plan:
-        live = app.live_release(ctx.facts, self.paths)
+        live = release.live_release(ctx.facts, self.paths)
         new = self.build.release_id
         if self.when == "before_switch":
-            if app.Wanted(self.build)(ctx.facts) == live:
+            if release.Latest(self.build).resolve(ctx.facts) == live:
                 return Plan(reason="no new release to switch to")
             previous, status = live or "", "switching"
         else:
             if live != new:
                 return Plan(reason="no switch in this run")
-            olds = [r.id for r in ctx.facts[R.Releases(self.paths.base)] if r.status == "previous"]
+            releases = ctx.facts[store.Releases(self.paths.base)]
+            olds = [r.id for r in releases if r.status == "previous"]
             previous, status = (max(olds) if olds else ""), "switched"
         env = {
             "DJK_ACTION": "deploy",
@@ -178,6 +179,7 @@ def run_local(commands: tuple[str, ...], event: RunEvent, say: Say, timeout: int
 
 class HooksComponent(Component):
     name = "hooks"
+    after = ("multidomain",)  # the team's hooks after everything else
     table = "hooks"
     config = Hooks
 
@@ -189,7 +191,7 @@ class HooksComponent(Component):
         )
         return found
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
         # A deploy's (run.builds): a rollback or restore runs no hook.
         when = {"migrate": "before_switch", "verify": "after_switch"}.get(phase)
         if when is None or not run.builds:

@@ -15,9 +15,9 @@ from .engine import lock as L
 from .engine.cli import load_inventory, run_plans, site_named, targets_task
 from .engine.component import Component, HostRun, register
 from .engine.facts import Fact
-from .engine.releases import deployer
 from .engine.remote import Remote, RemoteError, Result
 from .engine.steps import Context, Plan, Run, Step
+from .release.store import deployer
 
 
 class LockBusy(RemoteError):
@@ -80,9 +80,10 @@ class DeployLock:
 
 class LockComponent(Component):
     name = "lock"
+    after = ("supervisor",)  # the deploy lock before any site's step
 
     def holds(self, run: HostRun) -> list:
-        wait = run.options.get("lock_wait")
+        wait = run.options.lock_wait
         if wait is None or not run.sites:
             return []
         return [DeployLock(tuple(s.name for s in run.sites), float(wait))]

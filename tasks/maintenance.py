@@ -12,6 +12,8 @@ template `nginx/maintenance.html.j2` (a team's `templates/` overrides it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from . import tls
 from .engine import topology
 from .engine.cli import (
@@ -23,9 +25,11 @@ from .engine.cli import (
     user_error,
 )
 from .engine.component import Component, NginxPart, register
-from .engine.inventory import Inventory, Site
+from .engine.facts import Fact, Facts, Stat
+from .engine.inventory import Host, Inventory, Site
 from .engine.layout import app_of
 from .engine.render import render
+from .engine.status import StatusCheck, StatusPart
 from .engine.steps import Absent, Directory, File, Step
 
 PAGES = "/var/lib/djk/maintenance"
@@ -56,11 +60,29 @@ location @djk_maintenance {{
 """
 
 
+@dataclass(frozen=True)
+class PageCheck:
+    """`fab status`: whether the maintenance page is up (engine/status.py)."""
+
+    path: str
+
+    def facts(self) -> list[Fact]:
+        return [Stat(self.path)]
+
+    def read(self, facts: Facts, now: float) -> StatusPart:
+        on = facts[Stat(self.path)] is not None
+        return StatusPart("maintenance", on, [("maintenance", "ON" if on else "off")])
+
+
 class MaintenanceComponent(Component):
     """No hosts.toml keys: every site's server block can show its maintenance page."""
 
     name = "maintenance"
+    after = ("media",)  # the maintenance page before nginx
     roles = ("web",)
+
+    def status(self, inventory: Inventory, site: Site, host: Host) -> list[StatusCheck]:
+        return [PageCheck(page_path(site))] if "web" in host.role_set else []
 
     def nginx(self, inventory: Inventory, site: Site) -> NginxPart:
         path = app_of(site).health_path  # None: the kit probes / (from this host: it passes)

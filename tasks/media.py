@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from . import tls
 from .engine import topology, values
-from .engine.component import Component, HostRun, NginxPart, register
+from .engine.component import Component, HostRun, NginxPart, Phase, register
 from .engine.inventory import Inventory, Site
 from .engine.layout import SitePaths
 from .engine.schema import InventoryError, Table
@@ -49,6 +49,7 @@ location ^~ {url} {{
 
 class MediaComponent(Component):
     name = "media"
+    after = ("timers",)  # media before nginx serves it
     table = "media"
     config = Media
     roles = ("app", "web")
@@ -94,8 +95,8 @@ class MediaComponent(Component):
         block = LOCATION.format(url=media.url, path=media.path, hsts=hsts)
         return NginxPart(server=[block])
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
-        if phase != "stage" or not self.runs_on(run.host):
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
+        if phase != Phase.STAGE or not self.runs_on(run.host):
             return []
         return [
             # The site user writes; www-data (nginx) reads; nobody else enters.

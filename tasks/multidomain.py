@@ -7,7 +7,7 @@ import shlex
 
 from .engine import procs, values
 from .engine.cli import load_inventory, run_plans, target_hosts, targets_task, user_error
-from .engine.component import Component, HostRun, components, register
+from .engine.component import Component, HostRun, Phase, components, register
 from .engine.facts import Fact, Lines, Stat
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import ROOT, UPSTREAM_DIR
@@ -69,13 +69,14 @@ def check_conflicts(inventory: Inventory) -> None:
 
 class MultidomainComponent(Component):
     name = "multidomain"
+    after = ("nginx",)  # the rules between sites, once every site's nginx is set
     roles = ("web",)
 
     def check(self, inventory: Inventory) -> None:
         check_conflicts(inventory)
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
-        if phase == "stage" and self.runs_on(run.host):
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
+        if phase == Phase.STAGE and self.runs_on(run.host):
             return [Orphans([s.name for s in run.inventory.sites_on(run.host)], run.host.name)]
         return []
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from . import tls as tls_component
 from .engine import topology, values
 from .engine.cli import run_plans, targets_task
-from .engine.component import Component, HostRun, NginxPart, Opening, components, register
+from .engine.component import Component, HostRun, NginxPart, Opening, Phase, components, register
 from .engine.hostinfo import DEFAULT as DEFAULT_HOST
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, SitePaths, app_of
@@ -142,6 +142,7 @@ class NginxComponent(Component):
     """The keys of [sites.<name>] about nginx; the web host's whole nginx configuration."""
 
     name = "nginx"
+    after = ("tls",)  # nginx in front, last of what a site runs
     config = Nginx
     roles = ("web",)
 
@@ -175,12 +176,12 @@ class NginxComponent(Component):
         # own files included) but does not depend on it; a bare host lacks it.
         return ["nginx", "logrotate"] if self.runs_on(host) else []
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
         if not self.runs_on(run.host):
             return []
-        if phase == "provision":
+        if phase == Phase.PROVISION:
             return base_steps(run.inventory)
-        if phase == "stage":
+        if phase == Phase.STAGE:
             return host_steps(run.inventory, run.host)
         return []
 

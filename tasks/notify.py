@@ -137,6 +137,7 @@ def _check_url(url: str) -> None:
 
 class NotifyComponent(Component):
     name = "notify"
+    after = ("hooks",)  # notifications after the hooks (a refusing hook stops the webhook)
     table = "notify"
     config = Notify
 

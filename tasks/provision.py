@@ -22,7 +22,7 @@ import paramiko
 
 from .engine import debian
 from .engine.cli import run_plans, targets_task, user_error
-from .engine.component import Component, HostRun, components, register
+from .engine.component import Component, HostRun, Phase, components, register
 from .engine.facts import Fact, Text
 from .engine.inventory import Host, Inventory
 from .engine.render import MANAGED
@@ -53,6 +53,10 @@ class DpkgStatus(Fact[dict]):
     """Every package dpkg has installed, with its version and what it provides."""
 
     default: ClassVar[Any] = {}
+
+    def from_data(self, raw: Any) -> dict:
+        """A list of installed package names (each at version 1.0)."""
+        return {name: debian.Installed("1.0") for name in raw}
 
     def command(self) -> str:
         return debian.STATUS_COMMAND
@@ -149,8 +153,8 @@ class ProvisionComponent(Component):
 
     name = "provision"
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
-        if phase != "provision":
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
+        if phase != Phase.PROVISION:
             return []
         return [
             Directory("/var/lib/djk"),
@@ -164,7 +168,7 @@ register(ProvisionComponent())
 
 def host_steps(inventory: Inventory, host: Host) -> list[Step]:
     run = HostRun(inventory, host, tuple(inventory.sites_on(host)))
-    return [step for component in components() for step in component.steps("provision", run)]
+    return [step for component in components() for step in component.steps(Phase.PROVISION, run)]
 
 
 # -- bootstrap: a server reachable only as root ---------------------------------------------------

@@ -29,13 +29,14 @@ from urllib.parse import quote
 
 from . import celery
 from .engine import kept, topology, values
-from .engine.component import Component, HostRun, Opening, register
+from .engine.component import HostRun, register
 from .engine.facts import Fact, Text
 from .engine.inventory import Host, Inventory, Site
 from .engine.kept import Kept
 from .engine.render import MANAGED
 from .engine.schema import InventoryError
 from .engine.secrets import Secret
+from .engine.service import HostService
 from .engine.steps import Action, ApplyNow, Context, Directory, File, Plan, Service, Step
 
 UNIT = "rabbitmq-server.service"
@@ -234,11 +235,20 @@ printf '%s\\n' {q(json.dumps({"user": name, "hash": digest}))} > {q(marker(self.
         return Plan([Action(summary, script, stdin=json.dumps(definitions).encode())])
 
 
-class RabbitMQComponent(Component):
+class RabbitMQComponent(HostService):
     """`broker = "rabbitmq"` in [sites.<name>.celery]: RabbitMQ on the broker host."""
 
     name = "rabbitmq"
+    after = ("redis",)  # the broker's users once Celery's units are written
     roles = ("broker",)
+    package = "rabbitmq-server"
+    unit = UNIT
+    port = AMQP_PORT
+    what = "RabbitMQ"
+    listens = ((AMQP_PORT, "RabbitMQ"), (EPMD_PORT, "epmd"), (DIST_PORT, "Erlang distribution"))
+
+    def server_of(self, inventory: Inventory, site: Site) -> Host | None:
+        return broker_host(inventory, site)
 
     def check(self, inventory: Inventory) -> None:
         for site in inventory.sites.values():
@@ -254,23 +264,6 @@ class RabbitMQComponent(Component):
     def env_names(self, inventory: Inventory, site: Site) -> set[str]:
         return {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"} if uses(site) else set()
 
-    def packages(self, inventory: Inventory, host: Host) -> list[str]:
-        return ["rabbitmq-server"] if served(inventory, host) else []
-
-    def openings(self, inventory: Inventory, host: Host) -> list[Opening]:
-        """AMQP on the broker host, for the app and worker hosts of the sites it serves."""
-        users: list[Host] = []
-        for site in served(inventory, host):
-            users += topology.hosts_with(inventory, site, "app")
-            users += topology.hosts_with(inventory, site, "worker")
-        sources = topology.peers(users, host)
-        return [Opening(AMQP_PORT, "RabbitMQ", sources)] if sources else []
-
-    def host_ports(self, inventory: Inventory, host: Host) -> list[tuple[int, str]]:
-        if not served(inventory, host):
-            return []
-        return [(AMQP_PORT, "RabbitMQ"), (EPMD_PORT, "epmd"), (DIST_PORT, "Erlang distribution")]
-
     def kept_secrets(self, inventory: Inventory, site: Site) -> list[Kept]:
         host = broker_host(inventory, site)
         return [Kept(site.name, "BROKER_PASSWORD", host, "broker-password")] if host else []
@@ -284,16 +277,9 @@ class RabbitMQComponent(Component):
         url = f"amqp://{name}:{quote(secret.reveal(), safe='')}@{where}:{AMQP_PORT}/{name}"
         return {"CELERY_BROKER_URL": Secret(url), "CELERY_RESULT_BACKEND": "rpc://"}
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
-        mine = served(run.inventory, run.host)
-        if not mine:
-            return []
-        if phase == "provision":
-            return [Service(UNIT)]
-        if phase != "stage":
-            return []
+    def configure(self, run: HostRun, served: list[Site]) -> list[Step]:
         steps = server_steps(run.inventory, run.host)
-        steps += [SiteBroker(s, password(s)) for s in mine if s in run.sites and password(s)]
+        steps += [SiteBroker(s, password(s)) for s in served if s in run.sites and password(s)]
         return steps
 
 

@@ -19,18 +19,30 @@ from typing import Any, ClassVar
 
 from invoke import Exit
 
-from . import app, celery, flower, maintenance, timers, tls
+from . import release
 from .app import sites_or_exit
-from .engine import procs, topology
-from .engine import releases as R
+from .engine import topology
 from .engine.audit import AuditLog
 from .engine.cli import run_plans, targets_task
+from .engine.component import components
 from .engine.facts import Fact, Stat, Unit
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SLOTS, SitePaths
+from .engine.outcome import Outcome
+from .engine.status import age
 from .engine.steps import Context, Plan, Step
+from .release import store
 
-CERT_SOON = 14 * 86400  # a certificate expiring sooner is a warning
+
+@dataclass(frozen=True)
+class StatusRow(Outcome):
+    """`fab status`: what one site runs on a host (its JSON under `extra.status`)."""
+
+    row: dict[str, Any]
+    lines: tuple[tuple[str, str], ...] = ()  # the components' lines of the table (not in JSON)
+
+    def data(self) -> dict[str, Any]:
+        return {"status": [self.row]}
 
 
 @dataclass(frozen=True)
@@ -115,11 +127,7 @@ class TimerUnits(Fact[dict]):
         return found
 
 
-def _age(seconds: float) -> str:
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
+_age = age
 
 
 def _release_time(release: str) -> float | None:
@@ -130,7 +138,9 @@ def _release_time(release: str) -> float | None:
 
 
 class SiteStatus(Step):
-    """Read-only: the site's state on this host; an error when something is down."""
+    """Read-only: the site's state on this host; an error when something is down. The release,
+    the health answer and the web slot are the release's; every other line is a component's
+    (Component.status: processes, timers, the maintenance page, the certificate, ...)."""
 
     def __init__(self, inventory: Inventory, host: Host, site: Site, now: float) -> None:
         self.inventory, self.host, self.site, self.now = inventory, host, site, now
@@ -138,17 +148,14 @@ class SiteStatus(Step):
         roles = topology.roles(host)
         self.app = "app" in roles
         self.web = "web" in roles
-        self.workers = [u for _, u, _ in celery.units(site, host)] if "worker" in roles else []
-        self.flower = [u for _, u, _ in flower.units(site, host)] if "worker" in roles else []
-        self.jobs = timers.wanted_here(inventory, site, host)
-        self.tls = site.part(tls.Tls)
+        self.checks = [check for c in components() for check in c.status(inventory, site, host)]
         self.id = f"status:{site.name}"
         self.name = f"status {site.name}"
 
     # -- what is read --------------------------------------------------------------------------
 
     def _health(self) -> Health | None:
-        gate = app.gate(self.site)
+        gate = release.gate(self.site)
         if self.app:
             return Health(
                 f"http://localhost{gate['path']}",
@@ -157,54 +164,37 @@ class SiteStatus(Step):
                 https=gate["https"],
             )
         if self.web:
-            base = app.front(self.site)
+            base = release.front(self.site)
             return Health(f"{base}{gate['path']}", gate["host"], https=gate["https"])
         return None
-
-    def _timer_fact(self) -> TimerUnits | None:
-        if procs.of(self.host).kind == procs.SUPERVISOR or not self.jobs:
-            return None
-        return TimerUnits(tuple(f"{timers.base_name(self.site, j.name)}.timer" for j in self.jobs))
-
-    def _programs(self) -> list[str]:
-        units = [*self.workers, *self.flower]
-        if self.app:
-            units += [self.paths.web_unit(s) for s in SLOTS]
-        if procs.of(self.host).kind == procs.SUPERVISOR:
-            units += [timers.base_name(self.site, j.name) for j in self.jobs]
-        return units
 
     def facts(self, diff: bool) -> list[Fact]:
         found: list[Fact] = [
             Stat(self.paths.current),
-            R.Releases(self.paths.base),
+            store.Releases(self.paths.base),
             Stat(self.paths.live_socket),
             AuditLog(200),
-            *(Unit(u) for u in self._programs()),
         ]
-        if self.web:
-            found.append(Stat(maintenance.page_path(self.site)))
-        if self.tls and self.web:
-            found.append(CertExpiry(f"{self.paths.tls_dir}/fullchain.pem"))
-        for fact in (self._health(), self._timer_fact()):
-            if fact is not None:
-                found.append(fact)
-        found += [timers.Calendar(j.schedule) for j in self.jobs]
-        return found
+        if self.app:
+            found += [Unit(self.paths.web_unit(s)) for s in SLOTS]
+        health = self._health()
+        if health is not None:
+            found.append(health)
+        return found + [fact for check in self.checks for fact in check.facts()]
 
     # -- what it says --------------------------------------------------------------------------
 
     def plan(self, ctx: Context) -> Plan:
         facts, down, warn = ctx.facts, [], []
         row: dict[str, Any] = {"host": self.host.name, "site": self.site.name}
-        live = app.live_release(facts, self.paths)
+        live = release.live_release(facts, self.paths)
         row["release"] = live
         made = _release_time(live) if live else None
         row["release_age"] = round(self.now - made) if made else None
         if live is None and (self.app or self.web):
             down.append("no live release")
         if self.app:
-            slot = app.current_slot(facts, self.paths)
+            slot = release.current_slot(facts, self.paths)
             state = facts[Unit(self.paths.web_unit(slot))] if slot else None
             row["web"] = {
                 "slot": slot,
@@ -216,59 +206,26 @@ class SiteStatus(Step):
         health = self._health()
         if health is not None:
             answer = facts[health]
-            row["health"] = {"path": app.gate(self.site)["path"], **answer}
+            row["health"] = {"path": release.gate(self.site)["path"], **answer}
             if live is not None and not 200 <= answer.get("status", 0) < 400:
                 down.append(f"health answered {answer.get('status') or 'nothing'}")
-        processes = {}
-        for name in [*self.workers, *self.flower]:
-            state = facts[Unit(name)]
-            running = bool(state and state.running)
-            processes[name] = {"running": running, "pid": state.main_pid if state else 0}
-            if not running:
-                down.append(f"{name} not running")
-        row["processes"] = processes
-        row["timers"] = self._timers(facts, down, warn)
-        if self.web:
-            row["maintenance"] = facts[Stat(maintenance.page_path(self.site))] is not None
-        if self.tls and self.web:
-            expiry = facts[CertExpiry(f"{self.paths.tls_dir}/fullchain.pem")]
-            row["certificate_expires"] = expiry or None
-            if not expiry or expiry <= self.now:
-                down.append("certificate missing or expired")
-            elif expiry - self.now < CERT_SOON:
-                warn.append(f"certificate expires in {_age(expiry - self.now)}")
+        row["processes"] = {}
+        lines: list[tuple[str, str]] = []
+        for check in self.checks:
+            part = check.read(facts, self.now)
+            if isinstance(part.value, dict) and isinstance(row.get(part.key), dict):
+                row[part.key].update(part.value)
+            else:
+                row[part.key] = part.value
+            lines += part.lines
+            down += part.down
+            warn += part.warnings
         row["last_deploy"] = self._last_deploy(facts)
         row["down"], row["warnings"] = down, warn
-        report = {"status": [row]}
+        report = (StatusRow(row, tuple(lines)),)
         if down:
-            return Plan(error="; ".join(down), report=report)
-        return Plan(reason="up" + (f" ({'; '.join(warn)})" if warn else ""), report=report)
-
-    def _timers(self, facts, down: list, warn: list) -> dict:
-        found = {}
-        units = facts[self._timer_fact()] if self._timer_fact() else {}
-        for job in self.jobs:
-            base = timers.base_name(self.site, job.name)
-            entry: dict[str, Any] = {
-                "schedule": job.schedule,
-                "next": facts[timers.Calendar(job.schedule)] or None,
-            }
-            if procs.of(self.host).kind == procs.SUPERVISOR:
-                state = facts[Unit(base)]
-                entry["active"] = bool(state and state.running)
-            else:
-                unit = units.get(f"{base}.timer", {})
-                service = units.get(f"{base}.service", {})
-                entry["active"] = unit.get("ActiveState") == "active"
-                entry["next"] = unit.get("NextElapseUSecRealtime") or entry["next"]
-                entry["last"] = unit.get("LastTriggerUSec") or None
-                entry["last_result"] = service.get("Result") or None
-                if entry["last_result"] not in (None, "success"):
-                    warn.append(f"timer {job.name}: last run {entry['last_result']}")
-            if not entry["active"]:
-                down.append(f"timer {job.name} not active")
-            found[job.name] = entry
-        return found
+            return Plan(error="; ".join(down), outcomes=report)
+        return Plan(reason="up" + (f" ({'; '.join(warn)})" if warn else ""), outcomes=report)
 
     def _last_deploy(self, facts) -> dict | None:
         for entry in reversed(facts[AuditLog(200)]):
@@ -284,12 +241,13 @@ class SiteStatus(Step):
         return None
 
 
-def _lines(row: dict, now: float) -> list[tuple[str, str]]:
+def _lines(found: StatusRow) -> list[tuple[str, str]]:
     """The table of one host and site: (label, text)."""
+    row = found.row
     rows = []
-    release = row.get("release")
+    live = row.get("release")
     age = f" (made {_age(row['release_age'])} ago)" if row.get("release_age") is not None else ""
-    rows.append(("release", f"{release}{age}" if release else "none"))
+    rows.append(("release", f"{live}{age}" if live else "none"))
     if "health" in row:
         h = row["health"]
         rows.append(
@@ -302,26 +260,7 @@ def _lines(row: dict, now: float) -> list[tuple[str, str]]:
         w = row["web"]
         state = "running" if w["running"] else "NOT RUNNING"
         rows.append(("web", f"slot {w['slot'] or '-'}, pid {w['pid']}, {state}"))
-    for name, p in row.get("processes", {}).items():
-        rows.append((name, f"pid {p['pid']}, running" if p["running"] else "NOT RUNNING"))
-    for name, t in row.get("timers", {}).items():
-        text = f"{t['schedule']}: {'active' if t['active'] else 'NOT ACTIVE'}, next {t['next']}"
-        if t.get("last"):
-            text += f", last {t['last']} ({t.get('last_result')})"
-        rows.append((f"timer {name}", text))
-    if "maintenance" in row:
-        rows.append(("maintenance", "ON" if row["maintenance"] else "off"))
-    if "certificate_expires" in row:
-        expires = row["certificate_expires"]
-        rows.append(
-            (
-                "certificate",
-                "none"
-                if not expires
-                else time.strftime("expires %Y-%m-%d", time.gmtime(expires))
-                + f" (in {_age(max(0, expires - now))})",
-            )
-        )
+    rows += found.lines
     last = row.get("last_deploy")
     rows.append(
         (
@@ -359,9 +298,9 @@ def status(c, json_=False):
         failed = bool(exc.code)
     if not json_:
         for report in reports:
-            for row in report.extra.get("status", []):
-                print(f"\n{row['host']} / {row['site']}")
-                lines = _lines(row, now)
+            for found in report.outcomes_of(StatusRow):
+                print(f"\n{found.row['host']} / {found.row['site']}")
+                lines = _lines(found)
                 width = max(len(label) for label, _ in lines)
                 for label, text in lines:
                     print(f"  {label:<{width}}  {text}")

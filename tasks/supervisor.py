@@ -10,7 +10,7 @@ templates/supervisor/.
 from __future__ import annotations
 
 from .engine import procs, topology
-from .engine.component import Component, HostRun, register
+from .engine.component import Component, HostRun, Phase, register
 from .engine.facts import Fact, Lines
 from .engine.inventory import Host, Inventory
 from .engine.render import MANAGED
@@ -20,11 +20,14 @@ PACKAGE = "supervisor"
 ORDER_DROPIN = f"{procs.SYSTEMD_DIR}/{procs.SUPERVISOR_UNIT}.d/djk-order.conf"
 # supervisord stops its programs one after another at shutdown, each up to its stopwaitsecs:
 # with the broker already stopped, Celery beat and Flower retry it instead of exiting.
-ORDER_TEXT = f"""# {MANAGED}
+
+
+def order_text() -> str:
+    return f"""# {MANAGED}
 # The sites' programs use the host's broker and database: supervisord starts after them at boot
 # and stops (its programs first) before them at shutdown.
 [Unit]
-After={procs.BACKING_UNITS}
+After={procs.backing_units()}
 """
 
 
@@ -61,23 +64,26 @@ class Leftovers(Step):
 
 class SupervisorComponent(Component):
     name = "supervisor"
+    after = ("firewall",)  # supervisord where it runs the sites, before anything it runs
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
         return [PACKAGE] if supervised(inventory, host) else []
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
         host = run.host
         if not any(r in topology.roles(host) for r in ("app", "worker")):
             return []
-        if phase in ("provision", "stage"):
+        if phase in (Phase.PROVISION, Phase.STAGE):
             if not supervised(run.inventory, host):
                 return []
             return [
                 Directory(ORDER_DROPIN.rsplit("/", 1)[0]),
-                File(ORDER_DROPIN, ORDER_TEXT, notify=("daemon-reload",), name="supervisord order"),
+                File(
+                    ORDER_DROPIN, order_text(), notify=("daemon-reload",), name="supervisord order"
+                ),
                 Service(procs.SUPERVISOR_UNIT),
             ]
-        if phase == "verify":
+        if phase == Phase.VERIFY:
             return [Leftovers(site.name, procs.of(host)) for site in run.sites]
         return []
 

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .engine import agent, procs, topology, values
-from .engine.component import Component, HostRun, register
-from .engine.facts import Fact, Lines
+from .engine.component import Component, HostRun, Phase, register
+from .engine.facts import Fact, Facts, Lines, Unit
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
 from .engine.render import render
 from .engine.schema import Table
+from .engine.status import StatusCheck, StatusPart
 from .engine.steps import Action, Context, File, Plan, Service, Step
 
 _JOB = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -242,8 +243,86 @@ class Unwanted(Step):
         return Plan([Action(f"stop and delete {', '.join(extra)}", script)])
 
 
+@dataclass(frozen=True)
+class TimerUnits(Fact[dict]):
+    """Timer units: active state, next and last elapse, the last run's result."""
+
+    names: tuple[str, ...]
+    default: ClassVar[Any] = {}
+
+    def command(self) -> str:
+        units = " ".join(shlex.quote(n) for n in self.names)
+        services = " ".join(shlex.quote(n.removesuffix(".timer") + ".service") for n in self.names)
+        return (
+            "systemctl show -p Id,ActiveState,NextElapseUSecRealtime,LastTriggerUSec,Result "
+            f"{units} {services} 2>/dev/null || true"
+        )
+
+    def parse(self, rc: int, out: str) -> dict[str, dict]:
+        found = {}
+        for block in out.strip().split("\n\n"):
+            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            if "Id" in props:
+                found[props["Id"]] = props
+        return found
+
+
+@dataclass(frozen=True)
+class TimersCheck:
+    """`fab status`: each job's timer is active, its next and last run (engine/status.py)."""
+
+    site: Site
+    jobs: tuple[Job, ...]
+    supervised: bool  # the jobs run as supervisor programs (no systemd timers)
+
+    def _units(self) -> TimerUnits | None:
+        if self.supervised or not self.jobs:
+            return None
+        return TimerUnits(tuple(f"{base_name(self.site, j.name)}.timer" for j in self.jobs))
+
+    def facts(self) -> list[Fact]:
+        units = self._units()
+        found: list[Fact] = [units] if units is not None else []
+        if self.supervised:
+            found += [Unit(base_name(self.site, j.name)) for j in self.jobs]
+        return found + [Calendar(j.schedule) for j in self.jobs]
+
+    def read(self, facts: Facts, now: float) -> StatusPart:
+        part = StatusPart("timers", {})
+        units_fact = self._units()
+        units = facts[units_fact] if units_fact is not None else {}
+        for job in self.jobs:
+            base = base_name(self.site, job.name)
+            entry: dict[str, Any] = {
+                "schedule": job.schedule,
+                "next": facts[Calendar(job.schedule)] or None,
+            }
+            if self.supervised:
+                state = facts[Unit(base)]
+                entry["active"] = bool(state and state.running)
+            else:
+                unit = units.get(f"{base}.timer", {})
+                service = units.get(f"{base}.service", {})
+                entry["active"] = unit.get("ActiveState") == "active"
+                entry["next"] = unit.get("NextElapseUSecRealtime") or entry["next"]
+                entry["last"] = unit.get("LastTriggerUSec") or None
+                entry["last_result"] = service.get("Result") or None
+                if entry["last_result"] not in (None, "success"):
+                    part.warnings.append(f"timer {job.name}: last run {entry['last_result']}")
+            if not entry["active"]:
+                part.down.append(f"timer {job.name} not active")
+            part.value[job.name] = entry
+            active = "active" if entry["active"] else "NOT ACTIVE"
+            text = f"{entry['schedule']}: {active}, next {entry['next']}"
+            if entry.get("last"):
+                text += f", last {entry['last']} ({entry.get('last_result')})"
+            part.lines.append((f"timer {job.name}", text))
+        return part
+
+
 class TimersComponent(Component):
     name = "timers"
+    after = ("flower",)  # the site's jobs once its processes are set
     table = "timers"
     config = Timers
     roles = ("app",)
@@ -274,10 +353,14 @@ class TimersComponent(Component):
             sub.done()
         return Timers(tuple(jobs))
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
+    def status(self, inventory: Inventory, site: Site, host: Host) -> list[StatusCheck]:
+        jobs = tuple(wanted_here(inventory, site, host))
+        return [TimersCheck(site, jobs, procs.of(host).kind == procs.SUPERVISOR)]
+
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
         # After the switch, in a deploy: a job's new command fires only against the release
         # that has it.
-        if phase != "verify" or not run.builds or not self.runs_on(run.host):
+        if phase != Phase.VERIFY or not run.builds or not self.runs_on(run.host):
             return []
         found: list[Step] = []
         for site in run.sites:

@@ -8,17 +8,20 @@ run by certbot's systemd timer on every renewal) installs it and reloads nginx.
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from .engine import values
 from .engine.component import Component, NginxPart, register
-from .engine.facts import Fact, Stat
+from .engine.facts import Fact, Facts, Stat
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
 from .engine.render import MANAGED
 from .engine.schema import Table
 from .engine.secrets import Secret
+from .engine.status import StatusCheck, StatusPart, age
 from .engine.steps import NGINX_RELOAD, Action, Context, Directory, File, Plan, Step
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
@@ -135,6 +138,9 @@ class AcmeNames(Fact[set]):
     site: str
     default: ClassVar[Any] = set()
 
+    def from_data(self, raw: Any) -> set:
+        return set(raw)
+
     def command(self) -> str:
         live = f"/etc/letsencrypt/live/djk-{self.site}/fullchain.pem"
         return f"openssl x509 -noout -ext subjectAltName -in {live}"
@@ -220,13 +226,65 @@ def _read_pem(t: Table, name: str, marker: str, required: bool = True) -> str:
 PEM_LIMIT = 256 * 1024  # a chain of a few certificates; never a device or a large file
 
 
+CERT_SOON = 14 * 86400  # a certificate expiring sooner is a warning
+
+
+@dataclass(frozen=True)
+class CertExpiry(Fact[float]):
+    """When the certificate at `path` expires (epoch seconds; 0 when there is none)."""
+
+    path: str
+    default: ClassVar[Any] = 0.0
+
+    def command(self) -> str:
+        return f"openssl x509 -enddate -noout -in {shlex.quote(self.path)} 2>/dev/null || true"
+
+    def parse(self, rc: int, out: str) -> float:
+        text = out.strip().removeprefix("notAfter=")
+        try:
+            found = datetime.strptime(text, "%b %d %H:%M:%S %Y %Z")
+        except ValueError:
+            return 0.0
+        return found.replace(tzinfo=UTC).timestamp()
+
+
+@dataclass(frozen=True)
+class CertCheck:
+    """`fab status`: the certificate nginx serves for the site, and when it expires."""
+
+    path: str
+
+    def facts(self) -> list[Fact]:
+        return [CertExpiry(self.path)]
+
+    def read(self, facts: Facts, now: float) -> StatusPart:
+        expiry = facts[CertExpiry(self.path)]
+        part = StatusPart("certificate_expires", expiry or None)
+        if not expiry:
+            part.lines.append(("certificate", "none"))
+        else:
+            when = time.strftime("expires %Y-%m-%d", time.gmtime(expiry))
+            part.lines.append(("certificate", f"{when} (in {age(max(0, expiry - now))})"))
+        if not expiry or expiry <= now:
+            part.down.append("certificate missing or expired")
+        elif expiry - now < CERT_SOON:
+            part.warnings.append(f"certificate expires in {age(expiry - now)}")
+        return part
+
+
 class TlsComponent(Component):
     """`[sites.<name>.tls]`: HTTPS from given files or from an ACME server."""
 
     name = "tls"
+    after = ("maintenance",)  # certificates before nginx uses them
     table = "tls"
     config = Tls
     roles = ("web",)
+
+    def status(self, inventory: Inventory, site: Site, host: Host) -> list[StatusCheck]:
+        if site.part(Tls) is None or "web" not in host.role_set:
+            return []
+        return [CertCheck(f"{SitePaths.of(site, host).tls_dir}/fullchain.pem")]
 
     def parse(self, table: Table, site: Site) -> Tls:
         mode = table.get("mode", str, values.choice("files", "acme"), default="files")

@@ -27,8 +27,7 @@ from file_readers import (
 )
 from hypothesis import strategies as st
 
-from djk.tasks import app, celery, timers
-from djk.tasks.celery import RedisAuth, RedisBind
+from djk.tasks import app, redis, release, timers
 from djk.tasks.deploy import deploy_plan
 from djk.tasks.engine import facts as F
 from djk.tasks.engine import procs, topology
@@ -39,6 +38,7 @@ from djk.tasks.engine.layout import app_of
 from djk.tasks.engine.secrets import Secret
 from djk.tasks.engine.steps import ConfigSet, Context, File, plan_phase
 from djk.tasks.provision import DpkgStatus, host_steps, packages_for
+from djk.tasks.redis import RedisAuth, RedisBind
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "example"
 MARKER = "zqSECRETq"  # in every secret and every bad secrets line: must never be shown
@@ -381,7 +381,7 @@ def written(inventory) -> tuple[list[Written], list[str]]:
         sites = inventory.sites_on(host)
         if not sites:
             continue
-        builds = {s.name: app.Build(s, "R1", "t1", "d1", "rev") for s in sites}
+        builds = {s.name: release.Build(s, "R1", "t1", "d1", "rev") for s in sites}
         steps = list(host_steps(inventory, host))
         for phase in deploy_plan(inventory, host, builds).phases:
             steps += phase.steps
@@ -502,7 +502,7 @@ def check_addresses(inventory, files: list[Written]) -> None:
                     _host_port(args[0])
     for site in inventory.sites.values():
         # The URL the kit derives for its own Redis (a user's own CELERY_BROKER_URL is theirs).
-        url = celery.broker_url(site, topology.broker_address(inventory, site))
+        url = redis.broker_url(site, topology.broker_address(inventory, site))
         if url is not None:
             parts = urlsplit(url)
             assert parts.port == 6379 and parts.hostname, "broker URL without its port"

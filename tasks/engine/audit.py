@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .facts import Fact
+from .outcome import Outcome
 
 AUDIT_DIR = "/var/log/djk"
 AUDIT_FILE = f"{AUDIT_DIR}/audit.jsonl"
@@ -40,6 +41,30 @@ def key_fingerprint(conn) -> str:
         return key.fingerprint if key is not None else ""
     except AttributeError:
         return ""
+
+
+@dataclass(frozen=True)
+class AuditLine(Outcome):
+    """The audit line a run wrote on a host (what the run's end tells, engine/events.py)."""
+
+    entry: dict
+
+    def data(self) -> dict[str, Any]:
+        return {"audit_line": self.entry}
+
+    def site(self, name: str) -> dict | None:
+        """What the line says of one site (release before and after), or None."""
+        return self.entry.get("sites", {}).get(name)
+
+
+@dataclass(frozen=True)
+class AuditEntries(Outcome):
+    """Lines read from a host's audit log (`fab audit`)."""
+
+    entries: tuple[dict, ...]
+
+    def data(self) -> dict[str, Any]:
+        return {"audit": list(self.entries)}
 
 
 def record(host: str, key: str, result: str, sites: dict, error: str = "") -> dict:

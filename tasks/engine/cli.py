@@ -27,7 +27,7 @@ import fabric.executor
 from invoke import Call, Exit, Task, task
 
 from . import hostinfo
-from .executor import HostPlan, Mode, Phase, batches, converge
+from .executor import HostPlan, Mode, PhaseSteps, batches, converge
 from .hostinfo import HostInfo, Profile
 from .inventory import DEFAULT_INVENTORY, Host, Inventory, InventoryError, Site, load
 from .remote import Remote, RemoteError, own_config
@@ -231,7 +231,7 @@ def run_plans(
         if problem:
             raise user_error(f"host {host.name} ({host.platform.describe()}) {problem}")
         built = build(inventory, host)
-        plan = built if isinstance(built, HostPlan) else HostPlan(host, [Phase("", built)])
+        plan = built if isinstance(built, HostPlan) else HostPlan(host, [PhaseSteps("", built)])
         if audit is not None and plan.audit is None:
             plan.audit = audit  # engine/audit.py: this run leaves a line on the host
         return plan

@@ -14,32 +14,48 @@ A component declares
   file changes;
 - `nginx`: snippets for the site's server block, files validated with nginx's configuration and
   steps around it;
-- `steps`: its steps for a phase of a run on one host ("provision", "stage", "migrate",
-  "switch", "verify"), and `holds`: what the run holds there meanwhile (the deploy lock);
+- `steps`: its steps for a phase of a run on one host (`Phase`), and `holds`: what the run
+  holds there meanwhile (the deploy lock);
+- `status`: its lines of a site in `fab status` (engine/status.py);
 - `on_event`: what it does on the control machine as a deploy, rollback or restore starts and
   ends (engine/events.py: local hooks, notifications), and `control_secrets`: secrets it uses
   there that never go to a host (a webhook's URL).
 
-Register one with `register(component)`, in the kit (`tasks/__init__.py`) or from a team's
-fabfile. Components run in registration order.
+Register one with `register(component)`, in the kit or from a team's fabfile. Components run
+in registration order, except where one declares its place (`after`, `before`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
-
-from .facts import Facts
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from ..release.build import Build
+    from ..release.target import Job
     from .events import RunEvent, Say
     from .inventory import Host, Inventory, Site
     from .schema import Table
     from .secrets import Secret
+    from .status import StatusCheck
     from .steps import File, Step
+
+
+class Phase(StrEnum):
+    """The phases of a run on a host, in the order a run may have them (a string enum: a
+    component comparing `phase == "stage"` keeps working)."""
+
+    PROVISION = "provision"  # packages, host-wide services (`fab provision`)
+    STAGE = "stage"  # everything up to a staged release, on every host
+    BACKUP = "backup"  # where a database is, before its migrations
+    RESTORE = "restore"  # `fab rollback --restore-db`: where the database is, before any switch
+    MIGRATE = "migrate"  # once per site, before any switch
+    SWITCH = "switch"  # rolling, in batches: the health-gated switch
+    VERIFY = "verify"  # after every switch: checks through nginx, timers, supervisor's boot
 
 
 @dataclass
@@ -63,30 +79,58 @@ class Opening:
 
 
 @dataclass(frozen=True)
+class RunOptions:
+    """What the task's flags ask of a run, typed."""
+
+    # Seconds to wait for another run's deploy lock; None: the run takes no lock (a reading).
+    lock_wait: float | None = None
+    # A db host reached by a deploy though not among its targets (its backups, its database).
+    reached: bool = False
+    targets: tuple[str, ...] = ()  # the run's target host names (hooks run once per site)
+    # A rollback to a release older than migrations applied since: "" refuse, "restore" the
+    # backup taken before them, "keep" today's schema.
+    rollback_db: str = ""
+    batch: str | None = None  # rolling switch: a host count or a percentage
+
+
+@dataclass(frozen=True)
 class HostRun:
-    """What a task asks of the components on one host."""
+    """What a task asks of the components on one host: the sites, the release job (a deploy's
+    or rollback's; None for other tasks) and the options."""
 
     inventory: Inventory
     host: Host
     sites: tuple[Site, ...]
-    # What a deploy ships, per site name (a deploy's inputs; empty for other tasks).
-    builds: Mapping[str, Any] = field(default_factory=dict)
-    # The release each site switches to: a pure function of the facts read on the host.
-    target: Callable[[Site], Callable[[Facts], str]] | None = None
-    mark_old: str = "previous"  # what the release switched away from becomes
-    options: Mapping[str, Any] = field(default_factory=dict)  # task options (e.g. provision's)
+    job: Job | None = None
+    options: RunOptions = field(default_factory=RunOptions)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # a team's task's own inputs
+
+    @property
+    def builds(self) -> Mapping[str, Build]:
+        """What a deploy ships, per site name (empty for other runs)."""
+        return self.job.builds if self.job is not None else {}
+
+    @property
+    def mark_old(self) -> str:
+        return self.job.mark_old if self.job is not None else "previous"
 
     def roles(self) -> set[str]:
-        from .topology import roles
-
-        return roles(self.host)
+        return self.host.role_set
 
 
 class Component:
     name: str = ""
     table: str | None = None  # the sub-table [sites.<name>.<table>] this component owns
     config: type | None = None  # what parse() returns; site.part(config) finds it
-    roles: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()  # the host roles it runs on (() = every host of the site)
+    adds_roles: tuple[str, ...] = ()  # roles of its own hosts.toml may name (e.g. "cache")
+    # Its place in the run order: the components it runs after / before (names; one not
+    # registered is ignored). Otherwise components run in registration order.
+    after: tuple[str, ...] = ()
+    before: tuple[str, ...] = ()
+    # Host-wide units (its servers) a site's processes start after at boot and stop before at
+    # shutdown (engine/procs.backing_units).
+    backing_units: tuple[str, ...] = ()
 
     def parse(self, table: Table, site: Site) -> Any:
         """Read this component's keys (from `table`: the sub-table when `self.table` is set,
@@ -142,11 +186,15 @@ class Component:
     def nginx(self, inventory: Inventory, site: Site) -> NginxPart:
         return NginxPart()
 
-    def steps(self, phase: str, run: HostRun) -> list[Step]:
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
         return []
 
     def holds(self, run: HostRun) -> list:
         """What a run must hold on the host from connecting to closing (executor.Hold)."""
+        return []
+
+    def status(self, inventory: Inventory, site: Site, host: Host) -> list[StatusCheck]:
+        """Its lines of the site in `fab status` on `host` (engine/status.py)."""
         return []
 
     def on_event(self, event: RunEvent, say: Say) -> Future | None:
@@ -161,33 +209,66 @@ class Component:
         return ()
 
     def runs_on(self, host: Host) -> bool:
-        from .topology import roles
-
-        return not self.roles or bool(set(self.roles) & roles(host))
+        return not self.roles or bool(set(self.roles) & host.role_set)
 
 
 _registry: dict[str, Component] = {}
+_ordered: list[Component] | None = None  # the run order, derived once per registry change
 
 
 def register(component: Component) -> Component:
     """Add a component (a later one with the same name replaces it, in place)."""
+    global _ordered
     if not component.name:
         raise ValueError("a component needs a name")
     _registry[component.name] = component
+    _ordered = None
     return component
 
 
 def unregister(name: str) -> None:
+    global _ordered
     _registry.pop(name, None)
+    _ordered = None
 
 
 def order(names: list[str]) -> None:
-    """Put the named components first, in this order (their steps run in registry order)."""
+    """Put the named components first, in this order, as far as their declared `after` and
+    `before` allow (those always hold)."""
+    global _ordered
     ranked = {name: i for i, name in enumerate(names)}
     items = sorted(_registry.items(), key=lambda kv: ranked.get(kv[0], len(ranked)))
     _registry.clear()
     _registry.update(items)
+    _ordered = None
+
+
+def run_order(found: list[Component]) -> list[Component]:
+    """`found` (registration order) with every declared `after`/`before` between registered
+    components holding: each next component is the first registered one whose predecessors
+    all came. A circle of declarations is a defect of the components: ValueError."""
+    names = {c.name for c in found}
+    before: dict[str, set[str]] = {c.name: set() for c in found}
+    for c in found:
+        before[c.name] |= {n for n in c.after if n in names}
+        for n in c.before:
+            if n in names:
+                before[n].add(c.name)
+    done: list[Component] = []
+    left = list(found)
+    while left:
+        came = {c.name for c in done}
+        ready = next((c for c in left if before[c.name] <= came), None)
+        if ready is None:
+            raise ValueError(f"components ordered in a circle: {', '.join(c.name for c in left)}")
+        done.append(ready)
+        left.remove(ready)
+    return done
 
 
 def components() -> list[Component]:
-    return list(_registry.values())
+    """The registered components in their run order (their steps run in it)."""
+    global _ordered
+    if _ordered is None:
+        _ordered = run_order(list(_registry.values()))
+    return list(_ordered)

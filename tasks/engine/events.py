@@ -190,7 +190,8 @@ def _cut(text: str, limit: int) -> str:
 def _releases(site: str, reports: list[HostReport]) -> dict:
     """Release before and after, from the audit entries the hosts' runs recorded."""
     for r in reports:
-        entry = (r.extra.get("audit_line") or {}).get("sites", {}).get(site)
+        lines = r.outcomes_of(audit.AuditLine)
+        entry = lines[-1].site(site) if lines else None
         if isinstance(entry, dict) and "after" in entry:
             before, after = entry.get("before") or "", entry.get("after") or ""
             return {"previous": before, "release": after, "changed": before != after}

@@ -11,7 +11,8 @@ facts read at the start. Holds (e.g. a deploy lock) are taken right after connec
 the connection closes. Handlers run once at the end; those notified by a failed run stay recorded
 on the host and run next time.
 
-The executor knows phases, steps, holds and handlers; what a release or a lock is, it does not.
+The executor knows phases, steps, holds, handlers and outcomes (collected per host, handed to
+later phases on every host); what a release or a lock is, it does not.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from . import facts as F
 from .facts import Fact, Facts, On, PendingHandlers
 from .hostinfo import HostInfo, Profile
 from .inventory import Host
+from .outcome import Outcome
 from .remote import Remote, RemoteError, Result
 from .report import HostReport, Reporter, StepResult
 from .steps import Action, Context, Step, clear_pending, handler_order, handler_script, plan_phase
@@ -50,8 +52,21 @@ class Hold(Protocol):
     def acquire(self, remote: Remote, then: str | None = None) -> Result | None: ...
 
 
+class Revert(Protocol):
+    """The steps that undo a host's rolling phase, from the facts read at the start."""
+
+    def steps(self, facts: Facts) -> list[Step]: ...
+
+
+class Audited(Protocol):
+    """What the run's audit line says of the sites on a host (release before and after), from
+    the facts read at the start and the host's report."""
+
+    def entry(self, facts: Facts | None, report: HostReport) -> dict: ...
+
+
 @dataclass
-class Phase:
+class PhaseSteps:
     name: str
     steps: list[Step]
     rolling: bool = False  # in batches; a failed batch sends the hosts that ran it back
@@ -60,13 +75,10 @@ class Phase:
 @dataclass
 class HostPlan:
     host: Host
-    phases: list[Phase]
+    phases: list[PhaseSteps]
     holds: list[Hold] = field(default_factory=list)
-    # The steps that undo this host's rolling phase, from the facts read at the start.
-    revert: Callable[[Facts], list[Step]] | None = None
-    # What the run's audit line says of the sites here (release before and after), from the
-    # facts read at the start and the report; None: the run is not audited (a reading).
-    audit: Callable[[Facts | None, HostReport], dict] | None = None
+    revert: Revert | None = None
+    audit: Audited | None = None  # None: the run is not audited (a reading)
 
 
 def batches(count: int, spec: str | None) -> list[list[int]]:
@@ -103,6 +115,8 @@ class _Session:
     asked: list[Fact] = field(default_factory=list)
     # Values of the On facts this host's steps read from others, once every host was read.
     shared: dict[On, Any] = field(default_factory=dict)
+    # The outcomes of the run's earlier phases on every host, as the phase started.
+    earlier: tuple[tuple[str, Outcome], ...] = ()
 
     @property
     def name(self) -> str:
@@ -209,11 +223,11 @@ def _run_phase(session: _Session, index: int) -> None:
 def _run_steps(session: _Session, steps: list[Step], facts: Facts) -> bool:
     reporter, report, host = session.reporter, session.report, session.name
     check = session.mode.check
-    ctx = Context(facts, frozenset(session.pending), session.mode.diff)
+    ctx = Context(facts, frozenset(session.pending), session.mode.diff, session.earlier)
     planned = plan_phase(steps, ctx)
     for index, (step, plan) in enumerate(planned):
         t0 = time.monotonic()
-        _merge(report.extra, plan.report)
+        report.outcomes.extend(plan.outcomes)
         if plan.error:
             for action in plan.actions:  # a finding with a remedy: apply it, the run fails
                 if not check:
@@ -240,15 +254,6 @@ def _run_steps(session: _Session, steps: list[Step], facts: Facts) -> bool:
     return True
 
 
-def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
-    """A step's report data into the host's: tables merge by key, lists add up."""
-    for key, values in extra.items():
-        if isinstance(values, list):
-            into.setdefault(key, []).extend(values)
-        else:
-            into.setdefault(key, {}).update(values)
-
-
 def _apply(session: _Session, action: Action, notes: list[str]) -> str:
     """Run one action; return an error message, or '' on success (then what its output says
     goes to `notes` and the host's report)."""
@@ -268,10 +273,11 @@ def _apply(session: _Session, action: Action, notes: list[str]) -> str:
         result = remote.run(action.full_script(), stdin=payload)
     if result.ok:
         if action.findings is not None:
-            note, data = action.findings(result.stdout)
+            note, outcome = action.findings.read(result.stdout)
             if note:
                 notes.append(note)
-            _merge(session.report.extra, data)
+            if outcome is not None:
+                session.report.outcomes.append(outcome)
         return ""
     tail = (result.stderr.strip() or result.stdout.strip())[-1500:]
     return f"{action.summary}: exit {result.rc}: {tail}"
@@ -329,7 +335,7 @@ def _parallel(sessions: list[_Session], work: Callable[[_Session], None]) -> Non
         list(pool.map(work, sessions))
 
 
-def _phase(plan: HostPlan, index: int) -> Phase | None:
+def _phase(plan: HostPlan, index: int) -> PhaseSteps | None:
     return plan.phases[index] if index < len(plan.phases) else None
 
 
@@ -379,6 +385,9 @@ def converge(
             if index == count:
                 _parallel(sessions, _run_handlers)
                 break
+            earlier = tuple((s.name, o) for s in sessions for o in s.report.outcomes)
+            for s in sessions:
+                s.earlier = earlier
             first = _phase(plans[0], index)
             if first is not None and first.rolling:
                 _run_rolling(sessions, index, mode, reporter)
@@ -418,7 +427,7 @@ def _revert(session: _Session) -> None:
     """The plan's revert, from the facts read at the start; its own facts are read afresh."""
     if session.plan.revert is None or session.initial is None:
         return
-    steps = session.plan.revert(session.initial)
+    steps = session.plan.revert.steps(session.initial)
     if not steps:
         return
     try:
@@ -454,10 +463,10 @@ def _audit(session: _Session) -> bytes:
         session.name,
         audit.key_fingerprint(session.remote.conn),
         result,
-        plan.audit(session.initial, report),
+        plan.audit.entry(session.initial, report),
         report.error or "",
     )
-    report.extra["audit_line"] = entry  # what the run's end tells (engine/events.py)
+    report.outcomes.append(audit.AuditLine(entry))  # what the run's end tells (events.py)
     if session.remote.holding:
         return b"AUDIT " + audit.line(entry)
     session.remote.run(audit.APPEND, stdin=audit.line(entry))

@@ -62,6 +62,24 @@ class Fact(Generic[T]):
         fields = ",".join(repr(getattr(self, f.name)) for f in dataclasses.fields(self))
         return f"{type(self).__name__}({fields})"
 
+    def from_data(self, raw: Any) -> T | None:
+        """Its value as data writes it (a plan case's TOML), as parse() would give it; as is
+        unless a fact says otherwise."""
+        return raw
+
+
+def fact_kinds() -> dict[str, type[Fact]]:
+    """Every fact class by its name: the kit's and those of any component imported (a plan
+    case names a fact by its class)."""
+    found: dict[str, type[Fact]] = {}
+    todo: list[type] = [Fact]
+    while todo:
+        kind = todo.pop()
+        for sub in kind.__subclasses__():
+            found.setdefault(sub.__name__, sub)
+            todo.append(sub)
+    return found
+
 
 class Facts(Mapping):
     """Read-only: every fact read for a phase, looked up by the fact itself."""
@@ -121,6 +139,9 @@ class Stat(Fact[PathState]):
     absent. Read with every other Stat of the round trip in one Stats."""
 
     path: str
+
+    def from_data(self, raw: Any) -> PathState | None:
+        return None if raw is None else PathState(**raw)
 
     def command(self) -> str:
         return Stats((self.path,)).command()
@@ -308,6 +329,9 @@ class Unit(Fact[UnitState]):
     However many a phase needs, they are read in one systemctl and one supervisorctl call."""
 
     name: str
+
+    def from_data(self, raw: Any) -> UnitState | None:
+        return None if raw is None else UnitState(name=self.name, **raw)
 
     def command(self) -> str:  # pragma: no cover - gathered through Units
         return Units((self.name,)).command()

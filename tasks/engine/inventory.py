@@ -32,6 +32,12 @@ PACKAGE_SOURCES = ("control", "host")
 T = TypeVar("T")
 
 
+def all_roles() -> tuple[str, ...]:
+    """The kit's roles, then those registered components add (Component.adds_roles)."""
+    added = [r for c in components() for r in c.adds_roles if r not in ROLES]
+    return (*ROLES, *dict.fromkeys(added))
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -63,6 +69,11 @@ class Host:
     @property
     def peer_address(self) -> str:
         return self.private_address or self.address
+
+    @property
+    def role_set(self) -> set[str]:
+        """Its roles; a host without `roles` has every role (the kit's and the components')."""
+        return set(self.roles) if self.roles else set(all_roles())
 
     @property
     def platform(self) -> HostInfo:
@@ -230,7 +241,7 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
             port=r.get("port", int, values.ssh_port, default=d_port),
             ssh_key=ssh_key,
             ssh_alias=alias,
-            roles=r.get_list("roles", values.choice(*ROLES), default=()),
+            roles=r.get_list("roles", values.choice(*all_roles()), default=()),
             process_manager=r.get(
                 "process_manager", str, values.choice(*MANAGERS), default=d_manager
             ),

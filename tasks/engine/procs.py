@@ -28,12 +28,20 @@ SYSTEMD_DIR = "/etc/systemd/system"
 SUPERVISOR_DIR = "/etc/supervisor/conf.d"
 SUPERVISOR_UNIT = "supervisor.service"  # Debian's supervisord
 SUPERVISORCTL = "supervisorctl"
-# The host's servers a site's processes talk to. Its units (and supervisord) are ordered after
-# them: started once they are up at boot, stopped while they still run at shutdown, so a
-# worker's warm shutdown can still ack its tasks and a process that reconnects forever to a
-# broker already gone does not hold the reboot. After= on a unit not installed is ignored.
-BACKING_UNITS = "redis-server.service rabbitmq-server.service postgresql.service"  # After= value
 _SUFFIXES = {SYSTEMD: ".service", SUPERVISOR: ".conf"}
+
+
+def backing_units() -> str:
+    """The host's servers a site's processes talk to (each component's `backing_units`), as an
+    After= value. The site's units (and supervisord) are ordered after them: started once they
+    are up at boot, stopped while they still run at shutdown, so a worker's warm shutdown can
+    still ack its tasks and a process that reconnects forever to a broker already gone does not
+    hold the reboot. After= on a unit not installed is ignored, so the value is the same on
+    every host. Sorted (reversed: the order the kit's units files have always had)."""
+    from .component import components  # here: component imports procs for nothing, but later
+
+    found = {u for c in components() for u in c.backing_units}
+    return " ".join(sorted(found, reverse=True))
 
 
 def is_program(name: str) -> bool:

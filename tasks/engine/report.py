@@ -10,14 +10,16 @@ import json
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
-from typing import TextIO
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, TextIO, TypeVar
 
 from .hostinfo import HostInfo
+from .outcome import Outcome, merged, of_kind
 from .secrets import Secret, redact, redact_data
 
 STATUSES = ("ok", "changed", "failed", "skipped")
 SHOWN_APART = ("uv",)  # one-time uploads the recap names apart from the rest
+K = TypeVar("K", bound=Outcome)
 
 
 @dataclass
@@ -37,7 +39,8 @@ class HostReport:
     bytes_sent: int = 0
     seconds: float = 0.0
     error: str = ""
-    extra: dict = field(default_factory=dict)
+    # What the run's steps found or did here, typed (engine/outcome.py), in the order they came.
+    outcomes: list[Outcome] = field(default_factory=list)
     host_info: HostInfo | None = None  # what the host is, as read this run
     # Bytes of payloads with a kind (Action.kind): "uv" (the installer, once per host),
     # "wheels", "source" ...; included in bytes_sent.
@@ -49,6 +52,20 @@ class HostReport:
     @property
     def failed(self) -> bool:
         return bool(self.error) or self.count("failed") > 0
+
+    def outcomes_of(self, kind: type[K]) -> list[K]:
+        return of_kind(self.outcomes, kind)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The outcomes as the JSON report's `extra` table."""
+        return merged(self.outcomes)
+
+    def as_data(self) -> dict[str, Any]:
+        data = asdict(replace(self, outcomes=[]))
+        del data["outcomes"]
+        data["extra"] = self.extra
+        return data
 
 
 class Reporter:
@@ -104,8 +121,8 @@ class Reporter:
             )
             for r in reports:
                 counts = "  ".join(f"{s}={r.count(s)}" for s in STATUSES)
-                releases = r.extra.get("releases", {})
-                live = "".join(f"  {site}={rel}" for site, rel in sorted(releases.items()))
+                shown = dict(o.recap() for o in r.outcomes if o.recap() is not None)
+                live = "".join(f"  {shown[key]}" for key in sorted(shown))
                 apart = "".join(
                     f" ({kind} {_size(n)})"
                     for kind, n in sorted(r.bytes_by_kind.items())
@@ -121,7 +138,7 @@ class Reporter:
     def as_data(self, reports: list[HostReport]) -> dict:
         hosts = []
         for r in reports:
-            data = asdict(r)
+            data = r.as_data()
             data.update({s: r.count(s) for s in STATUSES})
             data["failed_run"] = r.failed
             hosts.append(data)

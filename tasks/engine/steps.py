@@ -16,13 +16,22 @@ import shlex
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from . import procs
 from .facts import PENDING_FILE, Content, Fact, Facts, PathState, Stat, Text, Unit, User
+from .outcome import Outcome, merged
 from .secrets import MASK
 
 Payload = bytes | Callable[[], bytes]
+K = TypeVar("K", bound=Outcome)
+
+
+class Findings(Protocol):
+    """What an action's output says: a note for the step's line and an outcome for the report
+    (e.g. the warnings of `manage.py check --deploy`)."""
+
+    def read(self, out: str) -> tuple[str, Outcome | None]: ...
 
 
 @dataclass
@@ -35,9 +44,7 @@ class Action:
     progress: str = ""  # a label: this action is long, show progress while it runs
     consumes: tuple[str, ...] = ()  # pending handlers this action does itself (and clears)
     echo: bool = False  # with progress: show each line it prints (the host agent's own words)
-    # What the action's output says, for the report: (a note for the step's line, data for the
-    # host's report), e.g. the warnings of `manage.py check --deploy`.
-    findings: Callable[[str], tuple[str, dict[str, Any]]] | None = None
+    findings: Findings | None = None  # what its output says, read once it succeeded
     kind: str = ""  # what its payload is ("uv", "wheels", "source"): counted apart in the report
 
     def payload(self) -> bytes:
@@ -87,24 +94,30 @@ class Plan:
     reason: str = ""
     skipped: bool = False
     error: str = ""  # a read-only step's finding that must fail the run (e.g. a unit is down)
-    report: dict[str, dict[str, Any]] = field(default_factory=dict)  # for the run's report
+    outcomes: tuple[Outcome, ...] = ()  # what the plan found, for the run (engine/outcome.py)
 
     def as_data(self) -> dict[str, Any]:
         return {
             "actions": [a.as_data() for a in self.actions],
             "reason": self.reason,
             "error": self.error,
-            "report": self.report,
+            "report": merged(self.outcomes),
         }
 
 
 @dataclass(frozen=True)
 class Context:
-    """What a step plans from: the facts read for its phase and the handlers pending so far."""
+    """What a step plans from: the facts read for its phase, the handlers pending so far, and
+    the outcomes of the run's earlier phases on every host (host name, outcome)."""
 
     facts: Facts
     pending: frozenset[str] = frozenset()
     diff: bool = False
+    earlier: tuple[tuple[str, Outcome], ...] = ()
+
+    def outcomes_of(self, kind: type[K]) -> list[tuple[str, K]]:
+        """What earlier phases of the run found of this kind, on any host."""
+        return [(host, o) for host, o in self.earlier if isinstance(o, kind)]
 
     def after(self, plan: Plan) -> Context:
         """The context the next step sees: this plan's notifications added, consumed ones gone."""

@@ -7,11 +7,11 @@ also an app host and everything talks over loopback.
 
 from __future__ import annotations
 
-from .inventory import ROLES, Host, Inventory, Site
+from .inventory import Host, Inventory, Site
 
 
 def roles(host: Host) -> set[str]:
-    return set(host.roles) if host.roles else set(ROLES)
+    return host.role_set
 
 
 def hosts_with(inventory: Inventory, site: Site, role: str) -> list[Host]:

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from djk.tasks import app
+from djk.tasks import release
 from djk.tasks.database import MIGRATED, NO_TABLE, Applied
 from djk.tasks.db import BeforeMigrate
 from djk.tasks.deploy import deploy_plan
@@ -67,7 +67,7 @@ def _inventory(tmp_path, database: dict, hosts: list[str]):
 
 def _backup_fact(inventory, host: str) -> Applied:
     site = inventory.sites["shop"]
-    build = app.Build(site, "R2", "t2", "d1", "rev")
+    build = release.Build(site, "R2", "t2", "d1", "rev")
     plan = deploy_plan(inventory, inventory.hosts[host], {"shop": build}, targets=[host])
     (phase,) = [p for p in plan.phases if p.name == "backup"]
     (step,) = [s for s in phase.steps if isinstance(s, BeforeMigrate)]
@@ -77,8 +77,8 @@ def _backup_fact(inventory, host: str) -> Applied:
 
 def test_the_marker_is_trusted_only_on_the_host_that_migrates(tmp_path):
     sqlite = _inventory(tmp_path, {"engine": "sqlite"}, ["web1"])
-    build = app.Build(sqlite.sites["shop"], "R2", "t2", "d1", "rev")
-    migrate = app.migrate_step(build, sqlite)
+    build = release.Build(sqlite.sites["shop"], "R2", "t2", "d1", "rev")
+    migrate = release.migrate_step(build, sqlite)
     # The very marker and value the migrate step checks: both skip, or neither.
     assert _backup_fact(sqlite, "web1").unless == (migrate.marker, migrate.key)
     postgres = _inventory(tmp_path, {"engine": "postgresql"}, ["web1", "web2", "db1"])
@@ -88,7 +88,7 @@ def test_the_marker_is_trusted_only_on_the_host_that_migrates(tmp_path):
 
 
 def _phase_steps(inventory, host: str, phase: str):
-    build = app.Build(inventory.sites["shop"], "R2", "t2", "d1", "rev")
+    build = release.Build(inventory.sites["shop"], "R2", "t2", "d1", "rev")
     plan = deploy_plan(inventory, inventory.hosts[host], {"shop": build}, targets=[host])
     (found,) = [p for p in plan.phases if p.name == phase]
     return found.steps

@@ -16,6 +16,7 @@ import pytest
 
 from djk.tasks import app, notify
 from djk.tasks.engine import events
+from djk.tasks.engine.audit import AuditLine
 from djk.tasks.engine.inventory import parse
 from djk.tasks.engine.report import HostReport, StepResult
 from djk.tasks.engine.schema import InventoryError
@@ -90,7 +91,7 @@ def announcer(inventory, lines: list) -> events.Announcer:
 
 def report(before: str, after: str, failed: bool = False) -> HostReport:
     line = {"sites": {"shop": {"before": before, "after": after}}}
-    found = HostReport("web1", extra={"audit_line": line})
+    found = HostReport("web1", outcomes=[AuditLine(line)])
     if failed:
         found.steps.append(StepResult("switch shop", "failed", "health check: 502"))
     return found

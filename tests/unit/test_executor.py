@@ -6,14 +6,15 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 
-from djk.tasks.app import check_findings
 from djk.tasks.engine import facts as F
-from djk.tasks.engine.executor import HostPlan, Mode, Phase, converge
+from djk.tasks.engine.executor import HostPlan, Mode, PhaseSteps, converge
 from djk.tasks.engine.hostinfo import Profile
 from djk.tasks.engine.inventory import Host
 from djk.tasks.engine.remote import Result
 from djk.tasks.engine.report import Reporter
 from djk.tasks.engine.steps import Action, Context, Plan, Step
+from djk.tasks.release.commands import CheckFindings
+from djk.tasks.release.outcome import CheckWarnings
 
 MARKER = "/var/lib/test/marker"
 
@@ -116,9 +117,16 @@ def rolling(host: Host, fail: bool = False) -> HostPlan:
     switch = Want(f"switch {host.name}", value="switched", command=command)
     return HostPlan(
         host,
-        [Phase("stage", [Want("stage")]), Phase("switch", [switch], rolling=True)],
-        revert=lambda facts: [Want("revert", value="never", command="echo reverted")],
+        [PhaseSteps("stage", [Want("stage")]), PhaseSteps("switch", [switch], rolling=True)],
+        revert=Back(),
     )
+
+
+class Back:
+    """A revert (executor.Revert) with one step of its own."""
+
+    def steps(self, facts) -> list:
+        return [Want("revert", value="never", command="echo reverted")]
 
 
 def test_a_failed_batch_stops_the_run_and_sends_switched_hosts_back():
@@ -134,7 +142,7 @@ def test_a_failed_batch_stops_the_run_and_sends_switched_hosts_back():
 
 
 def test_facts_are_read_again_only_after_this_host_changed_something():
-    steps = [Phase("one", [Want("a")]), Phase("two", [Want("b")])]
+    steps = [PhaseSteps("one", [Want("a")]), PhaseSteps("two", [Want("b")])]
     _, _, remotes = run([HostPlan(Host("x", "1"), steps)])
     assert remotes["x"].gathers == 2  # "a" changed the host: "b" plans from a fresh read
     _, log, remotes = run(
@@ -147,9 +155,9 @@ def test_a_read_after_a_change_covers_every_later_phase():
     # "a" changes the host; "b" is a no-op; "c" plans from a fact only it declares, which must
     # have been read after the change, with "b"'s (not from the first read, not missing).
     phases = [
-        Phase("one", [Want("a")]),
-        Phase("two", [Want("b")]),
-        Phase("three", [Want("c", value="x", command="echo c", marker="/other")]),
+        PhaseSteps("one", [Want("a")]),
+        PhaseSteps("two", [Want("b")]),
+        PhaseSteps("three", [Want("c", value="x", command="echo c", marker="/other")]),
     ]
     reports, log, remotes = run([HostPlan(Host("x", "1"), phases)])
     assert not reports["x"].failed, reports["x"].steps
@@ -158,11 +166,11 @@ def test_a_read_after_a_change_covers_every_later_phase():
 
 def test_holds_are_taken_after_connecting_and_not_in_check_mode():
     taken: list = []
-    plan = HostPlan(Host("x", "1"), [Phase("p", [Want("a")])], holds=[Recorded(taken)])
+    plan = HostPlan(Host("x", "1"), [PhaseSteps("p", [Want("a")])], holds=[Recorded(taken)])
     run([plan])
     assert taken == ["x"]
     run(
-        [HostPlan(Host("x", "1"), [Phase("p", [Want("a")])], holds=[Recorded(taken)])],
+        [HostPlan(Host("x", "1"), [PhaseSteps("p", [Want("a")])], holds=[Recorded(taken)])],
         Mode(check=True),
     )
     assert taken == ["x"]
@@ -170,7 +178,7 @@ def test_holds_are_taken_after_connecting_and_not_in_check_mode():
 
 def test_the_last_hold_carries_the_first_reading_of_the_host():
     first, last = Recorded([]), Recorded([], runs_first=True)
-    plan = HostPlan(Host("x", "1"), [Phase("p", [Want("a")])], holds=[first, last])
+    plan = HostPlan(Host("x", "1"), [PhaseSteps("p", [Want("a")])], holds=[first, last])
     reports, _, remotes = run([plan])
     assert not reports["x"].failed, reports["x"].steps
     assert first.scripts == [None]  # only the last one is asked
@@ -203,8 +211,8 @@ def test_a_step_reads_a_fact_of_another_host_in_that_hosts_first_round_trip():
     on = F.On("db", F.Text("/var/lib/djk/secret"))
     reads = Reads(on)
     plans = [
-        HostPlan(Host("app", "1"), [Phase("p", [reads])]),
-        HostPlan(Host("db", "2"), [Phase("p", [Want("a")])]),
+        HostPlan(Host("app", "1"), [PhaseSteps("p", [reads])]),
+        HostPlan(Host("db", "2"), [PhaseSteps("p", [Want("a")])]),
     ]
     reports, log, remotes = run(plans, state={"db": {on.fact: "from-db"}})
     assert not any(r.failed for r in reports.values())
@@ -212,7 +220,7 @@ def test_a_step_reads_a_fact_of_another_host_in_that_hosts_first_round_trip():
     # One round trip each: the db host read the app's fact along with its own.
     assert remotes["db"].gathers == 1 and remotes["app"].gathers == 1
     alone = Reads(on)  # the db host not in the run: the fact's default
-    run([HostPlan(Host("app", "1"), [Phase("p", [alone])])])
+    run([HostPlan(Host("app", "1"), [PhaseSteps("p", [alone])])])
     assert alone.seen == [None]
 
 
@@ -221,7 +229,7 @@ def test_handlers_run_once_after_the_steps_and_consumed_ones_not_at_all():
         Want("a", notify=("restart:x.service", "reload:nginx.service")),
         Want("b", value="other", command="echo b", consumes=("restart:x.service",)),
     ]
-    _, _, remotes = run([HostPlan(Host("x", "1"), [Phase("p", steps)])])
+    _, _, remotes = run([HostPlan(Host("x", "1"), [PhaseSteps("p", steps)])])
     scripts = remotes["x"].scripts
     reloads = [i for i, s in enumerate(scripts) if "systemctl reload nginx.service" in s]
     assert len(reloads) == 1  # once, however many steps notified it
@@ -232,36 +240,6 @@ def test_handlers_run_once_after_the_steps_and_consumed_ones_not_at_all():
 def test_check_mode_applies_nothing():
     _, log, _ = run([rolling(h) for h in hosts(2)], Mode(check=True))
     assert not [line for _, line in log if line.startswith("echo")]
-
-
-def test_the_kits_components_run_in_their_declared_order():
-    # Import order must not decide it (an import sorter once put nginx's config before the
-    # packages that install nginx).
-    from djk.tasks import components
-
-    names = [c.name for c in components()]
-    kit = [
-        "provision",
-        "firewall",
-        "supervisor",
-        "lock",
-        "database",
-        "backups",
-        "broker-check",
-        "app",
-        "celery",
-        "rabbitmq",
-        "flower",
-        "timers",
-        "media",
-        "maintenance",
-        "tls",
-        "nginx",
-        "multidomain",
-        "hooks",
-        "notify",
-    ]
-    assert names[: len(kit)] == kit
 
 
 class Talking(Step):
@@ -291,7 +269,7 @@ def test_a_step_with_echo_shows_what_its_command_prints_under_its_host():
     for echo, lines in ((True, ["started release R2 in slot b", "healthy: HTTP 200"]), (False, [])):
         out = io.StringIO()
         converge(
-            [HostPlan(Host("h1", "10.0.0.1"), [Phase("switch", [Talking(echo)])])],
+            [HostPlan(Host("h1", "10.0.0.1"), [PhaseSteps("switch", [Talking(echo)])])],
             Mode(),
             Reporter("human", out=out),
             connect=lambda h, c: Speaking(h),
@@ -311,7 +289,7 @@ class Checking(Step):
         return []
 
     def plan(self, ctx: Context) -> Plan:
-        return Plan([Action("run", "manage.py check --deploy", findings=check_findings("shop"))])
+        return Plan([Action("run", "manage.py check --deploy", findings=CheckFindings("shop"))])
 
 
 class Checked(FakeRemote):
@@ -336,7 +314,7 @@ System check identified 2 issues (0 silenced).
 def test_what_an_actions_output_finds_goes_to_the_step_line_and_the_report():
     out = io.StringIO()
     (report,) = converge(
-        [HostPlan(Host("h1", "10.0.0.1"), [Phase("stage", [Checking()])])],
+        [HostPlan(Host("h1", "10.0.0.1"), [PhaseSteps("stage", [Checking()])])],
         Mode(),
         Reporter("human", out=out),
         connect=lambda h, c: Checked(h),
@@ -346,9 +324,9 @@ def test_what_an_actions_output_finds_goes_to_the_step_line_and_the_report():
     warnings = report.extra["check_deploy"]["shop"]
     assert [w["id"] for w in warnings] == ["security.W004", "security.W008"]
     assert warnings[0]["message"].startswith("You have not set a value for the SECURE_HSTS")
-    assert check_findings("shop")("System check identified no issues (0 silenced).\n") == (
+    assert CheckFindings("shop").read("System check identified no issues (0 silenced).\n") == (
         "",
-        {"check_deploy": {"shop": []}},
+        CheckWarnings("shop", ()),
     )
 
 
@@ -360,7 +338,7 @@ def test_a_host_that_is_not_what_its_plan_was_built_for_is_planned_again():
 
     def plan_for(host: Host, info) -> HostPlan:
         built_for.append(info)
-        return HostPlan(host, [Phase("", [Want(f"for {info.codename}")])])
+        return HostPlan(host, [PhaseSteps("", [Want(f"for {info.codename}")])])
 
     host = Host("x", "1", info=DEFAULT)
     log: list = []
@@ -398,7 +376,7 @@ def test_a_host_whose_new_plan_is_refused_fails_before_any_change():
         return FakeRemote(h, state={Profile(): HostInfo(python="3.11.9")}, log=log)
 
     reporter = Reporter("quiet", out=io.StringIO())
-    plan = HostPlan(Host("x", "1", info=DEFAULT), [Phase("", [Want("a")])])
+    plan = HostPlan(Host("x", "1", info=DEFAULT), [PhaseSteps("", [Want("a")])])
     (report,) = converge([plan], Mode(), reporter, connect=connect, replan=refuse)
     assert report.failed and "needs Python 3.13" in report.error
     assert not [line for _, line in log if line == "echo applied"]

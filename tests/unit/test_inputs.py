@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from file_readers import dotenv_env, sh_env, systemd_env
 
-from djk.tasks import app, celery, nginx
+from djk.tasks import app, nginx, redis
 from djk.tasks.engine import facts as F
 from djk.tasks.engine.cli import load_inventory
 from djk.tasks.engine.inventory import InventoryError, load, parse
@@ -365,7 +365,7 @@ def test_ipv6_addresses_are_bracketed_where_a_port_follows(tmp_path):
     data["sites"]["shop"].update(hosts=["web1", "web2", "web3"], celery={"app": "exampleproject"})
     inventory = parse(data, tmp_path / "hosts.toml")
     site = inventory.sites["shop"]
-    assert celery.broker_url(site, "fd00::3").startswith("redis://:broker-pw-1@[fd00::3]:6379/")
+    assert redis.broker_url(site, "fd00::3").startswith("redis://:broker-pw-1@[fd00::3]:6379/")
     units = app.unit_files(inventory, site, inventory.hosts["web2"])
     assert "\nListenStream=[fd00::2]:8001\n" in units[2].content
     assert nginx.upstream_servers(inventory, site) == ["[fd00::2]:8001"]

@@ -4,65 +4,48 @@ at their defaults, as on a fresh host. No host, no SSH: planning is a pure funct
 
 from __future__ import annotations
 
+import importlib
 import json
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from djk.tasks import app
-from djk.tasks.celery import RedisAuth, RedisBind, WorkingDirs
-from djk.tasks.database import Applied
+from djk.tasks import release
 from djk.tasks.deploy import deploy_plan, rollback_plan
 from djk.tasks.engine import facts as F
-from djk.tasks.engine.debian import Installed
 from djk.tasks.engine.inventory import parse
-from djk.tasks.engine.lock import Locks
-from djk.tasks.engine.releases import Release, Releases
 from djk.tasks.engine.steps import Context, plan_phase
-from djk.tasks.provision import DpkgStatus, host_steps
-from djk.tasks.tls import AcmeInstalled, AcmeNames
+from djk.tasks.provision import host_steps
 
 CASES = sorted((Path(__file__).parent / "plans").glob("*.toml"))
 EXAMPLE = Path(__file__).resolve().parents[2] / "example"
 
 
-def _fact(spec: dict):
-    kind = spec["fact"]
-    value = spec.get("value")
-    if kind == "Stat":
-        return F.Stat(spec["path"]), None if value is None else F.PathState(**value)
-    if kind == "Text":
-        return F.Text(spec["path"]), value
-    if kind == "Unit":
-        return F.Unit(spec["name"]), F.UnitState(name=spec["name"], **value)
-    if kind == "Releases":
-        return Releases(spec["base"]), [Release(**r) for r in value]
-    if kind == "WorkingDirs":
-        return WorkingDirs(tuple(spec["units"])), value
-    if kind == "RedisBind":
-        return RedisBind(), value
-    if kind == "RedisAuth":
-        return RedisAuth(), value
-    if kind == "AcmeNames":
-        return AcmeNames(spec["site"]), set(value)
-    if kind == "AcmeInstalled":
-        return AcmeInstalled(spec["site"], spec["tls_dir"]), value
-    if kind == "DpkgStatus":
-        return DpkgStatus(), {name: Installed("1.0") for name in value}
-    if kind == "Locks":
-        return Locks(), value
-    if kind == "Applied":  # matched to the step's own by the database it reads (_given)
-        return ("Applied", spec["where"]), frozenset(value)
-    raise ValueError(f"unknown fact {kind}")
+def _matches(fact, spec: dict) -> bool:
+    """A case's fact names its class and some of its fields (lists for tuples): it is every
+    fact the steps declare of that class with those fields."""
+    kind = F.fact_kinds().get(spec["fact"])
+    if kind is None:
+        raise ValueError(f"unknown fact {spec['fact']}: no fact class of that name")
+    if type(fact) is not kind:
+        return False
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+    return all(
+        getattr(fact, name) == want
+        for name, want in fields.items()
+        if name not in ("fact", "value")
+    )
 
 
 def _given(case: dict, declared: dict) -> dict:
-    given = dict(_fact(spec) for spec in case.get("facts", []))
-    for fact in list(declared):
-        if isinstance(fact, Applied) and ("Applied", fact.where) in given:
-            given[fact] = given[("Applied", fact.where)]
-    return {fact: value for fact, value in given.items() if not isinstance(fact, tuple)}
+    """The case's facts, each decoded by the fact it matches (Fact.from_data)."""
+    given = {}
+    for spec in case.get("facts", []):
+        # None matching: no step reads it here (what the case shows is not read).
+        for fact in (fact for fact in declared if _matches(fact, spec)):
+            given[fact] = fact.from_data(spec.get("value"))
+    return given
 
 
 def _inventory(case: dict, tmp_path: Path):
@@ -88,10 +71,11 @@ def _steps(case: dict, inventory):
     if kind == "rollback":
         plan = rollback_plan(inventory, host, None, case.get("to"), db=case.get("db", ""))
     else:
-        release, tree = case["build"]["release"], case["build"]["tree"]
+        release_id, tree = case["build"]["release"], case["build"]["tree"]
         brings = tuple(case["build"].get("migrations", ()))
         builds = {
-            s.name: app.Build(s, release, tree, "d1", "rev", migrations=brings) for s in sites
+            s.name: release.Build(s, release_id, tree, "d1", "rev", migrations=brings)
+            for s in sites
         }
         plan = deploy_plan(inventory, host, builds, targets=[host.name])
     (phase,) = [p for p in plan.phases if p.name == case["phase"]]
@@ -108,9 +92,27 @@ def _subset(want, got, where: str) -> None:
         assert want == got, f"{where}: {got!r} != {want!r}"
 
 
+@pytest.fixture
+def components_of(request):
+    """The team components a case names (`components = ["module"]`, modules beside the tests
+    with install() and uninstall()), registered for the case alone."""
+    installed = []
+
+    def install(names: list[str]) -> None:
+        for name in names:
+            module = importlib.import_module(name)
+            module.install()
+            installed.append(module)
+
+    yield install
+    for module in reversed(installed):
+        module.uninstall()
+
+
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
-def test_plan(path: Path, tmp_path: Path):
+def test_plan(path: Path, tmp_path: Path, components_of):
     case = tomllib.loads(path.read_text())
+    components_of(case.get("components", []))
     inventory = _inventory(case, tmp_path)
     steps = _steps(case, inventory)
     declared = {fact: fact.default for step in steps for fact in step.facts(False)}

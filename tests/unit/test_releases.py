@@ -1,6 +1,6 @@
 from djk.tasks.engine import lock as L
-from djk.tasks.engine import releases as R
-from djk.tasks.engine.releases import Release
+from djk.tasks.release import store as R
+from djk.tasks.release.store import Release
 
 
 def rel(i: int, status: str) -> Release:

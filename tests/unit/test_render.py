@@ -4,7 +4,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from djk.tasks import app, celery, flower, nginx
+from djk.tasks import app, celery, flower, nginx, release
 from djk.tasks.engine import facts as F
 from djk.tasks.engine.inventory import parse
 from djk.tasks.engine.layout import App, SitePaths
@@ -120,9 +120,9 @@ def test_planned_scripts_of_a_first_deploy_hold_no_secret(inventory, site):
     from djk.tasks.engine.component import HostRun
     from djk.tasks.engine.steps import plan_phase
 
-    build = app.new_build(site)
+    build = release.new_build(site)
     host = inventory.hosts["web1"]
-    run = HostRun(inventory, host, (site,), {"shop": build}, target=lambda s: app.Wanted(build))
+    run = HostRun(inventory, host, (site,), release.Job.deploy({"shop": build}))
     plan = compose(run, DEPLOY_PHASES)
     steps = [step for phase in plan.phases for step in phase.steps]
     assert len({s.id for s in steps}) == len(steps)

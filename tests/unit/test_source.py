@@ -167,7 +167,7 @@ def test_shipped_rules(path, ok):
 
 
 def test_the_deploys_own_files_in_the_source_are_neither_shipped_nor_dirt(repo):
-    from djk.tasks.app import deploy_files
+    from djk.tasks.release import deploy_files
 
     app = repo / "app"
     write(app, {"hosts.toml": "[hosts]\n", "fabfile.py": "x\n", "secrets/app.env": "K=v\n"})

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from djk.tasks import status as S
+from djk.tasks import timers, tls
 from djk.tasks.engine import facts as F
 from djk.tasks.engine.facts import Facts
 from djk.tasks.engine.inventory import parse
@@ -24,7 +25,7 @@ def test_health_and_certificate_and_timer_facts_on_recorded_output():
     assert health.parse(0, "000 0.000") == {"status": 0, "seconds": 0.0}
     assert health.parse(7, "") == {"status": 0, "seconds": 0.0}
     assert "--unix-socket /s/live.sock" in health.command()
-    cert = S.CertExpiry("/etc/djk/tls/shop/fullchain.pem")
+    cert = tls.CertExpiry("/etc/djk/tls/shop/fullchain.pem")
     assert cert.parse(0, "notAfter=Feb 25 02:00:00 2027 GMT\n") == 1803520800.0
     assert cert.parse(1, "") == 0.0
     recorded = (
@@ -33,7 +34,7 @@ def test_health_and_certificate_and_timer_facts_on_recorded_output():
         "LastTriggerUSec=Fri 2026-11-27 02:08:32 UTC\nResult=success\n\n"
         "Id=djk-shop-timer_tick.service\nActiveState=inactive\nResult=exit-code\n"
     )
-    units = S.TimerUnits(("djk-shop-timer_tick.timer",)).parse(0, recorded)
+    units = timers.TimerUnits(("djk-shop-timer_tick.timer",)).parse(0, recorded)
     assert units["djk-shop-timer_tick.timer"]["NextElapseUSecRealtime"].startswith("Fri 2026")
     assert units["djk-shop-timer_tick.service"]["Result"] == "exit-code"
 
@@ -73,7 +74,7 @@ def verdict(inventory, **changes):
             units[0]: up,
             units[1]: up,
             step._health(): {"status": 200, "seconds": 0.01},
-            step._timer_fact(): {
+            timers.TimerUnits(("djk-shop-timer_tick.timer",)): {
                 "djk-shop-timer_tick.timer": {"ActiveState": "active"},
                 "djk-shop-timer_tick.service": {"Result": "success"},
             },
@@ -93,7 +94,7 @@ def verdict(inventory, **changes):
 def test_up(inventory):
     plan = verdict(inventory)
     assert plan.error == "" and plan.reason == "up"
-    (row,) = plan.report["status"]
+    (row,) = plan.as_data()["report"]["status"]
     assert row["release"] == "20261127T010000Z-ab" and row["release_age"] == 3600
     assert row["web"] == {"slot": "a", "pid": 42, "running": True}
     assert row["timers"]["tick"]["active"] and row["maintenance"] is False

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .facts import Fact
+from ..engine.facts import Fact
 
 STATUSES = ("staged", "live", "previous", "failed", "rolled-back")
 GOOD = ("live", "previous", "rolled-back")
@@ -103,6 +103,9 @@ class Releases(Fact[list]):
 
     base: str
     default: ClassVar[Any] = []
+
+    def from_data(self, raw: Any) -> list[Release]:
+        return [Release(**r) for r in raw]
 
     def command(self) -> str:
         return list_command(self.base)

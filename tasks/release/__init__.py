@@ -1,0 +1,66 @@
+"""The release: what a deploy ships of a site, and its lifecycle on each host.
+
+    build (control machine)  -> build.Build, resolved per host (build.for_host)
+    target                    -> target.Job: the rule picking each site's release, resolved in
+                                 the plan against the host's facts (target.Target)
+    stage, prepare            -> stage.Stage, commands.Prepare
+    migrate                   -> migrate.migrate_step (after db.py's backup, before any switch)
+    switch, verify            -> switch.Switch, switch.Verify (the host agent does both)
+    rollback guard, audit     -> db.py reads the job; plan.ReleaseAudit, plan.SwitchBack
+
+On a host a site keeps `releases/<id>/` (source, `.venv` link, `.djk-release.json` manifest,
+`.djk-status`), `shared/`, and a `current` link (store.py). What the steps found comes back as
+typed outcomes (outcome.ReleaseMove, ...). Components (app, celery, db, hooks, status) import
+this package, never each other, for anything about a release.
+"""
+
+from . import store
+from .build import Build, deploy_files, for_host, migrations_in, new_build
+from .commands import FreshMigrate, Prepare, ReleaseCommand, manage
+from .migrate import fresh_migrate, migrate_marker, migrate_step, migrated_marker, migrates_here
+from .outcome import CheckWarnings, ReleaseMove, ReleaseTable
+from .plan import ReleaseAudit, SwitchBack, phase_steps
+from .stage import Stage, disk_full, release_steps
+from .switch import Switch, Verify, current_slot, front, gate, retired, switch_step
+from .target import Job, Latest, Named, PreviousGood, Rule, Target, live_release
+
+__all__ = [
+    "Build",
+    "CheckWarnings",
+    "FreshMigrate",
+    "Job",
+    "Latest",
+    "Named",
+    "Prepare",
+    "PreviousGood",
+    "ReleaseAudit",
+    "ReleaseCommand",
+    "ReleaseMove",
+    "ReleaseTable",
+    "Rule",
+    "Stage",
+    "Switch",
+    "SwitchBack",
+    "Target",
+    "Verify",
+    "current_slot",
+    "deploy_files",
+    "disk_full",
+    "for_host",
+    "fresh_migrate",
+    "front",
+    "gate",
+    "live_release",
+    "manage",
+    "migrate_marker",
+    "migrate_step",
+    "migrated_marker",
+    "migrates_here",
+    "migrations_in",
+    "new_build",
+    "phase_steps",
+    "release_steps",
+    "retired",
+    "store",
+    "switch_step",
+]
