@@ -9,7 +9,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from .engine import procs, topology, values
+from .engine import agent, procs, topology, values
 from .engine.cli import run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, Phase, register
 from .engine.facts import Fact, Unit
@@ -165,7 +165,7 @@ class Restart(Step):
         if any(not procs.is_program(u) for u in self.units):
             script.append("systemctl daemon-reload")
         if self.set_current:
-            script.append(point_current(self.paths, release))
+            script.append(agent.run("point-current", {"base": self.paths.base, "release": release}))
         script += changes
         consumes = (self.cycle, "daemon-reload")
         return Plan(
@@ -178,19 +178,6 @@ class Restart(Step):
                 )
             ]
         )
-
-
-def point_current(paths: SitePaths, release: str) -> str:
-    """`current` to a release, renamed over atomically; statuses follow."""
-    q = shlex.quote
-    return (
-        f"old=$(readlink {q(paths.current)} 2>/dev/null | sed 's#^releases/##') || old=''\n"
-        f"ln -sfn {q('releases/' + release)} {q(paths.current)}.djk-new\n"
-        f"mv -Tf {q(paths.current)}.djk-new {q(paths.current)}\n"
-        f"echo live > {q(paths.release(release))}/.djk-status\n"
-        f'if [ -n "$old" ] && [ "$old" != {q(release)} ] && [ -d {q(paths.releases)}/"$old" ]; '
-        f'then echo previous > {q(paths.releases)}/"$old"/.djk-status; fi'
-    )
 
 
 @dataclass(frozen=True)

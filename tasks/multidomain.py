@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 
-from .engine import procs, values
+from .engine import agent, procs, values
 from .engine.cli import load_inventory, run_plans, target_hosts, targets_task, user_error
 from .engine.component import Component, HostRun, Phase, components, register
 from .engine.facts import Fact, Lines, Stat
@@ -161,11 +161,12 @@ class RemoveSite(Step):
         if not present and not (self.purge and files):
             return Plan(reason="not on this host")
         q = shlex.quote
-        script = ["set -e"]
+        # The remaining configuration must be valid before nginx reloads without the site.
+        script = ["set -e", agent.receive()]
         script += procs.stop_and_remove(units)
         script += [
             f"rm -f {q(conf)} {q(f'{UPSTREAM_DIR}/{self.site}.upstream')}",
-            NGINX_RELOAD_AFTER_REMOVE,
+            agent.run("nginx-reload", {}),
         ]
         if self.purge:
             script += [
@@ -173,11 +174,7 @@ class RemoveSite(Step):
                 f"userdel djk-{q(self.site)} 2>/dev/null || true",
             ]
         what = f"{len(units)} processes, server block" + (", files and user" if self.purge else "")
-        return Plan([Action(f"remove {what}", "\n".join(script))])
-
-
-# The remaining configuration must be valid before nginx reloads without the site.
-NGINX_RELOAD_AFTER_REMOVE = "nginx -t -q && systemctl reload nginx.service"
+        return Plan([Action(f"remove {what}", "\n".join(script), stdin=agent.carried_head)])
 
 
 @targets_task(

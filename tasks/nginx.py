@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import tls as tls_component
-from .engine import topology, values
+from .engine import agent, topology, values
 from .engine.cli import run_plans, targets_task
 from .engine.component import Component, HostRun, NginxPart, Opening, Phase, components, register
 from .engine.hostinfo import DEFAULT as DEFAULT_HOST
@@ -16,7 +16,6 @@ from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, SitePaths, a
 from .engine.render import render
 from .engine.schema import Table
 from .engine.steps import (
-    NGINX_RELOAD,
     ConfigSet,
     Directory,
     File,
@@ -207,7 +206,8 @@ def deploy(c, check=False, diff=False, json_=False, quiet=False):
 )
 def reload(c, json_=False, quiet=False):
     """Validate the whole nginx configuration (nginx -t), then reload gracefully."""
-    step = Run("nginx-reload", "nginx reload", "validate and reload", NGINX_RELOAD)
+    script = agent.carried("nginx-reload", "{}")
+    step = Run("nginx-reload", "nginx reload", "validate and reload", script, agent.carried_head)
     run_plans(c, lambda inventory, host: [step], json_=json_, quiet=quiet)
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from .engine import values
+from .engine import agent, values
+from .engine.agent import AGENT_DIR, PYTHON
 from .engine.component import Component, NginxPart, register
 from .engine.facts import Fact, Facts, Stat
 from .engine.inventory import Host, Inventory, Site
@@ -22,7 +23,7 @@ from .engine.render import MANAGED
 from .engine.schema import Table
 from .engine.secrets import Secret
 from .engine.status import StatusCheck, StatusPart, age
-from .engine.steps import NGINX_RELOAD, Action, Context, Directory, File, Plan, Step
+from .engine.steps import Action, Context, Directory, File, Plan, Step
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 
@@ -50,7 +51,9 @@ set -e
 site=${{RENEWED_LINEAGE##*/djk-}}
 install -m 644 "$RENEWED_LINEAGE/fullchain.pem" "/etc/djk/tls/$site/fullchain.pem"
 install -m 600 "$RENEWED_LINEAGE/privkey.pem" "/etc/djk/tls/$site/privkey.pem"
-nginx -t -q && systemctl reload nginx.service
+# The newest host agent reloads nginx (validated first), as every reload the kit does.
+f=$(ls -t {AGENT_DIR}/agent-*.pyz | head -n 1)
+exec {PYTHON} "$f" nginx-reload '{{}}'
 """
 
 
@@ -102,13 +105,13 @@ class Certificate(Step):
             return Plan(reason=f"covers {', '.join(sorted(wanted))}")
         q = shlex.quote
         env = ""
-        script = ["set -e"]
+        script = ["set -e", agent.receive()]
         if tls.ca_bundle:
             bundle = f"{self.paths.tls_dir}/acme-ca.pem"
             script.append(f"cat > {q(bundle)}")
             env = f"REQUESTS_CA_BUNDLE={q(bundle)} "
         # The server block with the challenge location must be live before certbot asks.
-        script.append(f"( {NGINX_RELOAD}\n)")
+        script.append(agent.run("nginx-reload", {}))
         domains = " ".join(f"-d {q(d)}" for d in self.site.domains)
         script.append(
             f"{env}certbot certonly --non-interactive --agree-tos --no-eff-email "
@@ -123,7 +126,7 @@ class Certificate(Step):
                 Action(
                     f"{why} from {tls.server}",
                     "\n".join(script),
-                    stdin=tls.ca_bundle.encode(),
+                    stdin=agent.carried_head() + tls.ca_bundle.encode(),
                     progress="asking the ACME server",
                     consumes=("reload:nginx.service",),
                 )

@@ -18,6 +18,9 @@ ARGUMENT_COMMANDS = {
     "lock-clear": ("lock", "clear"),
     "logs": ("logs", "logs"),
     "timer": ("timer", "timer"),
+    "release-status": ("release", "set_status"),
+    "point-current": ("release", "make_current"),
+    "nginx-reload": ("system", "reload_nginx"),
 }
 
 

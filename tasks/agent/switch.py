@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import probe, procs
+from . import probe, procs, release
 from .system import Failed, connections, cwd, descends_from, nginx_reload, point, read_link
 
 SLOTS = ("a", "b")
@@ -48,8 +48,7 @@ class Site:
         self.units: dict[str, str] = spec.get("units", {})
         self.procs = procs.manager(spec.get("manager"))
         self.gate: dict = {**spec["gate"], "release": self.want}
-        link = read_link(self.base / "current")
-        self.live = link.removeprefix("releases/") if link else ""
+        self.live = release.live(self.base)
 
     @property
     def live_link(self) -> Path:
@@ -63,9 +62,8 @@ class Site:
     def release_dir(self, release: str) -> Path:
         return self.base / "releases" / release
 
-    def mark(self, release: str, status: str) -> None:
-        if release and self.release_dir(release).is_dir():
-            (self.release_dir(release) / ".djk-status").write_text(status + "\n")
+    def mark(self, name: str, status: str) -> None:
+        release.mark(self.base, name, status)
 
     def mark_failed(self) -> None:
         if self.want != self.live:
@@ -265,7 +263,7 @@ def cut_over(site: Site, active: str | None, nxt: str, spec: dict) -> str | None
     only when this run changed its configuration; the release checked as clients reach it. On
     failure all of it goes back and the new slot stops. Returns the cause of a failure."""
     point(site.live_link, f"{nxt}.sock")
-    point(site.base / "current", f"releases/{site.want}")
+    release.point_current(site.base, site.want)
     static_before = site.static_current()
     site.point_static("current", site.want)
     try:
@@ -281,7 +279,7 @@ def cut_over(site: Site, active: str | None, nxt: str, spec: dict) -> str | None
     else:
         site.live_link.unlink(missing_ok=True)
     if site.live:
-        point(site.base / "current", f"releases/{site.live}")
+        release.point_current(site.base, site.live)
     site.point_static("current", static_before)
     site.procs.stop(site.units[nxt])
     site.mark_failed()
@@ -349,12 +347,12 @@ def retire(site: Site, old: str | None, spec: dict) -> None:
     for status in site.base.glob("releases/*/.djk-status"):
         # One left marked live by a run cut off before this point.
         if status.parent.name != site.want and status.read_text().strip() == "live":
-            status.write_text(spec["mark_old"] + "\n")
+            site.mark(status.parent.name, spec["mark_old"])
     site.static_after_switch(old, spec["mark_old"] == "rolled-back")
-    for release in spec.get("delete", []):
-        shutil.rmtree(site.release_dir(release), ignore_errors=True)
+    for name in spec.get("delete", []):
+        shutil.rmtree(site.release_dir(name), ignore_errors=True)
         if site.static is not None:
-            shutil.rmtree(site.static / release, ignore_errors=True)
+            shutil.rmtree(site.static / name, ignore_errors=True)
 
 
 # A venv another site's deploy installed a moment ago may not be linked by a release yet (the
@@ -395,6 +393,6 @@ def verify(spec: dict) -> int:
     if problem:
         print(f"release {site.want} does not answer through nginx: {problem}", file=sys.stderr)
         return 1
-    point(site.base / "current", f"releases/{site.want}")
+    release.point_current(site.base, site.want)
     retire(site, site.live, {"mark_old": "previous", **spec})
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -121,13 +122,14 @@ def read_link(link: str | Path) -> str | None:
 # -- nginx -----------------------------------------------------------------------------------
 
 
-def nginx_reload(timeout: float = 10.0) -> None:
+def nginx_reload(timeout: float = 10.0, test: bool = True) -> None:
     """Validate, reload, and wait until the new configuration takes every new connection:
     workers of it run, and no old worker still listens (an old worker accepts connections,
     with the old configuration, until it handles the master's QUIT). Old workers may go on
     serving what they hold — a WebSocket may keep one for long — so this does not wait for
     them to leave. Starts nginx when it is not running."""
-    run("nginx", "-t", "-q")
+    if test:
+        run("nginx", "-t", "-q")
     master = int(unit_state("nginx.service").get("MainPID") or 0)
     if master == 0:
         systemctl("start", "nginx.service")
@@ -140,6 +142,21 @@ def nginx_reload(timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise Failed(f"nginx did not switch to the new configuration within {timeout:.0f}s")
+
+
+def reload_nginx(spec: dict) -> int:
+    """`nginx-reload`: nginx_reload as a command (the kit's only way to reload nginx). Exit 0,
+    or 1 with the cause on stderr (an invalid configuration: nginx -t's own words)."""
+    tested = run("nginx", "-t", "-q", check=False)
+    if tested.returncode != 0:
+        print((tested.stderr or tested.stdout).strip() or "nginx -t failed", file=sys.stderr)
+        return 1
+    try:
+        nginx_reload(float(spec.get("timeout", 10.0)), test=False)
+    except Failed as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
 
 
 _PID = re.compile(r"pid=(\d+)")

@@ -83,10 +83,10 @@ def if_installed(name: str, argument: str = "", otherwise: str | None = None) ->
     return f"if [ -f {quoted} ]; then {_exec(name, argument)}; fi; {fallback}"
 
 
-def carried(name: str, argument: str = "") -> str:
-    """Runs an agent command whose stdin starts with carried_head(): the zipapp it carries is
-    put in place first when this version is not on the host (else read and dropped). For a
-    host the kit has not seen yet: no MISSING answer, no upload command and no second start."""
+def receive() -> str:
+    """Shell that takes the zipapp from the head of stdin (carried_head()) and puts it in
+    place when this version is not on the host (else reads and drops it); what follows on
+    stdin is left for the rest of the script."""
     quoted = shlex.quote(path())
     # `read` takes the size line byte by byte and `head -c` reads no further than the zipapp
     # (coreutils), so the command's own stdin follows untouched. A stream cut short leaves
@@ -95,9 +95,23 @@ def carried(name: str, argument: str = "") -> str:
         f'read n || exit 1; if [ -f {quoted} ]; then head -c "$n" > /dev/null; else '
         f"install -d -m 755 {AGENT_DIR} && t=$(mktemp {AGENT_DIR}/.agent.XXXXXX) && "
         f'head -c "$n" > "$t" && [ "$(sha256sum < "$t")" = "{digest()}  -" ] && '
-        f'chmod 644 "$t" && mv -f "$t" {quoted} || {{ rm -f "$t"; exit 1; }}; fi; '
-        f"{_exec(name, argument)}"
+        f'chmod 644 "$t" && mv -f "$t" {quoted} || {{ rm -f "$t"; exit 1; }}; fi'
     )
+
+
+def carried(name: str, argument: str = "") -> str:
+    """Runs an agent command whose stdin starts with carried_head(): the zipapp it carries is
+    put in place first when this version is not on the host (else read and dropped). For a
+    host the kit has not seen yet: no MISSING answer, no upload command and no second start."""
+    return f"{receive()}; {_exec(name, argument)}"
+
+
+def run(name: str, spec: dict) -> str:
+    """Shell running an agent command that takes its JSON as the argument, in a script that
+    goes on after it (the agent is on the host: the run's lock keeper put it there, or
+    receive() earlier in the script)."""
+    argument = json.dumps(spec, sort_keys=True)
+    return f"{PYTHON} {shlex.quote(path())} {shlex.quote(name)} {shlex.quote(argument)}"
 
 
 def carried_head() -> bytes:

@@ -29,12 +29,13 @@ from fabric import Config
 from . import audit
 from . import facts as F
 from .facts import Fact, Facts, On, PendingHandlers
+from .handlers import handler, handler_order
 from .hostinfo import HostInfo, Profile
 from .inventory import Host
 from .outcome import Outcome
 from .remote import Remote, RemoteError, Result
 from .report import HostReport, Reporter, StepResult
-from .steps import Action, Context, Step, clear_pending, handler_order, handler_script, plan_phase
+from .steps import Action, Context, Step, clear_pending, plan_phase
 
 
 @dataclass(frozen=True)
@@ -303,8 +304,8 @@ def _run_handlers(session: _Session) -> None:
     try:
         for name in sorted(set(session.pending), key=handler_order):
             label = f"handler {name}"
-            script = handler_script(name)
-            if script is None:
+            found = handler(name)
+            if found is None:
                 # Done by a step of a full deploy (a slot switch, a Celery restart); it stays
                 # pending until one runs.
                 result = StepResult(label, "skipped", "left pending for the next deploy")
@@ -312,8 +313,11 @@ def _run_handlers(session: _Session) -> None:
                 result = StepResult(label, "changed", "would run")
             else:
                 t0 = time.monotonic()
+                script, stdin = found
                 # The subshell keeps a handler's own `exit` from skipping the bookkeeping.
-                done = remote.run(f"(\n{script}\n) || exit $?\n{clear_pending((name,))}")
+                done = remote.run(
+                    f"(\n{script}\n) || exit $?\n{clear_pending((name,))}", stdin=stdin
+                )
                 status = "changed" if done.ok else "failed"
                 detail = "" if done.ok else f"exit {done.rc}: {done.stderr.strip()[-1500:]}"
                 result = StepResult(label, status, detail, seconds=time.monotonic() - t0)

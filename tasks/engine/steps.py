@@ -468,55 +468,6 @@ class ApplyNow(Step):
         return Plan(reason="no change to apply")
 
 
-# `systemctl reload nginx` only signals the master; until every old worker has handled its QUIT
-# (and closed its listening sockets) new connections can still get the old configuration.
-NGINX_RELOAD = r"""set -e
-nginx -t -q
-master=$(systemctl show -p MainPID --value nginx.service)
-if [ "${master:-0}" = 0 ]; then systemctl start nginx.service; exit 0; fi
-old=$(ps -o pid=,args= --ppid "$master" | awk '/worker process$/ {print $1}')
-systemctl reload nginx.service
-# Until workers of the new configuration run and no old worker listens (old ones may go on
-# serving what they hold: a WebSocket may keep one for long). As agent/system.nginx_reload.
-i=0
-while [ $i -lt 200 ]; do
-  new=0
-  for p in $(ps -o pid=,args= --ppid "$master" | awk '/worker process$/ {print $1}'); do
-    case " $(echo $old) " in *" $p "*) ;; *) new=1;; esac
-  done
-  listening=$(ss -Hltnp | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u)
-  stale=0
-  for p in $old; do
-    case " $(echo $listening) " in *" $p "*) stale=1;; esac
-  done
-  if [ $new = 1 ] && [ $stale = 0 ]; then exit 0; fi
-  i=$((i+1)); sleep 0.05
-done
-echo "nginx did not switch to the new configuration within 10s (see journalctl -u nginx)" >&2
-exit 1
-"""
-
-
-def handler_script(name: str) -> str | None:
-    """What a handler runs. Names: daemon-reload, restart:UNIT, reload:UNIT; None for the ones
-    that only a deploy step does (cycle:SITE, cycle-celery:SITE)."""
-    if name == "daemon-reload":
-        return "systemctl daemon-reload"
-    kind, _, unit = name.partition(":")
-    if kind == "restart":
-        return "\n".join(["set -e", *procs.restart(unit)])
-    if kind == "reload" and unit == "nginx.service":
-        return NGINX_RELOAD
-    if kind == "reload":
-        return f"systemctl reload-or-restart {_q(unit)}"
-    return None
-
-
-def handler_order(name: str) -> tuple[int, str]:
-    kind = name.partition(":")[0]
-    return ({"daemon-reload": 0, "restart": 1, "reload": 2}.get(kind, 3), name)
-
-
 class MarkedCommand(Step):
     """A command that must have run for a given input (e.g. migrate for this source + venv).
 
@@ -553,11 +504,14 @@ class MarkedCommand(Step):
 class Run(Step):
     """An explicit command the user asked for (e.g. `nginx.reload`): always one action."""
 
-    def __init__(self, step_id: str, name: str, summary: str, script: str) -> None:
+    def __init__(
+        self, step_id: str, name: str, summary: str, script: str, stdin: Payload = b""
+    ) -> None:
         self.id, self.name, self.summary, self.script = step_id, name, summary, script
+        self.stdin = stdin
 
     def plan(self, ctx: Context) -> Plan:
-        return Plan([Action(self.summary, self.script)])
+        return Plan([Action(self.summary, self.script, stdin=self.stdin)])
 
 
 class UnitStatus(Step):

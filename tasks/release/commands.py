@@ -9,6 +9,7 @@ import shlex
 from dataclasses import dataclass, replace
 
 from ..database import NO_TABLE, Applied
+from ..engine import agent
 from ..engine.facts import Fact, Text
 from ..engine.inventory import Site
 from ..engine.layout import SitePaths
@@ -86,13 +87,22 @@ class ReleaseCommand(MarkedCommand):
         # A failed migration marks the release failed: it never goes live. Its output streams
         # (progress); on failure the message is its last lines (a traceback's exception) and
         # the note, not the middle of a traceback.
-        status = shlex.quote(f"{release_dir}/.djk-status")
+        release = release_dir.rsplit("/", 1)[-1]
+        mark = agent.run(
+            "release-status",
+            {
+                "base": self.paths.base,
+                "release": release,
+                "status": "failed",
+                "only_from": "staged",
+            },
+        )
         note = f"echo {shlex.quote(self.failure_note)} >&2\n  " if self.failure_note else ""
         return f"""log=$(mktemp); rc=$(mktemp)
 trap 'rm -f "$log" "$rc"' EXIT
 ( ( {command} ) 2>&1; echo $? > "$rc" ) | tee "$log"
 if [ "$(cat "$rc")" != 0 ]; then
-  [ "$(cat {status})" = staged ] && echo failed > {status}
+  {mark}
   tail -n 3 "$log" >&2
   {note}exit 1
 fi"""

@@ -70,7 +70,6 @@ printf '%s\\n' {b.tree} > {q(new)}/.djk-tree
 printf 'APP_RELEASE=%s\\nDJANGO_STATIC_ROOT=%s\\n' {q(b.release_id)} \\
   {q(paths.release_static(b.release_id))} > {q(new)}/.djk-release.env
 printf '%s\\n' {q(manifest)} > {q(new)}/.djk-release.json
-echo staged > {q(new)}/.djk-status
 ln -sfn {q(python_env.venv_path(b.deps))} {q(new)}/.venv
 chown -R root:{group} {q(new)}
 chmod -R u=rwX,g=rX,o= {q(new)}

@@ -64,7 +64,7 @@ def list_command(base: str) -> str:
         f"cd {base}/releases 2>/dev/null || exit 0; for d in */; do d=${{d%/}}; "
         f"case $d in *.djk-new) continue;; esac; "
         f'printf \'{SEPARATOR}%s\\n\' "$d"; cat "$d/.djk-release.json" 2>/dev/null; echo; '
-        f'cat "$d/.djk-status" 2>/dev/null || echo unknown; done'
+        f'cat "$d/.djk-status" 2>/dev/null || echo staged; done'
     )
 
 

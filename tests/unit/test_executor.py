@@ -231,7 +231,7 @@ def test_handlers_run_once_after_the_steps_and_consumed_ones_not_at_all():
     ]
     _, _, remotes = run([HostPlan(Host("x", "1"), [PhaseSteps("p", steps)])])
     scripts = remotes["x"].scripts
-    reloads = [i for i, s in enumerate(scripts) if "systemctl reload nginx.service" in s]
+    reloads = [i for i, s in enumerate(scripts) if "nginx-reload" in s]
     assert len(reloads) == 1  # once, however many steps notified it
     assert reloads[0] > next(i for i, s in enumerate(scripts) if "echo b" in s)  # after steps
     assert not [s for s in scripts if "systemctl restart x.service" in s]  # consumed by "b"

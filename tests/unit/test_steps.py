@@ -1,5 +1,6 @@
 from djk.tasks.engine import facts as F
 from djk.tasks.engine.facts import PENDING_FILE
+from djk.tasks.engine.handlers import handler_order
 from djk.tasks.engine.steps import (
     ConfigSet,
     Context,
@@ -7,7 +8,6 @@ from djk.tasks.engine.steps import (
     File,
     MarkedCommand,
     Service,
-    handler_order,
     sha256,
 )
 

@@ -614,3 +614,61 @@ RuntimeError: health is broken
 """  # noqa: E501 (a traceback's line as Python writes it)
     assert cause(request) == "RuntimeError: health is broken, in views.py line 12, in health"
     assert cause("RuntimeError: not in a traceback\nall fine\n") == ""
+
+
+# -- the one writer of statuses, `current` and nginx's reload (agent/release.py, system.py) ----
+
+
+def command(host: Host, name: str, spec: dict) -> subprocess.CompletedProcess[str]:
+    """An agent command that takes its JSON as the argument (engine/agent.run)."""
+    env = {
+        **os.environ,
+        "PATH": f"{host.bin}:{os.environ['PATH']}",
+        "FAKE_STATE": str(host.state_file),
+    }
+    return subprocess.run(
+        [sys.executable, str(host.pyz), name, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_point_current_marks_the_release_live_and_the_one_before_previous(host):
+    host.release("R1")
+    host.release("R2")
+    base = str(host.base)
+    assert command(host, "point-current", {"base": base, "release": "R1"}).returncode == 0
+    assert host.current() == "releases/R1" and host.status("R1") == "live"
+    assert command(host, "point-current", {"base": base, "release": "R2"}).returncode == 0
+    assert host.current() == "releases/R2"
+    assert (host.status("R1"), host.status("R2")) == ("previous", "live")
+    missing = command(host, "point-current", {"base": base, "release": "R9"})
+    assert missing.returncode == 1 and "no release R9" in missing.stderr
+    assert host.current() == "releases/R2"
+
+
+def test_a_failed_migration_marks_only_a_staged_release_failed(host):
+    host.release("R1")
+    (host.base / "releases" / "R2").mkdir()  # as the stage step leaves it: no status yet
+    base = str(host.base)
+    command(host, "point-current", {"base": base, "release": "R1"})
+    failed = {"status": "failed", "only_from": "staged"}
+    for name in ("R1", "R2"):
+        done = command(host, "release-status", {"base": base, "release": name, **failed})
+        assert done.returncode == 0, done.stderr
+    assert (host.status("R1"), host.status("R2")) == ("live", "failed")
+
+
+def test_nginx_reload_validates_the_whole_configuration_first(host):
+    done = command(host, "nginx-reload", {})
+    assert done.returncode == 0, done.stderr
+    calls = host.state()["calls"]
+    assert calls[0] == ["nginx", "-t", "-q"]
+    assert ["systemctl", "start", "nginx.service"] in calls  # the fake master is not running
+    state = host.state()
+    state["nginx_invalid"] = True
+    host.save(state)
+    refused = command(host, "nginx-reload", {})
+    assert refused.returncode == 1 and "[emerg] invalid configuration" in refused.stderr
