@@ -24,6 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The kit a run measures: this checkout, or another one (bench/ab.py sets it, with PYTHONPATH
+# pointing `djk` at that checkout).
+KIT = Path(os.environ.get("DJK_BENCH_KIT", ROOT))
 
 from testbed import Testbed  # noqa: E402
 
@@ -82,7 +85,7 @@ def fab(inventory: Path, *args: str) -> tuple[Run, dict]:
         env["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="djk-bench-cache-")
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fabric", "--search-root", str(ROOT), *args],
+        [sys.executable, "-m", "fabric", "--search-root", str(KIT), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,

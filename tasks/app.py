@@ -123,7 +123,8 @@ def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
     paths = SitePaths.of(site, host)
     manager = paths.procs
     web = manager.template("web")
-    found = [
+    # (process, template, handlers it notifies, the template's own values)
+    found: list[tuple[str, str, tuple[str, ...], dict[str, object]]] = [
         (paths.web_unit(slot), web, (paths.cycle,), {"slot": slot, "after": procs.backing_units()})
         for slot in SLOTS
     ]
@@ -132,13 +133,13 @@ def unit_files(inventory: Inventory, site: Site, host: Host) -> list[Step]:
         # Started once whenever its file changes (it exits at once: the live slot runs).
         found.append((boot, manager.template("boot"), (f"restart:{boot}",), {}))
     if topology.split(inventory, site):
-        web = [h.peer_address for h in topology.hosts_with(inventory, site, "web")]
+        fronts = [h.peer_address for h in topology.hosts_with(inventory, site, "web")]
         forward = {
             "proxyd": PROXYD,
             "socket_activate": SOCKET_ACTIVATE,
             "bind": values.url_host(host.peer_address),
             "port": app_of(site).port,
-            "allow": [*web, host.peer_address, "127.0.0.0/8"],
+            "allow": [*fronts, host.peer_address, "127.0.0.0/8"],
         }
         unit = paths.forward_unit
         if manager.kind == procs.SYSTEMD:
@@ -239,7 +240,7 @@ class AppComponent(Component):
     def parse(self, table: Table, site: Site) -> App:
         key = table.key
         source = table.get_path("source")
-        if not _is(source, Path.is_dir):
+        if source is None or not _is(source, Path.is_dir):
             table.fail(f"{key}.source", f"{values.show_path(source)} is not a directory")
         requirements = source / table.get("requirements", str, default="requirements.txt")
         try:

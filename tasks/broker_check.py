@@ -43,7 +43,7 @@ class BrokerCheck(Step):
     the old release keeps serving."""
 
     def __init__(self, inventory: Inventory, site: Site, target: Target) -> None:
-        conf = site.part(Celery)
+        conf = site.need(Celery)
         self.site, self.target = site, target
         self.port, self.kind = BROKER_PORTS[conf.broker]
         self.address = topology.broker_address(inventory, site)

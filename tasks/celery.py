@@ -88,7 +88,7 @@ def unit_files(
     the release `current`."""
     paths = SitePaths.of(site, host)
     manager = paths.procs
-    conf = site.part(Celery)
+    conf = site.need(Celery)
     return [
         File(
             manager.config_path(unit),

@@ -498,6 +498,8 @@ class DatabaseComponent(HostService):
             if not uses_postgresql(site):
                 continue
             host = db_host(inventory, site)
+            if host is None:  # refused above
+                continue
             for kind, value in (("database", of(site).name), ("role", of(site).user)):
                 other = owners.setdefault((host.name, f"{kind} {value}"), site.name)
                 if other != site.name:
@@ -552,7 +554,7 @@ class DatabaseComponent(HostService):
         if run.options.reached:
             steps.append(Reached([s.name for s in served]))
         steps += server_steps(run.inventory, run.host)
-        steps += [RoleAndDatabase(s, password(s)) for s in served if password(s) is not None]
+        steps += [RoleAndDatabase(s, p) for s in served if (p := password(s)) is not None]
         return steps
 
 

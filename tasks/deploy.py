@@ -110,6 +110,7 @@ def deploy(
                 wait,
                 reached=host.name in {h.name for h in reached},
                 targets=names,
+                batch=batch,
             ),
             check=check,
             diff=diff,
@@ -180,6 +181,7 @@ def deploy_plan(
     wait: float | None = 0,
     reached: bool = False,
     targets: list[str] | tuple[str, ...] = (),
+    batch: str | None = None,
 ) -> HostPlan:
     sites = tuple(sites_or_exit(inventory, host))
     # Each site's build as this host installs it (its Python, its wheels); a host that only
@@ -195,7 +197,7 @@ def deploy_plan(
         host,
         sites,
         release.Job.deploy(here),
-        RunOptions(lock_wait=wait, reached=reached, targets=tuple(targets)),
+        RunOptions(lock_wait=wait, reached=reached, targets=tuple(targets), batch=batch),
     )
     return compose(run, DEPLOY_PHASES)
 

@@ -89,7 +89,7 @@ class FlowerComponent(Component):
     def python_packages(self, site: Site) -> list[str]:
         return ["flower==2.2.0"] if site.part(Flower) else []
 
-    def ports(self, site: Site) -> list[tuple[int, str]]:
+    def ports(self, site: Site) -> list[tuple]:
         conf = site.part(Flower)
         return [(conf.port, "Flower", "flower.port")] if conf else []
 

@@ -99,7 +99,7 @@ class Hook(Step):
         self.build = run.builds[site.name]
         self.site, self.when = site, when
         self.paths = SitePaths.of(site)
-        self.hooks = site.part(Hooks)
+        self.hooks = site.need(Hooks)
         # The site's hosts this deploy touches.
         self.hosts = tuple(h for h in run.options.targets if h in site.hosts)
         self.id = f"hook:{when}:{site.name}"
@@ -146,7 +146,7 @@ class Hook(Step):
 
 def runs_here(inventory: Inventory, site: Site, run: HostRun) -> bool:
     apps = [h.name for h in topology.hosts_with(inventory, site, "app")]
-    hooks = site.part(Hooks)
+    hooks = site.need(Hooks)
     if hooks.run_on == "one":
         return bool(apps) and apps[0] == run.host.name
     return run.host.name in apps
@@ -193,7 +193,7 @@ class HooksComponent(Component):
 
     def steps(self, phase: Phase, run: HostRun) -> list[Step]:
         # A deploy's (run.builds): a rollback or restore runs no hook.
-        when = {"migrate": "before_switch", "verify": "after_switch"}.get(phase)
+        when = {Phase.MIGRATE: "before_switch", Phase.VERIFY: "after_switch"}.get(phase)
         if when is None or not run.builds:
             return []
         return [

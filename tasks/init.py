@@ -171,7 +171,8 @@ def write_new(path: Path, text: str, mode: int | None = None) -> bool:
 
 def init(root: Path, site: str | None = None, out=print) -> int:
     found = detect(root, site)
-    written, kept = [], []
+    written: list[str] = []
+    kept: list[str] = []
     for name, text in (("hosts.toml", inventory(found)), ("fabfile.py", FABFILE)):
         (written if write_new(root / name, text) else kept).append(name)
     secrets_dir = root / "secrets"

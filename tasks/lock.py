@@ -9,12 +9,15 @@ hung holder explicitly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .engine import agent
 from .engine import lock as L
+from .engine.audit import Says
 from .engine.cli import load_inventory, run_plans, site_named, targets_task
 from .engine.component import Component, HostRun, register
 from .engine.facts import Fact
+from .engine.outcome import Outcome
 from .engine.remote import Remote, RemoteError, Result
 from .engine.steps import Context, Plan, Run, Step
 from .release.store import deployer
@@ -92,6 +95,16 @@ class LockComponent(Component):
 register(LockComponent())
 
 
+@dataclass(frozen=True)
+class LockHolders(Outcome):
+    """`fab lock.status`: who holds which site's deploy lock on a host."""
+
+    holders: tuple[dict, ...]
+
+    def data(self) -> dict[str, Any]:
+        return {"locks": list(self.holders)}
+
+
 class Holders(Step):
     id = "lock-status"
     name = "deploy locks"
@@ -101,10 +114,10 @@ class Holders(Step):
 
     def plan(self, ctx: Context) -> Plan:
         holders = ctx.facts[L.Locks()]
-        report = {"locks": [h.__dict__ for h in holders]}
+        report = (LockHolders(tuple(h.__dict__ for h in holders)),)
         if not holders:
-            return Plan(reason="no site is locked", report=report)
-        return Plan(reason="; ".join(h.describe() for h in holders), report=report)
+            return Plan(reason="no site is locked", outcomes=report)
+        return Plan(reason="; ".join(h.describe() for h in holders), outcomes=report)
 
 
 def clear_step(site: str) -> Step:
@@ -127,5 +140,5 @@ def clear(c, site, json_=False):
         lambda inv, host: [clear_step(site)],
         json_=json_,
         inventory=inventory,
-        audit=lambda facts, report: {site: {"lock": "cleared"}},
+        audit=Says({site: {"lock": "cleared"}}),
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import tls
 from .engine import topology
+from .engine.audit import Says
 from .engine.cli import (
     load_inventory,
     run_plans,
@@ -150,5 +151,5 @@ def maintenance(c, state, site=None, message="", json_=False, quiet=False):
         quiet=quiet,
         inventory=inventory,
         hosts=web,
-        audit=lambda facts, report: {chosen.name: {"maintenance": state}},
+        audit=Says({chosen.name: {"maintenance": state}}),
     )

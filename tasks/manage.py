@@ -15,6 +15,7 @@ import base64
 import os
 import shlex
 import sys
+from functools import partial
 
 from invoke import Exit
 
@@ -37,6 +38,10 @@ READ_ENV = """while IFS='=' read -r name value; do
   export "$name=$(printf '%s' "$value" | base64 -d)"
 done
 """
+
+
+def _print_prefixed(prefix: str, line: str) -> None:
+    print(prefix + line, flush=True)
 
 
 def env_input(names: list[str], environ: dict[str, str]) -> bytes:
@@ -105,7 +110,7 @@ def run_manage(
                 result = remote.run(
                     command(site, args, with_env=bool(env)) + " 2>&1",
                     stdin=given,
-                    on_line=lambda line, p=prefix: print(p + line, flush=True),
+                    on_line=partial(_print_prefixed, prefix),
                 )
                 if result.stdout and not result.stdout.endswith("\n"):  # a last partial line
                     print(prefix + result.stdout.rsplit("\n", 1)[-1], flush=True)

@@ -92,7 +92,7 @@ def sites(c):
         on_host = inventory.sites_on(host)
         print(f"{host.name} ({host.connect_to}): {len(on_host)} site(s)")
         for site in on_host:
-            listed = "+".join(str(p) for p, _ in ports(site))
+            listed = "+".join(str(p[0]) for p in ports(site))
             print(f"  {site.name:<16} 127.0.0.1:{listed:<12} {' '.join(site.domains)}")
 
 

@@ -123,7 +123,12 @@ def in_background(work, timeout: float) -> Future:
                 future.set_result(None)
 
     threading.Thread(target=run, daemon=True).start()
-    give_up = threading.Timer(timeout + 1, lambda: future.done() or future.set_result(None))
+
+    def give_up_waiting() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    give_up = threading.Timer(timeout + 1, give_up_waiting)
     give_up.daemon = True
     give_up.start()
     return future

@@ -279,7 +279,7 @@ class RabbitMQComponent(HostService):
 
     def configure(self, run: HostRun, served: list[Site]) -> list[Step]:
         steps = server_steps(run.inventory, run.host)
-        steps += [SiteBroker(s, password(s)) for s in served if s in run.sites and password(s)]
+        steps += [SiteBroker(s, p) for s in served if s in run.sites and (p := password(s))]
         return steps
 
 

@@ -330,7 +330,7 @@ class TimersComponent(Component):
     def parse(self, table: Table, site: Site) -> Timers:
         jobs = []
         for name in table.names(job_name):
-            sub = table.sub(name)
+            sub = table.child(name)
             command = sub.get("command", str, _words, default=None)
             program = sub.get("program", str, _words, default=None)
             if (command is None) == (program is None):

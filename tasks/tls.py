@@ -97,7 +97,7 @@ class Certificate(Step):
         return [AcmeNames(self.site.name), AcmeInstalled(self.site.name, self.paths.tls_dir)]
 
     def plan(self, ctx: Context) -> Plan:
-        tls = self.site.part(Tls)
+        tls = self.site.need(Tls)
         sans = ctx.facts[AcmeNames(self.site.name)]
         same = ctx.facts[AcmeInstalled(self.site.name, self.paths.tls_dir)]
         wanted = set(self.site.domains)
@@ -183,7 +183,7 @@ def files(site: Site, tls: Tls) -> list[File]:
         File(f"{paths.tls_dir}/fullchain.pem", tls.cert, name=f"certificate {site.name}"),
         File(
             f"{paths.tls_dir}/privkey.pem",
-            tls.key.reveal(),
+            tls.key.reveal() if tls.key is not None else "",
             mode="600",
             name=f"private key {site.name}",
             secret_content=True,

@@ -52,12 +52,13 @@ def line_time(text: str) -> float | None:
     if not found:
         return None
     parts = found.groups()
-    fields = tuple(int(p) for p in parts[:6])
+    numbers = tuple(int(p) for p in parts[:6])
     if len(parts) > 6 and parts[6] is not None:
         sign = -1 if parts[6].startswith("-") else 1
         offset = sign * (abs(int(parts[6])) * 3600 + int(parts[7]) * 60)
-        return timegm((*fields, 0, 0, 0)) - offset
-    return time.mktime((*fields, 0, 0, -1))
+        return timegm((*numbers, 0, 0, 0)) - offset
+    year, month, day, hour, minute, second = numbers
+    return time.mktime((year, month, day, hour, minute, second, 0, 0, -1))
 
 
 def timed(lines: list[str]) -> list[tuple[float | None, str]]:
@@ -134,6 +135,7 @@ def read_journal(source: dict, spec: dict, out: Output, procs: list) -> None:
     args = _journal_args(units, int(spec["lines"]), spec.get("since"), bool(spec.get("follow")))
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     procs.append(proc)
+    assert proc.stdout is not None  # stdout=PIPE
     for raw in proc.stdout:
         when, text = _journal_entry(raw.rstrip("\n"))
         out.emit(source["unit"], when, text)

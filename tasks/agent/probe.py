@@ -57,6 +57,7 @@ def fetch(
     its plain slot socket, as nginx would send it); over the unix socket `unix` when given
     (then only the URL's path counts)."""
     parts = urllib.parse.urlsplit(url)
+    hostname = parts.hostname or ""
     headers = {"Host": host, "User-Agent": "djk-health-check"}
     if https_forwarded:
         headers["X-Forwarded-Proto"] = "https"
@@ -68,11 +69,11 @@ def fetch(
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-            conn = http.client.HTTPConnection(parts.hostname, parts.port or 443, timeout=timeout)
-            raw = socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout)
+            conn = http.client.HTTPConnection(hostname, parts.port or 443, timeout=timeout)
+            raw = socket.create_connection((hostname, parts.port or 443), timeout=timeout)
             conn.sock = context.wrap_socket(raw, server_hostname=host)
         else:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+            conn = http.client.HTTPConnection(hostname, parts.port or 80, timeout=timeout)
         conn.request("GET", parts.path or "/", headers=headers)
         peer = conn.peer() if isinstance(conn, UnixConnection) else 0
         answer = conn.getresponse()

@@ -103,7 +103,6 @@ class HostRun:
     sites: tuple[Site, ...]
     job: Job | None = None
     options: RunOptions = field(default_factory=RunOptions)
-    extra: Mapping[str, Any] = field(default_factory=dict)  # a team's task's own inputs
 
     @property
     def builds(self) -> Mapping[str, Build]:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from fabric import Config
@@ -216,6 +217,7 @@ def _run_phase(session: _Session, index: int) -> None:
             read = session.remote.gather(_facts_of(rest, session.mode.diff))
             session.facts = read.with_values(session.shared)
             session.dirty = False
+        assert session.facts is not None  # _open read them, else the run stopped
         _run_steps(session, phase.steps, session.facts)
     except RemoteError as exc:
         session.fail(str(exc))
@@ -396,7 +398,7 @@ def converge(
             if first is not None and first.rolling:
                 _run_rolling(sessions, index, mode, reporter)
             else:
-                _parallel(sessions, lambda s, i=index: _run_phase(s, i))
+                _parallel(sessions, partial(_run_phase, index=index))
     finally:
         _parallel(sessions, _close)
     return [s.report for s in sessions]

@@ -19,6 +19,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 from .procs import SUPERVISORCTL, is_program
 
 T = TypeVar("T")
+# A fact of T is a fact of any supertype of T (a fact of list[str] reads as Iterable[str]).
+T_co = TypeVar("T_co", covariant=True)
 
 PENDING_FILE = "/var/lib/djk/pending-handlers"
 _START = "\x1edjk-fact "
@@ -45,7 +47,7 @@ djk_stats() {
 
 
 @dataclass(frozen=True)
-class Fact(Generic[T]):
+class Fact(Generic[T_co]):
     """Base of every fact. Subclasses are frozen dataclasses whose fields are the arguments."""
 
     default: ClassVar[Any] = None
@@ -53,7 +55,7 @@ class Fact(Generic[T]):
     def command(self) -> str:
         raise NotImplementedError
 
-    def parse(self, rc: int, out: str) -> T | None:
+    def parse(self, rc: int, out: str) -> T_co | None:
         raise NotImplementedError
 
     @property
@@ -62,7 +64,7 @@ class Fact(Generic[T]):
         fields = ",".join(repr(getattr(self, f.name)) for f in dataclasses.fields(self))
         return f"{type(self).__name__}({fields})"
 
-    def from_data(self, raw: Any) -> T | None:
+    def from_data(self, raw: Any) -> T_co | None:
         """Its value as data writes it (a plan case's TOML), as parse() would give it; as is
         unless a fact says otherwise."""
         return raw
@@ -75,6 +77,7 @@ def fact_kinds() -> dict[str, type[Fact]]:
     todo: list[type] = [Fact]
     while todo:
         kind = todo.pop()
+        sub: type
         for sub in kind.__subclasses__():
             found.setdefault(sub.__name__, sub)
             todo.append(sub)
@@ -102,18 +105,19 @@ class Facts(Mapping):
     def __len__(self) -> int:
         return len(self._values)
 
-    def with_values(self, values: Mapping[Fact, Any]) -> Facts:
+    def with_values(self, values: Mapping[Any, Any]) -> Facts:
         return Facts({**self._values, **values})
 
 
 @dataclass(frozen=True)
-class On(Generic[T]):
+class On(Fact[T_co]):
     """Fact `fact` of another host of the run (e.g. a site's database host): read there in that
     host's first round trip and handed to the steps that ask for it here (engine/executor.py).
-    Its value is as read at the start of the run; None when that host is not in the run."""
+    Its value is as read at the start of the run; None when that host is not in the run. A
+    fact a step declares like any other, never gathered on its own host."""
 
     host: str
-    fact: Fact[T]
+    fact: Fact[T_co]
 
     @property
     def label(self) -> str:

@@ -106,6 +106,11 @@ class Site:
         """The config a component parsed for this site (None when the site does not use it)."""
         return self.parts.get(kind)
 
+    def need(self, kind: type[T]) -> T:
+        """The config a component parsed for this site, where the caller knows the site uses
+        the component (KeyError otherwise: a defect of the caller)."""
+        return self.parts[kind]
+
     def needs_secret(self, key: str) -> bool:
         """True when `key` is missing from secrets that were read (a component's check)."""
         return self.secrets_loaded and key not in self.secrets
@@ -227,7 +232,7 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
         top.fail("hosts", "is required")
     for name in raw_hosts.names(values.host_name):
         raw_hosts.seen.add(name)
-        r = raw_hosts.sub(name)
+        r = raw_hosts.child(name)
         key = r.key
         addr = r.get("address", str, values.address, default=None)
         alias = r.get("ssh_alias", str, values.host_name, default=None)
@@ -275,7 +280,7 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
     raw_sites = top.sub("sites") or Table(path, {}, "sites")
     for name in raw_sites.names(values.site_name):
         raw_sites.seen.add(name)
-        sites[name] = _parse_site(raw_sites.sub(name), name, hosts, groups, read_secrets)
+        sites[name] = _parse_site(raw_sites.child(name), name, hosts, groups, read_secrets)
     raw_sites.done()
     top.done()
     inventory = Inventory(path=path, hosts=hosts, groups=groups, sites=sites)

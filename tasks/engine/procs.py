@@ -135,8 +135,8 @@ def stop_and_remove(names: list[str]) -> list[str]:
     if programs:
         # Only these names: a bare `update` would also apply (restarting) other programs'
         # changed files, such as another site's idle web slot.
-        names = " ".join(_q(p) for p in programs)
-        script.append(f"{SUPERVISORCTL} update {names} >/dev/null")
+        listed = " ".join(_q(p) for p in programs)
+        script.append(f"{SUPERVISORCTL} update {listed} >/dev/null")
     return script
 
 

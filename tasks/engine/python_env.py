@@ -60,11 +60,18 @@ def named(requirements: str) -> set[str]:
     return found
 
 
+def _pin_name(pin: str) -> str:
+    found = _NAME.match(pin)
+    if found is None:
+        raise ValueError(f"not a pin: {pin!r}")
+    return found.group(0)
+
+
 def with_server(requirements: bytes, pins: list[str]) -> bytes:
     """The project's requirements plus each pin whose package they do not name."""
     text = requirements.decode("utf-8", "replace")
     have = named(text)
-    missing = [p for p in pins if normalized(_NAME.match(p).group(0)) not in have]
+    missing = [p for p in pins if normalized(_pin_name(p)) not in have]
     if not missing:
         return requirements
     added = "".join(f"{p}\n" for p in missing)

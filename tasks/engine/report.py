@@ -121,7 +121,7 @@ class Reporter:
             )
             for r in reports:
                 counts = "  ".join(f"{s}={r.count(s)}" for s in STATUSES)
-                shown = dict(o.recap() for o in r.outcomes if o.recap() is not None)
+                shown = dict(line for o in r.outcomes if (line := o.recap()) is not None)
                 live = "".join(f"  {shown[key]}" for key in sorted(shown))
                 apart = "".join(
                     f" ({kind} {_size(n)})"
@@ -179,8 +179,9 @@ class Progress:
 
 
 def _size(count: int) -> str:
+    size = float(count)
     for unit in ("B", "kB", "MB"):
-        if count < 1024 or unit == "MB":
-            return f"{count:.0f}{unit}" if unit == "B" else f"{count:.1f}{unit}"
-        count /= 1024
-    return f"{count}B"
+        if size < 1024 or unit == "MB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size}B"

@@ -13,7 +13,7 @@ import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .values import SHOW_LIMIT, escape, show, show_path
 
@@ -117,7 +117,7 @@ class Table:
         self.table: dict[str, Any] = table
         self.seen: set[str] = set()
 
-    def fail(self, key: str, message: str):
+    def fail(self, key: str, message: str) -> NoReturn:
         raise InventoryError(self.file, key, message)
 
     def path(self, name: str) -> str:
@@ -152,6 +152,13 @@ class Table:
         if len(set(items)) != len(items):
             self.fail(key, "lists the same value twice")
         return items
+
+    def child(self, name: str) -> Table:
+        """A sub-table that is there (one of names())."""
+        found = self.sub(name)
+        if found is None:
+            raise KeyError(name)
+        return found
 
     def sub(self, name: str) -> Table | None:
         """A sub-table, or None when absent."""

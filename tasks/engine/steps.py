@@ -625,11 +625,11 @@ class ConfigSet(Step):
         return "\n".join(lines) + "\n"
 
 
-def _archive(files: dict[str, str]) -> bytes:
+def _archive(files: dict[str, str | bytes]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, content in files.items():
-            data = content.encode()
+            data = content if isinstance(content, bytes) else content.encode()
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o600

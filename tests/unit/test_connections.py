@@ -24,7 +24,7 @@ from djk.tasks.engine.inventory import parse
 from djk.tasks.engine.remote import KitError, Remote, RemoteError
 
 HOSTS = 64
-RUNS = 20
+RUNS = {"quick": 4, "long": 20}  # the long run: CI's (--long)
 
 
 @pytest.fixture
@@ -50,10 +50,13 @@ def busy_switching():
     sys.setswitchinterval(before)
 
 
-def test_a_fleet_connects_in_every_run(fleet, busy_switching, capsys):
+@pytest.mark.parametrize(
+    "size", [pytest.param("quick"), pytest.param("long", marks=pytest.mark.long)]
+)
+def test_a_fleet_connects_in_every_run(fleet, busy_switching, capsys, size):
     hosts = list(fleet.hosts.values())
     failed_runs = []
-    for number in range(RUNS):
+    for number in range(RUNS[size]):
         if number % 2 == 0:
             # Half the runs meet hosts never seen: their profile is read from the pool's
             # threads before the plans; the other half connect early while planning.

@@ -10,6 +10,7 @@ from djk.tasks.engine import facts as F
 from djk.tasks.engine.executor import HostPlan, Mode, PhaseSteps, converge
 from djk.tasks.engine.hostinfo import Profile
 from djk.tasks.engine.inventory import Host
+from djk.tasks.engine.outcome import Outcome
 from djk.tasks.engine.remote import Result
 from djk.tasks.engine.report import Reporter
 from djk.tasks.engine.steps import Action, Context, Plan, Step
@@ -380,3 +381,61 @@ def test_a_host_whose_new_plan_is_refused_fails_before_any_change():
     (report,) = converge([plan], Mode(), reporter, connect=connect, replan=refuse)
     assert report.failed and "needs Python 3.13" in report.error
     assert not [line for _, line in log if line == "echo applied"]
+
+
+@dataclass(frozen=True)
+class Found(Outcome):
+    what: str
+
+    def data(self) -> dict:
+        return {"found": [self.what]}
+
+
+class Finds(Step):
+    """Hands back an outcome with its plan."""
+
+    def __init__(self, what: str) -> None:
+        self.id = self.name = f"find {what}"
+        self.what = what
+
+    def plan(self, ctx: Context) -> Plan:
+        return Plan(reason="found", outcomes=(Found(self.what),))
+
+
+class ReadsEarlier(Step):
+    """Records what earlier phases found on every host."""
+
+    id = name = "reads earlier"
+
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def plan(self, ctx: Context) -> Plan:
+        self.seen.append(ctx.outcomes_of(Found))
+        return Plan(reason="read")
+
+
+def test_a_later_phase_reads_what_an_earlier_one_found_on_another_host():
+    reads = ReadsEarlier()
+    first = HostPlan(Host("db", "1"), [PhaseSteps("backup", [Finds("dump-R2")])])
+    second = HostPlan(
+        Host("app", "2"),
+        [PhaseSteps("backup", [ReadsEarlier()]), PhaseSteps("migrate", [reads])],
+    )
+    reports, _, _ = run([first, second])
+    assert reads.seen == [[("db", Found("dump-R2"))]]
+    # The host's report keeps its outcomes, typed, and the JSON report their data.
+    assert reports["db"].outcomes_of(Found) == [Found("dump-R2")]
+    assert reports["db"].as_data()["extra"] == {"found": ["dump-R2"]}
+    assert "outcomes" not in reports["db"].as_data()
+
+
+def test_within_a_phase_no_host_sees_another_hosts_outcomes():
+    same = ReadsEarlier()
+    run(
+        [
+            HostPlan(Host("db", "1"), [PhaseSteps("backup", [Finds("dump")])]),
+            HostPlan(Host("app", "2"), [PhaseSteps("backup", [same])]),
+        ]
+    )
+    assert same.seen == [[]]  # hosts run a phase in parallel: nothing is handed within it

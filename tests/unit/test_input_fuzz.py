@@ -11,8 +11,9 @@ the same unit keys and ExecStart words, one sudo rule, one requirepass word, an 
 systemd, sh and python-dotenv all read as exactly the intended pairs, and no secret in any
 script, summary or diff.
 
-DJK_FUZZ_EXAMPLES sets the number of generated cases (10,000 by default; the @example seeds are
-the defects found by the first fuzz of issue 10 and run first).
+DJK_FUZZ_EXAMPLES sets the number of generated cases of the long run (10,000 by default; the
+@example seeds are the defects found by the first fuzz of issue 10 and run first); the unit loop
+runs QUICK of them, and the per-key fuzz QUICK_PER_KEY per key (the long run: --long).
 
 test_every_key_of_every_component takes two inventories that use every key of every component
 (inventory_cases.LAYOUTS: one host with everything; nginx, the app under supervisor and the data
@@ -46,11 +47,14 @@ from inventory_cases import (
 )
 
 EXAMPLES = int(os.environ.get("DJK_FUZZ_EXAMPLES", "10000"))
+QUICK = 300
+QUICK_PER_KEY = 4
+SIZES = [pytest.param("quick", id="quick"), pytest.param("long", id="long", marks=pytest.mark.long)]
 
 
-def fuzz(directory: Path):
+def fuzz(directory: Path, examples: int):
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=examples,
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
@@ -64,12 +68,14 @@ def fuzz(directory: Path):
     return property_
 
 
-def test_inventory_fuzz(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_inventory_fuzz(tmp_path: Path, size: str) -> None:
+    examples = EXAMPLES if size == "long" else QUICK
     STATS.update(cases=0, accepted=0, refused=0)
-    fuzz(tmp_path)()
+    fuzz(tmp_path, examples)()
     print(f"\ninventory fuzz: {STATS}")
-    assert STATS["cases"] >= EXAMPLES, STATS
-    assert STATS["accepted"] > EXAMPLES // 10 and STATS["refused"] > EXAMPLES // 10, STATS
+    assert STATS["cases"] >= examples, STATS
+    assert STATS["accepted"] > examples // 10 and STATS["refused"] > examples // 10, STATS
 
 
 @pytest.mark.parametrize("index", range(len(SEEDS)))
@@ -79,17 +85,19 @@ def test_each_seed_is_refused_or_written_safely(tmp_path: Path, index: int) -> N
     run_case(*seed_pair(SEEDS[index]), tmp_path)
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_every_key_of_every_component(tmp_path: Path, layout: str) -> None:
+def test_every_key_of_every_component(tmp_path: Path, layout: str, size: str) -> None:
+    per_key = PER_KEY if size == "long" else QUICK_PER_KEY
     STATS.update(cases=0, accepted=0, refused=0)
     twin = Twin.of(LAYOUTS[layout](), tmp_path)
     drawn: Counter = Counter()
-    for key, clean, case in per_key_cases(layout):
+    for key, clean, case in per_key_cases(layout, per_key):
         drawn[key] += 1
         try:
             run_case(clean, case, tmp_path / "case", twin)
         except Exception as exc:
             raise AssertionError(f"{layout} {key}: {str(exc)[:2000]}\n{str(case)[:2000]}") from exc
     print(f"\nper-key fuzz {layout}: {len(drawn)} keys, {STATS}")
-    assert min(drawn.values()) >= PER_KEY
+    assert min(drawn.values()) >= per_key
     assert STATS["accepted"] > len(drawn) and STATS["refused"] > len(drawn), STATS
