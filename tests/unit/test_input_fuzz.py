@@ -100,4 +100,6 @@ def test_every_key_of_every_component(tmp_path: Path, layout: str, size: str) ->
             raise AssertionError(f"{layout} {key}: {str(exc)[:2000]}\n{str(case)[:2000]}") from exc
     print(f"\nper-key fuzz {layout}: {len(drawn)} keys, {STATS}")
     assert min(drawn.values()) >= per_key
-    assert STATS["accepted"] > len(drawn) and STATS["refused"] > len(drawn), STATS
+    # Both outcomes are common (each at least 1 in 20 of the cases drawn).
+    enough = len(drawn) * per_key // 20
+    assert STATS["accepted"] > enough and STATS["refused"] > enough, STATS
