@@ -84,49 +84,6 @@ class Health(Fact[dict]):
             return {"status": 0, "seconds": 0.0}
 
 
-@dataclass(frozen=True)
-class CertExpiry(Fact[float]):
-    """When the certificate at `path` expires (epoch seconds; 0 when there is none)."""
-
-    path: str
-    default: ClassVar[Any] = 0.0
-
-    def command(self) -> str:
-        return f"openssl x509 -enddate -noout -in {shlex.quote(self.path)} 2>/dev/null || true"
-
-    def parse(self, rc: int, out: str) -> float:
-        text = out.strip().removeprefix("notAfter=")
-        try:
-            found = datetime.strptime(text, "%b %d %H:%M:%S %Y %Z")
-        except ValueError:
-            return 0.0
-        return found.replace(tzinfo=UTC).timestamp()
-
-
-@dataclass(frozen=True)
-class TimerUnits(Fact[dict]):
-    """Timer units: active state, next and last elapse, the last run's result."""
-
-    names: tuple[str, ...]
-    default: ClassVar[Any] = {}
-
-    def command(self) -> str:
-        units = " ".join(shlex.quote(n) for n in self.names)
-        services = " ".join(shlex.quote(n.removesuffix(".timer") + ".service") for n in self.names)
-        return (
-            "systemctl show -p Id,ActiveState,NextElapseUSecRealtime,LastTriggerUSec,Result "
-            f"{units} {services} 2>/dev/null || true"
-        )
-
-    def parse(self, rc: int, out: str) -> dict[str, dict]:
-        found = {}
-        for block in out.strip().split("\n\n"):
-            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-            if "Id" in props:
-                found[props["Id"]] = props
-        return found
-
-
 _age = age
 
 
