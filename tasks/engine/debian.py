@@ -60,6 +60,7 @@ def _order(c: str) -> int:
 
 def _compare_part(a: str, b: str) -> int:
     while a or b:
+        # `[^\d]*` and `\d*` match every string (if only empty): match() is never None.
         da = re.match(r"[^\d]*", a).group(0)  # type: ignore[union-attr]
         db = re.match(r"[^\d]*", b).group(0)  # type: ignore[union-attr]
         for i in range(max(len(da), len(db))):

@@ -297,6 +297,7 @@ def fetch(pins: list[str], target: Target) -> list[str]:
             have[pin] = _in_store(pin, target)
     for pin in [p for p, w in have.items() if w is None]:
         have[pin] = _build_pure(pin, target)
+    # Each is found now: _build_pure raises for a pin it cannot build.
     return [have[pin] for pin in pins]  # type: ignore[misc]
 
 
