@@ -41,7 +41,7 @@ from .engine.executor import HostPlan, PhaseSteps
 from .engine.facts import Fact, Facts
 from .engine.inventory import Host, Inventory, Site
 from .engine.layout import SitePaths
-from .engine.outcome import Outcome
+from .engine.outcome import SiteRows
 from .engine.report import HostReport
 from .engine.steps import Action, Context, Plan, Run, Service, Step
 from .lock import DeployLock
@@ -97,15 +97,10 @@ class Backups(Fact[list]):
         return sorted(found, key=lambda b: b["id"])
 
 
-@dataclass(frozen=True)
-class BackupTable(Outcome):
+class BackupTable(SiteRows):
     """`fab db.backups`: the backups a host keeps of a site, oldest first."""
 
-    site: str
-    rows: tuple[dict[str, Any], ...]
-
-    def data(self) -> dict[str, Any]:
-        return {"backup_table": {self.site: list(self.rows)}}
+    key = "backup_table"
 
 
 @dataclass(frozen=True)

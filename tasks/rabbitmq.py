@@ -63,14 +63,6 @@ def password(site: Site) -> Secret | None:
     return site.secrets.get("BROKER_PASSWORD")
 
 
-def served(inventory: Inventory, host: Host) -> list[Site]:
-    return [
-        s
-        for s in inventory.sites.values()
-        if (b := broker_host(inventory, s)) is not None and b.name == host.name
-    ]
-
-
 # -- RabbitMQ's password hash (rabbit_password_hashing_sha256) --------------------------------
 
 
@@ -93,7 +85,8 @@ def hash_matches(stored: str, secret: str) -> bool:
 
 def remote(inventory: Inventory, host: Host) -> bool:
     return any(
-        topology.broker_address(inventory, s) != "127.0.0.1" for s in served(inventory, host)
+        topology.broker_address(inventory, s) != "127.0.0.1"
+        for s in RABBITMQ.served(inventory, host)
     )
 
 
@@ -283,4 +276,5 @@ class RabbitMQComponent(HostService):
         return steps
 
 
-register(RabbitMQComponent())
+RABBITMQ = RabbitMQComponent()
+register(RABBITMQ)

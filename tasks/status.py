@@ -84,9 +84,6 @@ class Health(Fact[dict]):
             return {"status": 0, "seconds": 0.0}
 
 
-_age = age
-
-
 def _release_time(release: str) -> float | None:
     try:
         return datetime.strptime(release[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
@@ -203,8 +200,8 @@ def _lines(found: StatusRow) -> list[tuple[str, str]]:
     row = found.row
     rows = []
     live = row.get("release")
-    age = f" (made {_age(row['release_age'])} ago)" if row.get("release_age") is not None else ""
-    rows.append(("release", f"{live}{age}" if live else "none"))
+    made = f" (made {age(row['release_age'])} ago)" if row.get("release_age") is not None else ""
+    rows.append(("release", f"{live}{made}" if live else "none"))
     if "health" in row:
         h = row["health"]
         rows.append(

@@ -212,34 +212,55 @@ class Component:
 
 
 _registry: dict[str, Component] = {}
-_ordered: list[Component] | None = None  # the run order, derived once per registry change
+
+
+@dataclass
+class _Derived:
+    """What is read from the registry on every plan, derived once per change of it."""
+
+    order: list[Component]
+    added_roles: tuple[str, ...]
+
+
+_derived: _Derived | None = None
+
+
+def _changed() -> None:
+    global _derived
+    _derived = None
+
+
+def _from_registry() -> _Derived:
+    global _derived
+    if _derived is None:
+        ordered = run_order(list(_registry.values()))
+        added = tuple(dict.fromkeys(r for c in ordered for r in c.adds_roles))
+        _derived = _Derived(ordered, added)
+    return _derived
 
 
 def register(component: Component) -> Component:
     """Add a component (a later one with the same name replaces it, in place)."""
-    global _ordered
     if not component.name:
         raise ValueError("a component needs a name")
     _registry[component.name] = component
-    _ordered = None
+    _changed()
     return component
 
 
 def unregister(name: str) -> None:
-    global _ordered
     _registry.pop(name, None)
-    _ordered = None
+    _changed()
 
 
 def order(names: list[str]) -> None:
     """Put the named components first, in this order, as far as their declared `after` and
     `before` allow (those always hold)."""
-    global _ordered
     ranked = {name: i for i, name in enumerate(names)}
     items = sorted(_registry.items(), key=lambda kv: ranked.get(kv[0], len(ranked)))
     _registry.clear()
     _registry.update(items)
-    _ordered = None
+    _changed()
 
 
 def run_order(found: list[Component]) -> list[Component]:
@@ -267,7 +288,10 @@ def run_order(found: list[Component]) -> list[Component]:
 
 def components() -> list[Component]:
     """The registered components in their run order (their steps run in it)."""
-    global _ordered
-    if _ordered is None:
-        _ordered = run_order(list(_registry.values()))
-    return list(_ordered)
+    return list(_from_registry().order)
+
+
+def added_roles() -> tuple[str, ...]:
+    """The roles registered components add (Component.adds_roles), each once, in run order
+    (read on every role lookup of a plan)."""
+    return _from_registry().added_roles

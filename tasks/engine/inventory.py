@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import values
-from .component import components
+from .component import added_roles, components
 from .hostinfo import DEFAULT as DEFAULT_HOST
 from .hostinfo import HostInfo
 from .procs import MANAGERS
@@ -34,8 +34,8 @@ T = TypeVar("T")
 
 def all_roles() -> tuple[str, ...]:
     """The kit's roles, then those registered components add (Component.adds_roles)."""
-    added = [r for c in components() for r in c.adds_roles if r not in ROLES]
-    return (*ROLES, *dict.fromkeys(added))
+    added = added_roles()
+    return (*ROLES, *(r for r in added if r not in ROLES)) if added else ROLES
 
 
 @dataclass(frozen=True)

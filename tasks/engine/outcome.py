@@ -10,7 +10,8 @@ share of the host's `extra` table (`data`), merged as tables by key and lists ad
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 
 class Outcome:
@@ -27,6 +28,19 @@ class Outcome:
 
 
 K = TypeVar("K", bound=Outcome)
+
+
+@dataclass(frozen=True)
+class SiteRows(Outcome):
+    """Rows a step found of one site (a table, warnings): `{key: {site: [rows]}}` in the
+    host's `extra`. A subclass names its key."""
+
+    key: ClassVar[str]
+    site: str
+    rows: tuple[dict[str, Any], ...]
+
+    def data(self) -> dict[str, Any]:
+        return {self.key: {self.site: list(self.rows)}}
 
 
 def of_kind(outcomes: Iterable[Outcome], kind: type[K]) -> list[K]:

@@ -11,15 +11,14 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 from .hostinfo import HostInfo
-from .outcome import Outcome, merged, of_kind
+from .outcome import K, Outcome, merged, of_kind
 from .secrets import Secret, redact, redact_data
 
 STATUSES = ("ok", "changed", "failed", "skipped")
 SHOWN_APART = ("uv",)  # one-time uploads the recap names apart from the rest
-K = TypeVar("K", bound=Outcome)
 
 
 @dataclass

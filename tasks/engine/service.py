@@ -72,11 +72,9 @@ class HostService(Component):
         return [Opening(self.port, self.what, sources)] if sources else []
 
     def steps(self, phase: Phase, run: HostRun) -> list[Step]:
+        if phase not in (Phase.PROVISION, Phase.STAGE):
+            return []
         served = self.served(run.inventory, run.host)
         if not served:
             return []
-        if phase == Phase.PROVISION:
-            return [Service(self.unit)]
-        if phase == Phase.STAGE:
-            return self.configure(run, served)
-        return []
+        return [Service(self.unit)] if phase == Phase.PROVISION else self.configure(run, served)

@@ -16,15 +16,14 @@ import shlex
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from . import procs
 from .facts import PENDING_FILE, Content, Fact, Facts, PathState, Stat, Text, Unit, User
-from .outcome import Outcome, merged
+from .outcome import K, Outcome, merged
 from .secrets import MASK
 
 Payload = bytes | Callable[[], bytes]
-K = TypeVar("K", bound=Outcome)
 
 
 class Findings(Protocol):

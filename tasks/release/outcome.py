@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.outcome import Outcome
+from ..engine.outcome import Outcome, SiteRows
 
 
 @dataclass(frozen=True)
@@ -25,23 +25,13 @@ class ReleaseMove(Outcome):
         return self.site, f"{self.site}={self.after}"
 
 
-@dataclass(frozen=True)
-class CheckWarnings(Outcome):
+class CheckWarnings(SiteRows):
     """The warnings of Django's deployment checklist (`manage.py check --deploy`) for a site."""
 
-    site: str
-    warnings: tuple[dict[str, str], ...]
-
-    def data(self) -> dict[str, Any]:
-        return {"check_deploy": {self.site: list(self.warnings)}}
+    key = "check_deploy"
 
 
-@dataclass(frozen=True)
-class ReleaseTable(Outcome):
+class ReleaseTable(SiteRows):
     """`fab releases`: the releases a host keeps for a site, oldest first."""
 
-    site: str
-    rows: tuple[dict[str, Any], ...]
-
-    def data(self) -> dict[str, Any]:
-        return {"release_table": {self.site: list(self.rows)}}
+    key = "release_table"
