@@ -48,6 +48,7 @@ from .engine.component import (
     register,
     unregister,
 )
+from .engine.keys import REQUIRED, Derived, Each, Key, Keys, Kind, Map, Reading, Rule
 from .engine.service import HostService
 from .engine.status import Running, StatusCheck, StatusPart
 
@@ -70,7 +71,16 @@ ns.collections["app"].add_task(manage.shell)
 ns.collections["app"].add_task(logs.logs)
 
 __all__ = [
+    "REQUIRED",
     "Component",
+    "Derived",
+    "Each",
+    "Key",
+    "Keys",
+    "Kind",
+    "Map",
+    "Reading",
+    "Rule",
     "HostRun",
     "HostService",
     "NginxPart",

@@ -14,9 +14,26 @@ from .engine.cli import run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, Opening, Phase, components, register
 from .engine.facts import Fact, Stat, Unit
 from .engine.inventory import Host, Inventory, Site
+from .engine.keys import (
+    APPLICATION,
+    BOOL,
+    DOTTED,
+    PYTHON_VERSION,
+    SHELL_LINE,
+    SOURCE_PATH,
+    URL_PATH,
+    Derived,
+    Key,
+    Keys,
+    Kind,
+    Reading,
+    Rule,
+    choice,
+    integer,
+)
 from .engine.layout import SLOTS, App, SitePaths, app_of
 from .engine.render import render
-from .engine.schema import InventoryError, Table
+from .engine.schema import InventoryError
 from .engine.secrets import Secret
 from .engine.steps import (
     Context,
@@ -229,72 +246,177 @@ def _is(path: Path, test: Callable[[Path], bool]) -> bool:
         return False
 
 
+def _source(r: Reading, key: Key) -> Path:
+    source = r.table.get_path(key.name)
+    if source is None or not _is(source, Path.is_dir):
+        r.fail(key.name, f"{values.show_path(source)} is not a directory")
+    return source
+
+
+def _requirements(r: Reading, key: Key) -> Path:
+    source: Path = r.got["source"]
+    requirements = source / r.table.get(key.name, str, default=key.default)
+    try:
+        requirements = requirements.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        # str(exc) may quote the whole path: the reason alone, the path shortened.
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        r.fail(key.name, f"{values.show_path(requirements)}: {reason}")
+    if not requirements.is_relative_to(source):
+        r.fail(
+            key.name,
+            f"{values.show_path(requirements)} is outside source ({values.show_path(source)})",
+        )
+    if not _is(requirements, Path.is_file):
+        r.fail(key.name, f"{values.show_path(requirements)} does not exist")
+    return requirements
+
+
+SOURCE = Kind(
+    "project directory",
+    str,
+    "a directory on the control machine, relative to hosts.toml's directory: the Django "
+    "project (manage.py in it) as git tracks it",
+    samples=("example",),
+    edges=("", "~nosuchuser/x", "/tmp/\x00x", "/nonexistent"),
+    read=_source,
+)
+REQUIREMENTS = Kind(
+    "file in the source",
+    str,
+    "a file inside `source`, relative to it",
+    samples=("requirements.txt",),
+    edges=("../README.md", "missing.txt", "/etc/passwd", ""),
+    read=_requirements,
+)
+
+
+def _asgi_or_wsgi(r: Reading) -> None:
+    asgi, wsgi = r.got["asgi"], r.got["wsgi"]
+    if asgi is None and wsgi is None:
+        r.fail("asgi", 'is required (or wsgi = "package.wsgi:application")')
+    if asgi is not None and wsgi is not None:
+        r.fail("wsgi", "give asgi or wsgi, not both")
+
+
+def _worker_class_for_wsgi(r: Reading) -> None:
+    if r.got["asgi"] is not None and "worker_class" in r.given:
+        r.fail("worker_class", "is for wsgi sites (ASGI runs uvicorn workers)")
+
+
+def _threads_for_gthread(r: Reading) -> None:
+    gthread = r.got["asgi"] is None and r.got["worker_class"] == "gthread"
+    if "threads" in r.given and not gthread:
+        r.fail("threads", 'is for wsgi sites with worker_class = "gthread"')
+
+
+def _outputs_need_build(r: Reading) -> None:
+    if r.got["build_outputs"] and r.got["build"] is None:
+        r.fail("build_outputs", "lists what `build` makes: give build too")
+
+
+KEYS = Keys(
+    App,
+    (
+        Key("source", SOURCE, help="the Django project's directory"),
+        Key(
+            "requirements",
+            REQUIREMENTS,
+            "requirements.txt",
+            "the pip requirements the site's venv is made from",
+        ),
+        Key("asgi", APPLICATION, None, "the ASGI application, served by uvicorn workers"),
+        Key("wsgi", APPLICATION, None, "instead of asgi: the WSGI application"),
+        Rule(("asgi", "wsgi"), _asgi_or_wsgi, "give asgi or wsgi, one of them"),
+        Key(
+            "worker_class",
+            choice("gthread", "sync"),
+            Derived(lambda r: "gthread" if r.got["wsgi"] else "", '"gthread" for wsgi'),
+            "gunicorn's worker class for a wsgi site",
+        ),
+        Rule(("asgi", "worker_class"), _worker_class_for_wsgi, "worker_class is for wsgi sites"),
+        Key(
+            "threads",
+            integer(1, 64),
+            Derived(
+                lambda r: 4 if r.got["wsgi"] and r.got["worker_class"] == "gthread" else 1,
+                "4 with gthread",
+            ),
+            "threads per gunicorn worker",
+        ),
+        Rule(
+            ("threads", "worker_class"),
+            _threads_for_gthread,
+            'threads is for wsgi sites with worker_class = "gthread"',
+        ),
+        Key(
+            "build",
+            SHELL_LINE,
+            None,
+            "run on the control machine in a clean copy of the source before it is shipped",
+        ),
+        Key(
+            "build_outputs",
+            SOURCE_PATH,
+            (),
+            "what `build` makes that is shipped though git ignores it",
+            many=True,
+            empty=True,
+        ),
+        Rule(("build_outputs", "build"), _outputs_need_build, "build_outputs needs build"),
+        Key("settings", DOTTED, help="the Django settings module (DJANGO_SETTINGS_MODULE)"),
+        Key(
+            "port",
+            integer(1024, 65534),
+            help="the app's TCP port on an app host behind nginx elsewhere; unique per host",
+        ),
+        Key("workers", integer(1, 64), 2, "gunicorn workers per slot"),
+        Key(
+            "health_path",
+            URL_PATH,
+            None,
+            "the path the health gate asks for (default: /, where a redirect passes)",
+        ),
+        Key(
+            "health_expect_release",
+            BOOL,
+            False,
+            "the health answer must also name the release (DJK_RELEASE)",
+        ),
+        Key("keep_releases", integer(1, 100), 5, "releases kept on each host"),
+        Key(
+            "health_timeout",
+            integer(5, 900, "seconds"),
+            60,
+            "how long a new slot may take to answer healthy",
+        ),
+        Key(
+            "drain_timeout",
+            integer(0, 86400, "seconds"),
+            30,
+            "how long the old slot's connections (WebSockets) get to close after a switch",
+        ),
+        Key(
+            "migrate_on",
+            choice("one", "every"),
+            "one",
+            'migrations on "one" app host per deploy (a shared database) or on "every" one',
+        ),
+        Key("check_deploy", BOOL, True, "run manage.py check --deploy on each staged release"),
+        Key("python", PYTHON_VERSION, None, "the hosts' python3 must be this version"),
+    ),
+    help="The Django app: where its code is, what gunicorn serves, and how a release goes live.",
+)
+
+
 class AppComponent(Component):
     """The keys of [sites.<name>] itself: source, asgi, settings, port, workers, health, ..."""
 
     name = "app"
     after = ("broker-check",)  # the app before its workers
-    config = App
     roles = ("app",)
 
-    def parse(self, table: Table, site: Site) -> App:
-        key = table.key
-        source = table.get_path("source")
-        if source is None or not _is(source, Path.is_dir):
-            table.fail(f"{key}.source", f"{values.show_path(source)} is not a directory")
-        requirements = source / table.get("requirements", str, default="requirements.txt")
-        try:
-            requirements = requirements.resolve()
-        except (OSError, RuntimeError, ValueError) as exc:
-            # str(exc) may quote the whole path: the reason alone, the path shortened.
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            table.fail(f"{key}.requirements", f"{values.show_path(requirements)}: {reason}")
-        if not requirements.is_relative_to(source):
-            table.fail(
-                f"{key}.requirements",
-                f"{values.show_path(requirements)} is outside source ({values.show_path(source)})",
-            )
-        if not _is(requirements, Path.is_file):
-            table.fail(f"{key}.requirements", f"{values.show_path(requirements)} does not exist")
-        asgi = table.get("asgi", str, values.asgi_app, default=None)
-        wsgi = table.get("wsgi", str, values.asgi_app, default=None)
-        if asgi is None and wsgi is None:
-            table.fail(f"{key}.asgi", 'is required (or wsgi = "package.wsgi:application")')
-        if asgi is not None and wsgi is not None:
-            table.fail(f"{key}.wsgi", "give asgi or wsgi, not both")
-        worker_class = table.get(
-            "worker_class", str, values.choice("gthread", "sync"), default=None
-        )
-        if asgi is not None and worker_class is not None:
-            table.fail(f"{key}.worker_class", "is for wsgi sites (ASGI runs uvicorn workers)")
-        threads = table.get("threads", int, values.count(1, 64), default=None)
-        if threads is not None and (asgi is not None or (worker_class or "gthread") != "gthread"):
-            table.fail(f"{key}.threads", 'is for wsgi sites with worker_class = "gthread"')
-        build = table.get("build", str, values.build_command, default=None)
-        outputs = table.get_list("build_outputs", values.relative_path, default=(), empty=True)
-        if outputs and build is None:
-            table.fail(f"{key}.build_outputs", "lists what `build` makes: give build too")
-        return App(
-            source=source,
-            requirements=requirements,
-            asgi=asgi,
-            wsgi=wsgi,
-            worker_class=worker_class or ("gthread" if wsgi else ""),
-            threads=threads or (4 if wsgi and (worker_class or "gthread") == "gthread" else 1),
-            build=build,
-            build_outputs=outputs,
-            settings=table.get("settings", str, values.dotted),
-            port=table.get("port", int, values.count(1024, 65534)),
-            workers=table.get("workers", int, values.count(1, 64), default=2),
-            health_path=table.get("health_path", str, values.url_path, default=None),
-            health_expect_release=table.get("health_expect_release", bool, default=False),
-            keep_releases=table.get("keep_releases", int, values.count(1, 100), default=5),
-            health_timeout=table.get("health_timeout", int, values.count(5, 900), default=60),
-            drain_timeout=table.get("drain_timeout", int, values.count(0, 86400), default=30),
-            migrate_on=table.get("migrate_on", str, values.choice("one", "every"), default="one"),
-            check_deploy=table.get("check_deploy", bool, default=True),
-            python=table.get("python", str, values.python_version, default=None),
-        )
+    keys = KEYS
 
     def check(self, inventory: Inventory) -> None:
         for site in inventory.sites.values():

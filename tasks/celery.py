@@ -9,14 +9,15 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from .engine import agent, procs, topology, values
+from .engine import agent, procs, topology
 from .engine.cli import run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, Phase, register
 from .engine.facts import Fact, Unit
 from .engine.inventory import Host, Inventory, Site, all_roles
+from .engine.keys import BOOL, CLI_OPTION, DOTTED, QUEUE, Key, Keys, Reading, Rule, choice, integer
 from .engine.layout import SitePaths
 from .engine.render import render
-from .engine.schema import InventoryError, Table
+from .engine.schema import InventoryError
 from .engine.status import Running, StatusCheck
 from .engine.steps import (
     Action,
@@ -207,38 +208,61 @@ def restart_step(run: HostRun, job: Job, site: Site) -> Step:
     return Restart(site, job.target(site), found, cycle(site), set_current=set_current)
 
 
+def _external_needs_url(r: Reading) -> None:
+    if r.got["broker"] == "external" and r.the_site().needs_secret("CELERY_BROKER_URL"):
+        r.fail("broker", 'is "external": put CELERY_BROKER_URL in the env_file secrets')
+
+
+KEYS = Keys(
+    Celery,
+    (
+        Key("app", DOTTED, help="the module of the Celery app (celery -A)"),
+        Key("concurrency", integer(1, 256), 2, "worker processes"),
+        Key("queues", QUEUE, ("celery",), "the queues the worker consumes", many=True),
+        Key(
+            "options",
+            CLI_OPTION,
+            (),
+            "more options of `celery worker`",
+            many=True,
+            empty=True,
+        ),
+        Key("beat", BOOL, False, "run celery beat (on the site's first worker host)"),
+        Key(
+            "broker",
+            choice("local", "rabbitmq", "external"),
+            "local",
+            "Redis on the broker host, RabbitMQ there, or CELERY_BROKER_URL from the secrets",
+        ),
+        Key("redis_db", integer(0, 15), 0, "the Redis database number (local broker)"),
+        Key(
+            "stop_timeout",
+            integer(10, 3600, "seconds"),
+            300,
+            "how long a worker gets to finish its tasks when it stops",
+        ),
+        Rule(
+            ("broker", "CELERY_BROKER_URL"),
+            _external_needs_url,
+            "an external broker's URL is a secret",
+        ),
+    ),
+)
+
+
 class CeleryComponent(Component):
     """`[sites.<name>.celery]`: worker, beat, and the broker."""
 
     name = "celery"
     after = ("app",)  # workers after the app
     table = "celery"
-    config = Celery
     roles = ("worker", "broker")
 
     def status(self, inventory: Inventory, site: Site, host: Host) -> list[StatusCheck]:
         found = tuple(u for _, u, _ in units(site, host)) if "worker" in host.role_set else ()
         return [Running(found)] if found else []
 
-    def parse(self, table: Table, site: Site) -> Celery:
-        celery = Celery(
-            app=table.get("app", str, values.dotted),
-            concurrency=table.get("concurrency", int, values.count(1, 256), default=2),
-            queues=table.get_list("queues", values.celery_queue, default=("celery",)),
-            options=table.get_list("options", values.cli_option, default=(), empty=True),
-            beat=table.get("beat", bool, default=False),
-            broker=table.get(
-                "broker", str, values.choice("local", "rabbitmq", "external"), default="local"
-            ),
-            redis_db=table.get("redis_db", int, values.count(0, 15), default=0),
-            stop_timeout=table.get("stop_timeout", int, values.count(10, 3600), default=300),
-        )
-        if celery.broker == "external" and site.needs_secret("CELERY_BROKER_URL"):
-            table.fail(
-                f"{table.key}.broker",
-                'is "external": put CELERY_BROKER_URL in the env_file secrets',
-            )
-        return celery
+    keys = KEYS
 
     def check(self, inventory: Inventory) -> None:
         path = inventory.path

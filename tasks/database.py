@@ -40,9 +40,10 @@ from .engine.component import HostRun, register
 from .engine.facts import Fact
 from .engine.inventory import Host, Inventory, Site
 from .engine.kept import Kept
+from .engine.keys import Derived, Key, Keys, Kind, Reading, Rule, choice, integer
 from .engine.layout import SitePaths
 from .engine.render import MANAGED
-from .engine.schema import InventoryError, Table
+from .engine.schema import InventoryError
 from .engine.secrets import Secret
 from .engine.service import HostService
 from .engine.steps import Action, ApplyNow, Context, File, Plan, Service, Step
@@ -453,6 +454,51 @@ class Reached(Step):
 # -- the component ---------------------------------------------------------------------------
 
 
+IDENTIFIER = Kind(
+    "PostgreSQL name",
+    str,
+    "a PostgreSQL name the kit uses: a-z, 0-9 and _, not starting with a digit, up to 63",
+    identifier,
+    samples=("shop", "blog_2"),
+    edges=("Shop", "1shop", "a-b", "x" * 64, ""),
+)
+
+
+def _external_needs_url(r: Reading) -> None:
+    if r.got["engine"] == "external" and r.the_site().needs_secret("DATABASE_URL"):
+        r.fail("engine", 'is "external": put DATABASE_URL in the secrets')
+
+
+KEYS = Keys(
+    Database,
+    (
+        Key(
+            "engine",
+            choice(*ENGINES),
+            "sqlite",
+            "SQLite on each app host, PostgreSQL on the db host, or DATABASE_URL from the secrets",
+        ),
+        Key(
+            "name",
+            IDENTIFIER,
+            Derived(
+                lambda r: r.the_site().name.replace("-", "_"),
+                "the site's name, - as _",
+                "the site's name does not make one: set it",
+            ),
+            "the PostgreSQL database",
+        ),
+        Key("user", IDENTIFIER, Derived(lambda r: r.got["name"], "`name`"), "the PostgreSQL role"),
+        Key("keep_backups", integer(1, 1000), 7, "backups kept on the db host"),
+        Rule(
+            ("engine", "DATABASE_URL"),
+            _external_needs_url,
+            "an external database's URL is a secret",
+        ),
+    ),
+)
+
+
 class DatabaseComponent(HostService):
     """`[sites.<name>.database]`: SQLite (default), PostgreSQL on the db host, or external."""
 
@@ -463,25 +509,9 @@ class DatabaseComponent(HostService):
     port = PG_PORT
     what = "PostgreSQL"
     table = "database"
-    config = Database
     roles = ("db",)
 
-    def parse(self, table: Table, site: Site) -> Database:
-        engine = table.get("engine", str, values.choice(*ENGINES), default="sqlite")
-        name = table.get("name", str, identifier, default=site.name.replace("-", "_"))
-        try:
-            identifier(name)
-        except ValueError as exc:
-            table.fail(table.path("name"), f"{exc} (the site's name does not make one: set it)")
-        db = Database(
-            engine=engine,
-            name=name,
-            user=table.get("user", str, identifier, default=name),
-            keep_backups=table.get("keep_backups", int, values.count(1, 1000), default=7),
-        )
-        if engine == "external" and site.needs_secret("DATABASE_URL"):
-            table.fail(table.path("engine"), 'is "external": put DATABASE_URL in the secrets')
-        return db
+    keys = KEYS
 
     def check(self, inventory: Inventory) -> None:
         for site in inventory.sites.values():

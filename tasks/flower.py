@@ -7,12 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import celery
-from .engine import topology, values
+from .engine import topology
 from .engine.cli import run_plans, targets_task, user_error
 from .engine.component import Component, HostRun, NginxPart, Phase, register
 from .engine.inventory import Host, Inventory, Site
+from .engine.keys import Key, Keys, Reading, Rule, integer
 from .engine.layout import SitePaths
-from .engine.schema import InventoryError, Table
+from .engine.schema import InventoryError
 from .engine.status import Running, StatusCheck
 from .engine.steps import Step, UnitStatus
 
@@ -52,22 +53,33 @@ location /flower/ {{
 """
 
 
+def _needs_auth(r: Reading) -> None:
+    if r.the_site().needs_secret("FLOWER_BASIC_AUTH"):
+        r.fail(None, "needs FLOWER_BASIC_AUTH=user:password in the env_file secrets")
+
+
+KEYS = Keys(
+    Flower,
+    (
+        Key("port", integer(1024, 65535), help="Flower's port on 127.0.0.1; unique per host"),
+        Rule(("FLOWER_BASIC_AUTH",), _needs_auth, "the secrets give FLOWER_BASIC_AUTH"),
+    ),
+    help="Celery's Flower on the worker hosts (which must be the web hosts), behind nginx at "
+    "/flower/, basic auth from FLOWER_BASIC_AUTH in the secrets.",
+)
+
+
 class FlowerComponent(Component):
     name = "flower"
     after = ("rabbitmq",)  # Flower beside the workers
     table = "flower"
-    config = Flower
     roles = ("worker",)
 
     def status(self, inventory: Inventory, site: Site, host: Host) -> list[StatusCheck]:
         found = tuple(u for _, u, _ in units(site, host)) if "worker" in host.role_set else ()
         return [Running(found)] if found else []
 
-    def parse(self, table: Table, site: Site) -> Flower:
-        flower = Flower(port=table.get("port", int, values.count(1024, 65535)))
-        if site.needs_secret("FLOWER_BASIC_AUTH"):
-            table.fail(table.key, "needs FLOWER_BASIC_AUTH=user:password in the env_file secrets")
-        return flower
+    keys = KEYS
 
     def check(self, inventory: Inventory) -> None:
         for site in inventory.sites.values():

@@ -43,8 +43,8 @@ from .engine.component import Component, HostRun, Phase, register
 from .engine.events import RunEvent, Say
 from .engine.facts import Fact
 from .engine.inventory import Inventory, Site
+from .engine.keys import COMMANDS, Key, Keys, choice, integer
 from .engine.layout import SitePaths
-from .engine.schema import Table
 from .engine.steps import Action, Context, Plan, Step
 from .release import store
 
@@ -62,14 +62,6 @@ class Hooks:
     local_before: tuple[str, ...] = ()
     local_after: tuple[str, ...] = ()
     local_failure: tuple[str, ...] = ()
-
-
-def _commands(table: Table, name: str) -> tuple[str, ...]:
-    """A command or a list of them."""
-    if isinstance(table.table.get(name), list):
-        return table.get_list(name, values.build_command, default=())
-    found = table.get(name, str, values.build_command, default=None)
-    return (found,) if found else ()
 
 
 def hook_script(site: Site, release: str, command: str, env: dict[str, str], timeout: int) -> str:
@@ -177,19 +169,44 @@ def run_local(commands: tuple[str, ...], event: RunEvent, say: Say, timeout: int
     return ""
 
 
+KEYS = Keys(
+    Hooks,
+    (
+        Key(
+            "before_switch",
+            COMMANDS,
+            (),
+            "on the app hosts, in the new release, after the migrations, before any host switches "
+            "(one that fails stops the deploy)",
+        ),
+        Key("after_switch", COMMANDS, (), "on the app hosts, once every host has switched"),
+        Key(
+            "local_before",
+            COMMANDS,
+            (),
+            "on the control machine before any host is touched (one that fails stops it)",
+        ),
+        Key("local_after", COMMANDS, (), "on the control machine after a deploy that succeeded"),
+        Key("local_failure", COMMANDS, (), "on the control machine when a deploy fails"),
+        Key(
+            "run_on",
+            choice("every", "one"),
+            "every",
+            "host hooks on every app host or on the site's first one",
+        ),
+        Key("timeout", integer(1, 86400, "seconds"), 300, "how long one hook may run"),
+    ),
+    help="A team's own commands around a deploy, with DJK_SITE, DJK_RELEASE, DJK_STATUS, ... in "
+    "their environment.",
+)
+
+
 class HooksComponent(Component):
     name = "hooks"
     after = ("multidomain",)  # the team's hooks after everything else
     table = "hooks"
-    config = Hooks
 
-    def parse(self, table: Table, site: Site) -> Hooks:
-        found = Hooks(
-            **{name: _commands(table, name) for name in (*HOST_HOOKS, *LOCAL_HOOKS)},
-            run_on=table.get("run_on", str, values.choice("every", "one"), default="every"),
-            timeout=table.get("timeout", int, values.count(1, 86400), default=300),
-        )
-        return found
+    keys = KEYS
 
     def steps(self, phase: Phase, run: HostRun) -> list[Step]:
         # A deploy's (run.builds): a rollback or restore runs no hook.

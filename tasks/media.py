@@ -25,8 +25,9 @@ from . import tls
 from .engine import topology, values
 from .engine.component import Component, HostRun, NginxPart, Phase, register
 from .engine.inventory import Inventory, Site
+from .engine.keys import HOST_PATH, Derived, Key, Keys, Kind
 from .engine.layout import SitePaths
-from .engine.schema import InventoryError, Table
+from .engine.schema import InventoryError
 from .engine.secrets import Secret
 from .engine.steps import Directory, Step
 
@@ -47,22 +48,44 @@ location ^~ {url} {{
 """
 
 
+def _media_url(value: str) -> str:
+    values.url_path(value)
+    if not value.endswith("/") or value == "/" or value.startswith("/static/"):
+        raise ValueError(f"{values.show(value)} must end with / (not / nor under /static/)")
+    return value
+
+
+MEDIA_URL = Kind(
+    "media URL",
+    str,
+    "a URL path ending with /, not / itself nor under /static/",
+    _media_url,
+    samples=("/media/", "/uploads/"),
+    edges=("/media", "/", "/static/media/", "media/"),
+)
+KEYS = Keys(
+    Media,
+    (
+        Key("url", MEDIA_URL, "/media/", "MEDIA_URL: where nginx serves the uploads"),
+        Key(
+            "path",
+            HOST_PATH,
+            Derived(lambda r: f"{SitePaths.of(r.the_site()).base}/media", "/srv/djk/<site>/media"),
+            "MEDIA_ROOT on every host of the site; with several hosts, a filesystem they share",
+        ),
+    ),
+    derive={"shared": lambda r: "path" in r.given},
+    help="Uploads: MEDIA_ROOT and MEDIA_URL, served by nginx; the table alone turns it on.",
+)
+
+
 class MediaComponent(Component):
     name = "media"
     after = ("timers",)  # media before nginx serves it
     table = "media"
-    config = Media
     roles = ("app", "web")
 
-    def parse(self, table: Table, site: Site) -> Media:
-        url = table.get("url", str, values.url_path, default="/media/")
-        if not url.endswith("/") or url == "/" or url.startswith("/static/"):
-            table.fail(
-                table.path("url"), f"{values.show(url)} must end with / (not / nor under /static/)"
-            )
-        given = table.get("path", str, values.absolute_path, default=None)
-        path = given or f"{SitePaths.of(site).base}/media"
-        return Media(url=url, path=path, shared=given is not None)
+    keys = KEYS
 
     def check(self, inventory: Inventory) -> None:
         for site in inventory.sites.values():

@@ -12,9 +12,9 @@ from .engine.cli import run_plans, targets_task
 from .engine.component import Component, HostRun, NginxPart, Opening, Phase, components, register
 from .engine.hostinfo import DEFAULT as DEFAULT_HOST
 from .engine.inventory import Host, Inventory, Site
+from .engine.keys import DOMAIN, NGINX_SIZE, NGINX_TIME, Key, Keys, Reading, Rule
 from .engine.layout import DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_CONF, SitePaths, app_of
 from .engine.render import render
-from .engine.schema import Table
 from .engine.steps import (
     ConfigSet,
     Directory,
@@ -137,26 +137,42 @@ def base_steps(inventory: Inventory) -> list[Step]:
     ]
 
 
+def _one_of_the_domains(r: Reading) -> None:
+    redirect_to = r.got["redirect_to"]
+    if redirect_to and (redirect_to not in r.the_site().domains or "*" in redirect_to):
+        r.fail("redirect_to", f"{values.show(redirect_to)} must be one of the site's domains")
+
+
+KEYS = Keys(
+    Nginx,
+    (
+        Key(
+            "redirect_to",
+            DOMAIN,
+            None,
+            "the canonical domain: the site's other domains answer 301 to it",
+        ),
+        Rule(("redirect_to", "domains"), _one_of_the_domains, "redirect_to is one of `domains`"),
+        Key("max_body_size", NGINX_SIZE, "20m", "the largest request body (uploads)"),
+        Key(
+            "read_timeout",
+            NGINX_TIME,
+            "60s",
+            "how long a response, or a WebSocket, may stay silent",
+        ),
+    ),
+    help="The site's nginx server block on its web hosts.",
+)
+
+
 class NginxComponent(Component):
     """The keys of [sites.<name>] about nginx; the web host's whole nginx configuration."""
 
     name = "nginx"
     after = ("tls",)  # nginx in front, last of what a site runs
-    config = Nginx
     roles = ("web",)
 
-    def parse(self, table: Table, site: Site) -> Nginx:
-        redirect_to = table.get("redirect_to", str, values.domain, default=None)
-        if redirect_to and (redirect_to not in site.domains or "*" in redirect_to):
-            table.fail(
-                table.path("redirect_to"),
-                f"{values.show(redirect_to)} must be one of the site's domains",
-            )
-        return Nginx(
-            max_body_size=table.get("max_body_size", str, values.nginx_size, default="20m"),
-            redirect_to=redirect_to,
-            read_timeout=table.get("read_timeout", str, values.nginx_time, default="60s"),
-        )
+    keys = KEYS
 
     def openings(self, inventory: Inventory, host: Host) -> list[Opening]:
         """HTTP and HTTPS on web hosts, for everyone."""

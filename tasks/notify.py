@@ -31,7 +31,8 @@ from .engine import events, values
 from .engine.component import Component, register
 from .engine.events import RunEvent, Say
 from .engine.inventory import Inventory, Site
-from .engine.schema import InventoryError, Table
+from .engine.keys import ENV_NAME, Key, Keys, choice, integer
+from .engine.schema import InventoryError
 from .engine.secrets import Secret, redact
 
 USER_AGENT = "djk-notify"
@@ -140,18 +141,28 @@ def _check_url(url: str) -> None:
         raise ValueError("is not an http:// or https:// URL")
 
 
+KEYS = Keys(
+    Notify,
+    (
+        Key(
+            "url_secret",
+            ENV_NAME,
+            "DEPLOY_WEBHOOK_URL",
+            "the secret that holds the webhook's URL (never sent to a host)",
+        ),
+        Key("format", choice("json", "slack"), "json", "the message's shape"),
+        Key("timeout", integer(1, 60, "seconds"), 5, "how long a post may take"),
+    ),
+    help="A webhook told when a deploy, rollback or restore starts and ends (from this machine).",
+)
+
+
 class NotifyComponent(Component):
     name = "notify"
     after = ("hooks",)  # notifications after the hooks (a refusing hook stops the webhook)
     table = "notify"
-    config = Notify
 
-    def parse(self, table: Table, site: Site) -> Notify:
-        return Notify(
-            url_secret=table.get("url_secret", str, values.env_key, default="DEPLOY_WEBHOOK_URL"),
-            format=table.get("format", str, values.choice("json", "slack"), default="json"),
-            timeout=table.get("timeout", int, values.count(1, 60), default=5),
-        )
+    keys = KEYS
 
     def check(self, inventory: Inventory) -> None:
         for site in inventory.sites.values():

@@ -28,9 +28,9 @@ from .engine import agent, procs, topology, values
 from .engine.component import Component, HostRun, Phase, register
 from .engine.facts import Fact, Facts, Lines, Unit
 from .engine.inventory import Host, Inventory, Site
+from .engine.keys import Each, Key, Keys, Kind, Reading, Rule, choice, integer
 from .engine.layout import SitePaths
 from .engine.render import render
-from .engine.schema import Table
 from .engine.status import StatusCheck, StatusPart
 from .engine.steps import Action, Context, File, Plan, Service, Step
 
@@ -320,38 +320,81 @@ class TimersCheck:
         return part
 
 
+JOB_NAME = Kind(
+    "job name",
+    str,
+    "a-z, digits and -, starting with a letter, at most 32",
+    job_name,
+    samples=("clear", "nightly-2"),
+    edges=("Clear", "1x", "a_b", "x" * 33),
+)
+SCHEDULE = Kind(
+    "calendar spec",
+    str,
+    "systemd's OnCalendar syntax (man systemd.time), checked by the host's own "
+    "systemd-analyze calendar",
+    schedule,
+    samples=("daily", "*-*-* 03:00:00", "Mon *-*-* 04:00"),
+    edges=("", "every day!", "daily;x", "x" * 101),
+)
+WORDS = Kind(
+    "shell words",
+    str,
+    "a command line split as sh splits words (quotes group, no expansion); each word "
+    "reaches ExecStart= or supervisor's argv whole",
+    _words,
+    samples=("clearsessions --verbosity 1", "bin/nightly --all 'a b'"),
+    edges=("", "'open", "a ;b", "x\nb", "'%n' '$HOME'"),
+)
+
+
+def _command_or_program(r: Reading) -> None:
+    command, program = r.got["command"], r.got["program"]
+    if (command is None) == (program is None):
+        r.fail("command", "give a manage.py `command` or a `program`, one")
+    if program is not None:
+        try:
+            values.relative_path(program[0])
+        except ValueError as exc:
+            r.fail("program", f"{exc} (a path in the release)")
+
+
+JOB = Keys(
+    Job,
+    (
+        Key("command", WORDS, None, "manage.py's arguments"),
+        Key("program", WORDS, None, "instead: a program in the release (path, arguments)"),
+        Rule(("command", "program"), _command_or_program, "give command or program, one"),
+        Key("schedule", SCHEDULE, help="when it runs"),
+        Key(
+            "run_on",
+            choice("one", "every"),
+            "one",
+            "on the site's first app host, or on every one",
+        ),
+        Key("timeout", integer(1, 7 * 86400, "seconds"), None, "how long a run may take"),
+    ),
+    derive={
+        "argv": lambda r: (
+            ("manage.py", *r.got["command"]) if r.got["command"] else r.got["program"]
+        ),
+        "manage": lambda r: r.got["command"] is not None,
+    },
+)
+KEYS = Keys(
+    Timers,
+    (Each("jobs", JOB_NAME, JOB, "One job, run as the site user in the live release."),),
+    help="Periodic jobs: systemd timers, or the agent's wait under supervisor.",
+)
+
+
 class TimersComponent(Component):
     name = "timers"
     after = ("flower",)  # the site's jobs once its processes are set
     table = "timers"
-    config = Timers
     roles = ("app",)
 
-    def parse(self, table: Table, site: Site) -> Timers:
-        jobs = []
-        for name in table.names(job_name):
-            sub = table.child(name)
-            command = sub.get("command", str, _words, default=None)
-            program = sub.get("program", str, _words, default=None)
-            if (command is None) == (program is None):
-                sub.fail(sub.path("command"), "give a manage.py `command` or a `program`, one")
-            if program is not None:
-                try:
-                    values.relative_path(program[0])
-                except ValueError as exc:
-                    sub.fail(sub.path("program"), f"{exc} (a path in the release)")
-            jobs.append(
-                Job(
-                    name=name,
-                    schedule=sub.get("schedule", str, schedule),
-                    argv=("manage.py", *command) if command else program,
-                    manage=command is not None,
-                    run_on=sub.get("run_on", str, values.choice("one", "every"), default="one"),
-                    timeout=sub.get("timeout", int, values.count(1, 7 * 86400), default=None),
-                )
-            )
-            sub.done()
-        return Timers(tuple(jobs))
+    keys = KEYS
 
     def status(self, inventory: Inventory, site: Site, host: Host) -> list[StatusCheck]:
         jobs = tuple(wanted_here(inventory, site, host))

@@ -18,9 +18,20 @@ from .engine.agent import AGENT_DIR, PYTHON
 from .engine.component import Component, NginxPart, register
 from .engine.facts import Fact, Facts, Stat
 from .engine.inventory import Host, Inventory, Site
+from .engine.keys import (
+    BOOL,
+    EMAIL,
+    HTTPS_URL,
+    REQUIRED,
+    Key,
+    Keys,
+    Kind,
+    Reading,
+    Rule,
+    choice,
+)
 from .engine.layout import SitePaths
 from .engine.render import MANAGED
-from .engine.schema import Table
 from .engine.secrets import Secret
 from .engine.status import StatusCheck, StatusPart, age
 from .engine.steps import Action, Context, Directory, File, Plan, Step
@@ -208,22 +219,76 @@ def before_nginx(site: Site, tls: Tls) -> list[Step]:
     return steps
 
 
-def _read_pem(t: Table, name: str, marker: str, required: bool = True) -> str:
-    file = t.get_path(name, default=... if required else None)
+def _read_pem(r: Reading, key: Key) -> str | Secret:
+    """The PEM text of a file on the control machine; a private key as a Secret."""
+    marker = "PRIVATE KEY" if key.kind is PEM_KEY else "CERTIFICATE"
+    t = r.table
+    file = t.get_path(key.name, default=... if key.default is REQUIRED else None)
     if file is None:
-        return ""
-    key = t.path(name)
-    text = t.read_text(name, file, limit=PEM_LIMIT)
+        return key.default
+    text = t.read_text(key.name, file, limit=PEM_LIMIT)
     if f"-----BEGIN {marker}-----" not in text and f" {marker}-----" not in text:
-        t.fail(key, f"{values.show_path(file)} holds no PEM {marker.lower()}")
+        r.fail(key.name, f"{values.show_path(file)} holds no PEM {marker.lower()}")
     if marker != "PRIVATE KEY" and "PRIVATE KEY-----" in text:
         # It would be uploaded world-readable and shown in diffs: the key has its own setting.
-        t.fail(
-            key,
+        r.fail(
+            key.name,
             f"{values.show_path(file)} also holds a private key: "
-            f"give the key as `key`, not in `{name}`",
+            f"give the key as `key`, not in `{key.name}`",
         )
-    return text
+    return Secret(text) if marker == "PRIVATE KEY" else text
+
+
+PEM_CERT = Kind(
+    "PEM certificates file",
+    str,
+    "a file on the control machine (relative to hosts.toml) with PEM certificates and no "
+    "private key",
+    samples=("cert.pem",),
+    edges=("key.pem", "both.pem", "/dev/zero", "missing.pem"),
+    read=_read_pem,
+)
+PEM_KEY = Kind(
+    "PEM private key file",
+    str,
+    "a file on the control machine (relative to hosts.toml) with the PEM private key; never shown",
+    samples=("key.pem",),
+    edges=("cert.pem", "/dev/zero", "missing.pem"),
+    read=_read_pem,
+)
+
+
+def _acme_covers_no_wildcard(r: Reading) -> None:
+    if r.got["mode"] == "acme" and any(d.startswith("*.") for d in r.the_site().domains):
+        r.fail("mode", "ACME over http-01 cannot cover a wildcard domain")
+
+
+ACME = ("mode", "acme")
+FILES = ("mode", "files")
+KEYS = Keys(
+    Tls,
+    (
+        Key(
+            "mode",
+            choice("files", "acme"),
+            "files",
+            "certificate files given here, or certificates from an ACME server (certbot)",
+        ),
+        Key("hsts", BOOL, False, "Strict-Transport-Security on the site's answers"),
+        Rule(("mode", "domains"), _acme_covers_no_wildcard, "ACME covers no wildcard domain"),
+        Key("email", EMAIL, help="the ACME account's contact", when=ACME),
+        Key("server", HTTPS_URL, LETS_ENCRYPT, "the ACME directory", when=ACME),
+        Key(
+            "ca_bundle",
+            PEM_CERT,
+            "",
+            "PEM the hosts trust for the ACME server (a private or test ACME server)",
+            when=ACME,
+        ),
+        Key("cert", PEM_CERT, help="the certificate chain", when=FILES),
+        Key("key", PEM_KEY, help="the private key (mode 0600 on the hosts)", when=FILES),
+    ),
+)
 
 
 PEM_LIMIT = 256 * 1024  # a chain of a few certificates; never a device or a large file
@@ -281,7 +346,6 @@ class TlsComponent(Component):
     name = "tls"
     after = ("maintenance",)  # certificates before nginx uses them
     table = "tls"
-    config = Tls
     roles = ("web",)
 
     def status(self, inventory: Inventory, site: Site, host: Host) -> list[StatusCheck]:
@@ -289,24 +353,7 @@ class TlsComponent(Component):
             return []
         return [CertCheck(f"{SitePaths.of(site, host).tls_dir}/fullchain.pem")]
 
-    def parse(self, table: Table, site: Site) -> Tls:
-        mode = table.get("mode", str, values.choice("files", "acme"), default="files")
-        hsts = table.get("hsts", bool, default=False)
-        if mode == "acme":
-            if any(d.startswith("*.") for d in site.domains):
-                table.fail(f"{table.key}.mode", "ACME over http-01 cannot cover a wildcard domain")
-            return Tls(
-                mode="acme",
-                hsts=hsts,
-                email=table.get("email", str, values.email),
-                server=table.get("server", str, values.https_url, default=LETS_ENCRYPT),
-                ca_bundle=_read_pem(table, "ca_bundle", "CERTIFICATE", required=False),
-            )
-        return Tls(
-            cert=_read_pem(table, "cert", "CERTIFICATE"),
-            key=Secret(_read_pem(table, "key", "PRIVATE KEY")),
-            hsts=hsts,
-        )
+    keys = KEYS
 
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
         sites = [s for s in inventory.sites_on(host) if (t := s.part(Tls)) and t.mode == "acme"]

@@ -26,6 +26,7 @@ from file_readers import (
     unit_structure,
 )
 from hypothesis import strategies as st
+from invoke.exceptions import Exit
 
 from djk.tasks import app, redis, release, timers
 from djk.tasks.deploy import deploy_plan
@@ -34,7 +35,9 @@ from djk.tasks.engine import procs, topology
 from djk.tasks.engine.component import components
 from djk.tasks.engine.debian import Installed
 from djk.tasks.engine.inventory import InventoryError, load
+from djk.tasks.engine.keys import Key
 from djk.tasks.engine.layout import app_of
+from djk.tasks.engine.reference import declared
 from djk.tasks.engine.secrets import Secret
 from djk.tasks.engine.steps import ConfigSet, Context, File, plan_phase
 from djk.tasks.provision import DpkgStatus, host_steps, packages_for
@@ -636,9 +639,18 @@ def run_case(clean: Case, case: Case, directory: Path, known: Twin | None = None
     if isinstance(result, InventoryError):
         STATS["refused"] += 1
         return
-    STATS["accepted"] += 1
     inventory = result
-    files, shown = written(inventory)
+    try:
+        files, shown = written(inventory)
+    except Exit as exc:
+        # Refused by a host's plan (the site's Python against the host's): the one-line user
+        # error, with nothing of a secret.
+        message = str(exc.message)
+        assert exc.code == 2 and not CONTROL.search(message), message
+        check_no_secret([message], secret_values(inventory), "a plan's refusal")
+        STATS["refused"] += 1
+        return
+    STATS["accepted"] += 1
     known = known or Twin.of(clean, directory)
     twin, twin_files, twin_shown = known.inventory, known.files, known.shown
     # A secret is looked for only where it would be a leak: a value that the clean twin's
@@ -820,7 +832,8 @@ SEEDS = [
 
 
 def full_single() -> Case:
-    """One host with every role, one site that uses every key of every component (SQLite)."""
+    """One host with every role, one site that uses every key of every component (SQLite),
+    a team's memcached included (registered by the test that uses it)."""
     site = {
         "domains": ["shop.test", "www.shop.test"],
         "hosts": ["prod"],
@@ -869,6 +882,7 @@ def full_single() -> Case:
             "timeout": 300,
         },
         "notify": {"url_secret": "DEPLOY_WEBHOOK_URL", "format": "json", "timeout": 5},
+        "memcached": {"memory": 64},  # a team's component (tests/memcached_component.py)
         "timers": {
             "clear": {
                 "schedule": "*-*-* 03:00:00",
@@ -895,7 +909,7 @@ def full_single() -> Case:
                 "address": "10.0.0.1",
                 "port": 2222,
                 "user": "deploy",
-                "roles": ["web", "app", "worker", "broker", "db"],
+                "roles": ["web", "app", "worker", "broker", "db", "cache"],
             }
         },
         "groups": {"prod": ["web1"]},
@@ -1035,6 +1049,28 @@ def _mutant(rng, old: Any) -> Any:
     return _nasty(rng, str(old))
 
 
+def declared_key(path: tuple) -> tuple[tuple[str, ...], Key] | None:
+    """The declaration (engine/keys.py) of the key at `path` of hosts.toml, and its pattern
+    ("*" where a name of the user's stands), among the registered components' and the core's."""
+    for pattern, key in declared().items():
+        if len(pattern) == len(path) and all(
+            p in ("*", x) for p, x in zip(pattern, path, strict=True)
+        ):
+            return pattern, key
+    return None
+
+
+def _declared_value(rng, key: Key, old: Any) -> Any:
+    """A value from the declaration's fuzz cases: what the key's kind takes, and values at and
+    past its limits (a range's ends, a choice's near misses)."""
+    pick = rng.choice(key.kind.fuzz())
+    if key.many and isinstance(old, list) and not isinstance(pick, list):
+        new = list(old) or [pick]
+        new[rng.randrange(len(new))] = pick
+        return new
+    return pick
+
+
 def key_paths(data: dict[str, Any], path: tuple = ()) -> list[tuple]:
     """The path of every key of every table (tables included)."""
     found = []
@@ -1063,6 +1099,12 @@ def _mutate_key(rng, toml: dict[str, Any], path: tuple) -> bool:
             holder[new] = holder.pop(name)
         return False
     old = holder[name]
+    found = declared_key(path)
+    if found is not None and rng.random() < 0.5:
+        holder[name] = new = _declared_value(rng, found[1], old)
+        # Another valid choice, flag or domain may deploy other files: only a number keeps the
+        # twin's shape for sure.
+        return new == old or (type(old) is int and type(new) is int)
     holder[name] = new = _mutant(rng, old)
     if isinstance(old, list) and isinstance(new, list):
         same = zip(old, new, strict=False)

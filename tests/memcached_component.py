@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from djk.tasks import HostRun, HostService, Running, register, unregister
+from djk.tasks import HostRun, HostService, Key, Keys, Kind, Running, register, unregister
 from djk.tasks.engine.inventory import Host, Inventory, Site
-from djk.tasks.engine.schema import Table
 from djk.tasks.engine.steps import ApplyNow, File, Step
 
 CONF = "/etc/memcached.conf"
@@ -32,12 +31,23 @@ def _memory(value: int) -> int:
     return value
 
 
+# A kind of the team's own: its check, its line in a reference, its fuzz cases.
+MEMORY = Kind(
+    "memory in MB",
+    int,
+    "megabytes memcached may use, 16 to 65536",
+    _memory,
+    samples=(16, 64, 65536),
+    edges=(15, 65537, 0, -1),
+)
+KEYS = Keys(Memcached, (Key("memory", MEMORY, 64, "the cache's size"),))
+
+
 class MemcachedComponent(HostService):
     """memcached on the first host of the site with the `cache` role."""
 
     name = "memcached"
     table = "memcached"
-    config = Memcached
     roles = ("cache",)
     adds_roles = ("cache",)
     before = ("app",)  # the cache answers before the app's release is checked
@@ -46,8 +56,7 @@ class MemcachedComponent(HostService):
     port = PORT
     what = "memcached"
 
-    def parse(self, table: Table, site: Site) -> Memcached:
-        return Memcached(memory=table.get("memory", int, _memory, default=64))
+    keys = KEYS
 
     def server_of(self, inventory: Inventory, site: Site) -> Host | None:
         if site.part(Memcached) is None:

@@ -2,9 +2,11 @@
 and the phases of a run. Adding one edits no engine module.
 
 A component declares
-- its hosts.toml keys: `parse` reads them from the site's table (or its own sub-table, `table`)
-  and returns a config object (its type is `config`, looked up with `site.part(config)`);
-  `check` states rules across sites and hosts;
+- its hosts.toml keys, as data: `keys` (engine/keys.py: each key's kind, default and help,
+  and the rules across them) is read from the site's table (or its own sub-table, `table`)
+  into its config (`keys.config`, looked up with `site.part(config)`); the same declaration
+  makes the reference (docs/configuration.md) and the input fuzz's cases; `check` states
+  rules across sites and hosts;
 - `roles`: the host roles it runs on (() = every host of the site);
 - `packages`: the Debian packages `provision` installs for it on a host; `python_packages`:
   pinned requirements its processes need in the site's venv (unless the project pins its own);
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from ..release.target import Job
     from .events import RunEvent, Say
     from .inventory import Host, Inventory, Site
+    from .keys import Keys
     from .schema import Table
     from .secrets import Secret
     from .status import StatusCheck
@@ -120,7 +123,7 @@ class HostRun:
 class Component:
     name: str = ""
     table: str | None = None  # the sub-table [sites.<name>.<table>] this component owns
-    config: type | None = None  # what parse() returns; site.part(config) finds it
+    keys: Keys | None = None  # its hosts.toml keys (engine/keys.py); site.part(keys.config)
     roles: tuple[str, ...] = ()  # the host roles it runs on (() = every host of the site)
     adds_roles: tuple[str, ...] = ()  # roles of its own hosts.toml may name (e.g. "cache")
     # Its place in the run order: the components it runs after / before (names; one not
@@ -131,10 +134,10 @@ class Component:
     # shutdown (engine/procs.backing_units).
     backing_units: tuple[str, ...] = ()
 
-    def parse(self, table: Table, site: Site) -> Any:
-        """Read this component's keys (from `table`: the sub-table when `self.table` is set,
-        else the site's own table). Return its config, or None when the site does not use it."""
-        return None
+    def read(self, table: Table, site: Site) -> Any:
+        """Its config for the site, from its declared keys (read from `table`: the sub-table
+        when `self.table` is set, else the site's own table); None without keys."""
+        return None if self.keys is None else self.keys.read(table, site)
 
     def check(self, inventory: Inventory) -> None:
         """Rules across sites and hosts; raise schema.InventoryError."""
@@ -243,6 +246,12 @@ def register(component: Component) -> Component:
     """Add a component (a later one with the same name replaces it, in place)."""
     if not component.name:
         raise ValueError("a component needs a name")
+    if hasattr(component, "parse"):
+        # The protocol before declared keys: it would be ignored, and its keys unknown.
+        raise TypeError(
+            f"component {component.name}: declare its keys (`keys = Keys(...)`, "
+            "docs/components.md) instead of parse()"
+        )
     _registry[component.name] = component
     _changed()
     return component

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import values
+from . import keys, values
 from .component import added_roles, components
 from .hostinfo import DEFAULT as DEFAULT_HOST
 from .hostinfo import HostInfo
@@ -211,20 +211,121 @@ def loads(path: Path, text: str) -> dict[str, Any]:
         raise InventoryError(path, "", f"not valid TOML: {exc}") from None
 
 
+def _role(value: str) -> str:
+    return values.choice(*all_roles())(value)
+
+
+ROLE = keys.Kind(
+    "role",
+    str,
+    "web, app, worker, broker, db, or a role a registered component adds",
+    _role,
+    samples=ROLES,
+    edges=("Web", "cache2", "", "web "),
+)
+MANAGER = keys.choice(*MANAGERS)
+PACKAGES_FROM = keys.choice(*PACKAGE_SOURCES)
+
+DEFAULTS = keys.Keys(
+    None,
+    (
+        keys.Key("user", keys.UNIX_USER, "deploy", "the SSH user (sudo without a password)"),
+        keys.Key("port", keys.SSH_PORT, 22, "the SSH port"),
+        keys.Key("ssh_key", keys.LOCAL_PATH, None, "the SSH private key (default: the agent's)"),
+        keys.Key("target", keys.HOST_NAME, None, "the host or group of a run without -H"),
+        keys.Key("process_manager", MANAGER, "systemd", "what runs the sites' processes"),
+        keys.Key("firewall", keys.BOOL, True, "provision writes the kit's nftables ruleset"),
+        keys.Key(
+            "unattended_upgrades",
+            keys.BOOL,
+            None,
+            'Debian\'s security upgrades (default: on with packages_from = "host")',
+        ),
+        keys.Key(
+            "packages_from",
+            PACKAGES_FROM,
+            "control",
+            '"control": this machine ships the Debian packages (hosts need no internet); '
+            '"host": the host\'s own apt sources',
+        ),
+    ),
+    help="What every host has unless its own table says otherwise.",
+)
+
+
+def _address_or_alias(r: keys.Reading) -> None:
+    if r.got["address"] is None and r.got["ssh_alias"] is None:
+        r.fail("address", "is required (or give ssh_alias)")
+
+
+HOST = keys.Keys(
+    Host,
+    (
+        keys.Key("address", keys.ADDRESS, None, "where this machine reaches it over SSH"),
+        keys.Key(
+            "ssh_alias",
+            keys.HOST_NAME,
+            None,
+            "a Host of your ~/.ssh/config to connect through instead",
+        ),
+        keys.Rule(("address", "ssh_alias"), _address_or_alias, "give address or ssh_alias"),
+        keys.Key(
+            "ssh_key", keys.LOCAL_PATH, keys.from_outer("ssh_key", "as [defaults]"), "the SSH key"
+        ),
+        keys.Key("user", keys.UNIX_USER, keys.from_outer("user", "as [defaults]"), "the SSH user"),
+        keys.Key("port", keys.SSH_PORT, keys.from_outer("port", "as [defaults]"), "the SSH port"),
+        keys.Key(
+            "roles",
+            ROLE,
+            (),
+            "what it runs for its sites (default: every role)",
+            many=True,
+        ),
+        keys.Key(
+            "process_manager",
+            MANAGER,
+            keys.from_outer("process_manager", "as [defaults]"),
+            "systemd units or supervisord programs",
+        ),
+        keys.Key(
+            "packages_from",
+            PACKAGES_FROM,
+            keys.from_outer("packages_from", "as [defaults]"),
+            "where provision gets Debian packages",
+        ),
+        keys.Key(
+            "firewall",
+            keys.BOOL,
+            keys.from_outer("firewall", "as [defaults]"),
+            "the kit's nftables ruleset",
+        ),
+        keys.Key(
+            "unattended_upgrades",
+            keys.BOOL,
+            keys.from_outer("unattended_upgrades", "as [defaults]"),
+            "Debian's security upgrades",
+        ),
+        keys.Key(
+            "private_address",
+            keys.IP_ADDRESS,
+            None,
+            "where its peers reach it and its services listen for them (default: address)",
+        ),
+    ),
+    derive={
+        "address": lambda r: r.got["address"] or r.got["ssh_alias"],
+        "known_hosts": lambda r: r.outer["known_hosts"],
+    },
+    help="One machine: how to reach it and what it runs.",
+)
+
+
 def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Inventory:
     top = Table(path, data, "")
-    defaults = top.sub("defaults") or Table(path, {}, "defaults")
-    d_user = defaults.get("user", str, values.unix_user, default="deploy")
-    d_port = defaults.get("port", int, values.ssh_port, default=22)
-    d_key = defaults.get_path("ssh_key", default=None)
-    target = defaults.get("target", str, values.host_name, default=None)
-    d_manager = defaults.get("process_manager", str, values.choice(*MANAGERS), default="systemd")
-    d_firewall = defaults.get("firewall", bool, default=True)
-    d_upgrades = defaults.get("unattended_upgrades", bool, default=None)
-    d_packages = defaults.get(
-        "packages_from", str, values.choice(*PACKAGE_SOURCES), default="control"
-    )
-    defaults.done()
+    defaults_table = top.sub("defaults") or Table(path, {}, "defaults")
+    defaults = DEFAULTS.read(defaults_table, None)
+    defaults_table.done()
+    target = defaults["target"]
 
     hosts: dict[str, Host] = {}
     raw_hosts = top.sub("hosts")
@@ -233,31 +334,8 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
     for name in raw_hosts.names(values.host_name):
         raw_hosts.seen.add(name)
         r = raw_hosts.child(name)
-        key = r.key
-        addr = r.get("address", str, values.address, default=None)
-        alias = r.get("ssh_alias", str, values.host_name, default=None)
-        if addr is None and alias is None:
-            r.fail(f"{key}.address", "is required (or give ssh_alias)")
-        ssh_key = r.get_path("ssh_key", default=None) or d_key
-        hosts[name] = Host(
-            name=name,
-            address=addr or alias,
-            user=r.get("user", str, values.unix_user, default=d_user),
-            port=r.get("port", int, values.ssh_port, default=d_port),
-            ssh_key=ssh_key,
-            ssh_alias=alias,
-            roles=r.get_list("roles", values.choice(*all_roles()), default=()),
-            process_manager=r.get(
-                "process_manager", str, values.choice(*MANAGERS), default=d_manager
-            ),
-            packages_from=r.get(
-                "packages_from", str, values.choice(*PACKAGE_SOURCES), default=d_packages
-            ),
-            firewall=r.get("firewall", bool, default=d_firewall),
-            unattended_upgrades=r.get("unattended_upgrades", bool, default=d_upgrades),
-            known_hosts=path.parent / KNOWN_HOSTS,
-            private_address=r.get("private_address", str, values.ip_address, default=None),
-        )
+        outer = {**defaults, "name": name, "known_hosts": path.parent / KNOWN_HOSTS}
+        hosts[name] = HOST.read(r, None, outer)
         r.done()
     raw_hosts.done()
 
@@ -290,6 +368,63 @@ def parse(data: dict[str, Any], path: Path, read_secrets: bool = True) -> Invent
     return inventory
 
 
+def _targets(r: keys.Reading, key: keys.Key) -> tuple[str, ...]:
+    """The site's hosts: host and group names, each group as its members, each host once."""
+    hosts, groups = r.outer["hosts"], r.outer["groups"]
+    targets: list[str] = []
+    for i, target in enumerate(r.table.get_list(key.name)):
+        if target in hosts:
+            members: tuple[str, ...] = (target,)
+        elif target in groups:
+            members = groups[target]
+        else:
+            r.table.fail(
+                f"{r.table.path(key.name)}[{i}]", f"unknown host or group {values.show(target)}"
+            )
+        targets += [m for m in members if m not in targets]
+    return tuple(targets)
+
+
+TARGETS = keys.Kind(
+    "hosts and groups",
+    str,
+    "names of [hosts] or [groups] of this file; a group stands for its hosts",
+    samples=("web1",),
+    edges=("nosuchhost", "", "web1 "),
+    read=_targets,
+)
+SITE = keys.Keys(
+    None,
+    (
+        keys.Key(
+            "domains", keys.DOMAIN, help="the server_name of its nginx server block", many=True
+        ),
+        keys.Key("hosts", TARGETS, help="the hosts (and groups) it runs on", many=True),
+        keys.Map(
+            "env",
+            keys.ENV_NAME,
+            keys.ENV_VALUE,
+            "variables of the site's env file, beside those the kit derives",
+        ),
+        keys.Key(
+            "env_override",
+            keys.ENV_NAME,
+            (),
+            "variables the kit derives that `env` or the secrets may set anyway",
+            many=True,
+            empty=True,
+        ),
+        keys.Key(
+            "env_file",
+            keys.LOCAL_PATH,
+            None,
+            "the secrets file (dotenv syntax); its variables go to the env file, never shown",
+        ),
+    ),
+    help="One site: its domains, its hosts, its env; every other key belongs to a component.",
+)
+
+
 def _parse_site(
     r: Table,
     name: str,
@@ -298,23 +433,8 @@ def _parse_site(
     read_secrets: bool,
 ) -> Site:
     key = r.key
-    domains = r.get_list("domains", values.domain)
-    targets: list[str] = []
-    for i, target in enumerate(r.get_list("hosts")):
-        if target in hosts:
-            members: tuple[str, ...] = (target,)
-        elif target in groups:
-            members = groups[target]
-        else:
-            r.fail(f"{key}.hosts[{i}]", f"unknown host or group {values.show(target)}")
-        targets += [m for m in members if m not in targets]
-    env: dict[str, str] = {}
-    raw_env = r.sub("env") or Table(r.file, {}, f"{key}.env")
-    for env_name in raw_env.names(values.env_key):
-        env[env_name] = raw_env.get(env_name, str, values.env_value)
-    raw_env.done()
-    env_override = r.get_list("env_override", values.env_key, default=(), empty=True)
-    env_file = r.get_path("env_file", default=None)
+    core = SITE.read(r, None, {"hosts": hosts, "groups": groups})
+    env_file = core["env_file"]
     secrets: dict[str, Secret] = {}
     if env_file is not None and read_secrets:
         text = r.read_text("env_file", env_file)
@@ -324,10 +444,10 @@ def _parse_site(
             r.fail(f"{key}.env_file", f"{values.show_path(env_file)}: {exc}")
     site = Site(
         name=name,
-        domains=domains,
-        hosts=tuple(targets),
-        env=env,
-        env_override=env_override,
+        domains=core["domains"],
+        hosts=core["hosts"],
+        env=core["env"],
+        env_override=core["env_override"],
         secrets=secrets,
         env_file=env_file,
         secrets_loaded=read_secrets,
@@ -336,10 +456,10 @@ def _parse_site(
         table = r if component.table is None else r.sub(component.table)
         if table is None:
             continue
-        config = component.parse(table, site)
+        config = component.read(table, site)
         if component.table is not None:
             table.done()
         if config is not None:
-            site.parts[component.config or type(config)] = config
+            site.parts[type(config)] = config
     r.done()
     return site

@@ -18,7 +18,7 @@ TEAM_FABFILE = '''
 
 from dataclasses import dataclass
 
-from djk.tasks import Component, NginxPart, ns, register  # noqa: F401
+from djk.tasks import Component, Key, Keys, Kind, NginxPart, ns, register  # noqa: F401
 from djk.tasks.engine.steps import Directory, File
 
 
@@ -33,16 +33,16 @@ def banner_text(value: str) -> str:
     return value
 
 
+BANNER = Kind("banner", str, "letters, digits, spaces and .,!-, at most 60", banner_text)
+
+
 class BannerComponent(Component):
     """[sites.<name>.banner]: a text nginx answers at /banner, in the env and in a file."""
 
     name = "banner"
     table = "banner"
-    config = Banner
+    keys = Keys(Banner, (Key("text", BANNER, help="what nginx answers at /banner"),))
     roles = ("web",)
-
-    def parse(self, table, site):
-        return Banner(table.get("text", str, banner_text))
 
     def packages(self, inventory, host):
         return ["curl"] if any(s.part(Banner) for s in inventory.sites_on(host)) else []

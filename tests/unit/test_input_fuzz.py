@@ -40,11 +40,15 @@ from inventory_cases import (
     STATS,
     Case,
     Twin,
+    declared_key,
+    key_paths,
     mutated_cases,
     per_key_cases,
     run_case,
     seed_pair,
 )
+
+from djk.tasks.engine.reference import declared
 
 EXAMPLES = int(os.environ.get("DJK_FUZZ_EXAMPLES", "10000"))
 QUICK = 300
@@ -85,9 +89,31 @@ def test_each_seed_is_refused_or_written_safely(tmp_path: Path, index: int) -> N
     run_case(*seed_pair(SEEDS[index]), tmp_path)
 
 
+@pytest.fixture
+def team_component():
+    """A team's component (tests/memcached_component.py) registered for the test: its declared
+    key is fuzzed like the kit's."""
+    import memcached_component as mc
+
+    mc.install()
+    yield mc
+    mc.uninstall()
+
+
+def test_every_declared_key_is_in_a_layout(team_component) -> None:
+    """The per-key fuzz reaches every key the core and the components declare, a team's
+    included: a key declared without a place in a layout fails here."""
+    paths = [path for layout in LAYOUTS.values() for path in key_paths(layout().toml)]
+    present = {found[0] for found in map(declared_key, paths) if found is not None}
+    missing = set(declared()) - present
+    assert not missing, f"declared keys no layout holds: {sorted(missing)}"
+
+
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_every_key_of_every_component(tmp_path: Path, layout: str, size: str) -> None:
+def test_every_key_of_every_component(
+    tmp_path: Path, layout: str, size: str, team_component
+) -> None:
     per_key = PER_KEY if size == "long" else QUICK_PER_KEY
     STATS.update(cases=0, accepted=0, refused=0)
     twin = Twin.of(LAYOUTS[layout](), tmp_path)
