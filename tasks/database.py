@@ -14,13 +14,8 @@
 - `engine = "external"`: DATABASE_URL from the site's secrets.
 
 The app reads DATABASE_URL and its parts (DATABASE_HOST, _PORT, _NAME, _USER, _PASSWORD) from
-its env file: secrets, masked in every output.
-
-    [sites.shop.database]
-    engine = "postgresql"
-    name = "shop"        # database; default: the site's name, - as _
-    user = "shop"        # role; default: the database's name
-    keep_backups = 7     # backups kept per site (taken before migrations)
+its env file: secrets, masked in every output. The table's keys: KEYS below
+(docs/configuration.md).
 """
 
 from __future__ import annotations

@@ -18,16 +18,8 @@ Their failure after the run is reported (and fails fab) but changes nothing on t
 
 Every hook gets DJK_SITE, DJK_RELEASE, DJK_PREVIOUS, DJK_REVISION, DJK_HOSTS (comma-separated),
 DJK_USER (who deploys: user@machine), DJK_STATUS (started, switching, switched, succeeded,
-failed) and DJK_ACTION (deploy) in its environment.
-
-    [sites.shop.hooks]
-    before_switch = ["python manage.py check_payments --live"]
-    after_switch = "curl -fsS https://status.example.com/ping"
-    run_on = "every"            # or "one"
-    timeout = 300               # seconds, each command
-    local_before = "./bin/preflight"
-    local_after = "./bin/tell-the-team"
-    local_failure = "./bin/page-someone"
+failed) and DJK_ACTION (deploy) in its environment. The table's keys: KEYS below
+(docs/configuration.md).
 """
 
 from __future__ import annotations

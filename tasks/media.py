@@ -10,11 +10,8 @@ both from DJANGO_MEDIA_ROOT and DJANGO_MEDIA_URL in its env file.
 
 One host writing and serving is the default; when several would (more than one app host, or
 web hosts apart from the app), `path` must name a shared filesystem mounted on all of them —
-else two hosts would each keep half of the uploads.
-
-    [sites.shop.media]
-    url = "/media/"                  # default
-    path = "/mnt/shared/shop-media"  # only with several hosts: mounted there by you
+else two hosts would each keep half of the uploads. Its keys: KEYS below
+(docs/configuration.md).
 """
 
 from __future__ import annotations

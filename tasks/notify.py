@@ -10,12 +10,7 @@ Slack-compatible `{"text": ...}` (`format = "slack"`).
 A notification never fails or holds up a run beyond `timeout` (default 5 s): the start's
 request goes out while the run goes on; the end's waits at most `timeout`. A webhook that is
 down, refuses, answers with an error or never answers is reported on one line and the run's
-result stays what the hosts made it.
-
-    [sites.shop.notify]
-    url_secret = "DEPLOY_WEBHOOK_URL"   # the key in the secrets file (default)
-    format = "json"                     # or "slack"
-    timeout = 5                         # seconds
+result stays what the hosts made it. The table's keys: KEYS below (docs/configuration.md).
 """
 
 from __future__ import annotations

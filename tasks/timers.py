@@ -1,11 +1,4 @@
-"""Periodic jobs: `[sites.<name>.timers.<job>]`.
-
-    [sites.shop.timers.clearsessions]
-    schedule = "*-*-* 03:00:00"        # systemd's OnCalendar syntax (man systemd.time)
-    command = "clearsessions"          # manage.py's arguments ...
-    # program = "bin/nightly --all"    # ... or a program in the release (path, arguments)
-    run_on = "one"                     # the site's first app host (default), or "every"
-    timeout = 3600                     # seconds a run may take (default: no limit)
+"""Periodic jobs: `[sites.<name>.timers.<job>]` (its keys: JOB below, docs/configuration.md).
 
 A job runs in the release `current` points to when it starts, as the site user, with the
 site's env file and the release's venv first on PATH. On systemd hosts it is a oneshot service
