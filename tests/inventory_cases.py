@@ -221,20 +221,8 @@ def _leaves(data: Any, path: tuple = ()) -> list[tuple]:
 
 
 def _nasty_text(draw, text: str) -> str:
-    how = draw(st.sampled_from(["append", "prepend", "insert", "replace", "long", "upper"]))
-    piece = draw(st.sampled_from(NASTY))
-    if how == "append":
-        return text + piece
-    if how == "prepend":
-        return piece + text
-    if how == "insert":
-        at = draw(st.integers(0, len(text)))
-        return text[:at] + piece + text[at:]
-    if how == "replace":
-        return draw(st.text(max_size=12))
-    if how == "long":
-        return text * draw(st.sampled_from([40, 400]))
-    return text.upper()
+    """`_nasty` (the per-key fuzz's mutation of a text) with hypothesis's random source."""
+    return _nasty(draw(st.randoms(use_true_random=False)), text)
 
 
 @st.composite
@@ -261,7 +249,17 @@ def mutated_cases(draw) -> tuple[Case, Case]:
             for part in path[:-1]:
                 holder = holder[part]
             old = holder[path[-1]]
-            if isinstance(old, int):
+            item = isinstance(path[-1], int)  # an item of a list
+            found = declared_key(path[:-1] if item else path)
+            choices = [] if found is None else found[1].kind.fuzz()
+            if item:
+                choices = [c for c in choices if not isinstance(c, list)]
+            if choices and draw(st.booleans()):
+                # A value of the key's declared kind: one it takes, or one at or past a limit.
+                holder[path[-1]] = new = draw(st.sampled_from(choices))
+                if new != old and not (type(old) is int and type(new) is int):
+                    case.same_shape = False  # another valid choice may deploy other files
+            elif isinstance(old, int):
                 holder[path[-1]] = draw(st.sampled_from(NUMBERS))
             else:
                 holder[path[-1]] = _nasty_text(draw, str(old))
