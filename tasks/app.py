@@ -323,7 +323,8 @@ KEYS = Keys(
             "requirements",
             REQUIREMENTS,
             "requirements.txt",
-            "the pip requirements the site's venv is made from",
+            "the requirements file, or a lock (uv.lock, poetry.lock, pyproject.toml), the "
+            "site's venv is made from",
         ),
         Key("asgi", APPLICATION, None, "the ASGI application, served by uvicorn workers"),
         Key("wsgi", APPLICATION, None, "instead of asgi: the WSGI application"),
@@ -381,7 +382,7 @@ KEYS = Keys(
             "health_expect_release",
             BOOL,
             False,
-            "the health answer must also name the release (DJK_RELEASE)",
+            "the health answer's body must also hold the release id (APP_RELEASE)",
         ),
         Key("keep_releases", integer(1, 100), 5, "releases kept on each host"),
         Key(

@@ -227,7 +227,7 @@ KEYS = Keys(
             many=True,
             empty=True,
         ),
-        Key("beat", BOOL, False, "run celery beat (on the site's first worker host)"),
+        Key("beat", BOOL, False, "also run celery beat, beside the worker (schedule in shared/)"),
         Key(
             "broker",
             choice("local", "rabbitmq", "external"),

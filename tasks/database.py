@@ -484,7 +484,12 @@ KEYS = Keys(
             "the PostgreSQL database",
         ),
         Key("user", IDENTIFIER, Derived(lambda r: r.got["name"], "`name`"), "the PostgreSQL role"),
-        Key("keep_backups", integer(1, 1000), 7, "backups kept on the db host"),
+        Key(
+            "keep_backups",
+            integer(1, 1000),
+            7,
+            "backups kept per site, where the database is (taken before migrations)",
+        ),
         Rule(
             ("engine", "DATABASE_URL"),
             _external_needs_url,

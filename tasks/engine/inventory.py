@@ -231,7 +231,9 @@ DEFAULTS = keys.Keys(
     (
         keys.Key("user", keys.UNIX_USER, "deploy", "the SSH user (sudo without a password)"),
         keys.Key("port", keys.SSH_PORT, 22, "the SSH port"),
-        keys.Key("ssh_key", keys.LOCAL_PATH, None, "the SSH private key (default: the agent's)"),
+        keys.Key(
+            "ssh_key", keys.LOCAL_PATH, None, "the SSH private key (default: your agent and ~/.ssh)"
+        ),
         keys.Key("target", keys.HOST_NAME, None, "the host or group of a run without -H"),
         keys.Key("process_manager", MANAGER, "systemd", "what runs the sites' processes"),
         keys.Key("firewall", keys.BOOL, True, "provision writes the kit's nftables ruleset"),
