@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from site_data import one_site
 
 from djk.tasks.engine.component import components, unregister
 from djk.tasks.engine.inventory import parse
@@ -61,22 +62,7 @@ def test_the_component_example_of_the_docs_runs(tmp_path: Path) -> None:
     namespace: dict = {}
     exec(compile(match.group(1), "docs/components.md", "exec"), namespace)
     try:
-        (tmp_path / "site.env").write_text("DJANGO_SECRET_KEY=k-123456\n")
-        data = {
-            "hosts": {"web1": {"address": "10.213.0.11"}},
-            "sites": {
-                "shop": {
-                    "domains": ["shop.test"],
-                    "hosts": ["web1"],
-                    "source": str(ROOT / "example"),
-                    "asgi": "exampleproject.asgi:application",
-                    "settings": "exampleproject.settings",
-                    "port": 8001,
-                    "env_file": "site.env",
-                    "banner": {"text": "Hello there"},
-                }
-            },
-        }
+        data = one_site(tmp_path, banner={"text": "Hello there"})
         site = parse(data, tmp_path / "hosts.toml").sites["shop"]
         assert site.need(namespace["Banner"]).text == "Hello there"
         data["sites"]["shop"]["banner"] = {"text": "Hello;"}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from inventory_cases import declared_key
+from site_data import one_site
 
 from djk.tasks import Component, Key, Keys, Kind, register
 from djk.tasks.engine.component import components
@@ -16,26 +17,6 @@ from djk.tasks.engine.layout import App
 from djk.tasks.engine.reference import configuration, declared, main
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "example"
-
-
-def inventory(tmp_path: Path, **site: object) -> dict:
-    (tmp_path / "site.env").write_text("DJANGO_SECRET_KEY=k-123456\n")
-    return {
-        "hosts": {"web1": {"address": "10.213.0.11"}},
-        "sites": {
-            "shop": {
-                "domains": ["shop.test"],
-                "hosts": ["web1"],
-                "source": str(EXAMPLE),
-                "asgi": "exampleproject.asgi:application",
-                "settings": "exampleproject.settings",
-                "port": 8001,
-                "env_file": "site.env",
-                **site,
-            }
-        },
-    }
 
 
 def refused(tmp_path: Path, data: dict) -> str:
@@ -67,10 +48,10 @@ def test_an_edited_declaration_moves_validation_reference_and_fuzz(tmp_path, mon
     edited = app.keys.with_key("workers", kind=integer(1, 8), default=3)
     monkeypatch.setattr(app, "keys", edited)
     # Validation: the new default, the new range and its message.
-    site = parse(inventory(tmp_path), tmp_path / "hosts.toml").sites["shop"]
+    site = parse(one_site(tmp_path), tmp_path / "hosts.toml").sites["shop"]
     assert site.need(App).workers == 3
-    assert parse(inventory(tmp_path, workers=8), tmp_path / "hosts.toml").sites["shop"]
-    message = refused(tmp_path, inventory(tmp_path, workers=9))
+    assert parse(one_site(tmp_path, workers=8), tmp_path / "hosts.toml").sites["shop"]
+    message = refused(tmp_path, one_site(tmp_path, workers=9))
     assert message.endswith("sites.shop.workers: 9 is not between 1 and 8")
     # The reference.
     assert "| `workers` | integer 1–8 | 3 | gunicorn workers per slot |" in configuration()
