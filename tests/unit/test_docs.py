@@ -25,6 +25,18 @@ def test_readme_is_a_way_in() -> None:
     assert not wide, f"README lines over 100 columns: {wide}"
 
 
+def test_readmes_two_commands_are_what_ci_runs() -> None:
+    """README's two commands as written: `bin/test` is CI's command (`.ci/run`); `bin/demo` runs
+    in tests/e2e/test_readme.py."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n## Two commands\n")
+    block = re.compile(r"```sh\n(.*?)```", re.S).search(text, start)
+    assert block is not None
+    commands = [line.split("#", 1)[0].strip() for line in block.group(1).splitlines()]
+    assert commands == ["bin/demo", "bin/test"]
+    assert "exec bin/test" in (ROOT / ".ci" / "run").read_text()
+
+
 def slug(heading: str) -> str:
     """A heading's anchor as GitHub makes it."""
     text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
