@@ -203,6 +203,8 @@ def spawn_fab(inventory: Path, *args: str):
     import subprocess
     import sys
 
+    import signal
+
     env = dict(os.environ, DJK_INVENTORY=str(inventory), PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, "-m", "fabric", "--search-root", str(ROOT), *args],
@@ -211,6 +213,9 @@ def spawn_fab(inventory: Path, *args: str):
         stdin=subprocess.DEVNULL,
         text=True,
         env=env,
+        # As from a terminal: Ctrl-C interrupts. A test run started in the background by a
+        # shell without job control inherits SIGINT ignored, and so would fab.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
