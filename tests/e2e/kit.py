@@ -200,10 +200,9 @@ def health(host, host_header: str = "example.test") -> dict:
 
 def spawn_fab(inventory: Path, *args: str):
     """`fab` as a separate process (to kill it, or to run two at once)."""
+    import signal
     import subprocess
     import sys
-
-    import signal
 
     env = dict(os.environ, DJK_INVENTORY=str(inventory), PYTHONUNBUFFERED="1")
     return subprocess.Popen(
