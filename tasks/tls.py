@@ -22,13 +22,13 @@ from .engine.keys import (
     BOOL,
     EMAIL,
     HTTPS_URL,
-    REQUIRED,
     Key,
     Keys,
     Kind,
     Reading,
     Rule,
     choice,
+    read_local_path,
 )
 from .engine.layout import SitePaths
 from .engine.render import MANAGED
@@ -222,11 +222,10 @@ def before_nginx(site: Site, tls: Tls) -> list[Step]:
 def _read_pem(r: Reading, key: Key) -> str | Secret:
     """The PEM text of a file on the control machine; a private key as a Secret."""
     marker = "PRIVATE KEY" if key.kind is PEM_KEY else "CERTIFICATE"
-    t = r.table
-    file = t.get_path(key.name, default=... if key.default is REQUIRED else None)
+    file = read_local_path(r, key)
     if file is None:
         return key.default
-    text = t.read_text(key.name, file, limit=PEM_LIMIT)
+    text = r.table.read_text(key.name, file, limit=PEM_LIMIT)
     if f"-----BEGIN {marker}-----" not in text and f" {marker}-----" not in text:
         r.fail(key.name, f"{values.show_path(file)} holds no PEM {marker.lower()}")
     if marker != "PRIVATE KEY" and "PRIVATE KEY-----" in text:

@@ -507,13 +507,3 @@ HTTPS_URL = Kind(
     samples=("https://acme.test/dir",),
     edges=("http://acme.test/", "https://", "https://a b/"),
 )
-
-
-def every_key(table: str, keys: Keys) -> Iterator[tuple[str, Key]]:
-    """(key path, Key) of every key a declaration names, nested ones included ("<name>" where a
-    name of the user's stands)."""
-    for item in keys.items:
-        if isinstance(item, Key):
-            yield f"{table}.{item.name}" if table else item.name, item
-        elif isinstance(item, Each):
-            yield from every_key(f"{table}.<{item.into}>", item.keys)

@@ -70,13 +70,6 @@ def test_a_circle_of_declarations_is_a_defect_named():
         C.run_order([A(), B()])
 
 
-@pytest.fixture
-def memcached():
-    mc.install()
-    yield mc.MEMCACHED
-    mc.uninstall()
-
-
 def inventory(tmp_path, cache_roles=("cache",)):
     (tmp_path / "site.env").write_text("DJANGO_SECRET_KEY=k3y-value-0\n")
     data = {

@@ -89,18 +89,7 @@ def test_each_seed_is_refused_or_written_safely(tmp_path: Path, index: int) -> N
     run_case(*seed_pair(SEEDS[index]), tmp_path)
 
 
-@pytest.fixture
-def team_component():
-    """A team's component (tests/memcached_component.py) registered for the test: its declared
-    key is fuzzed like the kit's."""
-    import memcached_component as mc
-
-    mc.install()
-    yield mc
-    mc.uninstall()
-
-
-def test_every_declared_key_is_in_a_layout(team_component) -> None:
+def test_every_declared_key_is_in_a_layout(memcached) -> None:
     """The per-key fuzz reaches every key the core and the components declare, a team's
     included: a key declared without a place in a layout fails here."""
     paths = [path for layout in LAYOUTS.values() for path in key_paths(layout().toml)]
@@ -111,9 +100,7 @@ def test_every_declared_key_is_in_a_layout(team_component) -> None:
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_every_key_of_every_component(
-    tmp_path: Path, layout: str, size: str, team_component
-) -> None:
+def test_every_key_of_every_component(tmp_path: Path, layout: str, size: str, memcached) -> None:
     per_key = PER_KEY if size == "long" else QUICK_PER_KEY
     STATS.update(cases=0, accepted=0, refused=0)
     twin = Twin.of(LAYOUTS[layout](), tmp_path)

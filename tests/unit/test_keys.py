@@ -71,20 +71,11 @@ def test_every_core_and_component_key_is_declared_once() -> None:
     assert len(names) == len(set(names)), "a key declared twice in one table"
 
 
-def test_a_team_kind_reaches_the_reference(team_memcached) -> None:
-    text = configuration([team_memcached.MEMCACHED])
+def test_a_team_kind_reaches_the_reference(memcached) -> None:
+    text = configuration([memcached])
     assert "## `[sites.<name>.memcached]`" in text
     assert "| `memory` | [memory in MB](#memory-in-mb) | 64 | the cache's size |" in text
     assert "### memory in MB" in text
-
-
-@pytest.fixture
-def team_memcached():
-    import memcached_component as mc
-
-    mc.install()
-    yield mc
-    mc.uninstall()
 
 
 def test_a_team_component_with_parse_is_refused_at_registration() -> None:
