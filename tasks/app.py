@@ -459,7 +459,11 @@ class AppComponent(Component):
             hosts.append(domain[1:] if domain.startswith("*.") else domain)
             origins += [f"https://{domain}", f"http://{domain}"]
         return {
-            "DJANGO_SETTINGS_MODULE": app_of(site).settings,
+            # The kit's settings layer in each release (release/djk_settings.py) imports the
+            # project's own module and sets what hosts.toml manages over it.
+            "DJANGO_SETTINGS_MODULE": release.layer.MODULE,
+            "DJK_SETTINGS": app_of(site).settings,
+            "DJK_SHARED": paths.shared,
             "DJANGO_ALLOWED_HOSTS": ",".join(hosts),
             "DJANGO_CSRF_TRUSTED_ORIGINS": ",".join(origins),
             "DJANGO_DB_PATH": paths.db,

@@ -146,11 +146,20 @@ NO_TABLE = "no-table"
 # the migrate step will not run, so there is nothing to back up and no need to open the database
 # (a no-op deploy then starts no Python and no psql for it, on the host or here).
 MIGRATED = "djk-migrated"
+# Django's default database is not SQLite (the project's own DATABASES): nothing to read here.
+ELSEWHERE = "djk-elsewhere"
 
 
+# The SQLite file: the one Django connects to, as the release's prepare wrote it down (argv[2:],
+# the first that exists), else the kit's own path (argv[1]).
 _SQLITE_APPLIED = (
-    "import os, sqlite3, sys\n"
+    "import json, os, sqlite3, sys\n"
     "p = sys.argv[1]\n"
+    "for f in sys.argv[2:]:\n"
+    "    if os.path.exists(f):\n"
+    "        d = json.load(open(f))['databases'].get('default', {})\n"
+    "        if d.get('vendor') != 'sqlite': print('djk-elsewhere'); sys.exit(0)\n"
+    "        p = d['name']; break\n"
     "if not os.path.exists(p): print('no-table'); sys.exit(0)\n"
     "c = sqlite3.connect('file:' + p + '?mode=ro', uri=True)\n"
     "t = c.execute(\"select 1 from sqlite_master where name = 'django_migrations'\").fetchone()\n"
@@ -168,6 +177,8 @@ class Applied(Fact[frozenset]):
     engine: str
     where: str  # the PostgreSQL database, or the SQLite file
     unless: tuple[str, str] | None = None
+    # SQLite: what the release's prepare found (asked.FILE), where Django's own file is named
+    asked: tuple[str, ...] = ()
 
     def from_data(self, raw: Any) -> frozenset:
         return frozenset(raw)
@@ -183,7 +194,8 @@ class Applied(Fact[frozenset]):
                 f'if [ "$t" = t ]; then {psql} -c "{rows}"; else echo {NO_TABLE}; fi'
             )
         else:
-            read = f"python3 -c {shlex.quote(_SQLITE_APPLIED)} {shlex.quote(self.where)}"
+            args = " ".join(shlex.quote(a) for a in (self.where, *self.asked))
+            read = f"python3 -c {shlex.quote(_SQLITE_APPLIED)} {args}"
         if self.unless is None:
             return read
         marker, value = (shlex.quote(part) for part in self.unless)
@@ -196,17 +208,20 @@ class Applied(Fact[frozenset]):
         if rc != 0:
             return None
         lines = {line.strip() for line in out.splitlines() if line.strip()}
-        for sentinel in (MIGRATED, NO_TABLE):
+        for sentinel in (MIGRATED, NO_TABLE, ELSEWHERE):
             if sentinel in lines:
                 return frozenset({sentinel})
         return frozenset(lines)
 
 
-def applied_fact(site: Site, unless: tuple[str, str] | None = None) -> Applied:
+def applied_fact(
+    site: Site, unless: tuple[str, str] | None = None, asked: tuple[str, ...] = ()
+) -> Applied:
+    """`asked`: files of what Django said (release/asked.py), for SQLite: its file is read."""
     db = of(site)
     if db.engine == "postgresql":
         return Applied("postgresql", db.name, unless)
-    return Applied("sqlite", SitePaths.of(site).db, unless)
+    return Applied("sqlite", SitePaths.of(site).db, unless, asked)
 
 
 # What env() derives for a PostgreSQL site, named before the password is known.
@@ -554,11 +569,16 @@ class DatabaseComponent(HostService):
         return remote_clients(inventory, site)
 
     def env_names(self, inventory: Inventory, site: Site) -> set[str]:
-        return set(DERIVED) if uses_postgresql(site) else set()
+        given = {"DJK_DATABASE"} if site.part(Database) else set()
+        return given | (set(DERIVED) if uses_postgresql(site) else set())
 
     def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
+        # The settings layer sets DATABASES only when hosts.toml has the table.
+        given: dict[str, str | Secret] = {}
+        if site.part(Database):
+            given["DJK_DATABASE"] = of(site).engine
         if not uses_postgresql(site):
-            return {}
+            return given
         db, secret = of(site), password(site)
         if secret is None:  # not resolved (an inventory read without secrets)
             return {}
@@ -569,6 +589,7 @@ class DatabaseComponent(HostService):
         )
         # DATABASE_PASSWORD itself is one of the site's secrets (given, or made on the db host).
         return {
+            **given,
             "DATABASE_URL": Secret(url),
             "DATABASE_HOST": where,
             "DATABASE_PORT": str(PG_PORT),

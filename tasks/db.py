@@ -16,15 +16,12 @@ from __future__ import annotations
 import json
 import shlex
 import time
-import zipfile
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from typing import Any, ClassVar
 
 from . import celery, maintenance
 from . import database as D
-from .database import MIGRATED, NO_TABLE, applied_fact
+from .database import ELSEWHERE, MIGRATED, NO_TABLE, applied_fact
 from .engine import events, procs, topology
 from .engine import facts as F
 from .engine.cli import (
@@ -53,8 +50,9 @@ from .release import (
     migrate_marker,
     migrated_marker,
     migrates_here,
-    migrations_in,
 )
+from .release.asked import FILE as ASKED_FILE
+from .release.asked import Asked, DjangoReport, Migration
 
 BACKUPS = "/var/backups/djk"
 
@@ -114,32 +112,13 @@ class Restored:
         return {self.site: {"restored": self.backup}}
 
 
-# -- what a release brings ----------------------------------------------------------------------
-
-
-@cache
-def _wheel_migrations(path: Path) -> tuple[str, ...]:
-    with zipfile.ZipFile(path) as wheel:
-        return migrations_in(wheel.namelist())
-
-
-def brought(build: Build, applied: frozenset[str]) -> set[str]:
-    """The migrations of the release: the project's own, and those of its packages for the
-    apps the database already knows (a package's app that is not installed is no reason)."""
-    known = {m.split(".", 1)[0] for m in applied}
-    found = set(build.migrations)
-    if build.house is not None:
-        for path in build.house.paths():
-            found |= {m for m in _wheel_migrations(path) if m.split(".", 1)[0] in known}
-    return found
-
-
 # -- the backup itself --------------------------------------------------------------------------
 
 
-def backup_script(site: Site, backup_id: str, meta: dict) -> str:
+def backup_script(site: Site, backup_id: str, meta: dict, sqlite_file: str | None = None) -> str:
     """Take the backup (atomically: a temp file renamed), write its metadata, keep the newest
-    keep_backups. Root-only directory and files."""
+    keep_backups. Root-only directory and files. `sqlite_file`: the file Django connects to
+    (default: the kit's own path)."""
     db = D.of(site)
     where = backup_dir(site)
     q = shlex.quote
@@ -155,7 +134,7 @@ def backup_script(site: Site, backup_id: str, meta: dict) -> str:
             "src.backup(dst)\n"
             "dst.close()\n"
         )
-        take = f"python3 -c {q(code)} {q(SitePaths.of(site).db)} {q(tmp)}"
+        take = f"python3 -c {q(code)} {q(sqlite_file or SitePaths.of(site).db)} {q(tmp)}"
     keep = db.keep_backups
     about = q(json.dumps({**meta, "file": target}, sort_keys=True))
     return f"""set -e
@@ -173,35 +152,67 @@ du -h {q(target)} | cut -f1
 """
 
 
-def metadata(site: Site, backup_id: str, reason: str, pending: list[str]) -> dict:
+def metadata(
+    site: Site,
+    backup_id: str,
+    reason: str,
+    pending: list[Migration],
+    sqlite_file: str | None = None,
+) -> dict:
+    """A backup's <id>.json. `additive`: every migration it preceded only added (a rollback
+    past them needs no restore)."""
+    where = D.of(site).name if D.uses_postgresql(site) else sqlite_file or SitePaths.of(site).db
     return {
         "id": backup_id,
         "site": site.name,
         "engine": D.of(site).engine,
-        "database": D.of(site).name if D.uses_postgresql(site) else SitePaths.of(site).db,
+        "database": where,
         "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "reason": reason,
-        "migrations": pending,
+        "migrations": [m.name for m in pending],
+        "additive": bool(pending) and all(m.additive for m in pending),
     }
 
 
 class BeforeMigrate(Step):
-    """A backup before the deploy migrates, when the release brings a migration the database
-    has not applied; the deploy stops here if it fails."""
+    """A backup before the deploy migrates, of the database Django connects to, when the release
+    has a migration it has not applied (Django's own list, asked in the release's prepare on
+    the host that migrates); the deploy stops here if it fails."""
 
-    def __init__(self, site: Site, build: Build, migrated: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        inventory: Inventory,
+        site: Site,
+        host: Host,
+        build: Build,
+        migrated: tuple[str, str] | None = None,
+    ) -> None:
         # `migrated`: the migrate step's marker and the value it holds once this build migrated
         # this database, on a host that migrates; where it holds it, neither step has work.
         self.site, self.build = site, build
-        self.fact = applied_fact(site, migrated)
+        paths = SitePaths.of(site)
+        releases = (paths.release(build.release_id), paths.current)
+        asked = Asked(site.name, releases)
+        files = tuple(f"{r}/{ASKED_FILE}" for r in releases)
+        self.fact = applied_fact(site, migrated, files)
+        # SQLite: this host migrates its own file; PostgreSQL: the first app host migrates.
+        migrating = host if not D.uses_postgresql(site) else _app_host(inventory, site)
+        self.asked: Fact = asked if migrating.name == host.name else F.On(migrating.name, asked)
         self.id = f"backup:{site.name}"
         self.name = f"backup {site.name}"
 
     def facts(self, diff: bool) -> list[Fact]:
-        return [self.fact]
+        return [self.fact, self.asked]
+
+    def report(self, ctx: Context) -> DjangoReport | None:
+        """What Django said of the release: in this run's prepare, else when it was prepared."""
+        said = [r for _, r in ctx.outcomes_of(DjangoReport) if r.site == self.site.name]
+        return said[-1] if said else ctx.facts[self.asked]
 
     def plan(self, ctx: Context) -> Plan:
         applied = ctx.facts[self.fact]
+        report = self.report(ctx)
+        default = report.default if report is not None else None
         if applied is None:
             return Plan(
                 error=f"cannot read the migrations applied to {self.fact.where}: "
@@ -209,19 +220,36 @@ class BeforeMigrate(Step):
             )
         if MIGRATED in applied:
             return Plan(reason="migrations done for this release")
+        if ELSEWHERE in applied:
+            what = default.describe() if default else "not SQLite"
+            return Plan(
+                reason=f"Django's database is {what}, which hosts.toml does not manage: "
+                "not backed up (a [database] table puts it in the kit's hands)"
+            )
         if NO_TABLE in applied:
             return Plan(reason="no migrations applied yet: nothing to back up")
-        pending = sorted(brought(self.build, applied) - applied)
+        others = [d for d in report.databases if d.alias != "default"] if report else []
+        unmanaged = "".join(
+            f"; alias {d.alias} ({d.describe()}) is not backed up by the kit" for d in others
+        )
+        if report is None:
+            # Prepared by a kit that did not ask Django: whatever the release brings.
+            pending = [Migration("(the release's migrations are unknown)")]
+        else:
+            pending = report.pending(applied)
         if not pending:
-            return Plan(reason="no unapplied migrations")
+            return Plan(reason="no unapplied migrations" + unmanaged)
         backup_id = self.build.release_id
-        meta = metadata(self.site, backup_id, "before migrate", pending)
+        sqlite_file = default.name if default and default.vendor == "sqlite" else None
+        meta = metadata(self.site, backup_id, "before migrate", pending, sqlite_file)
+        names = [m.name for m in pending]
         return Plan(
             [
                 Action(
-                    f"{backup_id} before {len(pending)} migration(s): {', '.join(pending[:3])}"
-                    + (" ..." if len(pending) > 3 else ""),
-                    backup_script(self.site, backup_id, meta),
+                    f"{backup_id} before {len(names)} migration(s): {', '.join(names[:3])}"
+                    + (" ..." if len(names) > 3 else "")
+                    + unmanaged,
+                    backup_script(self.site, backup_id, meta, sqlite_file),
                     progress="backing up the database",
                 )
             ]
@@ -240,7 +268,9 @@ class DbComponent(Component):
         if phase == Phase.BACKUP and run.builds:
             return [
                 BeforeMigrate(
+                    inventory,
                     site,
+                    host,
                     run.builds[site.name],
                     migrate_marker(run.builds[site.name], inventory)
                     if migrates_here(inventory, site, host)
@@ -279,12 +309,23 @@ class TakeBackup(Step):
 
     def __init__(self, site: Site, backup_id: str) -> None:
         self.site, self.backup_id = site, backup_id
+        self.asked = Asked(site.name, (SitePaths.of(site).current,))
         self.id = f"backup-now:{site.name}"
         self.name = f"backup {site.name}"
 
+    def facts(self, diff: bool) -> list[Fact]:
+        return [self.asked]
+
     def plan(self, ctx: Context) -> Plan:
-        meta = metadata(self.site, self.backup_id, "on demand", [])
-        script = backup_script(self.site, self.backup_id, meta)
+        report = ctx.facts[self.asked]
+        default = report.default if report is not None else None
+        sqlite_file = None
+        if default is not None and not D.uses_postgresql(self.site):
+            if default.vendor != "sqlite":
+                return Plan(error=f"Django's database is {default.describe()}: not the kit's")
+            sqlite_file = default.name
+        meta = metadata(self.site, self.backup_id, "on demand", [], sqlite_file)
+        script = backup_script(self.site, self.backup_id, meta, sqlite_file)
         return Plan([Action(self.backup_id, script, progress="backing up the database")])
 
 
@@ -397,7 +438,8 @@ printf '%s\\n' {q(fresh)} > {q(sql)}
 pg_restore --no-acl -f - {q(file)} >> {q(sql)}
 {psql} < {q(sql)} > /dev/null
 """
-    target = SitePaths.of(site).db
+    # Where it was taken from: the file Django connects to.
+    target = backup.get("database") or SitePaths.of(site).db
     user = q(site.user)
     return f"""set -e
 test -f {q(file)}
@@ -573,6 +615,10 @@ class SchemaGuard(Step):
         if not since:
             return Plan(reason=f"no migration applied since {target}")
         names = sorted({m for b in since for m in b.get("migrations", [])})
+        if self.policy != "restore" and all(b.get("additive") for b in since):
+            # New models, nullable columns, columns with a database default: the older
+            # release neither reads them nor must write them.
+            return Plan(reason=f"only additions since {target} ({', '.join(names)}): kept")
         if self.policy == "keep":
             return Plan(reason=f"keeping today's schema (--keep-db): {', '.join(names)}")
         if self.policy == "restore":

@@ -354,6 +354,10 @@ class TlsComponent(Component):
 
     keys = KEYS
 
+    def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
+        # The settings layer makes the session and CSRF cookies secure on TLS sites.
+        return {"DJK_TLS": "1"} if site.part(Tls) else {}
+
     def packages(self, inventory: Inventory, host: Host) -> list[str]:
         sites = [s for s in inventory.sites_on(host) if (t := s.part(Tls)) and t.mode == "acme"]
         if sites and self.runs_on(host):

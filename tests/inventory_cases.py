@@ -530,7 +530,9 @@ def check_policy(inventory, files: list[Written]) -> None:
         entries = dict(app.env_entries(inventory, site))
         assert not set(entries) & REFUSED, sorted(entries)
         if "DJANGO_SETTINGS_MODULE" not in getattr(site, "env_override", ()):
-            assert entries["DJANGO_SETTINGS_MODULE"] == app_of(site).settings
+            assert entries["DJANGO_SETTINGS_MODULE"] == release.layer.MODULE
+        if "DJK_SETTINGS" not in getattr(site, "env_override", ()):
+            assert entries["DJK_SETTINGS"] == app_of(site).settings
         requirements = Path(os.path.realpath(app_of(site).requirements))
         assert requirements.is_relative_to(app_of(site).source), requirements
         # What a component derives is the kit's unless env_override says otherwise, also

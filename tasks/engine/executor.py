@@ -279,7 +279,9 @@ def _apply(session: _Session, action: Action, notes: list[str]) -> str:
             note, outcome = action.findings.read(result.stdout)
             if note:
                 notes.append(note)
-            if outcome is not None:
+            if isinstance(outcome, tuple):
+                session.report.outcomes.extend(outcome)
+            elif outcome is not None:
                 session.report.outcomes.append(outcome)
         return ""
     tail = (result.stderr.strip() or result.stdout.strip())[-1500:]

@@ -30,7 +30,7 @@ class Findings(Protocol):
     """What an action's output says: a note for the step's line and an outcome for the report
     (e.g. the warnings of `manage.py check --deploy`)."""
 
-    def read(self, out: str) -> tuple[str, Outcome | None]: ...
+    def read(self, out: str) -> tuple[str, Outcome | tuple[Outcome, ...] | None]: ...
 
 
 @dataclass

@@ -14,8 +14,8 @@ typed outcomes (outcome.ReleaseMove, ...). Components (app, celery, db, hooks, s
 this package, never each other, for anything about a release.
 """
 
-from . import store
-from .build import Build, deploy_files, for_host, migrations_in, new_build
+from . import layer, store
+from .build import Build, deploy_files, for_host, new_build
 from .commands import FreshMigrate, Prepare, ReleaseCommand, manage
 from .migrate import fresh_migrate, migrate_marker, migrate_step, migrated_marker, migrates_here
 from .outcome import CheckWarnings, ReleaseMove, ReleaseTable
@@ -49,6 +49,7 @@ __all__ = [
     "for_host",
     "fresh_migrate",
     "front",
+    "layer",
     "gate",
     "live_release",
     "manage",
@@ -56,7 +57,6 @@ __all__ = [
     "migrate_step",
     "migrated_marker",
     "migrates_here",
-    "migrations_in",
     "new_build",
     "phase_steps",
     "release_steps",

@@ -3,7 +3,6 @@ once on the control machine, then resolved per host for the host's Python and pl
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,7 +14,7 @@ from ..engine.component import components
 from ..engine.inventory import Host, Site
 from ..engine.layout import app_of
 from ..engine.wheels import DependencyError, Wheelhouse
-from . import store
+from . import layer, store
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,6 @@ class Build:
     # The pinned set and its wheels for one host's interpreter (for_host); `deps` is then the
     # venv key on that host.
     house: Wheelhouse | None = None
-    # The project's own migrations in the shipped files, as "<app label>.<name>".
-    migrations: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -69,23 +66,12 @@ def new_build(
     return Build(
         site,
         release,
-        snap.tree,
+        layer.tree(snap.tree),
         deps,
         snap.revision,
         snap.archive,
         requirements,
-        migrations=migrations_in(files),
     )
-
-
-_MIGRATION = re.compile(r"(?:.*/)?([A-Za-z_][A-Za-z0-9_]*)/migrations/([0-9][A-Za-z0-9_]*)\.py")
-
-
-def migrations_in(paths) -> tuple[str, ...]:
-    """ "<app label>.<name>" of each migration file among `paths` (the label being, as Django's
-    default, the app package's last name)."""
-    found = {f"{m.group(1)}.{m.group(2)}" for p in paths if (m := _MIGRATION.fullmatch(p))}
-    return tuple(sorted(found))
 
 
 def for_host(build: Build, host: Host) -> Build:

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from ..database import NO_TABLE, Applied
 from ..engine import agent
 from ..engine.facts import Fact, Text
 from ..engine.inventory import Site
 from ..engine.layout import SitePaths
+from ..engine.outcome import Outcome
 from ..engine.steps import Context, Findings, MarkedCommand, Plan
+from . import asked
 from .build import Build
 from .outcome import CheckWarnings
 from .target import Latest, live_release
@@ -29,6 +30,13 @@ def manage(site: Site, paths: SitePaths, release_dir: str, args: str) -> str:
         f"cd {shlex.quote(release_dir)} && "
         f"runuser -u {shlex.quote(site.user)} -- /bin/sh -c {shlex.quote(inner)}"
     )
+
+
+def mark_failed(paths: SitePaths, release_dir: str) -> str:
+    """Shell: the staged release marked failed (it never goes live), by the host agent."""
+    release = release_dir.rsplit("/", 1)[-1]
+    change = {"base": paths.base, "release": release, "status": "failed", "only_from": "staged"}
+    return agent.run("release-status", change)
 
 
 class ReleaseCommand(MarkedCommand):
@@ -87,16 +95,7 @@ class ReleaseCommand(MarkedCommand):
         # A failed migration marks the release failed: it never goes live. Its output streams
         # (progress); on failure the message is its last lines (a traceback's exception) and
         # the note, not the middle of a traceback.
-        release = release_dir.rsplit("/", 1)[-1]
-        mark = agent.run(
-            "release-status",
-            {
-                "base": self.paths.base,
-                "release": release,
-                "status": "failed",
-                "only_from": "staged",
-            },
-        )
+        mark = mark_failed(self.paths, release_dir)
         note = f"echo {shlex.quote(self.failure_note)} >&2\n  " if self.failure_note else ""
         return f"""log=$(mktemp); rc=$(mktemp)
 trap 'rm -f "$log" "$rc"' EXIT
@@ -111,60 +110,83 @@ fi"""
 _CHECK_LINE = re.compile(r"^(\S+): \(([\w.]+\.([WE])\d+)\) (.*)$")
 
 
+def check_warnings(site: str, out: str) -> CheckWarnings:
+    """The warnings of `manage.py check --deploy` in its output."""
+    warnings = []
+    for line in out.splitlines():
+        match = _CHECK_LINE.match(line.strip())
+        if match and match.group(3) == "W":
+            warnings.append(
+                {"id": match.group(2), "object": match.group(1), "message": match.group(4)}
+            )
+    return CheckWarnings(site, tuple(warnings))
+
+
 @dataclass(frozen=True)
-class CheckFindings:
-    """The warnings of `manage.py check --deploy` as a note and an outcome (steps.Findings)."""
+class PrepareFindings:
+    """What a prepare's output says (steps.Findings): the checklist's warnings, as a note and
+    an outcome, and what Django said of the release (asked.DjangoReport)."""
 
     site: str
+    check: bool
+    ask: bool
 
-    def read(self, out: str) -> tuple[str, CheckWarnings]:
-        warnings = []
-        for line in out.splitlines():
-            match = _CHECK_LINE.match(line.strip())
-            if match and match.group(3) == "W":
-                warnings.append(
-                    {"id": match.group(2), "object": match.group(1), "message": match.group(4)}
-                )
-        note = f"{len(warnings)} warning(s): {', '.join(w['id'] for w in warnings)}"
-        return (note if warnings else ""), CheckWarnings(self.site, tuple(warnings))
+    def read(self, out: str) -> tuple[str, tuple[Outcome, ...]]:
+        notes: list[str] = []
+        found: list[Outcome] = []
+        if self.check:
+            warnings = check_warnings(self.site, out)
+            if warnings.rows:
+                ids = ", ".join(w["id"] for w in warnings.rows)
+                notes.append(f"{len(warnings.rows)} warning(s): {ids}")
+            found.append(warnings)
+        report = asked.from_output(self.site, out) if self.ask else None
+        if report is not None:
+            found.append(report)
+            if report.fresh:
+                notes.append("migrated the new database (it had no tables)")
+        return "; ".join(notes), tuple(found)
 
 
-# collectstatic, then Django's deployment checklist, in one process: one Django start instead
-# of two (each start of a release whose venv's bytecode is still being compiled costs seconds).
-# Through the project's own manage.py, so whatever it sets up before Django does still happens.
+# collectstatic, then Django's deployment checklist, then what the kit asks Django, in one
+# process: one Django start instead of three (each start of a release whose venv's bytecode is
+# still being compiled costs seconds). Through the project's own manage.py, so whatever it sets
+# up before Django does still happens.
 _COLLECT = (
     "from django.core.management import call_command\n"
     'call_command("collectstatic", interactive=False)\n'
 )
 _CHECK = 'call_command("check", deploy=True, fail_level="ERROR")\n'
-_PREPARE = _COLLECT + _CHECK
-_MIGRATE = 'call_command("migrate", interactive=False)\n'
 
 
 @dataclass(frozen=True)
 class FreshMigrate:
-    """What a prepare needs to migrate too, on the host that migrates the site's database and
-    holds it: the database's Applied fact, and the migrate step's marker and its value."""
+    """On the host that migrates the site's database and holds it: the migrate step's marker
+    and the value it holds once this build migrated the database."""
 
-    applied: Applied
     marker: str
     key: str
 
 
 class Prepare(ReleaseCommand):
-    """`collectstatic` and, on app hosts, Django's deployment checklist (`check --deploy`) on
-    the staged release with the site's env: a checklist error stops the deploy before any
-    switch, its warnings go to the report.
+    """`collectstatic`, and on app hosts Django's deployment checklist (`check --deploy`) and
+    what the kit asks Django (asked.py: its databases and migrations), on the staged release
+    with the site's env, in one process. A checklist error, or any failure, marks the release
+    failed and stops the deploy before any switch; the warnings go to the report.
 
-    With `fresh` (the host migrates the database and holds it), a database with no tables yet
-    (a first deploy) is migrated in the same process, after the checklist, and the migrate
-    step's marker written: one Django start less, and the migrate phase then finds it done.
-    Nothing can have used a database with no tables, so nothing is backed up or switched
-    earlier for it; any other database is migrated in its own phase, after its backup."""
+    With `fresh` (the host migrates the database and holds it), Django migrates its default
+    database in the same process when it has no tables yet (a first deploy), and the migrate
+    step's marker is written: nothing can have used a database with no tables, so nothing is
+    backed up first. Django decides, on the database it connects to; any other database is
+    migrated in its own phase, after its backup."""
 
-    def __init__(self, build: Build, check: bool, fresh: FreshMigrate | None = None) -> None:
+    def __init__(
+        self, build: Build, check: bool, ask: bool = False, fresh: FreshMigrate | None = None
+    ) -> None:
         paths = SitePaths.of(build.site)
-        args = f"shell -c {shlex.quote(_PREPARE)}" if check else "collectstatic --noinput"
+        code = _COLLECT + (_CHECK if check else "") + (asked.call(fresh is not None) if ask else "")
+        args = f"shell -c {shlex.quote(code)}" if check or ask else "collectstatic --noinput"
+        doing = ", checking the deployment settings" if check else ""
         super().__init__(
             build,
             f"prepare:{build.site.name}",
@@ -173,56 +195,37 @@ class Prepare(ReleaseCommand):
             # Another name than before (collectstatic and the checklist were two steps), so a
             # host upgraded from then prepares the release once more.
             f"{paths.base}/.djk-prepared",
-            "collecting static files" + (", checking the deployment settings" if check else ""),
+            "collecting static files" + doing,
         )
-        self.check, self.fresh = check, fresh
-        if check:
-            self.findings = CheckFindings(build.site.name)
-
-    def facts(self, diff: bool) -> list[Fact]:
-        return super().facts(diff) + ([self.fresh.applied] if self.fresh else [])
-
-    def _migrating(self, ctx: Context) -> FreshMigrate | None:
-        """`fresh` where the database has no tables yet."""
-        if self.fresh is not None and ctx.facts[self.fresh.applied] == {NO_TABLE}:
-            return self.fresh
-        return None
-
-    def arguments(self, ctx: Context) -> str:
-        if self._migrating(ctx) is None:
-            return self.args
-        code = (_PREPARE if self.check else _COLLECT) + _MIGRATE
-        return f"shell -c {shlex.quote(code)}"
-
-    def plan(self, ctx: Context) -> Plan:
-        plan = super().plan(ctx)
-        fresh = self._migrating(ctx)
-        if not plan.actions or fresh is None:
-            return plan
-        (action,) = plan.actions
-        # The script runs under `set -e`: past the command, the migrations went in.
-        done = f"printf '%s\\n' {shlex.quote(fresh.key)} > {shlex.quote(fresh.marker)}\n"
-        return replace(
-            plan,
-            actions=[
-                replace(
-                    action,
-                    summary=f"{action.summary}, and migrate (the database has no tables yet)",
-                    script=action.script + done,
-                    progress=f"{self.progress}, migrating the new database",
-                )
-            ],
-        )
+        self.check, self.ask, self.fresh = check, ask, fresh
+        if check or ask:
+            self.findings = PrepareFindings(build.site.name, check, ask)
 
     def wrap(self, command: str, release_dir: str) -> str:
-        if not self.check:
+        if not (self.check or self.ask):
             return command
+        q = shlex.quote
+        mark = mark_failed(self.paths, release_dir)
         errors = "'\\([a-z0-9_.]+\\.E[0-9]+\\)'"
-        # On failure only the checks' error lines (else the output's end) make the message.
+        report = q(f"{release_dir}/{asked.FILE}")
+        prefix = q(f"^{asked.PREFIX}")
+        fresh = ""
+        if self.fresh is not None:
+            fresh = f"""if printf '%s\\n' "$found" | grep -q '"fresh": true'; then
+  printf '%s\\n' {q(self.fresh.key)} > {q(self.fresh.marker)}
+fi
+"""
+        # On failure the release is marked failed (it never goes live) and only the checks'
+        # error lines (else the output's end) make the message.
         return f"""out=$( ( {command} ) 2>&1 ) || {{
   rc=$?
+  {mark}
   printf '%s\\n' "$out" | grep -E {errors} >&2 || printf '%s\\n' "$out" | tail -n 5 >&2
   exit $rc
 }}
 printf '%s\\n' "$out"
-"""
+found=$(printf '%s\\n' "$out" | grep {prefix} | tail -n 1 | cut -c{len(asked.PREFIX) + 1}-)
+if [ -n "$found" ]; then
+  printf '%s\\n' "$found" > {report}.tmp && mv -f {report}.tmp {report}
+fi
+{fresh}"""

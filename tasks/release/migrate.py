@@ -30,7 +30,7 @@ def fresh_migrate(build: Build, inventory: Inventory, host: Host) -> FreshMigrat
     if not (migrates_here(inventory, site, host) and database.held_by(inventory, site, host)):
         return None
     marker, key = migrate_marker(build, inventory)
-    return FreshMigrate(database.applied_fact(site, (marker, key)), marker, key)
+    return FreshMigrate(marker, key)
 
 
 def migrate_step(build: Build, inventory: Inventory) -> ReleaseCommand:

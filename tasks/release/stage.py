@@ -10,7 +10,7 @@ from ..engine.facts import Fact
 from ..engine.inventory import Host, Inventory
 from ..engine.layout import SitePaths, app_of
 from ..engine.steps import Action, Context, Plan, Step
-from . import store
+from . import layer, store
 from .build import Build
 from .commands import Prepare
 from .migrate import fresh_migrate
@@ -67,6 +67,7 @@ errors=$(mktemp)
 trap 'rm -f "$errors"' EXIT
 tar -xzf - -C {q(new)} --no-same-owner --no-same-permissions 2>"$errors" || {{ {full}; }}
 printf '%s\\n' {b.tree} > {q(new)}/.djk-tree
+printf '%s' {q(layer.TEXT)} > {q(new)}/{layer.FILE}
 printf 'APP_RELEASE=%s\\nDJANGO_STATIC_ROOT=%s\\n' {q(b.release_id)} \\
   {q(paths.release_static(b.release_id))} > {q(new)}/.djk-release.env
 printf '%s\\n' {q(manifest)} > {q(new)}/.djk-release.json
@@ -93,11 +94,13 @@ def release_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
     """The release of a site on a host: staged, then prepared (static files collected and, on
     app hosts, Django's deployment checklist run)."""
     site = build.site
+    app = "app" in topology.roles(host)
     return [
         Stage(build),
         Prepare(
             build,
-            check=app_of(site).check_deploy and "app" in topology.roles(host),
+            check=app_of(site).check_deploy and app,
+            ask=app,
             fresh=fresh_migrate(build, inventory, host),
         ),
     ]

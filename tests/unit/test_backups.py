@@ -4,8 +4,10 @@ database nor the wheels), and where that marker is trusted."""
 
 from __future__ import annotations
 
+import shlex
 import sqlite3
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 from djk.tasks import release
@@ -13,6 +15,8 @@ from djk.tasks.database import MIGRATED, NO_TABLE, Applied
 from djk.tasks.db import BeforeMigrate
 from djk.tasks.deploy import deploy_plan
 from djk.tasks.engine.inventory import parse
+from djk.tasks.release import asked
+from djk.tasks.release.commands import FreshMigrate, PrepareFindings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example"
 
@@ -71,8 +75,7 @@ def _backup_fact(inventory, host: str) -> Applied:
     plan = deploy_plan(inventory, inventory.hosts[host], {"shop": build}, targets=[host])
     (phase,) = [p for p in plan.phases if p.name == "backup"]
     (step,) = [s for s in phase.steps if isinstance(s, BeforeMigrate)]
-    (fact,) = step.facts(False)
-    return fact
+    return step.fact
 
 
 def test_the_marker_is_trusted_only_on_the_host_that_migrates(tmp_path):
@@ -94,20 +97,36 @@ def _phase_steps(inventory, host: str, phase: str):
     return found.steps
 
 
-def test_a_first_deploys_prepare_leaves_the_marker_the_migrate_and_backup_steps_read(tmp_path):
-    from djk.tasks.engine import facts as F
-    from djk.tasks.engine.steps import Context
+def _prepare_output(tmp_path, prepare, said: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """The prepare's script around a command that prints what ask_django would."""
+    release_dir = tmp_path / "releases" / "R2"
+    release_dir.mkdir(parents=True)
+    command = f"printf '%s\\n' 'collected 3 files' {shlex.quote(asked.PREFIX + said)}"
+    script = prepare.wrap(command, str(release_dir))
+    return subprocess.run(["sh", "-ec", script], capture_output=True, text=True), release_dir
 
+
+def test_a_first_deploys_prepare_leaves_the_marker_only_when_django_migrated(tmp_path):
     inventory = _inventory(tmp_path, {"engine": "sqlite"}, ["web1"])
     (prepare,) = [s for s in _phase_steps(inventory, "web1", "stage") if s.name == "prepare shop"]
     (migrate,) = _phase_steps(inventory, "web1", "migrate")
-    backup = _backup_fact(inventory, "web1")
-    # One reading serves both: the prepare's fact is the backup step's own.
-    assert prepare.fresh.applied == backup
-    facts = {fact: fact.default for fact in prepare.facts(False)}
-    (action,) = prepare.plan(Context(F.Facts({**facts, backup: frozenset({NO_TABLE})}))).actions
-    assert f"printf '%s\\n' {migrate.key} > {migrate.marker}" in action.script
-    # What the migrate phase then reads: done.
-    after = {fact: fact.default for fact in migrate.facts(False)}
-    after[F.Text(migrate.marker)] = migrate.key
-    assert migrate.plan(Context(F.Facts(after))).actions == []
+    # The very marker and value the migrate step reads.
+    assert prepare.fresh == FreshMigrate(migrate.marker, migrate.key)
+    marker = tmp_path / "marker"
+    prepare.fresh = FreshMigrate(str(marker), "k1|")
+    report = asked.DjangoReport(
+        "shop", (asked.Database("default", "sqlite", "/x/db.sqlite3"),), fresh=False
+    )
+    done, release_dir = _prepare_output(tmp_path / "a", prepare, report.json())
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()  # the database had tables: the migrate phase migrates
+    kept = (release_dir / asked.FILE).read_text()
+    assert asked.parse("shop", kept) == report  # what later runs read (asked.Asked)
+    fresh = replace(report, fresh=True)
+    done, _ = _prepare_output(tmp_path / "b", prepare, fresh.json())
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text() == "k1|\n"
+    assert PrepareFindings("shop", False, True).read(done.stdout) == (
+        "migrated the new database (it had no tables)",
+        (fresh,),
+    )

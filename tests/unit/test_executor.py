@@ -14,7 +14,7 @@ from djk.tasks.engine.outcome import Outcome
 from djk.tasks.engine.remote import Result
 from djk.tasks.engine.report import Reporter
 from djk.tasks.engine.steps import Action, Context, Plan, Step
-from djk.tasks.release.commands import CheckFindings
+from djk.tasks.release.commands import PrepareFindings
 from djk.tasks.release.outcome import CheckWarnings
 
 MARKER = "/var/lib/test/marker"
@@ -290,7 +290,13 @@ class Checking(Step):
         return []
 
     def plan(self, ctx: Context) -> Plan:
-        return Plan([Action("run", "manage.py check --deploy", findings=CheckFindings("shop"))])
+        return Plan(
+            [
+                Action(
+                    "run", "manage.py check --deploy", findings=PrepareFindings("shop", True, True)
+                )
+            ]
+        )
 
 
 class Checked(FakeRemote):
@@ -309,6 +315,7 @@ WARNINGS:
 ?: (security.W008) Your SECURE_SSL_REDIRECT setting is not set to True. Unless your site should be available over both SSL and non-SSL connections, you may want to either set this setting True or configure a load balancer or reverse-proxy server to redirect all connections to HTTPS.
 
 System check identified 2 issues (0 silenced).
+DJK-DJANGO {"databases": {"default": {"host": "", "name": "/srv/djk/shop/shared/db.sqlite3", "port": "", "user": "", "vendor": "sqlite"}}, "fresh": false, "migrations": [["auth.0001_initial", [], true]]}
 """  # noqa: E501
 
 
@@ -325,10 +332,19 @@ def test_what_an_actions_output_finds_goes_to_the_step_line_and_the_report():
     warnings = report.extra["check_deploy"]["shop"]
     assert [w["id"] for w in warnings] == ["security.W004", "security.W008"]
     assert warnings[0]["message"].startswith("You have not set a value for the SECURE_HSTS")
-    assert CheckFindings("shop").read("System check identified no issues (0 silenced).\n") == (
-        "",
-        CheckWarnings("shop", ()),
-    )
+    django = report.extra["django"]["shop"]["databases"]
+    assert django == [
+        {
+            "alias": "default",
+            "vendor": "sqlite",
+            "name": "/srv/djk/shop/shared/db.sqlite3",
+            "host": "",
+            "port": "",
+            "user": "",
+        }
+    ]
+    clean = "System check identified no issues (0 silenced).\n"
+    assert PrepareFindings("shop", True, False).read(clean) == ("", (CheckWarnings("shop", ()),))
 
 
 def test_a_host_that_is_not_what_its_plan_was_built_for_is_planned_again():

@@ -72,11 +72,7 @@ def _steps(case: dict, inventory):
         plan = rollback_plan(inventory, host, None, case.get("to"), db=case.get("db", ""))
     else:
         release_id, tree = case["build"]["release"], case["build"]["tree"]
-        brings = tuple(case["build"].get("migrations", ()))
-        builds = {
-            s.name: release.Build(s, release_id, tree, "d1", "rev", migrations=brings)
-            for s in sites
-        }
+        builds = {s.name: release.Build(s, release_id, tree, "d1", "rev") for s in sites}
         plan = deploy_plan(inventory, host, builds, targets=[host.name])
     (phase,) = [p for p in plan.phases if p.name == case["phase"]]
     return phase.steps
