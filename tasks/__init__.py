@@ -68,6 +68,7 @@ for module in (app, nginx, multidomain, lock, celery, flower, db, hosts):
 ns.collections["app"].add_task(maintenance.maintenance)
 ns.collections["app"].add_task(manage.manage)
 ns.collections["app"].add_task(manage.shell)
+ns.collections["app"].add_task(manage.settings)
 ns.collections["app"].add_task(logs.logs)
 
 __all__ = [

@@ -5,6 +5,7 @@ health-gated switch and the check through nginx).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -253,7 +254,24 @@ def _source(r: Reading, key: Key) -> Path:
     return source
 
 
-def _requirements(r: Reading, key: Key) -> Path:
+_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._ -]*\])?[ ]*([<>=!~;@ ].*)?")
+
+
+def requirement(value: str) -> str:
+    """One requirement as a requirements file's line holds it (PEP 508: a name, extras,
+    versions, markers), never a pip option (`-e`, `--index-url`) or a second line."""
+    if len(value) > 300 or not value.isprintable() or not _REQUIREMENT.fullmatch(value):
+        raise ValueError(
+            f'{values.show(value)} is not a requirement such as "Django>=5.2,<5.3" '
+            "(a name, extras, versions, markers; no pip option)"
+        )
+    return value
+
+
+def _requirements(r: Reading, key: Key) -> Path | tuple[str, ...]:
+    if isinstance(r.table.table.get(key.name), list):
+        # The project has no requirements file: hosts.toml names its dependencies.
+        return r.table.get_list(key.name, requirement)
     source: Path = r.got["source"]
     requirements = source / r.table.get(key.name, str, default=key.default)
     try:
@@ -282,9 +300,10 @@ SOURCE = Kind(
     read=_source,
 )
 REQUIREMENTS = Kind(
-    "file in the source",
+    "file in the source, or requirements",
     str,
-    "a file inside `source`, relative to it",
+    "a file inside `source`, relative to it; or, for a project without one, a list of "
+    'requirements (`["Django>=5.2,<5.3"]`)',
     samples=("requirements.txt",),
     edges=("../README.md", "missing.txt", "/etc/passwd", ""),
     read=_requirements,
@@ -324,7 +343,7 @@ KEYS = Keys(
             REQUIREMENTS,
             "requirements.txt",
             "the requirements file, or a lock (uv.lock, poetry.lock, pyproject.toml), the "
-            "site's venv is made from",
+            "site's venv is made from; or the requirements themselves, as a list",
         ),
         Key("asgi", APPLICATION, None, "the ASGI application, served by uvicorn workers"),
         Key("wsgi", APPLICATION, None, "instead of asgi: the WSGI application"),

@@ -514,6 +514,21 @@ KEYS = Keys(
 )
 
 
+def _refuse_worker_only_hosts(inventory: Inventory, site: Site) -> None:
+    """A SQLite file is on each app host: a worker on a host without the app role has none (each
+    task that touches the database would fail with "no such table")."""
+    for host in topology.hosts_with(inventory, site, "worker"):
+        if "app" not in topology.roles(host):
+            engine = "" if site.part(Database) else " (no [database] table)"
+            raise InventoryError(
+                inventory.path,
+                f"sites.{site.name}.hosts",
+                f"host {host.name!r} runs the site's workers but not its app: SQLite{engine} "
+                "is on app hosts only; give it the app role, or use PostgreSQL "
+                f'([sites.{site.name}.database] engine = "postgresql")',
+            )
+
+
 class DatabaseComponent(HostService):
     """`[sites.<name>.database]`: SQLite (default), PostgreSQL on the db host, or external."""
 
@@ -530,6 +545,8 @@ class DatabaseComponent(HostService):
 
     def check(self, inventory: Inventory) -> None:
         for site in inventory.sites.values():
+            if of(site).engine == "sqlite":
+                _refuse_worker_only_hosts(inventory, site)
             if uses_postgresql(site) and db_host(inventory, site) is None:
                 raise InventoryError(
                     inventory.path,

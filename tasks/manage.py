@@ -146,3 +146,45 @@ def shell(c, site=None):
     code = run_manage(c, site, ["shell"], False, True, [])
     if code:
         raise Exit(code=code)
+
+
+# What the settings layer (release/djk_settings.py) set over the project's settings, as Django
+# has them in the live release; secrets masked there, before anything leaves the host.
+SHOW_LAYER = """
+from urllib.parse import urlsplit
+from django.conf import settings as s
+
+def masked(name, value):
+    if name == "SECRET_KEY":
+        return "******** (DJANGO_SECRET_KEY of the secrets)"
+    if name == "DATABASES":
+        keep = ("ENGINE", "NAME", "HOST", "PORT", "USER", "PASSWORD")
+        return {
+            alias: {
+                k: "********" if k == "PASSWORD" and v else str(v)
+                for k, v in conf.items()
+                if k in keep
+            }
+            for alias, conf in value.items()
+        }
+    if isinstance(value, str) and "://" in value:
+        url = urlsplit(value)
+        if url.password:
+            return value.replace(":" + url.password + "@", ":********@", 1)
+    return value
+
+print("project settings:", __import__("os").environ.get("DJK_SETTINGS"))
+layer = getattr(s, "DJK_LAYER", None)
+if layer is None:
+    print("no settings layer in this release (deployed by an older kit)")
+for name in layer or []:
+    print(f"{name} = {masked(name, getattr(s, name))!r}")
+"""
+
+
+@targets_task(help={"site": "the site (sites.<name> in hosts.toml)"})
+def settings(c, site=None):
+    """Show what the kit's settings layer sets over the project's settings (live release)."""
+    code = run_manage(c, site, ["shell", "-c", SHOW_LAYER], False, False, [])
+    if code:
+        raise Exit(code=code)

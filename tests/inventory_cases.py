@@ -533,8 +533,9 @@ def check_policy(inventory, files: list[Written]) -> None:
             assert entries["DJANGO_SETTINGS_MODULE"] == release.layer.MODULE
         if "DJK_SETTINGS" not in getattr(site, "env_override", ()):
             assert entries["DJK_SETTINGS"] == app_of(site).settings
-        requirements = Path(os.path.realpath(app_of(site).requirements))
-        assert requirements.is_relative_to(app_of(site).source), requirements
+        if isinstance(app_of(site).requirements, Path):
+            requirements = Path(os.path.realpath(app_of(site).requirements))
+            assert requirements.is_relative_to(app_of(site).source), requirements
         # What a component derives is the kit's unless env_override says otherwise, also
         # when its value is not known yet (a password kept on a host).
         derived: dict[str, str] = {}

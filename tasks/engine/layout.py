@@ -35,7 +35,7 @@ class App:
     """A site's Django app: the keys of [sites.<name>] that the app component reads."""
 
     source: Path
-    requirements: Path
+    requirements: Path | tuple[str, ...]  # a file in source, or the requirements themselves
     asgi: str | None
     settings: str
     port: int

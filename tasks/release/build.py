@@ -12,7 +12,7 @@ from ..engine import source as shipping
 from ..engine.cli import user_error
 from ..engine.component import components
 from ..engine.inventory import Host, Site
-from ..engine.layout import app_of
+from ..engine.layout import App, app_of
 from ..engine.wheels import DependencyError, Wheelhouse
 from . import layer, store
 
@@ -52,15 +52,8 @@ def new_build(
     skip = deploy_files(app.source, inventory, site.env_file)
     request = shipping.Request(app.source, ref, allow_dirty, app.build, app.build_outputs, skip)
     snap = shipping.snapshot(request, memo)
-    rel = app.requirements.relative_to(app.source).as_posix()
-    files = {f.path: f.data for f in snap.files}
-    if rel not in files:
-        raise shipping.SourceError(
-            f"{rel} is not among the files shipped from {values.show_path(app.source)} "
-            "(not tracked by git, or left out by .djkignore?)"
-        )
     pins = [p for c in components() for p in c.python_packages(site)]
-    requirements = python_env.materialize(python_env.with_server(locks.pinned(files, rel), pins))
+    requirements = python_env.materialize(python_env.with_server(_pinned(app, snap), pins))
     deps = python_env.deps_key(requirements, wheels.Target())
     release = store.new_release_id(snap.revision, now)
     return Build(
@@ -72,6 +65,20 @@ def new_build(
         snap.archive,
         requirements,
     )
+
+
+def _pinned(app: App, snap: shipping.Snapshot) -> bytes:
+    """The project's requirements: its file (or lock) as shipped, or hosts.toml's list."""
+    if isinstance(app.requirements, tuple):
+        return "".join(f"{line}\n" for line in app.requirements).encode()
+    rel = app.requirements.relative_to(app.source).as_posix()
+    files = {f.path: f.data for f in snap.files}
+    if rel not in files:
+        raise shipping.SourceError(
+            f"{rel} is not among the files shipped from {values.show_path(app.source)} "
+            "(not tracked by git, or left out by .djkignore?)"
+        )
+    return locks.pinned(files, rel)
 
 
 def for_host(build: Build, host: Host) -> Build:

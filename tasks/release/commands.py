@@ -197,6 +197,9 @@ class Prepare(ReleaseCommand):
             f"{paths.base}/.djk-prepared",
             "collecting static files" + doing,
         )
+        # Per release directory: the same source staged again under a new id (after a run that
+        # stopped before its switch) is prepared again: its static files, what Django says.
+        self.key = f"{build.release_id}:{self.key}"
         self.check, self.ask, self.fresh = check, ask, fresh
         if check or ask:
             self.findings = PrepareFindings(build.site.name, check, ask)

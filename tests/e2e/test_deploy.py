@@ -63,7 +63,7 @@ def test_the_first_deploys_prepare_migrates_the_new_database(first_deploy, fresh
     then finds its marker and starts no Django of its own."""
     lines = first_deploy.out.splitlines()
     (prepare,) = [ln for ln in lines if "| prepare example:" in ln]
-    assert "changed" in prepare and "and migrate (the database has no tables yet)" in prepare
+    assert "changed" in prepare and "migrated the new database (it had no tables)" in prepare
     (migrate,) = [ln for ln in lines if "| migrate example:" in ln]
     assert "| ok " in migrate and "done for" in migrate, migrate
     tables = sh(

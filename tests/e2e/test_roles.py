@@ -1,5 +1,6 @@
 """One site across four hosts by role: nginx on web1 proxies to gunicorn on two app hosts,
-Celery workers and the Redis broker on a fourth; a rolling deploy under load through web1.
+Celery workers and the Redis broker on a fourth (an app host too: a SQLite site's workers need
+the app host's database file); a rolling deploy under load through web1.
 The two app hosts run different process managers: web2 systemd, web3 supervisor (its forwarder
 is a supervisor program), and nginx on web1 cannot tell."""
 
@@ -15,7 +16,7 @@ from .kit import Load, Project, curl, health, nginx_pids, sh, spawn_fab, wait_fo
 
 pytestmark = pytest.mark.e2e
 NAMES = ["web1", "web2", "web3", "web4"]
-ROLES = {"web1": ["web"], "web2": ["app"], "web3": ["app"], "web4": ["worker", "broker"]}
+ROLES = {"web1": ["web"], "web2": ["app"], "web3": ["app"], "web4": ["app", "worker", "broker"]}
 SUPERVISED = "web3"
 
 

@@ -206,3 +206,19 @@ def test_pending_follows_djangos_rule_for_squashed_migrations():
     assert pending("app.0001_a") == ["app.0002_b", "app.0003_c"]  # partly: the replaced ones
     assert pending("app.0001_a", "app.0002_b") == ["app.0003_c"]  # all: the squash is applied
     assert pending("app.0001_a", "app.0002_b", "app.0003_c") == []
+
+
+def test_app_settings_shows_what_the_layer_set_with_secrets_masked(release):
+    from djk.tasks.manage import SHOW_LAYER
+
+    broker = {
+        "CELERY_BROKER_URL": "redis://:br0ker-pw@10.213.0.3:6379/0",
+        "CELERY_RESULT_BACKEND": "redis://:br0ker-pw@10.213.0.3:6379/1",
+    }
+    out = django(release, SHOW_LAYER, DJK_TLS="1", **broker)
+    assert "project settings: mysite.settings" in out
+    assert "SECRET_KEY = '******** (DJANGO_SECRET_KEY of the secrets)'" in out
+    assert "DEBUG = False" in out and "SESSION_COOKIE_SECURE = True" in out
+    assert "CELERY_BROKER_URL = 'redis://:********@10.213.0.3:6379/0'" in out
+    assert "br0ker-pw" not in out and "k-xxxx" not in out
+    assert "shared/db.sqlite3" in out  # DATABASES, moved out of the release

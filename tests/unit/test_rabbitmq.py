@@ -51,7 +51,7 @@ def test_listeners_on_loopback_unless_workers_are_elsewhere(tmp_path):
     text = Q.rabbitmq_conf(alone, alone.hosts["web1"])
     assert "listeners.tcp.1 = 127.0.0.1:5672" in text and "listeners.tcp.2" not in text
     split = inventory(
-        tmp_path, {"web1": ["web", "app"], "mq1": ["broker", "worker"]}, hosts=("web1", "mq1")
+        tmp_path, {"web1": ["web", "app", "worker"], "mq1": ["broker"]}, hosts=("web1", "mq1")
     )
     mq1 = split.hosts["mq1"]
     assert "listeners.tcp.2 = 10.213.5.11:5672" in Q.rabbitmq_conf(split, mq1)
