@@ -1,6 +1,6 @@
 """A Django project not written for the kit, from its own git repository: made with
-`django-admin startproject`, given README's settings fragment and an ordinary health view, set
-up with `djk init` and deployed with README's commands from the project's directory, the kit
+`django-admin startproject`, given an ordinary health view (its settings as generated), set up
+with `djk init` and deployed with README's commands from the project's directory, the kit
 pip-installed in a venv of its own (the kit's checkout is not the working directory). Then what
 gets shipped (tracked files, a build's outputs, never a venv, node_modules, media or a local
 database), a dirty tree refused, v2 under load and a rollback, and the same site as WSGI."""
@@ -75,13 +75,11 @@ def git(root: Path, *args: str) -> str:
 
 def startproject(root: Path) -> None:
     """`django-admin startproject mysite` plus what any project adds: a health view, a
-    VERSION, requirements (Django only), README's settings fragment, .gitignore."""
+    VERSION, requirements (Django only), .gitignore. Its settings stay as generated: the kit's
+    settings layer sets what the servers need."""
     root.mkdir(parents=True)
     admin = Path(sys.executable).parent / "django-admin"
     subprocess.run([str(admin), "startproject", "mysite", str(root)], check=True)
-    settings = root / "mysite" / "settings.py"
-    fragment = readme_block("## The settings contract", "python")
-    settings.write_text(settings.read_text() + "\n" + fragment)
     (root / "mysite" / "urls.py").write_text(URLS)
     (root / "VERSION").write_text("1\n")
     (root / "requirements.txt").write_text("Django==5.2.19\n")
@@ -293,11 +291,14 @@ def test_check_deploy_errors_stop_the_deploy_and_warnings_are_reported(
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "shop.E001" in refused.stdout and "SHOP_NOT_READY is set" in refused.stdout
     assert health(fresh_host)["version"] == "3"  # nothing switched
+    listed = team_fab(kit_venv, project, "releases", "--json")
+    rows = json.loads(listed.stdout)["hosts"][0]["extra"]["release_table"]["shop"]
+    assert rows[-1]["status"] == "failed", rows  # refused: it never goes live
     done = deploy(project, kit_venv, "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)["hosts"][0]
     warnings = {w["id"] for w in report["extra"]["check_deploy"]["shop"]}
-    assert "security.W004" in warnings  # no HSTS: the fragment leaves that to the team
+    assert "security.W004" in warnings  # no HSTS: the kit's layer leaves that to the team
     step = next(s for s in report["steps"] if s["step"] == "prepare shop")
     assert "security.W004" in step["detail"]
     assert health(fresh_host)["version"] == "4"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .kit import curl, sh, team_fab
-from .test_projects import git, readme_block
+from .test_projects import git
 
 pytestmark = pytest.mark.e2e
 
@@ -74,9 +74,6 @@ def blog(tmp_path_factory, fresh_host, kit_venv):
     (root / "blog" / "__init__.py").write_text("from .celery import app as celery_app  # noqa\n")
     (root / "blog" / "tasks.py").write_text(TASKS)
     (root / "blog" / "urls.py").write_text(URLS)
-    settings = root / "blog" / "settings.py"
-    fragment = readme_block("## The settings contract", "python")
-    settings.write_text(settings.read_text() + "\n" + fragment)
     (root / "requirements.txt").write_text(REQUIREMENTS)
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
