@@ -57,6 +57,8 @@ class Database:
     name: str = ""  # PostgreSQL database
     user: str = ""  # PostgreSQL role
     keep_backups: int = 7
+    # DATABASES aliases besides default whose SQLite files are backed up with it
+    also_back_up: tuple[str, ...] = ()
 
 
 def of(site: Site) -> Database:
@@ -474,6 +476,27 @@ IDENTIFIER = Kind(
 )
 
 
+def alias(value: str) -> str:
+    """A DATABASES alias other than default, as a file name can hold it."""
+    if not _ALIAS.fullmatch(value) or value == "default":
+        raise ValueError(
+            f"{values.show(value)} is not a DATABASES alias besides default "
+            "(letters, digits, _ and -, up to 63)"
+        )
+    return value
+
+
+_ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
+ALIAS = Kind(
+    "DATABASES alias",
+    str,
+    "an alias of the project's DATABASES other than default",
+    alias,
+    samples=("legacy", "analytics"),
+    edges=("default", "a b", "../x", "", "x" * 64),
+)
+
+
 def _external_needs_url(r: Reading) -> None:
     if r.got["engine"] == "external" and r.the_site().needs_secret("DATABASE_URL"):
         r.fail("engine", 'is "external": put DATABASE_URL in the secrets')
@@ -504,6 +527,15 @@ KEYS = Keys(
             integer(1, 1000),
             7,
             "backups kept per site, where the database is (taken before migrations)",
+        ),
+        Key(
+            "also_back_up",
+            ALIAS,
+            (),
+            "DATABASES aliases besides default whose SQLite files are backed up and restored "
+            "with it (an alias not listed is named in the backup's line, not backed up)",
+            many=True,
+            empty=True,
         ),
         Rule(
             ("engine", "DATABASE_URL"),
@@ -586,13 +618,14 @@ class DatabaseComponent(HostService):
         return remote_clients(inventory, site)
 
     def env_names(self, inventory: Inventory, site: Site) -> set[str]:
-        given = {"DJK_DATABASE"} if site.part(Database) else set()
+        given = {"DJK_DATABASE"} if of(site).engine != "sqlite" else set()
         return given | (set(DERIVED) if uses_postgresql(site) else set())
 
     def env(self, inventory: Inventory, site: Site) -> dict[str, str | Secret]:
-        # The settings layer sets DATABASES only when hosts.toml has the table.
+        # The settings layer sets DATABASES only for a server hosts.toml names; with SQLite
+        # (the default) the project's own DATABASES stand.
         given: dict[str, str | Secret] = {}
-        if site.part(Database):
+        if of(site).engine != "sqlite":
             given["DJK_DATABASE"] = of(site).engine
         if not uses_postgresql(site):
             return given

@@ -115,38 +115,60 @@ class Restored:
 # -- the backup itself --------------------------------------------------------------------------
 
 
-def backup_script(site: Site, backup_id: str, meta: dict, sqlite_file: str | None = None) -> str:
-    """Take the backup (atomically: a temp file renamed), write its metadata, keep the newest
+# SQLite's online backup API: a consistent copy while the app writes.
+_SQLITE_COPY = (
+    "import sqlite3, sys\n"
+    "src = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n"
+    "dst = sqlite3.connect(sys.argv[2])\n"
+    "src.backup(dst)\n"
+    "dst.close()\n"
+)
+
+
+def backup_script(
+    site: Site,
+    backup_id: str,
+    meta: dict,
+    sqlite_file: str | None = None,
+    aliases: dict[str, str] | None = None,
+) -> str:
+    """Take the backup (atomically: temp files renamed), write its metadata, keep the newest
     keep_backups. Root-only directory and files. `sqlite_file`: the file Django connects to
-    (default: the kit's own path)."""
+    (default: the kit's own path); `aliases`: other SQLite files of DATABASES opted in
+    (database.also_back_up), alias -> file, each backed up beside it as <id>.<alias>.sqlite3."""
     db = D.of(site)
     where = backup_dir(site)
     q = shlex.quote
     ext = "pgdump" if db.engine == "postgresql" else "sqlite3"
     target, tmp = f"{where}/{backup_id}.{ext}", f"{where}/.{backup_id}.{ext}.tmp"
+    copies: list[tuple[str, str, str]] = []  # (source, tmp, target)
     if db.engine == "postgresql":
         take = f"runuser -u postgres -- pg_dump -Fc -d {q(db.name)} > {q(tmp)}"
     else:
-        code = (
-            "import sqlite3, sys\n"
-            "src = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n"
-            "dst = sqlite3.connect(sys.argv[2])\n"
-            "src.backup(dst)\n"
-            "dst.close()\n"
-        )
-        take = f"python3 -c {q(code)} {q(sqlite_file or SitePaths.of(site).db)} {q(tmp)}"
+        copies.append((sqlite_file or SitePaths.of(site).db, tmp, target))
+        take = ""
+    files: dict[str, dict[str, str]] = {}
+    for name, path in sorted((aliases or {}).items()):
+        kept = f"{where}/{backup_id}.{name}.sqlite3"
+        copies.append((path, f"{where}/.{backup_id}.{name}.sqlite3.tmp", kept))
+        files[name] = {"database": path, "file": kept}
+    take += "\n".join(f"python3 -c {q(_SQLITE_COPY)} {q(src)} {q(t)}" for src, t, _ in copies)
+    move = "\n".join(f"mv -f {q(t)} {q(final)}" for _, t, final in copies)
+    if db.engine == "postgresql":
+        move = f"mv -f {q(tmp)} {q(target)}\n{move}"
+    temps = " ".join(q(t) for t in {tmp, *(t for _, t, _ in copies)})
     keep = db.keep_backups
-    about = q(json.dumps({**meta, "file": target}, sort_keys=True))
+    about = q(json.dumps({**meta, "file": target, "aliases": files}, sort_keys=True))
     return f"""set -e
 umask 077
 install -d -m 700 {BACKUPS} {q(where)}
-trap 'rm -f {q(tmp)}' EXIT
+trap 'rm -f {temps}' EXIT
 {take}
-mv -f {q(tmp)} {q(target)}
+{move}
 printf '%s\\n' {about} > {q(where)}/{q(backup_id)}.json
 # The newest {keep} stay.
 ls -1 {q(where)}/*.json | sort | head -n -{keep} | while read -r old; do
-  rm -f "${{old%.json}}".pgdump "${{old%.json}}".sqlite3 "$old"
+  rm -f "${{old%.json}}".pgdump "${{old%.json}}".sqlite3 "${{old%.json}}".*.sqlite3 "$old"
 done
 du -h {q(target)} | cut -f1
 """
@@ -172,6 +194,35 @@ def metadata(
         "migrations": [m.name for m in pending],
         "additive": bool(pending) and all(m.additive for m in pending),
     }
+
+
+def other_aliases(site: Site, report: DjangoReport | None) -> tuple[dict[str, str], str]:
+    """The aliases of DATABASES besides default: the SQLite files hosts.toml opts in
+    (database.also_back_up), alias -> file, and a note naming the others, not backed up.
+    ValueError: an opted-in alias Django does not have, or that is not a SQLite file beside a
+    SQLite default database (the backup runs where that file is)."""
+    if report is None:
+        return {}, ""
+    wanted = D.of(site).also_back_up
+    found = {d.alias: d for d in report.databases if d.alias != "default"}
+    for name in wanted:
+        if name not in found:
+            raise ValueError(
+                f"sites.{site.name}.database.also_back_up: Django's DATABASES has no alias "
+                f"{name!r} (it has: {', '.join(sorted(found)) or 'only default'})"
+            )
+        if found[name].vendor != "sqlite" or D.of(site).engine != "sqlite":
+            raise ValueError(
+                f"sites.{site.name}.database.also_back_up: alias {name!r} is "
+                f"{found[name].describe()}: only SQLite files beside a SQLite default database "
+                "are backed up with it"
+            )
+    note = "".join(
+        f"; alias {d.alias} ({d.describe()}) is not backed up (also_back_up opts it in)"
+        for name, d in sorted(found.items())
+        if name not in wanted
+    )
+    return {name: found[name].name for name in wanted}, note
 
 
 class BeforeMigrate(Step):
@@ -228,10 +279,10 @@ class BeforeMigrate(Step):
             )
         if NO_TABLE in applied:
             return Plan(reason="no migrations applied yet: nothing to back up")
-        others = [d for d in report.databases if d.alias != "default"] if report else []
-        unmanaged = "".join(
-            f"; alias {d.alias} ({d.describe()}) is not backed up by the kit" for d in others
-        )
+        try:
+            aliases, unmanaged = other_aliases(self.site, report)
+        except ValueError as exc:
+            return Plan(error=str(exc))
         if report is None:
             # Prepared by a kit that did not ask Django: whatever the release brings.
             pending = [Migration("(the release's migrations are unknown)")]
@@ -243,13 +294,15 @@ class BeforeMigrate(Step):
         sqlite_file = default.name if default and default.vendor == "sqlite" else None
         meta = metadata(self.site, backup_id, "before migrate", pending, sqlite_file)
         names = [m.name for m in pending]
+        also = f" (and alias {', '.join(aliases)})" if aliases else ""
         return Plan(
             [
                 Action(
-                    f"{backup_id} before {len(names)} migration(s): {', '.join(names[:3])}"
+                    f"{backup_id}{also} before {len(names)} migration(s): "
+                    + ", ".join(names[:3])
                     + (" ..." if len(names) > 3 else "")
                     + unmanaged,
-                    backup_script(self.site, backup_id, meta, sqlite_file),
+                    backup_script(self.site, backup_id, meta, sqlite_file, aliases),
                     progress="backing up the database",
                 )
             ]
@@ -324,8 +377,12 @@ class TakeBackup(Step):
             if default.vendor != "sqlite":
                 return Plan(error=f"Django's database is {default.describe()}: not the kit's")
             sqlite_file = default.name
+        try:
+            aliases, _ = other_aliases(self.site, report)
+        except ValueError as exc:
+            return Plan(error=str(exc))
         meta = metadata(self.site, self.backup_id, "on demand", [], sqlite_file)
-        script = backup_script(self.site, self.backup_id, meta, sqlite_file)
+        script = backup_script(self.site, self.backup_id, meta, sqlite_file, aliases)
         return Plan([Action(self.backup_id, script, progress="backing up the database")])
 
 
@@ -438,15 +495,20 @@ printf '%s\\n' {q(fresh)} > {q(sql)}
 pg_restore --no-acl -f - {q(file)} >> {q(sql)}
 {psql} < {q(sql)} > /dev/null
 """
-    # Where it was taken from: the file Django connects to.
-    target = backup.get("database") or SitePaths.of(site).db
+    # Where each file was taken from: the files Django connects to.
+    pairs = [(file, backup.get("database") or SitePaths.of(site).db)]
+    pairs += [(a["file"], a["database"]) for _, a in sorted(backup.get("aliases", {}).items())]
     user = q(site.user)
-    return f"""set -e
-test -f {q(file)}
-install -o {user} -g {user} -m 600 {q(file)} {q(target + ".restoring")}
-rm -f {q(target + "-wal")} {q(target + "-shm")}
-mv -f {q(target + ".restoring")} {q(target)}
-"""
+    # Every copy in place first, then the renames: a missing file changes nothing.
+    copy = "\n".join(
+        f"test -f {q(kept)}\ninstall -o {user} -g {user} -m 600 {q(kept)} {q(to + '.restoring')}"
+        for kept, to in pairs
+    )
+    move = "\n".join(
+        f"rm -f {q(to + '-wal')} {q(to + '-shm')}\nmv -f {q(to + '.restoring')} {q(to)}"
+        for _, to in pairs
+    )
+    return f"set -e\n{copy}\n{move}\n"
 
 
 class Restore(Step):

@@ -872,7 +872,7 @@ def full_single() -> Case:
         "read_timeout": "60s",
         "tls": {"cert": "cert.pem", "key": "key.pem", "hsts": True},
         "media": {"url": "/media/", "path": "/srv/media/shop"},
-        "database": {"engine": "sqlite", "keep_backups": 7},
+        "database": {"engine": "sqlite", "keep_backups": 7, "also_back_up": ["legacy"]},
         "hooks": {
             "before_switch": "python manage.py check",
             "after_switch": ["echo done"],

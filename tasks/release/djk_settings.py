@@ -5,11 +5,12 @@ names this module in the site's env file; `fab app.settings` lists what it sets.
 
 Set here: SECRET_KEY (DJANGO_SECRET_KEY of the secrets, when given), DEBUG off, ALLOWED_HOSTS,
 CSRF_TRUSTED_ORIGINS, STATIC_ROOT and STATIC_URL, the proxy's TLS header (and secure cookies on
-TLS sites), MEDIA_ROOT and MEDIA_URL with [media], the database with [database] (and
-django.contrib.postgres in INSTALLED_APPS for PostgreSQL), Celery's broker and result backend,
-and unhandled request errors logged to the process's output when the project logs nowhere.
-Without [database] the project's DATABASES stand, but a SQLite file inside the release directory
-(as startproject writes it) moves to the site's shared directory, which outlives releases.
+TLS sites), MEDIA_ROOT and MEDIA_URL with [media], the database when [database] names a
+server (engine "postgresql" or "external"; and django.contrib.postgres in INSTALLED_APPS for
+PostgreSQL), Celery's broker and result backend, and unhandled request errors logged to the
+process's output when the project logs nowhere. With SQLite (the default) the project's
+DATABASES stand, but a SQLite file inside the release directory (as startproject writes it)
+moves to the site's shared directory, which outlives releases.
 
 This file is the kit's: the kit replaces it in every release it stages.
 """
@@ -76,11 +77,6 @@ elif _engine == "external":
         "PASSWORD": unquote(_url.password or ""),
         "HOST": _url.hostname or "",
         "PORT": str(_url.port or ""),
-    }
-elif _engine == "sqlite":
-    _databases["default"] = {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": _env["DJANGO_DB_PATH"],
     }
 for _conf in _databases.values():
     if _conf.get("ENGINE", "").endswith("sqlite3") and _inside_release(_conf.get("NAME")):

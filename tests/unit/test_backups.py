@@ -130,3 +130,39 @@ def test_a_first_deploys_prepare_leaves_the_marker_only_when_django_migrated(tmp
         "migrated the new database (it had no tables)",
         (fresh,),
     )
+
+
+def test_a_backup_with_an_opted_in_alias_copies_both_files_and_restores_both(tmp_path, monkeypatch):
+    import json
+
+    from djk.tasks import db as DB
+
+    monkeypatch.setattr(DB, "BACKUPS", str(tmp_path / "backups"))
+    inventory = _inventory(tmp_path, {"also_back_up": ["legacy"]}, ["web1"])
+    site = inventory.sites["shop"]
+    default, legacy = tmp_path / "shop.sqlite3", tmp_path / "legacy.sqlite3"
+    for path, table in ((default, "orders"), (legacy, "archive")):
+        with sqlite3.connect(path) as c:
+            c.execute(f"create table {table} (id integer)")
+    meta = DB.metadata(site, "R2", "on demand", [], str(default))
+    script = DB.backup_script(site, "R2", meta, str(default), {"legacy": str(legacy)})
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    kept = tmp_path / "backups" / "shop"
+    about = json.loads((kept / "R2.json").read_text())
+    assert about["database"] == str(default) and about["file"] == str(kept / "R2.sqlite3")
+    assert about["aliases"] == {
+        "legacy": {"database": str(legacy), "file": str(kept / "R2.legacy.sqlite3")}
+    }
+    for copy, table in (("R2.sqlite3", "orders"), ("R2.legacy.sqlite3", "archive")):
+        with sqlite3.connect(kept / copy) as c:
+            assert c.execute("select name from sqlite_master").fetchall() == [(table,)]
+    assert not list(kept.glob(".*.tmp"))
+    # The restore puts each file back where it was taken from, all copies before any rename.
+    restore = DB.restore_script(site, about)
+    lines = restore.splitlines()
+    renames = [i for i, line in enumerate(lines) if line.startswith("mv -f")]
+    copies = [i for i, line in enumerate(lines) if line.startswith("install -o")]
+    assert len(renames) == len(copies) == 2 and max(copies) < min(renames)
+    assert f"mv -f {legacy}.restoring {legacy}" in restore
+    assert f"mv -f {default}.restoring {default}" in restore
