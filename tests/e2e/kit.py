@@ -14,6 +14,8 @@ from pathlib import Path
 
 from fabric.main import make_program
 
+from testbed import Testbed
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "example"
 SECRET = "e2e-Secret-Value-7f3a9c"
@@ -430,3 +432,15 @@ def add_migration(src: Path, number: int, field: str) -> str:
     line = f'    {field} = models.CharField(max_length=60, default="")\n'
     models.write_text(text.replace(anchor, anchor + line))
     return f"pages.{name}"
+
+
+def one_host(bed_name: str, subnet: int, image: str, host: str):
+    """A testbed of its own with one host, for a module's fixture (`yield from`): booted from
+    `image`, brought down after the module."""
+    bed = Testbed(name=bed_name, subnet=subnet, image=image)
+    bed.ensure_image()
+    (found,) = bed.up([host])
+    try:
+        yield found
+    finally:
+        bed.down()

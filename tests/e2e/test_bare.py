@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from testbed import Testbed
-
-from .kit import Project, health, sh
+from .kit import Project, health, one_host, sh
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def bare():
-    bed = Testbed(name="e2ebare", subnet=4, image="bare-bookworm")
-    bed.ensure_image()
-    (host,) = bed.up(["b12"])
-    yield host
-    bed.down()
+    yield from one_host("e2ebare", 4, "bare-bookworm", "b12")
 
 
 @pytest.fixture(scope="module")

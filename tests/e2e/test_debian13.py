@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-from testbed import Testbed
-
 from .kit import (
     Load,
     Project,
@@ -17,6 +15,7 @@ from .kit import (
     live_unit,
     main_pid,
     nginx_pids,
+    one_host,
     sh,
     wait_for,
 )
@@ -29,11 +28,7 @@ UNITS = [f"djk-example-{r}.service" for r in ("worker", "beat")]
 
 @pytest.fixture(scope="module")
 def trixie():
-    bed = Testbed(name="e2e13", subnet=3, image="trixie")
-    bed.ensure_image()
-    (host,) = bed.up(["d13"])
-    yield host
-    bed.down()
+    yield from one_host("e2e13", 3, "trixie", "d13")
 
 
 @pytest.fixture(scope="module")

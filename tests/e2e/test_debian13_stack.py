@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from testbed import Testbed
-
-from .kit import Project, health, sh
+from .kit import Project, health, one_host, sh
 from .test_celery import get_json
 from .test_debian13 import src6  # noqa: F401  (the Django 6 example)
 
@@ -17,11 +15,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def trixie():
-    bed = Testbed(name="e2e13s", subnet=5, image="trixie")
-    bed.ensure_image()
-    (host,) = bed.up(["s13"])
-    yield host
-    bed.down()
+    yield from one_host("e2e13s", 5, "trixie", "s13")
 
 
 @pytest.fixture(scope="module")

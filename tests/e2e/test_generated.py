@@ -20,9 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import Testbed
-
-from .kit import sh
+from .kit import one_host, sh
 from .test_projects import git, login, run
 
 pytestmark = pytest.mark.e2e
@@ -207,11 +205,7 @@ WDOMAIN = "acme.example.com"
 
 @pytest.fixture(scope="module")
 def trixie():
-    bed = Testbed(name="e2ewag", subnet=7, image="trixie")
-    bed.ensure_image()
-    (host,) = bed.up(["w13"])
-    yield host
-    bed.down()
+    yield from one_host("e2ewag", 7, "trixie", "w13")
 
 
 @pytest.fixture(scope="module")
