@@ -524,7 +524,14 @@ class AppComponent(Component):
                 else []
             )
             verifying = "web" in roles and any(topology.split(inventory, s) for s in run.sites)
-            return [agent.installed(), *switching] if switching or verifying else []
+            # What runs the site's code here imports the layer from the target release.
+            layers = (
+                [release.LayerIn(site, job.target(site)) for site in run.sites]
+                if roles & {"app", "worker"}
+                else []
+            )
+            agent_step = [agent.installed()] if switching or verifying else []
+            return [*agent_step, *layers, *switching]
         if phase == Phase.VERIFY and "web" in roles:
             return [
                 release.Verify(site, job.target(site), mark_old=job.mark_old)

@@ -21,7 +21,7 @@ from .migrate import fresh_migrate, migrate_marker, migrate_step, migrated_marke
 from .outcome import CheckWarnings, ReleaseMove, ReleaseTable
 from .plan import ReleaseAudit, SwitchBack, phase_steps
 from .stage import Stage, disk_full, release_steps
-from .switch import Switch, Verify, current_slot, front, gate, retired, switch_step
+from .switch import LayerIn, Switch, Verify, current_slot, front, gate, retired, switch_step
 from .target import Job, Latest, Named, PreviousGood, Rule, Target, live_release
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "FreshMigrate",
     "Job",
     "Latest",
+    "LayerIn",
     "Named",
     "Prepare",
     "PreviousGood",

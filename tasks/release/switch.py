@@ -12,7 +12,7 @@ from ..engine.facts import Fact, Facts, Stat, Text, Unit
 from ..engine.inventory import Host, Site
 from ..engine.layout import SLOTS, SitePaths, app_of
 from ..engine.steps import Action, Context, Plan, Step
-from . import store
+from . import layer, store
 from .outcome import ReleaseMove
 from .target import Job, Target, live_release
 
@@ -230,6 +230,37 @@ class Verify(Step):
 
 
 # systemd's TCP-to-unix-socket forwarder (merged /usr: the same path on Debian 12 and 13), and
+
+
+class LayerIn(Step):
+    """The settings layer in the release a site switches to: a release staged before the kit
+    wrote one (a rollback to it) gets it, so the env file's DJANGO_SETTINGS_MODULE imports."""
+
+    def __init__(self, site: Site, target: Target) -> None:
+        self.site, self.target = site, target
+        self.paths = SitePaths.of(site)
+        self.id = f"layer:{site.name}"
+        self.name = f"settings layer {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [layer.Layered(self.paths.releases), *self.target.facts()]
+
+    def plan(self, ctx: Context) -> Plan:
+        try:
+            want = self.target.resolve(ctx.facts)
+        except LookupError:
+            return Plan(reason="no target release (the switch says why)")
+        if want in ctx.facts[layer.Layered(self.paths.releases)]:
+            return Plan(reason=f"in {want}")
+        q = shlex.quote
+        path = f"{self.paths.release(want)}/{layer.FILE}"
+        script = (
+            f"test -d {q(self.paths.release(want))}\n"
+            f"printf '%s' {q(layer.TEXT)} > {q(path)}.djk-new\n"
+            f"chown root:{q(self.site.user)} {q(path)}.djk-new && chmod 640 {q(path)}.djk-new\n"
+            f"mv -f {q(path)}.djk-new {q(path)}\n"
+        )
+        return Plan([Action(f"written into {want} (staged before the kit wrote one)", script)])
 
 
 def switch_step(run: HostRun, job: Job, site: Site) -> Switch:

@@ -4,9 +4,10 @@ start` (Wagtail 8.0.1, Django 6.1 on the host, Debian 13, PostgreSQL, media). `d
 the host's address and a secrets file are all that is added; no file of the project changes.
 Then DEBUG is off in the live process, the admin's login form posts through nginx with its
 CSRF token, a file saved through Django's storage is served by nginx; a code-only Wagtail
-deploy takes no backup and rolls back; an app whose label is not its folder's name gets a
-backup naming its migration; an app that keeps its SQLite file where its own setting says
-gets that file backed up, listed and restored, and is never migrated by the prepare."""
+deploy takes no backup and rolls back (to a release without the settings layer: it gets one);
+an app whose label is not its folder's name gets a backup naming its migration; an app that
+keeps its SQLite file where its own setting says gets that file backed up, listed and
+restored, and is never migrated by the prepare."""
 
 from __future__ import annotations
 
@@ -277,6 +278,12 @@ def test_a_code_only_wagtail_deploy_takes_no_backup_and_rolls_back(wagtail, trix
     backup = line_of(done.stdout, f"backup {WSITE}")
     assert "ok" in backup and "no unapplied migrations" in backup, backup
     assert "<!-- v2 -->" in get(trixie, WDOMAIN, "/")
+    # The release before, as a kit without the settings layer staged it: the rollback writes
+    # the layer into it before its switch.
+    releases = sh(trixie, f"ls /srv/djk/{WSITE}/releases").split()
+    sh(trixie, f"rm /srv/djk/{WSITE}/releases/{releases[-2]}/djk_settings.py")
     back = fab(wagtail, kit_venv, "rollback")
     assert back.returncode == 0, back.stdout + back.stderr
+    layer = line_of(back.stdout, f"settings layer {WSITE}")
+    assert "changed" in layer and f"written into {releases[-2]}" in layer, layer
     assert "<!-- v2 -->" not in get(trixie, WDOMAIN, "/")
