@@ -91,8 +91,9 @@ mv -Tf {q(paths.static)}/next.djk-new {q(paths.static)}/next
 
 
 def release_steps(build: Build, inventory: Inventory, host: Host) -> list[Step]:
-    """The release of a site on a host: staged, then prepared (static files collected and, on
-    app hosts, Django's deployment checklist run)."""
+    """The release of a site on a host: staged (with the settings layer), then prepared (static
+    files collected and, on app hosts, Django's deployment checklist run and Django asked what
+    it connects to and migrates)."""
     site = build.site
     app = "app" in topology.roles(host)
     return [
