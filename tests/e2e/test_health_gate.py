@@ -14,7 +14,6 @@ from .kit import Project, curl, live_slot, sh
 
 pytestmark = pytest.mark.e2e
 VIEWS = "pages/views.py"
-SETTINGS = "exampleproject/settings.py"
 _versions = itertools.count(1)
 
 PLAIN_HEALTH = """
@@ -71,8 +70,18 @@ def test_an_app_whose_health_knows_nothing_of_releases_switches(first, project, 
     "change, words",
     [
         ((VIEWS, "\n\ndef health(request):\n    raise RuntimeError('db down')\n"), "HTTP 500"),
-        ((SETTINGS, "\nALLOWED_HOSTS = ['somewhere-else.test']\n"), "ALLOWED_HOSTS"),
-        (("health_path", "/no-such-page/"), "HTTP 404: nothing at /no-such-page/"),
+        # The settings layer sets ALLOWED_HOSTS from the domains: only an override misses.
+        (
+            (
+                "site",
+                {
+                    "env": {"DJANGO_ALLOWED_HOSTS": "somewhere-else.test"},
+                    "env_override": ["DJANGO_ALLOWED_HOSTS"],
+                },
+            ),
+            "ALLOWED_HOSTS",
+        ),
+        (("site", {"health_path": "/no-such-page/"}), "HTTP 404: nothing at /no-such-page/"),
     ],
     ids=["500", "400", "404"],
 )
@@ -82,10 +91,11 @@ def test_a_refused_release_never_serves_and_says_why(
     before, nginx_upstream = live(fresh_host), upstream(fresh_host)
     bump(src)
     where, text = change
-    if where == "health_path":
-        project.site["health_path"] = text
+    kept = dict(project.site)
+    original = None
+    if where == "site":
+        project.site.update(text)
         project.write()
-        original = None
     else:
         original = (src / where).read_text()
         (src / where).write_text(original + text)
@@ -93,7 +103,8 @@ def test_a_refused_release_never_serves_and_says_why(
         run = project.fab("-H", "web1", "deploy")
     finally:
         if original is None:
-            project.site["health_path"] = "/health/"
+            project.site.clear()
+            project.site.update(kept)
             project.write()
         else:
             (src / where).write_text(original)
