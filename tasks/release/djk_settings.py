@@ -34,6 +34,8 @@ def _set(name, value):
 
 
 def _inside_release(name):
+    if str(name).startswith((":memory:", "file:")):  # not a path (SQLite's URI forms)
+        return False
     try:
         return Path(name).resolve().is_relative_to(_RELEASE)
     except (TypeError, ValueError):

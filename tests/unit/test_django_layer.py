@@ -154,6 +154,20 @@ def test_tls_media_and_postgresql_from_hosts_toml(release):
     assert "django.contrib.postgres" in got["INSTALLED_APPS"]
 
 
+def test_only_a_sqlite_file_inside_the_release_moves(release):
+    settings = release / "mysite" / "settings.py"
+    settings.write_text(
+        settings.read_text()
+        + "\nDATABASES['cache'] = {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}"
+        + "\nDATABASES['old'] = {'ENGINE': 'django.db.backends.sqlite3', 'NAME': '/srv/old.db'}"
+        + "\nDATABASES['rel'] = {'ENGINE': 'django.db.backends.sqlite3', 'NAME': 'data/r.db'}\n"
+    )
+    got = shown(release)["DATABASES"]
+    shared = release.parent.parent / "shared"
+    assert got["cache"]["NAME"] == ":memory:" and got["old"]["NAME"] == "/srv/old.db"
+    assert got["rel"]["NAME"] == str(shared / "data" / "r.db")  # relative: in the release
+
+
 def test_a_project_that_already_reads_the_contract_keeps_its_values(release):
     settings = release / "mysite" / "settings.py"
     fragment = (
