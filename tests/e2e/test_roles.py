@@ -169,6 +169,12 @@ def test_a_websocket_through_the_web_host_outlives_the_app_hosts_switch(project,
         while (new := health(web)["release"]) == old and time.monotonic() < deadline:
             time.sleep(0.5)
         assert new != old
+        # Every app host switched (nginx on web1 picks any of them for a new connection).
+        apps = [h for h in hosts if "app" in ROLES[h.name]]
+        while time.monotonic() < deadline and any(
+            f'"release": "{new}"' not in forwarded(web, app) for app in apps
+        ):
+            time.sleep(0.5)
         fresh = socket.create_connection((web.address, 80), timeout=10)
         with connect("ws://example.test/ws/echo/", sock=fresh, open_timeout=10) as other:
             other.send("after")
@@ -189,10 +195,7 @@ def test_a_rebooted_app_host_is_reached_through_its_forwarder_again(project, hos
     deadline = time.monotonic() + 60
     while '"status": "ok"' not in answer and time.monotonic() < deadline:
         time.sleep(0.5)
-        answer = sh(
-            hosts[0],
-            f"curl -s -m 5 -H 'Host: example.test' http://{app.address}:8001/health/ || true",
-        )
+        answer = forwarded(hosts[0], app)
     assert f'"release": "{release}"' in answer, answer
     if app.name == SUPERVISED:  # the forwarder's address came up after supervisord: retried
         assert "RUNNING" in sh(app, "supervisorctl status djk-example-forward || true")
@@ -200,6 +203,12 @@ def test_a_rebooted_app_host_is_reached_through_its_forwarder_again(project, hos
         assert sh(app, "systemctl is-active djk-example-forward.socket").strip() == "active"
     run = project.fab("deploy", "-H", ",".join(NAMES), "--json")
     assert run.code == 0 and all(h["changed"] == 0 for h in run.report["hosts"]), run.out
+
+
+def forwarded(web, app) -> str:
+    """The health answer of an app host's live slot, through its forwarder, from the web host."""
+    url = f"http://{app.address}:8001/health/"
+    return sh(web, f"curl -s -m 5 -H 'Host: example.test' {url} || true")
 
 
 def reaches(source, host, port: int) -> bool:
