@@ -76,18 +76,13 @@ class ReleaseCommand(MarkedCommand):
             # release only goes live once this command succeeded for it.
             return Plan(reason=f"done for {release} before it went live")
         release_dir = self.paths.release(release)
-        args = self.arguments(ctx)
-        command = self.wrap(manage(self.site, self.paths, release_dir, args), release_dir)
+        command = self.wrap(manage(self.site, self.paths, release_dir, self.args), release_dir)
         plan = self.command_plan(ctx, command)
         for action in plan.actions:
             action.findings = self.findings
         return plan
 
     findings: Findings | None = None  # what its output says, for the report
-
-    def arguments(self, ctx: Context) -> str:
-        """What manage.py is called with."""
-        return self.args
 
     def wrap(self, command: str, release_dir: str) -> str:
         if not self.mark_failed:

@@ -19,6 +19,11 @@ TEXT = (Path(__file__).with_name(FILE)).read_text()
 DIGEST = hashlib.sha256(TEXT.encode()).hexdigest()
 
 
+def write(path: str) -> str:
+    """Shell: the layer's text into `path`."""
+    return f"printf '%s' {shlex.quote(TEXT)} > {shlex.quote(path)}"
+
+
 def tree(source_tree: str) -> str:
     """A release's tree: the shipped source's and the layer's, in one hash."""
     return hashlib.sha1(f"{source_tree}\n{DIGEST}".encode()).hexdigest()

@@ -67,7 +67,7 @@ errors=$(mktemp)
 trap 'rm -f "$errors"' EXIT
 tar -xzf - -C {q(new)} --no-same-owner --no-same-permissions 2>"$errors" || {{ {full}; }}
 printf '%s\\n' {b.tree} > {q(new)}/.djk-tree
-printf '%s' {q(layer.TEXT)} > {q(new)}/{layer.FILE}
+{layer.write(f"{new}/{layer.FILE}")}
 printf 'APP_RELEASE=%s\\nDJANGO_STATIC_ROOT=%s\\n' {q(b.release_id)} \\
   {q(paths.release_static(b.release_id))} > {q(new)}/.djk-release.env
 printf '%s\\n' {q(manifest)} > {q(new)}/.djk-release.json

@@ -256,7 +256,7 @@ class LayerIn(Step):
         path = f"{self.paths.release(want)}/{layer.FILE}"
         script = (
             f"test -d {q(self.paths.release(want))}\n"
-            f"printf '%s' {q(layer.TEXT)} > {q(path)}.djk-new\n"
+            f"{layer.write(f'{path}.djk-new')}\n"
             f"chown root:{q(self.site.user)} {q(path)}.djk-new && chmod 640 {q(path)}.djk-new\n"
             f"mv -f {q(path)}.djk-new {q(path)}\n"
         )
