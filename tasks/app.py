@@ -422,6 +422,13 @@ KEYS = Keys(
             "one",
             'migrations on "one" app host per deploy (a shared database) or on "every" one',
         ),
+        Key(
+            "migrate_split",
+            BOOL,
+            True,
+            "split migrations around the switch: additions before it, removals after the old "
+            "release is gone, the rest refused (false: all before it, as Django writes them)",
+        ),
         Key("check_deploy", BOOL, True, "run manage.py check --deploy on each staged release"),
         Key("python", PYTHON_VERSION, None, "the hosts' python3 must be this version"),
     ),
@@ -511,9 +518,15 @@ class AppComponent(Component):
             ]
         if phase == Phase.MIGRATE:
             return [
-                release.migrate_step(job.builds[s.name], inventory)
+                release.migrate_step(job.builds[s.name], inventory, host.name)
                 for s in run.sites
                 if release.migrates_here(inventory, s, host)
+            ]
+        if phase == Phase.CONTRACT:
+            return [
+                release.AfterSwitch(job.builds[s.name])
+                for s in run.sites
+                if s.name in job.builds and release.migrates_here(inventory, s, host)
             ]
         if phase == Phase.SWITCH:
             # The agent runs the switch here and, on a web host of a split site, the check
@@ -532,12 +545,20 @@ class AppComponent(Component):
             )
             agent_step = [agent.installed()] if switching or verifying else []
             return [*agent_step, *layers, *switching]
-        if phase == Phase.VERIFY and "web" in roles:
-            return [
+        if phase == Phase.VERIFY:
+            verify = [
                 release.Verify(site, job.target(site), mark_old=job.mark_old)
                 for site in run.sites
-                if topology.split(inventory, site)
+                if "web" in roles and topology.split(inventory, site)
             ]
+            # Before the contract phase: no process of the old release left where the site's
+            # code runs (only when that phase has work).
+            gone = [
+                release.OldGone(inventory, site, host, job.builds[site.name])
+                for site in run.sites
+                if roles & {"app", "worker"} and site.name in job.builds
+            ]
+            return [*verify, *gone]
         return []
 
 

@@ -37,22 +37,29 @@ from .engine.component import Component, HostRun, Phase, register
 from .engine.executor import HostPlan, PhaseSteps
 from .engine.facts import Fact, Facts
 from .engine.inventory import Host, Inventory, Site
-from .engine.layout import SitePaths
+from .engine.layout import SitePaths, app_of
 from .engine.outcome import SiteRows
 from .engine.report import HostReport
+from .engine.status import StatusCheck, StatusPart
 from .engine.steps import Action, Context, Plan, Run, Service, Step
 from .lock import DeployLock
 from .release import (
     Build,
     PreviousGood,
     Rule,
+    after_switch_due,
     live_release,
     migrate_marker,
     migrated_marker,
     migrates_here,
+    read_record,
+    record_fact,
+    record_path,
+    schema,
 )
 from .release.asked import FILE as ASKED_FILE
 from .release.asked import Asked, DjangoReport, Migration
+from .release.schema import Split
 
 BACKUPS = "/var/backups/djk"
 
@@ -237,7 +244,9 @@ class BeforeMigrate(Step):
         host: Host,
         build: Build,
         migrated: tuple[str, str] | None = None,
+        maintenance: bool = False,
     ) -> None:
+        self.maintenance = maintenance  # deploy --maintenance: no split
         # `migrated`: the migrate step's marker and the value it holds once this build migrated
         # this database, on a host that migrates; where it holds it, neither step has work.
         self.site, self.build = site, build
@@ -254,6 +263,15 @@ class BeforeMigrate(Step):
 
     def facts(self, diff: bool) -> list[Fact]:
         return [self.fact, self.asked]
+
+    def split(self, report: DjangoReport, applied: frozenset[str]) -> Split:
+        if self.maintenance:
+            plain = "--maintenance: as Django writes them, behind the maintenance page"
+        elif not app_of(self.site).migrate_split:
+            plain = "migrate_split = false: as Django writes them"
+        else:
+            plain = ""
+        return schema.split(self.site.name, report, applied, plain=plain)
 
     def report(self, ctx: Context) -> DjangoReport | None:
         """What Django said of the release: in this run's prepare, else when it was prepared."""
@@ -283,11 +301,16 @@ class BeforeMigrate(Step):
             aliases, unmanaged = other_aliases(self.site, report)
         except ValueError as exc:
             return Plan(error=str(exc))
+        found: tuple[Split, ...] = ()
         if report is None:
             # Prepared by a kit that did not ask Django: whatever the release brings.
             pending = [Migration("(the release's migrations are unknown)")]
         else:
             pending = report.pending(applied)
+            found = (self.split(report, applied),)
+            if found[0].refused:
+                why = "not backed up: the migrations are refused (the migrate step says why)"
+                return Plan(reason=why, outcomes=found)
         if not pending:
             return Plan(reason="no unapplied migrations" + unmanaged)
         backup_id = self.build.release_id
@@ -305,16 +328,81 @@ class BeforeMigrate(Step):
                     backup_script(self.site, backup_id, meta, sqlite_file, aliases),
                     progress="backing up the database",
                 )
+            ],
+            outcomes=found,
+        )
+
+
+class BeforeContract(BeforeMigrate):
+    """A backup right before the contract phase removes what the old release read (after the
+    switch, once it is gone): the rollback past it needs --restore-db, which names it."""
+
+    def __init__(self, inventory: Inventory, site: Site, host: Host, build: Build) -> None:
+        super().__init__(inventory, site, host, build)
+        self.record = record_fact(inventory, site, host)
+        self.id = f"backup-after:{site.name}"
+        self.name = f"backup {site.name} before the removals"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [self.asked, self.record]
+
+    def plan(self, ctx: Context) -> Plan:
+        due = after_switch_due(ctx, self.site, self.record)
+        names = (due or {}).get("migrations") or []
+        if not names:
+            return Plan(reason="no migration left for after the switch")
+        report = self.report(ctx)
+        default = report.default if report is not None else None
+        sqlite_file = default.name if default and default.vendor == "sqlite" else None
+        try:
+            aliases, _ = other_aliases(self.site, report)
+        except ValueError as exc:
+            return Plan(error=str(exc))
+        backup_id = f"{self.build.release_id}-after"
+        pending = [Migration(name) for name in names]
+        meta = metadata(self.site, backup_id, "before migrate", pending, sqlite_file)
+        meta["release"] = self.build.release_id
+        return Plan(
+            [
+                Action(
+                    f"{backup_id} before {', '.join(names)} (after the switch)",
+                    backup_script(self.site, backup_id, meta, sqlite_file, aliases),
+                    progress="backing up the database",
+                )
             ]
         )
 
 
+@dataclass(frozen=True)
+class AfterSwitchCheck:
+    """`fab status`: work a deploy left for after its switch (removals, temporary defaults),
+    kept on the migrating host until the next completed deploy does it."""
+
+    path: str
+
+    def facts(self) -> list[Fact]:
+        return [F.Text(self.path)]
+
+    def read(self, facts: Facts, now: float) -> StatusPart:
+        found = read_record(facts[F.Text(self.path)])
+        if not found:
+            return StatusPart("after_switch", None)
+        words = schema.describe_record(found)
+        return StatusPart("after_switch", found, [("schema", words)], warnings=[words])
+
+
 class DbComponent(Component):
     """Backups before migrations (the deploy's `backup` phase); a rollback's guard against an
-    older release on a newer schema, and its --restore-db (the `restore` phase)."""
+    older release on a newer schema, and its --restore-db (the `restore` phase); what a deploy
+    left for after its switch, in `fab status`."""
 
     name = "backups"
     after = ("database",)  # backups where the database is, once it is set up
+
+    def status(self, inventory: Inventory, site: Site, host: Host) -> list[StatusCheck]:
+        if not migrates_here(inventory, site, host):
+            return []
+        return [AfterSwitchCheck(record_path(site))]
 
     def steps(self, phase: Phase, run: HostRun) -> list[Step]:
         inventory, host = run.inventory, run.host
@@ -328,7 +416,14 @@ class DbComponent(Component):
                     migrate_marker(run.builds[site.name], inventory)
                     if migrates_here(inventory, site, host)
                     else None,
+                    run.options.maintenance,
                 )
+                for site in run.sites
+                if site.name in run.builds and holds_database(inventory, site, host)
+            ]
+        if phase == Phase.VERIFY and run.builds:
+            return [
+                BeforeContract(inventory, site, host, run.builds[site.name])
                 for site in run.sites
                 if site.name in run.builds and holds_database(inventory, site, host)
             ]
@@ -560,8 +655,8 @@ def migrated_since(backups: list[dict], target: str, live: str | None) -> list[d
         b
         for b in backups
         if b.get("reason") == "before migrate"
-        and b["id"] > target
-        and (live is None or b["id"] <= live)
+        and b.get("release", b["id"]) > target
+        and (live is None or b.get("release", b["id"]) <= live)
     ]
 
 

@@ -30,7 +30,14 @@ from .engine.source import SourceError
 from .engine.steps import Context, Plan, Step
 
 # backup: where the database is, before the migrations (db.py).
-DEPLOY_PHASES = (Phase.STAGE, Phase.BACKUP, Phase.MIGRATE, Phase.SWITCH, Phase.VERIFY)
+DEPLOY_PHASES = (
+    Phase.STAGE,
+    Phase.BACKUP,
+    Phase.MIGRATE,
+    Phase.SWITCH,
+    Phase.VERIFY,
+    Phase.CONTRACT,
+)
 ROLLBACK_PHASES = (Phase.RESTORE, Phase.SWITCH, Phase.VERIFY)
 ROLLING = Phase.SWITCH
 
@@ -63,6 +70,8 @@ def compose(run: HostRun, phases: tuple[Phase, ...]) -> HostPlan:
         "ref": "ship the source at this git ref (default: HEAD, refused when tracked files "
         "have uncommitted changes)",
         "allow_dirty": "ship uncommitted changes of tracked files (the release id says -dirty)",
+        "maintenance": "migrate as Django writes them behind the maintenance page (503 + "
+        "Retry-After) from the backup to the switch: for a change no split makes safe",
     },
 )
 def deploy(
@@ -75,6 +84,7 @@ def deploy(
     batch=None,
     ref=None,
     allow_dirty=False,
+    maintenance=False,
 ):
     """Deploy every site of the target hosts (-H host, group, alias or address).
 
@@ -85,7 +95,8 @@ def deploy(
     --batch N or --batch P% switches the hosts in rolling batches and stops at the first failed
     batch (hosts already switched go back, so all serve one release). From a git repository
     the tracked files at --ref (default HEAD) are shipped; uncommitted changes are refused
-    unless --allow-dirty.
+    unless --allow-dirty. Migrations are split around the switch (docs/stack.md, "Schema
+    changes"); --maintenance runs them all before it, behind the maintenance page.
     """
     inventory = load_inventory(c)
     now = time.time()
@@ -111,6 +122,7 @@ def deploy(
                 reached=host.name in {h.name for h in reached},
                 targets=names,
                 batch=batch,
+                maintenance=maintenance,
             ),
             check=check,
             diff=diff,
@@ -182,6 +194,7 @@ def deploy_plan(
     reached: bool = False,
     targets: list[str] | tuple[str, ...] = (),
     batch: str | None = None,
+    maintenance: bool = False,
 ) -> HostPlan:
     sites = tuple(sites_or_exit(inventory, host))
     # Each site's build as this host installs it (its Python, its wheels); a host that only
@@ -197,7 +210,13 @@ def deploy_plan(
         host,
         sites,
         release.Job.deploy(here),
-        RunOptions(lock_wait=wait, reached=reached, targets=tuple(targets), batch=batch),
+        RunOptions(
+            lock_wait=wait,
+            reached=reached,
+            targets=tuple(targets),
+            batch=batch,
+            maintenance=maintenance,
+        ),
     )
     return compose(run, DEPLOY_PHASES)
 

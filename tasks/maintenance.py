@@ -12,6 +12,7 @@ template `nginx/maintenance.html.j2` (a team's `templates/` overrides it).
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from . import tls
@@ -25,13 +26,14 @@ from .engine.cli import (
     targets_task,
     user_error,
 )
-from .engine.component import Component, NginxPart, register
+from .engine.component import Component, HostRun, NginxPart, Phase, register
 from .engine.facts import Fact, Facts, Stat
 from .engine.inventory import Host, Inventory, Site
-from .engine.layout import app_of
+from .engine.layout import SitePaths, app_of
 from .engine.render import render
 from .engine.status import StatusCheck, StatusPart
-from .engine.steps import Absent, Directory, File, Step
+from .engine.steps import Absent, Action, Context, Directory, File, Plan, Step
+from .release import Latest, live_release
 
 PAGES = "/var/lib/djk/maintenance"
 RETRY_AFTER = 300  # seconds: what the 503's Retry-After header tells clients and crawlers
@@ -50,9 +52,13 @@ set $djk_maintenance "";
 if (-f {page}) {{ set $djk_maintenance "on"; }}
 if ($remote_addr ~ "^(127\\.|::1$)") {{ set $djk_maintenance ""; }}
 {health}if ($uri ~ "^/(\\.well-known/acme-challenge|static)/") {{ set $djk_maintenance ""; }}
+if ($uri = /.djk-maintenance.html) {{ set $djk_maintenance ""; }}
 if ($djk_maintenance) {{ return 503; }}
-error_page 503 @djk_maintenance;
-location @djk_maintenance {{
+# To a URI, not a named location: nginx makes the request a GET on the way, so a POST gets the
+# page with its 503 too (the static module answers 405 to a POST).
+error_page 503 /.djk-maintenance.html;
+location = /.djk-maintenance.html {{
+    internal;
     root {pages};
     try_files /{name}.html =503;
     add_header Retry-After {retry} always;
@@ -100,6 +106,76 @@ class MaintenanceComponent(Component):
                 )
             ]
         )
+
+    def steps(self, phase: Phase, run: HostRun) -> list[Step]:
+        """`deploy --maintenance`: the page of each site the deploy moves to a new release,
+        from the backup phase to the last one (the kit's own checks come from the host itself
+        and pass)."""
+        job = run.job
+        if not run.options.maintenance or job is None or "web" not in run.host.role_set:
+            return []
+        sites = [s for s in run.sites if s.name in job.builds]
+        if phase == Phase.BACKUP:
+            return [DeployPage(run.inventory, s, Latest(job.builds[s.name])) for s in sites]
+        if phase == Phase.CONTRACT:
+            return [DeployPageOff(s) for s in sites]
+        return []
+
+
+DEPLOY_MESSAGE = "Back in a few minutes: we are updating the site."
+
+
+def _flag(site: Site) -> str:
+    """Beside a page a deploy put up: the deploy takes it down (a page turned on with
+    `fab app.maintenance on` stays)."""
+    return f"{PAGES}/{site.name}.deploy"
+
+
+class DeployPage(Step):
+    """`deploy --maintenance`: the page up while a site moves to a new release."""
+
+    def __init__(self, inventory: Inventory, site: Site, target: Latest) -> None:
+        self.site, self.target = site, target
+        self.text = page(inventory, site, DEPLOY_MESSAGE)
+        self.id = f"deploy-page:{site.name}"
+        self.name = f"maintenance page {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [*self.target.facts(), Stat(page_path(self.site))]
+
+    def plan(self, ctx: Context) -> Plan:
+        want = self.target.resolve(ctx.facts)
+        if want == live_release(ctx.facts, SitePaths.of(self.site)):
+            return Plan(reason=f"{want} is live: no page")
+        if ctx.facts[Stat(page_path(self.site))] is not None:
+            return Plan(reason="already on (fab app.maintenance on): left on after the deploy")
+        q = shlex.quote
+        path = page_path(self.site)
+        script = (
+            f"install -d -m 755 {PAGES}\n: > {q(_flag(self.site))}\n"
+            f"printf '%s' {q(self.text)} > {q(path)}.tmp && chmod 644 {q(path)}.tmp\n"
+            f"mv -f {q(path)}.tmp {q(path)}\n"
+        )
+        return Plan([Action("on until the new release is live (503 + Retry-After)", script)])
+
+
+class DeployPageOff(Step):
+    """The page a deploy put up, taken down once the deploy is done."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.id = f"deploy-page-off:{site.name}"
+        self.name = f"maintenance page {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [Stat(_flag(self.site))]
+
+    def plan(self, ctx: Context) -> Plan:
+        if ctx.facts[Stat(_flag(self.site))] is None:
+            return Plan(reason="not put up by this deploy")
+        q = shlex.quote
+        script = f"rm -f {q(page_path(self.site))} {q(_flag(self.site))}"
+        return Plan([Action("off", script)])
 
 
 register(MaintenanceComponent())

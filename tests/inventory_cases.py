@@ -852,6 +852,7 @@ def full_single() -> Case:
         "keep_releases": 5,
         "drain_timeout": 30,
         "migrate_on": "one",
+        "migrate_split": True,
         "check_deploy": True,
         "python": "3.11",
         "requirements": "requirements.txt",

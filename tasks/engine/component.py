@@ -59,6 +59,7 @@ class Phase(StrEnum):
     MIGRATE = "migrate"  # once per site, before any switch
     SWITCH = "switch"  # rolling, in batches: the health-gated switch
     VERIFY = "verify"  # after every switch: checks through nginx, timers, supervisor's boot
+    CONTRACT = "contract"  # once the old release is gone: removals left for after the switch
 
 
 @dataclass
@@ -94,6 +95,8 @@ class RunOptions:
     # backup taken before them, "keep" today's schema.
     rollback_db: str = ""
     batch: str | None = None  # rolling switch: a host count or a percentage
+    # A deploy's migrations all before the switch, behind the maintenance page (--maintenance).
+    maintenance: bool = False
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class App:
     drain_timeout: int = 30  # seconds the old slot's connections (WebSockets) get to close
     keep_releases: int = 5
     migrate_on: str = "one"  # "one" host per deploy (shared database) or "every" host
+    migrate_split: bool = True  # migrations split around the switch (release/schema.py)
     check_deploy: bool = True  # manage.py check --deploy on each staged release
     python: str | None = None  # "3.13": the hosts' python3 must be this version
 

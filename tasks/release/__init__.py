@@ -4,7 +4,9 @@
     target                    -> target.Job: the rule picking each site's release, resolved in
                                  the plan against the host's facts (target.Target)
     stage, prepare            -> stage.Stage, commands.Prepare
-    migrate                   -> migrate.migrate_step (after db.py's backup, before any switch)
+    migrate                   -> migrate.migrate_step (after db.py's backup, before any switch),
+                                 split around the switch by schema.py (schema_change.py on
+                                 the host); migrate.AfterSwitch in the contract phase
     switch, verify            -> switch.Switch, switch.Verify (the host agent does both)
     rollback guard, audit     -> db.py reads the job; plan.ReleaseAudit, plan.SwitchBack
 
@@ -14,17 +16,40 @@ typed outcomes (outcome.ReleaseMove, ...). Components (app, celery, db, hooks, s
 this package, never each other, for anything about a release.
 """
 
-from . import layer, store
+from . import layer, schema, store
 from .build import Build, deploy_files, for_host, new_build
 from .commands import FreshMigrate, Prepare, ReleaseCommand, manage
-from .migrate import fresh_migrate, migrate_marker, migrate_step, migrated_marker, migrates_here
+from .migrate import (
+    AfterSwitch,
+    OldGone,
+    after_switch_due,
+    fresh_migrate,
+    migrate_marker,
+    migrate_step,
+    migrated_marker,
+    migrates_here,
+    migrating_host,
+    read_record,
+    record_fact,
+    record_path,
+)
 from .outcome import CheckWarnings, ReleaseMove, ReleaseTable
 from .plan import ReleaseAudit, SwitchBack, phase_steps
+from .schema import Split
 from .stage import Stage, disk_full, release_steps
 from .switch import LayerIn, Switch, Verify, current_slot, front, gate, retired, switch_step
 from .target import Job, Latest, Named, PreviousGood, Rule, Target, live_release
 
 __all__ = [
+    "AfterSwitch",
+    "after_switch_due",
+    "schema",
+    "OldGone",
+    "Split",
+    "migrating_host",
+    "read_record",
+    "record_fact",
+    "record_path",
     "Build",
     "CheckWarnings",
     "FreshMigrate",

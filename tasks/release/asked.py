@@ -20,11 +20,64 @@ PREFIX = "DJK-DJANGO "
 SCRIPT = (Path(__file__).with_name("ask_django.py")).read_text()
 
 
+# What an operation is for a live release running the code before it (ask_django.py's kinds).
+EXPAND, DEFAULT, CONTRACT, UNSAFE = "expand", "default", "contract", "unsafe"
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of a migration, as Django's own objects made it, and its kind."""
+
+    kind: str  # EXPAND, DEFAULT, CONTRACT or UNSAFE
+    text: str  # Django's describe(): "Add field kind to visit"
+    why: str = ""  # what makes it unsafe
+    app: str = ""  # DEFAULT and RemoveField: where the column is
+    model: str = ""
+    field: str = ""
+    value: Scalar | None = None  # DEFAULT: the constant the database holds meanwhile
+    marked: bool = False  # RunPython/RunSQL the project marked (hints={"djk": ...})
+    rename: bool = False
+
+    def data(self) -> list:
+        detail: dict[str, Any] = {}
+        if self.why:
+            detail["why"] = self.why
+        if self.app:
+            detail.update(app=self.app, model=self.model, field=self.field)
+        if self.kind == DEFAULT:
+            detail["value"] = self.value
+        if self.marked:
+            detail["marked"] = True
+        if self.rename:
+            detail["rename"] = True
+        return [self.kind, self.text, detail]
+
+
+def _operation(raw: Any) -> Operation:
+    kind, text, detail = raw
+    value = detail.get("value")
+    return Operation(
+        str(kind),
+        str(text),
+        str(detail.get("why", "")),
+        str(detail.get("app", "")),
+        str(detail.get("model", "")),
+        str(detail.get("field", "")),
+        value if isinstance(value, (str, int, float, bool)) else None,
+        bool(detail.get("marked")),
+        bool(detail.get("rename")),
+    )
+
+
 @dataclass(frozen=True)
 class Migration:
     name: str  # "<app label>.<migration name>", as django_migrations records it
     replaces: tuple[str, ...] = ()  # a squashed migration's
     additive: bool = False  # only adds what the previous release neither reads nor must write
+    depends: tuple[str, ...] = ()  # the migrations it needs applied first
+    # Its operations; None: a release prepared by a kit that did not classify them.
+    operations: tuple[Operation, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +104,7 @@ class DjangoReport(Outcome):
     databases: tuple[Database, ...] = ()
     migrations: tuple[Migration, ...] = ()
     fresh: bool = False  # the prepare found the default database empty and migrated it
+    django: str = ""  # Django's version, "5.2.1"
 
     def data(self) -> dict[str, Any]:
         return {"django": {self.site: {"databases": [d.__dict__ for d in self.databases]}}}
@@ -84,11 +138,31 @@ class DjangoReport(Outcome):
         return json.dumps(
             {
                 "databases": {d.alias: _db_data(d) for d in self.databases},
-                "migrations": [[m.name, list(m.replaces), m.additive] for m in self.migrations],
+                "migrations": [_migration_data(m) for m in self.migrations],
                 "fresh": self.fresh,
+                "django": self.django,
             },
             sort_keys=True,
         )
+
+
+def _migration_data(m: Migration) -> list:
+    row: list = [m.name, list(m.replaces), m.additive]
+    if m.operations is not None:
+        row += [list(m.depends), [op.data() for op in m.operations]]
+    return row
+
+
+def _migration(row: Any) -> Migration:
+    name, replaces, adds = row[:3]
+    depends, operations = (row[3], row[4]) if len(row) >= 5 else ((), None)
+    return Migration(
+        str(name),
+        tuple(str(r) for r in replaces),
+        bool(adds),
+        tuple(str(d) for d in depends),
+        tuple(_operation(op) for op in operations) if operations is not None else None,
+    )
 
 
 def _db_data(db: Database) -> dict[str, str]:
@@ -105,11 +179,9 @@ def parse(site: str, text: str) -> DjangoReport | None:
             )
             for alias, v in sorted(raw["databases"].items())
         )
-        migrations = tuple(
-            Migration(str(name), tuple(str(r) for r in replaces), bool(adds))
-            for name, replaces, adds in raw["migrations"]
-        )
-        return DjangoReport(site, databases, migrations, bool(raw.get("fresh")))
+        migrations = tuple(_migration(row) for row in raw["migrations"])
+        version = str(raw.get("django", ""))
+        return DjangoReport(site, databases, migrations, bool(raw.get("fresh")), version)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 

@@ -258,13 +258,19 @@ class Load:
     """
 
     def __init__(
-        self, address: str, host_header: str, path: str = "/health/", keep_alive: bool = False
+        self,
+        address: str,
+        host_header: str,
+        path: str = "/health/",
+        keep_alive: bool = False,
+        post_path: str = "/echo/",
     ) -> None:
         import threading
 
         self.address, self.host_header, self.path = address, host_header, path
-        self.keep_alive = keep_alive
+        self.keep_alive, self.post_path = keep_alive, post_path
         self.results: list[tuple[str, str]] = []  # (outcome, release)
+        self.posted: list[int] = []  # indexes of the POSTs' results
         self.connections = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -295,12 +301,14 @@ class Load:
                     self.connections += 1
                 headers = {"Host": self.host_header}
                 if post:
-                    conn.request("POST", "/echo/", body=b"x" * 512, headers=headers)
+                    conn.request("POST", self.post_path, body=b"x" * 512, headers=headers)
                 else:
                     conn.request("GET", self.path, headers=headers)
                 answer = conn.getresponse()
                 body = answer.read()
                 release = json.loads(body).get("release", "") if answer.status == 200 else ""
+                if post:
+                    self.posted.append(len(self.results))
                 self.results.append((str(answer.status), release))
                 if not self.keep_alive or answer.will_close:
                     conn.close()  # the server said so: the next request opens a new one
@@ -414,7 +422,7 @@ class Migration(migrations.Migration):
     dependencies = [("pages", "{previous}")]
     operations = [
         migrations.AddField("visit", "{field}", models.CharField(max_length=60, default="")),
-        migrations.RunPython(fill, migrations.RunPython.noop),
+        migrations.RunPython(fill, migrations.RunPython.noop, hints={{"djk": "expand"}}),
     ]
 """
 

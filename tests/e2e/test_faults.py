@@ -101,7 +101,9 @@ def wait(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [("pages", "{previous}")]
-    operations = [migrations.RunPython(wait, migrations.RunPython.noop)]
+    operations = [
+        migrations.RunPython(wait, migrations.RunPython.noop, hints={{"djk": "expand"}})
+    ]
 """
 
 

@@ -47,6 +47,9 @@ def test_on_answers_503_with_the_page_while_health_and_static_pass(project, fres
     assert "retry-after: 300" in page.lower()
     assert "Back at &lt;b&gt;noon&lt;/b&gt;" in page and "<b>noon" not in page
     assert status(curl(fresh_host, "/some/view/?x=1")) == "503"
+    # A POST (an API client's) gets the 503 and the page too, not the static module's 405.
+    posted = curl(fresh_host, "/echo/", extra="-X POST -d x=1")
+    assert status(posted) == "503" and "retry-after: 300" in posted.lower(), posted
     assert health(fresh_host)["status"] == "ok"  # the health path passes (a monitor's)
     # The host's own requests pass: the kit's checks through nginx during a deploy.
     own = sh(

@@ -261,7 +261,8 @@ def test_postgresql_stopped_during_migrate_switches_nothing_and_keeps_the_backup
         path.read_text().replace(
             "    operations = [\n",
             "    operations = [\n        migrations.RunPython(lambda apps, editor: "
-            "__import__('time').sleep(8), migrations.RunPython.noop),\n",
+            "__import__('time').sleep(8), migrations.RunPython.noop,"
+            " hints={'djk': 'expand'}),\n",
         )
     )
     proc = spawn_fab(project.inventory, "-H", "web1", "deploy")

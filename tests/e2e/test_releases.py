@@ -194,7 +194,7 @@ def test_failing_migration_means_no_switch(first, project, fresh_host, src):
         "def fail(apps, schema_editor):\n    raise RuntimeError('migration exploded')\n\n\n"
         "class Migration(migrations.Migration):\n"
         "    dependencies = [('pages', '0001_initial')]\n"
-        "    operations = [migrations.RunPython(fail)]\n"
+        "    operations = [migrations.RunPython(fail, hints={'djk': 'expand'})]\n"
     )
     try:
         run = project.fab("-H", "web1", "deploy")
