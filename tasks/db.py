@@ -49,12 +49,14 @@ from .release import (
     Rule,
     after_switch_due,
     live_release,
+    manage,
     migrate_marker,
     migrated_marker,
     migrates_here,
     read_record,
     record_fact,
     record_path,
+    runner,
     schema,
 )
 from .release.asked import FILE as ASKED_FILE
@@ -316,6 +318,11 @@ class BeforeMigrate(Step):
         backup_id = self.build.release_id
         sqlite_file = default.name if default and default.vendor == "sqlite" else None
         meta = metadata(self.site, backup_id, "before migrate", pending, sqlite_file)
+        if found and not (found[0].after or found[0].plain):
+            # Only additions, some with a temporary database default: a plain rollback past
+            # them puts those defaults back (DefaultsBack) and keeps the rest.
+            meta["expand_only"] = True
+            meta["defaults"] = [d.data() for d in found[0].defaults]
         names = [m.name for m in pending]
         also = f" (and alias {', '.join(aliases)})" if aliases else ""
         return Plan(
@@ -440,6 +447,12 @@ class DbComponent(Component):
                     if holds_database(inventory, s, host)
                 ),
                 *(ForgetMigrated(s) for s in sites if migrates_here(inventory, s, host)),
+            ]
+        if phase == Phase.RESTORE:
+            return [
+                DefaultsBack(inventory, s, host, to)
+                for s in sites
+                if migrates_here(inventory, s, host)
             ]
         if phase == Phase.SWITCH and "app" in topology.roles(host):
             return [SchemaGuard(inventory, s, host, to, policy) for s in sites]
@@ -776,6 +789,12 @@ class SchemaGuard(Step):
             # New models, nullable columns, columns with a database default: the older
             # release neither reads them nor must write them.
             return Plan(reason=f"only additions since {target} ({', '.join(names)}): kept")
+        if self.policy != "restore" and only_additions(since):
+            put = ", ".join(d.describe() for d in defaults_of(since))
+            return Plan(
+                reason=f"only additions since {target} ({', '.join(names)}): kept, with "
+                f"their database defaults back ({put})"
+            )
         if self.policy == "keep":
             return Plan(reason=f"keeping today's schema (--keep-db): {', '.join(names)}")
         if self.policy == "restore":
@@ -787,6 +806,60 @@ class SchemaGuard(Step):
                 "--keep-db keeps today's schema"
             )
         )
+
+
+def only_additions(since: list[dict]) -> bool:
+    """Whether the backups a rollback goes past preceded only additions (some with a
+    temporary database default, which the rollback puts back)."""
+    return bool(since) and all(b.get("additive") or b.get("expand_only") for b in since)
+
+
+def defaults_of(since: list[dict]) -> list[schema.TemporaryDefault]:
+    found = [schema.TemporaryDefault.of(raw) for b in since for raw in b.get("defaults", [])]
+    return [d for d in found if d is not None]
+
+
+class DefaultsBack(Step):
+    """A plain rollback past columns added with a temporary database default: the defaults
+    are put back before the switch (the older release's INSERTs omit those columns), by the
+    live release's Django on the migrating host, and kept on the record for the next deploy
+    to drop once the older release is gone again."""
+
+    def __init__(self, inventory: Inventory, site: Site, host: Host, to: str | None) -> None:
+        self.site, self.paths = site, SitePaths.of(site)
+        self.target = PreviousGood(site, to)
+        self.backups = _on(inventory, site, host, Backups(site.name))
+        self.record = F.Text(record_path(site))
+        self.id = f"defaults-back:{site.name}"
+        self.name = f"database defaults of {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [*self.target.facts(), self.backups, self.record]
+
+    def plan(self, ctx: Context) -> Plan:
+        try:
+            target = self.target.resolve(ctx.facts)
+        except LookupError:
+            return Plan(reason="no rollback target (the switch says why)")
+        live = live_release(ctx.facts, self.paths)
+        since = migrated_since(ctx.facts[self.backups] or [], target, live)
+        wanted = defaults_of(since)
+        if live is None or not wanted or not only_additions(since):
+            return Plan(reason="no temporary default to put back")
+        code = runner("defaults_back", {"defaults": [d.data() for d in wanted]})
+        keep = schema.record(
+            Split(self.site.name, defaults=tuple(wanted)), live, read_record(ctx.facts[self.record])
+        )
+        q = shlex.quote
+        text = json.dumps(keep, sort_keys=True)
+        script = (
+            "set -e\n"
+            f"{manage(self.site, self.paths, self.paths.release(live), f'shell -c {q(code)}')}\n"
+            f"printf '%s\\n' {q(text)} > {q(self.record.path)}.tmp\n"
+            f"mv -f {q(self.record.path)}.tmp {q(self.record.path)}\n"
+        )
+        words = ", ".join(d.describe() for d in wanted)
+        return Plan([Action(f"put back before the switch to {target}: {words}", script)])
 
 
 class RestoreForRollback(Step):

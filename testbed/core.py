@@ -276,6 +276,12 @@ class Testbed:
         """Stop the given hosts (default: all of this testbed's) and clean up."""
         with self._lock():
             names = self._known_hosts() if hosts is None else self._check_hosts(hosts)
+            # Every host powers off at once (a clean poweroff takes each a second or two):
+            # a 32-host testbed went down in a minute one host after the other.
+            for host in names:
+                st = self._read_state(host)
+                if st is not None and st.alive():
+                    signal_pid(st.pid, signal.SIGTERM)
             for host in names:
                 self._cleanup(host)
             if not self._state_hosts():

@@ -32,6 +32,7 @@ from .migrate import (
     read_record,
     record_fact,
     record_path,
+    runner,
 )
 from .outcome import CheckWarnings, ReleaseMove, ReleaseTable
 from .plan import ReleaseAudit, SwitchBack, phase_steps
@@ -50,6 +51,7 @@ __all__ = [
     "read_record",
     "record_fact",
     "record_path",
+    "runner",
     "Build",
     "CheckWarnings",
     "FreshMigrate",

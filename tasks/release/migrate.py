@@ -83,10 +83,10 @@ class SchemaFindings:
     def read(self, out: str) -> tuple[str, tuple]:
         notes = []
         for line in out.splitlines():
-            if not line.startswith("DJK-SCHEMA "):
+            if "DJK-SCHEMA " not in line:
                 continue
             try:
-                said = json.loads(line[len("DJK-SCHEMA ") :])
+                said = json.loads(line.partition("DJK-SCHEMA ")[2])
             except ValueError:
                 continue
             for key, words in (

@@ -35,7 +35,8 @@ TRIES = 40  # with the waits between them: about three minutes
 
 
 def _say(**what) -> None:
-    print(SCHEMA_PREFIX + json.dumps(what, sort_keys=True, default=str), flush=True)
+    # On a line of its own: migrate's "Applying x..." has no newline yet when a try fails.
+    print("\n" + SCHEMA_PREFIX + json.dumps(what, sort_keys=True, default=str), flush=True)
 
 
 def _lock_timeout(sender=None, connection=None, **kwargs) -> None:

@@ -208,6 +208,21 @@ def test_a_and_c_new_not_null_column_new_model_and_nullable_column(project, fres
     assert "'misc'" not in schema and '"kind" varchar(20) NOT NULL' in schema
 
 
+def test_a_plain_rollback_past_a_temporary_default_puts_it_back(project, fresh_host):
+    rolled = Watched(project, fresh_host, "rollback", "--site", "example").run()
+    assert rolled.code == 0, rolled.out
+    assert rolled.loads["example"].failures == [], rolled.out
+    assert "| changed | database defaults of example: put back" in rolled.out, rolled.out
+    assert "'misc'" in table(fresh_host)  # the older release's INSERTs omit kind
+    status = project.fab("status")
+    assert "temporary defaults pages.visit.kind" in status.out, status.out
+    again = Watched(project, fresh_host, "deploy").run()
+    assert again.code == 0, again.out
+    assert again.loads["example"].failures == [], again.out
+    assert "temporary default dropped: pages.visit.kind" in again.out, again.out
+    assert "'misc'" not in table(fresh_host)
+
+
 def test_b_a_not_null_column_without_default_removed_after_the_switch(project, fresh_host, sources):
     for site in ("example", "shop"):
         release(sources[site], 4, REMOVE_PATH, CREATED + KIND + NOTE + TAG, "remove_path")
@@ -247,6 +262,33 @@ def test_d_an_index_on_100k_rows_is_built_concurrently(project, fresh_host, sour
         "pg_class c on c.oid = i.indexrelid where c.relname = 'visit_created_ix'\"",
     )
     assert valid.strip() == "t"
+
+
+def test_a_long_transaction_delays_the_migration_instead_of_queueing_queries(
+    project, fresh_host, sources
+):
+    # A transaction that read the table keeps its lock for 20 s. Without lock_timeout the
+    # ALTER would wait all that time, and every query of the table behind it (the clients
+    # give up after 15 s); with it, the ALTER gives way every few seconds and tries again.
+    hold = (
+        "runuser -u postgres -- psql -d shop -q -c 'begin' -c 'select count(*) from pages_visit'"
+        " -c 'select pg_sleep(20)' -c 'commit' >/dev/null"
+    )
+    sh(fresh_host, f"systemd-run --unit djk-test-hold sh -c {shlex.quote(hold)}")
+    model = CREATED + KIND + NOTE + "    size = models.IntegerField(null=True)\n"
+    model += "\n    class Meta:\n        indexes = [models.Index("
+    model += "fields=['created_at'], name='visit_created_ix')]\n" + TAG
+    release(
+        sources["shop"],
+        6,
+        "        migrations.AddField('visit', 'size', models.IntegerField(null=True)),\n",
+        model,
+        "visit_size",
+    )
+    watched = Watched(project, fresh_host, "deploy").run(marks=("shop",))
+    assert watched.code == 0, watched.out
+    assert watched.loads["shop"].failures == [], watched.out
+    assert "lock wait timed out, tried again" in watched.out, watched.out
 
 
 def test_the_negative_control_sees_failed_requests(project, fresh_host, sources):

@@ -386,3 +386,34 @@ def test_without_the_split_the_old_release_s_inserts_fail(release):
     )
     assert done.returncode == 0, done.stderr
     assert "NOT NULL constraint failed: shop_item.kind" in _insert(release, OLD_INSERT)
+
+
+def test_a_rollback_puts_a_dropped_temporary_default_back(release):
+    ask(release, fresh=True)
+    (release / "shop" / "migrations" / "0002_item_kind.py").write_text(ADD_KIND)
+    split = schema.split("shop", ask(release), applied(release))
+    wanted = {"after": [], "defaults": [d.data() for d in split.defaults]}
+    for call in ("before", "after"):
+        done = django(release, runner(call, wanted))
+        assert done.returncode == 0, done.stderr
+    assert "NOT NULL constraint failed" in _insert(release, OLD_INSERT)
+    # Back to the release before the column: its INSERTs omit it again.
+    done = django(release, runner("defaults_back", wanted))
+    assert done.returncode == 0, done.stderr
+    assert _insert(release, OLD_INSERT) == "ok"
+
+
+def test_what_the_runner_says_is_read_even_after_migrate_s_unfinished_line():
+    from djk.tasks.release.migrate import SchemaFindings
+
+    out = (
+        "Running migrations:\n"
+        '  Applying shop.0002_size...DJK-SCHEMA {"error": "lock timeout", "lock_wait": 1}\n'
+        '\nDJK-SCHEMA {"adjusted": ["shop.0003: indexes built concurrently"], "relaxed": '
+        '["shop.item.old"], "phase": "before"}\n'
+    )
+    note, _ = SchemaFindings().read(out)
+    assert note == (
+        "lock wait timed out, tried again (1); shop.0003: indexes built concurrently; "
+        "NOT NULL dropped before the switch: shop.item.old"
+    )
