@@ -25,10 +25,11 @@ from .engine.steps import (
     File,
     Plan,
     Run,
+    Service,
     Step,
     UnitStatus,
 )
-from .release import Job, Target
+from .release import Job, Target, live_release
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ def units(site: Site, host: Host | None = None) -> list[tuple[str, str, str]]:
         beat = f"beat --loglevel INFO --schedule {paths.shared}/celerybeat-schedule"
         found.append(("beat", paths.process("beat"), beat))
     return found
+
+
+def _workers(site: Site, host: Host) -> list[str]:
+    return [unit for role, unit, _ in units(site, host) if role == "worker"]
 
 
 # Only the worker has tasks to finish (its warm shutdown, up to [sites.X.celery] stop_timeout);
@@ -202,6 +207,49 @@ class WorkingDirs(Fact[dict]):
         return found
 
 
+class Pause(Step):
+    """Before any switch of a deploy that moves the site here to a new release: the old
+    release's workers stop taking tasks (Celery's warm shutdown begins; running tasks finish),
+    so no task the new release sends reaches old code. Tasks wait in the broker until the
+    switch phase starts the workers on the new release; a failed run starts them again on the
+    live one (the component's `recover`)."""
+
+    def __init__(self, site: Site, target: Target, workers: list[str]) -> None:
+        self.site, self.target, self.workers = site, target, workers
+        self.paths = SitePaths.of(site)
+        self.id = f"celery-pause:{site.name}"
+        self.name = f"celery workers {site.name}"
+
+    def facts(self, diff: bool) -> list[Fact]:
+        return [*(Unit(u) for u in self.workers), *self.target.facts()]
+
+    def plan(self, ctx: Context) -> Plan:
+        try:
+            want = self.target.resolve(ctx.facts)
+        except LookupError:
+            return Plan(reason="no target release (the switch says why)")
+        if want == live_release(ctx.facts, self.paths):
+            return Plan(reason=f"{want} is live: they keep taking tasks")
+        running = [u for u in self.workers if (st := ctx.facts[Unit(u)]) and st.running]
+        if not running:
+            return Plan(reason="not running")
+        script = []
+        for unit in running:
+            if procs.is_program(unit):  # supervisor: its stop waits for the warm shutdown
+                script.append(f"{procs.SUPERVISORCTL} stop {shlex.quote(unit)} >/dev/null")
+            else:  # the stop goes on while the deploy does; the switch phase's start waits
+                script.append(f"systemctl stop --no-block {shlex.quote(unit)}")
+        return Plan(
+            [
+                Action(
+                    "stop taking tasks until the new release's workers start (running tasks "
+                    "finish)",
+                    "\n".join(["set -e", *script]),
+                )
+            ]
+        )
+
+
 def restart_step(run: HostRun, job: Job, site: Site) -> Step:
     found = [unit for _, unit, _ in units(site, run.host)]
     set_current = "app" not in topology.roles(run.host)
@@ -328,7 +376,20 @@ class CeleryComponent(Component):
             return steps
         if phase == Phase.SWITCH and "worker" in roles and run.job is not None:
             return [restart_step(run, run.job, site) for site in sites]
+        if phase == Phase.MIGRATE and "worker" in roles and run.job is not None:
+            # After the migrations (the old workers keep working meanwhile), before any switch.
+            return [
+                Pause(site, run.job.target(site), _workers(site, run.host))
+                for site in sites
+                if site.name in run.builds
+            ]
         return []
+
+    def recover(self, run: HostRun) -> list[Step]:
+        if run.job is None or "worker" not in topology.roles(run.host):
+            return []
+        sites = [s for s in run.sites if s.part(Celery) is not None and s.name in run.builds]
+        return [Service(unit) for site in sites for unit in _workers(site, run.host)]
 
 
 # Redis reads requirepass as one word of redis.conf and Celery takes it inside a URL: printable

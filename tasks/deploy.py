@@ -55,6 +55,7 @@ def compose(run: HostRun, phases: tuple[Phase, ...]) -> HostPlan:
         holds=holds(run),
         revert=release.SwitchBack(run) if ROLLING in phases else None,
         audit=release.ReleaseAudit(run.sites),
+        recover=[step for component in components() for step in component.recover(run)],
     )
 
 

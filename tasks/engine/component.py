@@ -16,8 +16,9 @@ A component declares
   file changes;
 - `nginx`: snippets for the site's server block, files validated with nginx's configuration and
   steps around it;
-- `steps`: its steps for a phase of a run on one host (`Phase`), and `holds`: what the run
-  holds there meanwhile (the deploy lock);
+- `steps`: its steps for a phase of a run on one host (`Phase`), `holds`: what the run
+  holds there meanwhile (the deploy lock), and `recover`: what brings back, when the run
+  fails, what its steps stopped (Celery workers paused before the switch);
 - `status`: its lines of a site in `fab status` (engine/status.py);
 - `on_event`: what it does on the control machine as a deploy, rollback or restore starts and
   ends (engine/events.py: local hooks, notifications), and `control_secrets`: secrets it uses
@@ -196,6 +197,11 @@ class Component:
 
     def holds(self, run: HostRun) -> list:
         """What a run must hold on the host from connecting to closing (executor.Hold)."""
+        return []
+
+    def recover(self, run: HostRun) -> list[Step]:
+        """Steps that bring back what a failed run left stopped on the host (planned on facts
+        read at that moment, run on every host of the run once it failed)."""
         return []
 
     def status(self, inventory: Inventory, site: Site, host: Host) -> list[StatusCheck]:

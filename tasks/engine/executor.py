@@ -7,9 +7,10 @@ are read in one round trip at the start, and read again (one round trip) before 
 this host changed something since they were read. Each phase is planned first (a pure function of
 those facts, see steps.plan_phase) and then applied. A phase marked `rolling` runs in batches; if a
 host fails it, the hosts that already ran it get the steps of their plan's `revert`, built from the
-facts read at the start. Holds (e.g. a deploy lock) are taken right after connecting and kept until
-the connection closes. Handlers run once at the end; those notified by a failed run stay recorded
-on the host and run next time.
+facts read at the start; once any host failed, every host gets its plan's `recover` steps (what
+the run stopped, started again). Holds (e.g. a deploy lock) are taken right after connecting and
+kept until the connection closes. Handlers run once at the end; those notified by a failed run
+stay recorded on the host and run next time.
 
 The executor knows phases, steps, holds, handlers and outcomes (collected per host, handed to
 later phases on every host); what a release or a lock is, it does not.
@@ -81,6 +82,8 @@ class HostPlan:
     holds: list[Hold] = field(default_factory=list)
     revert: Revert | None = None
     audit: Audited | None = None  # None: the run is not audited (a reading)
+    # Run on the host when the run failed (after any revert), on facts read then.
+    recover: list[Step] = field(default_factory=list)
 
 
 def batches(count: int, spec: str | None) -> list[list[int]]:
@@ -389,6 +392,8 @@ def converge(
                 why = f"stopped: {', '.join(broken)} failed"
                 for s in sessions:
                     _skip(s, [st for ph in s.plan.phases[index:] for st in ph.steps], why)
+                if not mode.check:
+                    _parallel([s for s in sessions if s.plan.recover], _recover)
                 break
             if index == count:
                 _parallel(sessions, _run_handlers)
@@ -443,6 +448,19 @@ def _revert(session: _Session) -> None:
         _run_steps(session, steps, facts)
     except RemoteError as exc:
         session.fail(str(exc), prefix="reverting: ")
+
+
+def _recover(session: _Session) -> None:
+    """A failed run's recovery on one host: its steps on facts read now."""
+    steps = session.plan.recover
+    try:
+        facts = session.remote.gather(_facts_of(steps, False)).with_values(session.shared)
+        failed = session.report.error
+        _run_steps(session, steps, facts)
+        if failed:  # the run's own failure stays what the host's report says
+            session.report.error = failed
+    except RemoteError as exc:
+        session.reporter.line(session.name, "failed", f"recovering: {exc}")
 
 
 def _close(session: _Session) -> None:

@@ -1,7 +1,8 @@
 """Backups before migrations on SQLite (the PostgreSQL ones: test_postgres.py): a release with a
 migration that adds a column and fills it gets a backup of the database first, with the rows of
 before; a release without a new migration gets none; the backups are listed; a failing backup
-stops the deploy before it migrates, and the release before keeps serving."""
+stops the deploy before it migrates, and the release before keeps serving; a rollback past a
+removal refuses, then restores with --restore-db."""
 
 from __future__ import annotations
 
@@ -114,27 +115,53 @@ def columns(host) -> list[str]:
     return query(host, DB, "select name from pragma_table_info('pages_visit')")
 
 
-def test_a_rollback_across_a_migration_refuses_then_restores_with_restore_db(project, fresh_host):
+REMOVE = """from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("pages", "{previous}")]
+    operations = [migrations.RemoveField("visit", "{field}")]
+"""
+
+
+def remove_field(src, number: int, field: str) -> str:
+    """A release whose migration removes a column add_migration added (and the model's field)."""
+    folder = src / "pages/migrations"
+    previous = sorted(p.stem for p in folder.glob("0*.py"))[-1]
+    name = f"{number:04d}_remove_{field}"
+    (folder / f"{name}.py").write_text(REMOVE.format(previous=previous, field=field))
+    models = src / "pages/models.py"
+    line = f'    {field} = models.CharField(max_length=60, default="")\n'
+    models.write_text(models.read_text().replace(line, ""))
+    return f"pages.{name}"
+
+
+def test_a_rollback_across_a_removal_refuses_then_restores_with_restore_db(
+    project, fresh_host, src
+):
+    name = remove_field(src, 4, "extra")
+    removed = deploy(project)  # the removal runs after the switch, once the old release is gone
+    assert "changed | after the switch example" in removed.out, removed.out
     live = health(fresh_host)["release"]
-    assert "extra" in columns(fresh_host)  # 0003 applied by the live release
+    assert "extra" not in columns(fresh_host)
     refused = project.fab("-H", "web1", "rollback")
     assert refused.code == 1
-    assert "--restore-db" in refused.out and "pages.0003_extra" in refused.out, refused.out
+    assert "--restore-db" in refused.out and name in refused.out, refused.out
     assert health(fresh_host)["release"] == live  # nothing switched
     run = project.fab("-H", "web1", "rollback", "--restore-db")
     assert run.code == 0, run.out + run.err
     assert f"restore example: from {live} (before it migrated)" in run.out, run.out
     back = health(fresh_host)["release"]
     assert back != live and back < live
-    assert "extra" not in columns(fresh_host) and "note" in columns(fresh_host)
+    assert "extra" in columns(fresh_host) and "note" in columns(fresh_host)
     applied = query(fresh_host, DB, "select name from django_migrations")
-    assert "0003_extra" not in applied and "0002_note" in applied
+    assert name.split(".")[1] not in applied and "0003_extra" in applied
     # The newer release deployed again migrates again: the restore undid its migration, and
     # the marker that said it had run went with it.
     again = deploy(project)
     assert "changed" in step_line(again, "migrate example"), again.out
     assert health(fresh_host)["release"] > live
-    assert "extra" in columns(fresh_host)
+    assert "extra" not in columns(fresh_host)
 
 
 def test_db_restore_puts_back_the_rows_of_a_backup(project, fresh_host):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 
 import pytest
 
@@ -99,8 +101,10 @@ def test_running_task_finishes_across_a_deploy_and_new_code_takes_tasks(
     run = project.fab("-H", "web1", "deploy", "--json")
     assert run.code == 0, run.out + run.err
     release = run.host("web1")["extra"]["releases"]["example"]
-    celery_step = next(s for s in run.host("web1")["steps"] if s["step"] == "celery example")
-    assert "restart djk-example-worker.service" in celery_step["detail"]
+    steps = {s["step"]: s for s in run.host("web1")["steps"]}
+    # The old worker stopped taking tasks before the switch; the new one started after it.
+    assert steps["celery workers example"]["status"] == "changed"
+    assert "start djk-example-worker.service" in steps["celery example"]["detail"]
     # The warm shutdown waited for the running task; its result is there, not lost.
     status, result = get_json(fresh_host, f"/tasks/result/{task_id}/")
     assert result.get("state") == "SUCCESS" and result.get("result") == 42, result
@@ -144,3 +148,66 @@ def test_celery_tasks_compose_in_scripts(deployed, project, fresh_host):
         assert project.fab("-H", "web1", "celery.status").code == 1
     finally:
         sh(fresh_host, f"systemctl start {BEAT}")
+
+
+STAMP_TASK = """
+
+@shared_task
+def stamp() -> str:
+    from django.conf import settings
+
+    return settings.APP_RELEASE
+"""
+STAMP_VIEW = """
+
+def task_stamp(request: HttpRequest) -> JsonResponse:
+    from .tasks import stamp
+
+    return JsonResponse({"task_id": stamp.delay().id, "release": settings.APP_RELEASE})
+"""
+
+
+def test_a_task_the_new_release_sends_during_the_switch_runs_on_its_own_code(
+    deployed, project, fresh_host, src
+):
+    """The new release brings a task the old workers do not know: what its web sends while the
+    old workers still run (old code) would be lost as unregistered. Sent from the moment the
+    new release answers, every one is run by a worker of the new release."""
+    (src / "pages/tasks.py").write_text((src / "pages/tasks.py").read_text() + STAMP_TASK)
+    (src / "pages/views.py").write_text((src / "pages/views.py").read_text() + STAMP_VIEW)
+    urls = src / "pages/urls.py"
+    urls.write_text(
+        urls.read_text().replace(
+            '    path("echo/", views.echo, name="echo"),\n',
+            '    path("echo/", views.echo, name="echo"),\n'
+            '    path("tasks/stamp/", views.task_stamp, name="task-stamp"),\n',
+        )
+    )
+    sent: list[tuple[str, str]] = []  # (release that answered, task id)
+    done = threading.Event()
+
+    def send() -> None:
+        while not done.is_set():
+            status, body = get_json(fresh_host, "/tasks/stamp/")
+            if status == 200:
+                sent.append((body["release"], body["task_id"]))
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        run = project.fab("-H", "web1", "deploy", "--json")
+    finally:
+        time.sleep(1)
+        done.set()
+        sender.join(timeout=30)
+    assert run.code == 0, run.out + run.err
+    release = run.host("web1")["extra"]["releases"]["example"]
+    assert sent and {r for r, _ in sent} == {release}
+
+    def results() -> list | None:
+        got = [get_json(fresh_host, f"/tasks/result/{task}/")[1] for _, task in sent]
+        return got if all(r.get("state") == "SUCCESS" for r in got) else None
+
+    found = wait_for(results, timeout=60)
+    assert found, [get_json(fresh_host, f"/tasks/result/{t}/")[1] for _, t in sent[:5]]
+    assert {r.get("result") for r in found} == {release}

@@ -197,9 +197,8 @@ def test_a_migration_is_preceded_by_pg_dump_on_the_db_host(project, hosts, src):
 def test_a_rollback_across_the_migration_restores_the_dump_on_the_db_host(project, hosts):
     web1, db1 = hosts
     live = health(web1, "shop.test")["release"]
-    refused = project.fab("-H", "web1", "rollback", "--site", "shop")
-    assert refused.code == 1 and "--restore-db" in refused.out, refused.out
-    assert health(web1, "shop.test")["release"] == live
+    # The migration only added a column (a plain rollback would keep it, its database default
+    # put back: test_schema.py); --restore-db puts back the dump taken before it instead.
     run = project.fab("-H", "web1", "rollback", "--site", "shop", "--restore-db")
     assert run.code == 0, run.out + run.err
     restored = [line for line in run.out.splitlines() if "restore shop" in line]

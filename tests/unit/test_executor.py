@@ -142,6 +142,24 @@ def test_a_failed_batch_stops_the_run_and_sends_switched_hosts_back():
     assert [s.status for s in reports["h5"].steps][-1] == "skipped"
 
 
+def test_a_failed_run_recovers_every_host_after_its_revert_and_a_good_run_does_not():
+    def plan(host: Host, fail: bool) -> HostPlan:
+        found = rolling(host, fail)
+        found.recover = [Want("recover", value="never", command="echo recovered")]
+        return found
+
+    reports, log, _ = run([plan(h, fail=h.name == "h2") for h in hosts(3)], Mode(batch="1"))
+    ran = [(h, line) for h, line in log if line.startswith("echo")]
+    assert {h for h, line in ran if line == "echo recovered"} == {"h1", "h2", "h3"}
+    # After the revert (h1 had switched), on facts read then.
+    assert ran.index(("h1", "echo reverted")) < ran.index(("h1", "echo recovered"))
+    assert reports["h2"].failed and not reports["h1"].failed
+    _, log, _ = run([plan(h, fail=False) for h in hosts(2)])
+    assert not [line for _, line in log if line == "echo recovered"]
+    _, log, _ = run([plan(h, fail=h.name == "h1") for h in hosts(2)], Mode(check=True))
+    assert not [line for _, line in log if line == "echo recovered"]
+
+
 def test_facts_are_read_again_only_after_this_host_changed_something():
     steps = [PhaseSteps("one", [Want("a")]), PhaseSteps("two", [Want("b")])]
     _, _, remotes = run([HostPlan(Host("x", "1"), steps)])
