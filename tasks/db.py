@@ -254,7 +254,7 @@ class BeforeMigrate(Step):
         self.site, self.build = site, build
         paths = SitePaths.of(site)
         releases = (paths.release(build.release_id), paths.current)
-        asked = Asked(site.name, releases)
+        asked = Asked(site.name, releases, (paths.releases, build.tree))
         files = tuple(f"{r}/{ASKED_FILE}" for r in releases)
         self.fact = applied_fact(site, migrated, files)
         # SQLite: this host migrates its own file; PostgreSQL: the first app host migrates.

@@ -204,11 +204,26 @@ class Asked(Fact[Any]):
 
     site: str
     releases: tuple[str, ...]  # release directories, in order of preference
+    # (releases directory, tree): else a release staged earlier with this source (a run that
+    # stopped before its switch, a refused one), newest first, before the last of `releases`
+    # (`deploy --check` shows what Django said of it).
+    same_tree: tuple[str, str] | None = None
     default: ClassVar[Any] = None
 
     def command(self) -> str:
-        paths = " ".join(shlex.quote(f"{r}/{FILE}") for r in self.releases)
-        return f'for f in {paths}; do [ -f "$f" ] && cat -- "$f" && exit 0; done; true'
+        q = shlex.quote
+        first = " ".join(q(f"{r}/{FILE}") for r in self.releases[:-1])
+        last = q(f"{self.releases[-1]}/{FILE}")
+        script = f'for f in {first}; do [ -f "$f" ] && cat -- "$f" && exit 0; done\n'
+        if self.same_tree is not None:
+            where, tree = self.same_tree
+            script += (
+                f"for d in $(ls -1d {q(where)}/*/ 2>/dev/null | sort -r); do\n"
+                f'  [ "$(cat -- "$d.djk-tree" 2>/dev/null)" = {q(tree)} ] && '
+                f'[ -f "$d{FILE}" ] && cat -- "$d{FILE}" && exit 0\n'
+                "done\n"
+            )
+        return script + f"[ -f {last} ] && cat -- {last}; true"
 
     def parse(self, rc: int, out: str) -> DjangoReport | None:
         return parse(self.site, out.strip()) if out.strip() else None

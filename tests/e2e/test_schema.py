@@ -226,10 +226,12 @@ def test_a_plain_rollback_past_a_temporary_default_puts_it_back(project, fresh_h
 def test_b_a_not_null_column_without_default_removed_after_the_switch(project, fresh_host, sources):
     for site in ("example", "shop"):
         release(sources[site], 4, REMOVE_PATH, CREATED + KIND + NOTE + TAG, "remove_path")
-    watched = Watched(project, fresh_host, "deploy").run()
+    watched = Watched(project, fresh_host, "deploy").run(marks=("example", "shop"))
     assert watched.code == 0, watched.out
     for site, load in watched.loads.items():
         assert load.failures == [], (site, load.failures[:5], watched.out)
+        # The old release still wrote `path` after NOT NULL was dropped, until the switch.
+        assert watched.old_posts_after_commit(site) > 0, (site, watched.out)
     out = watched.out
     assert "after the switch, once the old release is gone: pages.0004_remove_path" in out
     assert "NOT NULL dropped before the switch: pages.visit.path" in out, out
@@ -255,6 +257,7 @@ def test_d_an_index_on_100k_rows_is_built_concurrently(project, fresh_host, sour
     assert watched.code == 0, watched.out
     load = watched.loads["shop"]
     assert load.failures == [], (load.failures[:5], watched.out)
+    assert watched.old_posts_after_commit("shop") > 0, watched.out
     assert "pages.0005_index: indexes built concurrently" in watched.out
     valid = sh(
         fresh_host,
@@ -328,6 +331,9 @@ def test_a_rename_is_refused_then_runs_behind_the_maintenance_page(project, fres
     assert '"kind"' in columns
     failed = sh(fresh_host, "cat /srv/djk/example/releases/*/.djk-status | sort | uniq -c")
     assert "failed" in failed
+    # --check says the same from what Django said of the refused release, changing nothing.
+    checked = project.fab("deploy", "--check")
+    assert checked.code != 0 and said[0].split("| ")[-1] in checked.out, checked.out
     watched = Watched(project, fresh_host, "deploy", "--maintenance").run()
     assert watched.code == 0, watched.out
     answers = [outcome for outcome, _ in watched.loads["example"].results]

@@ -417,3 +417,26 @@ def test_what_the_runner_says_is_read_even_after_migrate_s_unfinished_line():
         "lock wait timed out, tried again (1); shop.0003: indexes built concurrently; "
         "NOT NULL dropped before the switch: shop.item.old"
     )
+
+
+def test_what_django_said_of_a_release_staged_earlier_with_the_same_source_is_found(tmp_path):
+    """`deploy --check` after a refused run: the new release id is not staged, but the refused
+    release of the same source is, with what Django said of it."""
+    releases = tmp_path / "releases"
+    for name, tree in (("R1", "t1"), ("R2", "t2"), ("R3", "t2")):
+        (releases / name).mkdir(parents=True)
+        (releases / name / ".djk-tree").write_text(f"{tree}\n")
+        (releases / name / asked.FILE).write_text(f'"{name}"\n')
+    (tmp_path / "current").symlink_to(releases / "R1")
+    fact = asked.Asked("shop", (str(releases / "R9"), str(tmp_path / "current")))
+
+    def read(found: asked.Asked) -> str:
+        done = subprocess.run(["sh", "-c", found.command()], capture_output=True, text=True)
+        return done.stdout.strip()
+
+    assert read(fact) == '"R1"'  # the live release's, as before
+    tree = asked.Asked("shop", fact.releases, (str(releases), "t2"))
+    assert read(tree) == '"R3"'  # the newest of that source
+    (releases / "R9").mkdir()
+    (releases / "R9" / asked.FILE).write_text('"R9"\n')
+    assert read(tree) == '"R9"'  # the release itself, once staged
