@@ -6,15 +6,14 @@ release's prepare prints (databases, migrations with their real labels, a fresh 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from django_release import env, staged
 
-from djk.tasks.release import asked, layer
+from djk.tasks.release import asked
 
 ADMIN = Path(sys.executable).parent / "django-admin"
 
@@ -60,27 +59,7 @@ def generated(tmp_path_factory) -> Path:
 @pytest.fixture
 def release(generated, tmp_path) -> Path:
     """A release of the generated project as the stage step leaves it: the layer at its root."""
-    found = tmp_path / "releases" / "R1"
-    shutil.copytree(generated, found)
-    (found / layer.FILE).write_text(layer.TEXT)
-    (tmp_path / "shared").mkdir()
-    return found
-
-
-def env(release: Path, **more: str) -> dict[str, str]:
-    base = release.parent.parent
-    return {
-        "PATH": os.environ["PATH"],
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "DJANGO_SETTINGS_MODULE": layer.MODULE,
-        "DJK_SETTINGS": "mysite.settings",
-        "DJK_SHARED": str(base / "shared"),
-        "DJANGO_SECRET_KEY": "k-" + "x" * 50,
-        "DJANGO_ALLOWED_HOSTS": "shop.test,.shop.test",
-        "DJANGO_CSRF_TRUSTED_ORIGINS": "https://shop.test,http://shop.test",
-        "DJANGO_STATIC_ROOT": str(base / "static" / "R1"),
-        **more,
-    }
+    return staged(generated, tmp_path)
 
 
 def django(release: Path, code: str, **more: str) -> str:

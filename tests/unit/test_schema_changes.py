@@ -6,16 +6,15 @@ through the INSERTs the old and the new release send."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from django_release import env, staged
 
-from djk.tasks.release import asked, layer, schema
+from djk.tasks.release import asked, schema
 from djk.tasks.release.asked import CONTRACT, DEFAULT, EXPAND, UNSAFE
 from djk.tasks.release.migrate import runner
 
@@ -125,27 +124,8 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def release(project, tmp_path) -> Path:
-    found = tmp_path / "releases" / "R1"
-    shutil.copytree(project, found)
-    (found / layer.FILE).write_text(layer.TEXT)
-    (tmp_path / "shared").mkdir()
-    return found
-
-
-def env(release: Path) -> dict[str, str]:
-    """The env the kit writes (test_django_layer.py has the whole of it)."""
-    base = release.parent.parent
-    return {
-        "PATH": os.environ["PATH"],
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "DJANGO_SETTINGS_MODULE": layer.MODULE,
-        "DJK_SETTINGS": "mysite.settings",
-        "DJK_SHARED": str(base / "shared"),
-        "DJANGO_SECRET_KEY": "k-" + "x" * 50,
-        "DJANGO_ALLOWED_HOSTS": "shop.test",
-        "DJANGO_CSRF_TRUSTED_ORIGINS": "http://shop.test",
-        "DJANGO_STATIC_ROOT": str(base / "static" / "R1"),
-    }
+    """A release of the generated project as the stage step leaves it: the layer at its root."""
+    return staged(project, tmp_path)
 
 
 def django(release: Path, code: str) -> subprocess.CompletedProcess:
