@@ -17,7 +17,8 @@ from .kit import Project, health
 
 pytestmark = pytest.mark.e2e
 COUNT = 32
-RUNS = 20
+# The race it caught failed about one run in five: 12 runs miss it 7 times in 100.
+RUNS = 12
 
 # 32 systemd hosts on one kernel need more inotify instances than its default 128 per user
 # (each host's systemd, journald, udev and logind hold some): without them the last hosts die
@@ -55,7 +56,7 @@ def project(fleet, tmp_path_factory):
     return project
 
 
-def test_32_hosts_deployed_then_20_no_op_runs_reach_every_host(project, fleet):
+def test_32_hosts_deployed_then_12_no_op_runs_reach_every_host(project, fleet):
     first = project.fab("-H", ",".join(h.name for h in fleet), "deploy", "--json")
     assert first.code == 0, first.out[-3000:] + first.err[-3000:]
     release = {health(h)["release"] for h in fleet}

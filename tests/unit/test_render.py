@@ -187,6 +187,8 @@ def test_supervisor_programs_read_the_env_file_in_the_site_users_shell(inventory
     )
     # supervisor expands %(name)s: the host name is its own, a literal % is doubled.
     assert "--hostname shop@%(host_node_name)s" in celery and "stopwaitsecs=300" in celery
+    # The warm shutdown's TERM to the main process alone: its pool's would drop their tasks.
+    assert "stopasgroup=false" in celery and "killasgroup=true" in celery
 
 
 @pytest.mark.parametrize("manager", ["systemd", "supervisor"])
