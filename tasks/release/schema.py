@@ -148,13 +148,10 @@ def split(
     site: str,
     report: DjangoReport,
     applied: frozenset[str],
-    safe_now: frozenset[str] = frozenset(),
     plain: str = "",
 ) -> Split:
-    """The split of the migrations `report` brings that `applied` lacks. `safe_now`: removals
-    left for after an earlier switch whose release is live now (it does not read what they
-    remove): they run before this switch. `plain`: why there is no split (all run before the
-    switch, as Django writes them)."""
+    """The split of the migrations `report` brings that `applied` lacks. `plain`: why there is
+    no split (all run before the switch, as Django writes them)."""
     pending = report.pending(applied)
     if not pending:
         return Split(site)
@@ -169,9 +166,7 @@ def split(
     for m in pending:
         ops = m.operations or ()
         kinds = {op.kind for op in ops}
-        if m.name in safe_now:
-            before.append(m)
-        elif UNSAFE in kinds:
+        if UNSAFE in kinds:
             refused += [(m, op) for op in ops if op.kind == UNSAFE]
         elif CONTRACT in kinds and kinds & {EXPAND, DEFAULT}:
             first = next(op for op in ops if op.kind == CONTRACT)
@@ -197,7 +192,6 @@ def split(
     defaults = tuple(
         TemporaryDefault(op.app, op.model, op.field, op.value)
         for m in before
-        if m.name not in safe_now
         for op in m.operations or ()
         if op.kind == DEFAULT
     )
