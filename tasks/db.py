@@ -53,11 +53,13 @@ from .release import (
     migrate_marker,
     migrated_marker,
     migrates_here,
+    migrating_host,
     read_record,
     record_fact,
     record_path,
     runner,
     schema,
+    write_record,
 )
 from .release.asked import FILE as ASKED_FILE
 from .release.asked import Asked, DjangoReport, Migration
@@ -205,6 +207,13 @@ def metadata(
     }
 
 
+def sqlite_of(report: DjangoReport | None) -> str | None:
+    """The SQLite file Django's default database is, by what it said (None: not SQLite, or
+    not said: the kit's own path)."""
+    default = report.default if report is not None else None
+    return default.name if default and default.vendor == "sqlite" else None
+
+
 def other_aliases(site: Site, report: DjangoReport | None) -> tuple[dict[str, str], str]:
     """The aliases of DATABASES besides default: the SQLite files hosts.toml opts in
     (database.also_back_up), alias -> file, and a note naming the others, not backed up.
@@ -258,7 +267,7 @@ class BeforeMigrate(Step):
         files = tuple(f"{r}/{ASKED_FILE}" for r in releases)
         self.fact = applied_fact(site, migrated, files)
         # SQLite: this host migrates its own file; PostgreSQL: the first app host migrates.
-        migrating = host if not D.uses_postgresql(site) else _app_host(inventory, site)
+        migrating = host if not D.uses_postgresql(site) else migrating_host(inventory, site)
         self.asked: Fact = asked if migrating.name == host.name else F.On(migrating.name, asked)
         self.id = f"backup:{site.name}"
         self.name = f"backup {site.name}"
@@ -316,7 +325,7 @@ class BeforeMigrate(Step):
         if not pending:
             return Plan(reason="no unapplied migrations" + unmanaged)
         backup_id = self.build.release_id
-        sqlite_file = default.name if default and default.vendor == "sqlite" else None
+        sqlite_file = sqlite_of(report)
         meta = metadata(self.site, backup_id, "before migrate", pending, sqlite_file)
         if found and not (found[0].after or found[0].plain):
             # Only additions, some with a temporary database default: a plain rollback past
@@ -359,8 +368,7 @@ class BeforeContract(BeforeMigrate):
         if not names:
             return Plan(reason="no migration left for after the switch")
         report = self.report(ctx)
-        default = report.default if report is not None else None
-        sqlite_file = default.name if default and default.vendor == "sqlite" else None
+        sqlite_file = sqlite_of(report)
         try:
             aliases, _ = other_aliases(self.site, report)
         except ValueError as exc:
@@ -755,11 +763,6 @@ def _on(inventory: Inventory, site: Site, host: Host, fact: Fact):
     return F.On(keeper.name, fact)
 
 
-def _app_host(inventory: Inventory, site: Site) -> Host:
-    found = topology.hosts_with(inventory, site, "app")
-    return found[0] if found else inventory.hosts[site.hosts[0]]
-
-
 class SchemaGuard(Step):
     """A rollback to a release older than migrations applied since refuses, unless told to
     restore the backup taken before them (--restore-db) or to keep today's schema
@@ -851,12 +854,10 @@ class DefaultsBack(Step):
             Split(self.site.name, defaults=tuple(wanted)), live, read_record(ctx.facts[self.record])
         )
         q = shlex.quote
-        text = json.dumps(keep, sort_keys=True)
         script = (
             "set -e\n"
             f"{manage(self.site, self.paths, self.paths.release(live), f'shell -c {q(code)}')}\n"
-            f"printf '%s\\n' {q(text)} > {q(self.record.path)}.tmp\n"
-            f"mv -f {q(self.record.path)}.tmp {q(self.record.path)}\n"
+            f"{write_record(self.record.path, keep)}\n"
         )
         words = ", ".join(d.describe() for d in wanted)
         return Plan([Action(f"put back before the switch to {target}: {words}", script)])
@@ -869,7 +870,7 @@ class RestoreForRollback(Step):
     def __init__(self, inventory: Inventory, site: Site, host: Host, to: str | None) -> None:
         self.site = site
         self.target = PreviousGood(site, to)
-        app_host = _app_host(inventory, site)
+        app_host = migrating_host(inventory, site)
         remote = app_host.name != host.name
         self.reads = {
             fact: F.On(app_host.name, fact) if remote else fact for fact in self.target.facts()

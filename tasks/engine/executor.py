@@ -455,10 +455,7 @@ def _recover(session: _Session) -> None:
     steps = session.plan.recover
     try:
         facts = session.remote.gather(_facts_of(steps, False)).with_values(session.shared)
-        failed = session.report.error
         _run_steps(session, steps, facts)
-        if failed:  # the run's own failure stays what the host's report says
-            session.report.error = failed
     except RemoteError as exc:
         session.reporter.line(session.name, "failed", f"recovering: {exc}")
 

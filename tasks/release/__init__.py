@@ -33,6 +33,7 @@ from .migrate import (
     record_fact,
     record_path,
     runner,
+    write_record,
 )
 from .outcome import CheckWarnings, ReleaseMove, ReleaseTable
 from .plan import ReleaseAudit, SwitchBack, phase_steps
@@ -52,6 +53,7 @@ __all__ = [
     "record_fact",
     "record_path",
     "runner",
+    "write_record",
     "Build",
     "CheckWarnings",
     "FreshMigrate",

@@ -43,6 +43,14 @@ def record_path(site: Site) -> str:
     return f"{SitePaths.of(site).shared}/{RECORD}"
 
 
+def write_record(path: str, content: dict) -> str:
+    """Shell: the after-switch record written atomically (root writes it, after the step's
+    Django work succeeded)."""
+    q = shlex.quote
+    text = json.dumps(content, sort_keys=True)
+    return f"printf '%s\\n' {q(text)} > {q(path)}.tmp && mv -f {q(path)}.tmp {q(path)}"
+
+
 def read_record(text: str | None) -> dict | None:
     try:
         found = json.loads(text) if text else None
@@ -76,6 +84,10 @@ def _split_of(ctx: Context, site: str, host: str) -> Split | None:
     return either[-1] if either else None
 
 
+# What schema_change.py's lines start with (its SCHEMA_PREFIX: that module imports Django).
+SCHEMA_PREFIX = "DJK-SCHEMA "
+
+
 @dataclass(frozen=True)
 class SchemaFindings:
     """What schema_change.py printed: its notes for the report."""
@@ -83,10 +95,10 @@ class SchemaFindings:
     def read(self, out: str) -> tuple[str, tuple]:
         notes = []
         for line in out.splitlines():
-            if "DJK-SCHEMA " not in line:
+            if SCHEMA_PREFIX not in line:
                 continue
             try:
-                said = json.loads(line.partition("DJK-SCHEMA ")[2])
+                said = json.loads(line.partition(SCHEMA_PREFIX)[2])
             except ValueError:
                 continue
             for key, words in (
@@ -151,12 +163,7 @@ class Migrate(ReleaseCommand):
         )
         keep = schema.record(split, release, read_record(ctx.facts[Text(self.record)]))
         if keep["migrations"] or keep["defaults"]:
-            text = json.dumps(keep, sort_keys=True)
-            q = shlex.quote
-            command += (
-                f"\nprintf '%s\\n' {q(text)} > {q(self.record)}.tmp"
-                f" && mv -f {q(self.record)}.tmp {q(self.record)}"
-            )
+            command += "\n" + write_record(self.record, keep)
         plan = self.command_plan(ctx, command)
         for action in plan.actions:
             action.summary = split.describe()
@@ -176,8 +183,10 @@ def migrates_here(inventory: Inventory, site: Site, host: Host) -> bool:
 
 
 def migrating_host(inventory: Inventory, site: Site) -> Host:
-    """The host whose migrate step runs first (the one that keeps the after-switch record)."""
-    return topology.hosts_with(inventory, site, "app")[0]
+    """The site's first app host: its migrate step runs first (it keeps the after-switch
+    record, and migrates a PostgreSQL database); a site without one: its first host."""
+    found = topology.hosts_with(inventory, site, "app")
+    return found[0] if found else inventory.hosts[site.hosts[0]]
 
 
 def record_fact(inventory: Inventory, site: Site, host: Host) -> Fact:
@@ -288,7 +297,8 @@ class AfterSwitch(Step):
             f"{manage(self.site, self.paths, release_dir, f'shell -c {q(code)}')}\n"
             f"rm -f {q(self.record.path)}\n"
         )
-        words = schema.describe_record(due).replace("pending: ", "", 1)
+        of = due.get("release") or "this deploy"  # no record yet: this run's split (--check)
+        words = f"after-switch work of {of}: {schema.describe_work(due)}"
         return Plan(
             [
                 Action(

@@ -21,7 +21,7 @@ on the host.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..engine.outcome import Outcome
@@ -71,7 +71,6 @@ class Split(Outcome):
     # The release was prepared by a kit that did not classify operations, or the site asked
     # for plain migrations (migrate_split = false): all before the switch, as Django writes them.
     plain: str = ""
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def pending(self) -> bool:
@@ -106,7 +105,7 @@ class Split(Outcome):
         if self.after:
             names = ", ".join(m.name for m in self.after)
             parts.append(f"after the switch, once the old release is gone: {names} (removals)")
-        return "; ".join([*parts, *self.notes])
+        return "; ".join(parts)
 
 
 def _why(m: Migration) -> str:
@@ -211,7 +210,7 @@ def split(
 
 
 def record(split: Split, release: str, earlier: dict | None) -> dict:
-    """The after-switch work a migrating host keeps (schema_change.RECORD) once the migrations
+    """The after-switch work a migrating host keeps (migrate.RECORD) once the migrations
     before the switch ran: this split's, and an earlier run's defaults not dropped yet."""
     defaults = [TemporaryDefault.of(raw) for raw in (earlier or {}).get("defaults", [])]
     kept = [d for d in defaults if d is not None]
@@ -227,6 +226,11 @@ def record(split: Split, release: str, earlier: dict | None) -> dict:
 
 def describe_record(found: dict) -> str:
     """`fab status`'s words for after-switch work left on a host."""
+    return f"after-switch work of {found.get('release', '?')} pending: {describe_work(found)}"
+
+
+def describe_work(found: dict) -> str:
+    """What a record holds: its migrations and temporary defaults."""
     parts = []
     if found.get("migrations"):
         parts.append("migrations " + ", ".join(found["migrations"]))
@@ -235,5 +239,4 @@ def describe_record(found: dict) -> str:
         parts.append(
             "temporary defaults " + ", ".join(d.describe() for d in defaults if d is not None)
         )
-    what = "; ".join(parts) or "nothing"
-    return f"after-switch work of {found.get('release', '?')} pending: {what}"
+    return "; ".join(parts) or "nothing"

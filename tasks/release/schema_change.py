@@ -167,10 +167,12 @@ def _alter(database: str, model, old, new) -> None:
 def _relax(plan: _Plan) -> list:
     """Removed NOT NULL columns without a database default, in the migrations left for after
     the switch: nullable now, so the new release's INSERTs, which omit them, succeed."""
-    done = []
+    done: list = []
+    if not plan.later:
+        return done
+    loader = MigrationExecutor(connections[plan.database]).loader
     for name in sorted(plan.later):
         label, _, migration_name = name.partition(".")
-        loader = MigrationExecutor(connections[plan.database]).loader
         node = (label, migration_name)
         if node not in loader.graph.nodes:
             continue
